@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment in .venv with everything the README's
+# commands need. Idempotent and quick when nothing changed.
+#
+# torch: an existing torch is kept (also one you installed into .venv yourself). Otherwise a
+# machine with an NVIDIA driver gets PyPI's default (CUDA) build, and any other machine the CPU
+# build, which avoids a multi-GB CUDA download where it cannot be used.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+venv="${NTKIT_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+extras="${NTKIT_EXTRAS:-test,plot}"
+torch_version="${NTKIT_TORCH_VERSION:-2.13.0}"
+
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -c 'import sys; assert sys.version_info >= (3, 10), "ntkit needs Python >= 3.10, got " + sys.version' \
+        || exit 1
+    echo "bootstrap: creating $venv" >&2
+    "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+pip=("$py" -m pip install --quiet --disable-pip-version-check)
+
+if ! "$py" -c 'import torch' >/dev/null 2>&1; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+        echo "bootstrap: NVIDIA GPU found, installing torch==$torch_version (CUDA build)" >&2
+        "${pip[@]}" "torch==$torch_version"
+    else
+        echo "bootstrap: no GPU, installing the CPU build torch==$torch_version+cpu" >&2
+        "${pip[@]}" "torch==$torch_version+cpu" --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 \
+            | grep -v -e "is ignored: it is neither" -e "Retrying (Retry" >&2 || true
+        "$py" -c 'import torch' || { echo "bootstrap: torch installation failed" >&2; exit 1; }
+    fi
+fi
+
+stamp="$venv/.ntkit-installed"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16) $extras"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "bootstrap: installing ntkit[$extras] into $venv" >&2
+    "${pip[@]}" -e ".[$extras]" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+    "$py" -c 'import ntkit' || { echo "bootstrap: ntkit installation failed" >&2; exit 1; }
+    echo "$want" > "$stamp"
+fi

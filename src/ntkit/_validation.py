@@ -1,0 +1,146 @@
+"""Checks at the public edges of ntkit.
+
+Every public function validates its inputs once, here, and raises a ``ValueError`` or ``TypeError``
+whose message says what was expected and what was given. Internal code trusts its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def describe(value: Any) -> str:
+    """A short description of ``value`` for error messages (type, shape, dtype)."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, np.ndarray):
+        return f"ndarray of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def as_tensor(
+    x: Any,
+    name: str,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    ndim: int | None = 2,
+    allow_empty: bool = False,
+) -> torch.Tensor:
+    """Convert array-like ``x`` to a floating tensor and check its rank and finiteness.
+
+    Parameters
+    ----------
+    x : tensor, ndarray or nested sequence of numbers
+    name : str
+        Used in error messages (``"x1"``).
+    dtype : torch.dtype, optional
+        Target floating dtype; defaults to ``x``'s own floating dtype, or float64 for
+        integer / non-tensor input.
+    ndim : int or None
+        Required number of dimensions (``None`` accepts any rank >= 1).
+    """
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, (np.ndarray, Sequence)) and not isinstance(x, (str, bytes)):
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as err:
+            raise TypeError(f"{name}: expected a numeric array, got {describe(x)} ({err})") from None
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected a numeric array, got {describe(arr)}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    else:
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {describe(x)}")
+    if t.is_complex():
+        raise TypeError(f"{name}: expected a real floating tensor, got {describe(t)}")
+    if t.dtype == torch.bool:
+        raise TypeError(f"{name}: expected a real floating tensor, got {describe(t)}")
+    if dtype is not None:
+        if dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"dtype: expected a floating torch dtype, got {dtype!r}")
+        t = t.to(dtype)
+    elif t.dtype not in _FLOAT_DTYPES:
+        t = t.to(torch.float64)
+    if device is not None:
+        t = t.to(device)
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got {describe(t)}")
+    if ndim is None and t.ndim < 1:
+        raise ValueError(f"{name}: expected an array with a batch dimension, got {describe(t)}")
+    if not allow_empty and t.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got {describe(t)}")
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries in {describe(t)}")
+    return t
+
+
+def check_pair(
+    x1: Any,
+    x2: Any | None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    ndim: int | None = 2,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Validate ``x1`` and optional ``x2``: same trailing (feature) shape, same dtype/device."""
+    t1 = as_tensor(x1, "x1", dtype=dtype, device=device, ndim=ndim)
+    if x2 is None:
+        return t1, None
+    t2 = as_tensor(x2, "x2", dtype=t1.dtype, device=t1.device, ndim=ndim)
+    if t1.shape[1:] != t2.shape[1:]:
+        raise ValueError(
+            "x1 and x2: expected the same feature shape, got "
+            f"{tuple(t1.shape[1:])} for x1 and {tuple(t2.shape[1:])} for x2"
+        )
+    return t1, t2
+
+
+def check_int(value: Any, name: str, *, minimum: int = 0) -> int:
+    """Check that ``value`` is an integer >= ``minimum`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(
+    value: Any, name: str, *, minimum: float | None = None, strict: bool = False
+) -> float:
+    """Check that ``value`` is a finite real number, optionally ``>= minimum`` (``>`` if strict)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {describe(value)}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v}")
+    if minimum is not None:
+        if strict and v <= minimum:
+            raise ValueError(f"{name}: expected a number > {minimum}, got {v}")
+        if not strict and v < minimum:
+            raise ValueError(f"{name}: expected a number >= {minimum}, got {v}")
+    return v
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """Check that ``value`` is one of the strings in ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_dtype(dtype: Any) -> torch.dtype:
+    """Check that ``dtype`` is a floating torch dtype."""
+    if not isinstance(dtype, torch.dtype) or dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected a floating torch dtype such as torch.float64, got {dtype!r}")
+    return dtype

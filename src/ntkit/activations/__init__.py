@@ -1,0 +1,86 @@
+"""Activations: finite functions with their Gaussian dual maps, and a registry by name.
+
+>>> from ntkit.activations import get_activation
+>>> get_activation("relu")
+ReLU()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ntkit.activations.base import Activation, CallableActivation
+from ntkit.activations.closed_form import ABReLU, Abs, Erf, Identity, LeakyReLU, ReLU
+
+__all__ = [
+    "ABReLU",
+    "Abs",
+    "Activation",
+    "CallableActivation",
+    "Erf",
+    "Identity",
+    "LeakyReLU",
+    "ReLU",
+    "available_activations",
+    "get_activation",
+    "register_activation",
+]
+
+_REGISTRY: dict[str, Callable[[], Activation]] = {
+    "identity": Identity,
+    "linear": Identity,
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "abs": Abs,
+    "erf": Erf,
+    # General path (quadrature) for common smooth activations without a closed form.
+    "tanh": lambda: CallableActivation(torch.tanh, name="tanh"),
+    "sigmoid": lambda: CallableActivation(torch.sigmoid, name="sigmoid"),
+    "softplus": lambda: CallableActivation(F.softplus, name="softplus"),
+    "silu": lambda: CallableActivation(F.silu, name="silu"),
+    "swish": lambda: CallableActivation(F.silu, name="swish"),
+    "elu": lambda: CallableActivation(F.elu, name="elu"),
+    "selu": lambda: CallableActivation(F.selu, name="selu"),
+}
+
+
+def register_activation(name: str, factory: Callable[[], Activation]) -> None:
+    """Register ``factory`` (a zero-argument callable returning an Activation) under ``name``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty string, got {name!r}")
+    _REGISTRY[name.lower()] = factory
+
+
+def available_activations() -> list[str]:
+    """The names accepted by :func:`get_activation`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_activation(activation: str | Activation | Callable[[torch.Tensor], torch.Tensor]) -> Activation:
+    """Resolve a name, an :class:`Activation`, or any elementwise callable to an Activation.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the known ones).
+    TypeError
+        For anything that is neither a string, an Activation nor a callable.
+    """
+    if isinstance(activation, Activation):
+        return activation
+    if isinstance(activation, str):
+        key = activation.lower()
+        if key not in _REGISTRY:
+            raise ValueError(
+                f"activation: expected one of {available_activations()} or an Activation / callable, "
+                f"got {activation!r}"
+            )
+        return _REGISTRY[key]()
+    if isinstance(activation, torch.nn.Module) or callable(activation):
+        return CallableActivation(activation)
+    raise TypeError(
+        f"activation: expected a name, an ntkit Activation or a callable, got {type(activation).__name__}"
+    )
