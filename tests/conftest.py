@@ -1,0 +1,30 @@
+"""Shared test configuration: one tolerance table per dtype, seeded generators, data locations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+#: Relative tolerances used across the suite, by dtype and kind of comparison.
+TOL = {
+    torch.float64: {"exact": 1e-12, "closed_form": 1e-10, "quadrature_smooth": 1e-8, "quadrature_kinked": 1e-6},
+    torch.float32: {"exact": 1e-5, "closed_form": 1e-5, "quadrature_smooth": 1e-4, "quadrature_kinked": 1e-4},
+}
+
+#: The shared data folder beside the checkout (may be absent: tests using it skip with a reason).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max|a - b| / max|b|`` (0 when both are 0)."""
+    scale = float(b.abs().max())
+    diff = float((a - b).abs().max())
+    return diff / scale if scale > 0 else diff
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """A seeded CPU generator (fresh per test)."""
+    return torch.Generator().manual_seed(1234)
