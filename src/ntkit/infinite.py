@@ -42,6 +42,8 @@ def input_kernel(x1: Tensor, x2: Tensor, *, beta: float, w_std: float) -> tuple[
     var1 = scale * (x1 * x1).sum(-1) + beta**2
     var2 = scale * (x2 * x2).sum(-1) + beta**2
     cov = scale * (x1 @ x2.T) + beta**2
+    if x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2)):
+        cov = 0.5 * (cov + cov.T)  # exactly symmetric; every later layer is elementwise and symmetric
     dup = duplicate_mask(x1, x2)
     if bool(dup.any()):
         cov = torch.where(dup, var1[:, None].expand_as(cov), cov)
@@ -58,8 +60,13 @@ def fc_recursion(
     beta: float,
     w_std: float,
     compute_ntk: bool = True,
+    symmetric: bool = False,
 ) -> Kernel:
-    """Run the NNGP/NTK recursion for ``depth`` (activation, affine) layers from layer-1 covariances."""
+    """Run the NNGP/NTK recursion for ``depth`` (activation, affine) layers from layer-1 covariances.
+
+    ``symmetric=True`` (inputs ``x2 is x1``) keeps every layer exactly symmetric, also for
+    activations whose dual maps are evaluated by a rule that is not symmetric in its arguments.
+    """
     w2, b2 = w_std**2, beta**2
     ntk: Tensor | None = cov.clone() if compute_ntk else None
     for _ in range(depth):
@@ -69,6 +76,10 @@ def fc_recursion(
         cov = w2 * activation.expect(v1, cov, v2) + b2
         var1 = w2 * activation.expect_diag(var1) + b2
         var2 = w2 * activation.expect_diag(var2) + b2
+        if symmetric:
+            cov = 0.5 * (cov + cov.T)
+            if ntk is not None:
+                sdot = 0.5 * (sdot + sdot.T)
         if ntk is not None:
             ntk = ntk * sdot + cov
     return Kernel(nngp=cov, ntk=ntk, var1=var1, var2=var2)
@@ -127,6 +138,7 @@ def fc_kernel(
     check_dtype(dtype)
     act = get_activation(activation)
     t1, t2 = check_pair(x1, x2, dtype=dtype, device=device)
+    symmetric = t2 is None or (t1.shape == t2.shape and torch.equal(t1, t2))
     if t2 is None:
         t2 = t1
     var1, cov, var2 = input_kernel(t1, t2, beta=beta, w_std=w_std)
@@ -139,4 +151,5 @@ def fc_kernel(
         beta=beta,
         w_std=w_std,
         compute_ntk=act.has_derivative_map,
+        symmetric=symmetric,
     )
