@@ -28,7 +28,7 @@ if ! "$py" -c 'import torch' >/dev/null 2>&1; then
         "${pip[@]}" "torch==$torch_version"
     else
         echo "bootstrap: no GPU, installing the CPU build torch==$torch_version+cpu" >&2
-        "${pip[@]}" "torch==$torch_version+cpu" --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 \
+        "${pip[@]}" "torch==$torch_version+cpu" numpy --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 \
             | grep -v -e "is ignored: it is neither" -e "Retrying (Retry" >&2 || true
         "$py" -c 'import torch' || { echo "bootstrap: torch installation failed" >&2; exit 1; }
     fi
