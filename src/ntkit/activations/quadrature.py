@@ -43,7 +43,10 @@ LIMIT = 9.0
 GRID = (-LIMIT, -5.0, -2.5, 0.0, 2.5, 5.0, LIMIT)
 #: Multiples of the smoothing width ``l22 / |l21|`` around an outer kink (resolves correlation -> +-1).
 LAYERS = (1.0, 8.0)
-DEFAULT_NODES = 10
+#: Above this standard deviation the activation itself is resolved by layers at ``k / s`` around
+#: each breakpoint (``tanh(s z)`` is nearly a step for large ``s``); below it the grid suffices.
+STEEP = 1.5
+DEFAULT_NODES = 12
 _CHUNK_ELEMENTS = 2**21  # evaluations per chunk (bounded memory)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -134,6 +137,38 @@ def _factor(var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Te
     return s1, l21, l22
 
 
+def _outer_points(s1: Tensor, l21: Tensor, l22: Tensor, breakpoints: Sequence[float]) -> Tensor:
+    """Outer split points (m, P): kinks of ``f(s1 z)`` and of ``H`` with layers at their scales."""
+    outer: list[Tensor] = []
+    steep = bool(s1.numel()) and float(s1.max()) > STEEP
+    for b in breakpoints:
+        at_f = _safe_div(torch.full_like(s1, b), s1)
+        outer.append(at_f)
+        if steep:  # f(s1 z) varies on the scale 1 / s1 around its breakpoint
+            inv = _safe_div(torch.ones_like(s1), s1)
+            outer.extend(at_f + k * sgn * inv for k in LAYERS for sgn in (-1.0, 1.0))
+        centre = _safe_div(torch.full_like(l21, b), l21)
+        if b != 0:
+            outer.append(centre)
+        width = _safe_div(l22, l21.abs())
+        outer.extend(centre + k * sgn * width for k in LAYERS for sgn in (-1.0, 1.0))
+    return torch.stack(outer, dim=-1)
+
+
+def _inner_points(mean: Tensor, l22: Tensor, breakpoints: Sequence[float]) -> Tensor:
+    """Inner split points (m, n1, P) at ``(b - l21 z1) / l22`` (with layers when ``g`` is steep)."""
+    scale = l22[:, None].expand_as(mean)
+    steep = bool(l22.numel()) and float(l22.max()) > STEEP
+    inner: list[Tensor] = []
+    for b in breakpoints:
+        at_g = _safe_div(b - mean, scale)
+        inner.append(at_g)
+        if steep:
+            inv = _safe_div(torch.ones_like(scale), scale)
+            inner.extend(at_g + k * sgn * inv for k in LAYERS for sgn in (-1.0, 1.0))
+    return torch.stack(inner, dim=-1)
+
+
 def _expect_chunk(
     evaluate: Callable[[Tensor], tuple[Tensor, ...]],
     s1: Tensor,
@@ -144,19 +179,9 @@ def _expect_chunk(
     w: Tensor,
 ) -> list[Tensor]:
     """``[E[f_k(u) f_k(v)]]_k`` for one chunk of entries; ``evaluate`` returns the tuple ``(f_k(x))_k``."""
-    outer: list[Tensor] = []
-    for b in breakpoints:
-        outer.append(_safe_div(torch.full_like(s1, b), s1))
-        centre = _safe_div(torch.full_like(l21, b), l21)
-        if b != 0:
-            outer.append(centre)
-        width = _safe_div(l22, l21.abs())
-        for k in LAYERS:
-            outer.extend([centre - k * width, centre + k * width])
-    z1, w1 = _panel_nodes(_edges(torch.stack(outer, dim=-1)), x, w)  # (m, n1)
+    z1, w1 = _panel_nodes(_edges(_outer_points(s1, l21, l22, breakpoints)), x, w)  # (m, n1)
     mean = l21[:, None] * z1  # (m, n1)
-    inner = torch.stack([_safe_div(b - mean, l22[:, None].expand_as(mean)) for b in breakpoints], dim=-1)
-    z2, w2 = _panel_nodes(_edges(inner), x, w)  # (m, n1, n2)
+    z2, w2 = _panel_nodes(_edges(_inner_points(mean, l22, breakpoints)), x, w)  # (m, n1, n2)
     fu = evaluate(s1[:, None] * z1)
     gv = evaluate(torch.addcmul(mean[..., None], l22[:, None, None], z2))
     out = []
@@ -181,8 +206,8 @@ def _expect_many(
     s1, l21, l22 = _factor(var1, cov, var2)
     x, w = unit_rule(nodes, dtype, device)
     bps = tuple(float(b) for b in breakpoints) or (0.0,)
-    n1 = nodes * (len(GRID) - 1 + sum(1 + 2 * len(LAYERS) if b == 0 else 2 + 2 * len(LAYERS) for b in bps))
-    n2 = nodes * (len(GRID) - 1 + len(bps))
+    n1 = nodes * (len(GRID) + 4 * len(LAYERS) * len(bps) + 2 * len(bps))
+    n2 = nodes * (len(GRID) + (1 + 2 * len(LAYERS)) * len(bps))
     step = max(1, _CHUNK_ELEMENTS // (n1 * n2))
     outs = [torch.empty_like(s1) for _ in range(count)]
     scale = torch.maximum(s1.max(), (l21.abs() + l22).max()) if s1.numel() else s1.sum()
@@ -276,7 +301,7 @@ def gaussian_expectation_1d(
     s = v.reshape(-1).sqrt()
     x, w = unit_rule(nodes, v.dtype, v.device)
     bps = tuple(float(b) for b in breakpoints) or (0.0,)
-    pts = torch.stack([_safe_div(torch.full_like(s, b), s) for b in bps], dim=-1)
+    pts = _outer_points(s, torch.zeros_like(s), torch.zeros_like(s), bps)
     z, wz = _panel_nodes(_edges(pts), x, w)
     (fz,) = _checked(fn, s[:, None] * z, name)
     out = (fz * wz).sum(-1)
