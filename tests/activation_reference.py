@@ -14,6 +14,7 @@ products, characteristic functions). For activations without such a mean (tanh, 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ def _quad(fn: Callable[[mp.mpf], mp.mpf], points: list) -> mp.mpf:
     t, w = _legendre(NODES)
     edges = sorted(mp.mpf(p) for p in points)
     total = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         if hi <= lo:
             continue
         half, mid = (hi - lo) / 2, (hi + lo) / 2

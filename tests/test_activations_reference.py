@@ -8,15 +8,16 @@ exact duplicate, the zero vector and a point of norm 1e3 or 1e-3 (alternating ov
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-from activation_reference import fc_reference, scipy_expect
 
 import ntkit
+from activation_reference import fc_reference, scipy_expect
+from conftest import TOL, rel_err
 from ntkit.activations import available_activations, get_activation
 from ntkit.activations.quadrature import gaussian_expectation
-
-from conftest import TOL, rel_err
 
 ALIASES = {"linear", "heaviside", "rbf", "swish"}
 CLOSED = [n for n in available_activations() if n not in ALIASES and get_activation(n).closed_form]
@@ -38,6 +39,8 @@ def test_closed_form_recursion_matches_mpmath(name: str) -> None:
     act = get_activation(name)
     beta = (0.0, 0.6, 1.0)[i % 3]
     w_std = 0.6 if name in BOUNDED and name not in {"sin", "cos"} else 1.3
+    if name == "exp":  # v -> w^2 exp(2 v) + beta^2 has a finite fixed point only for small w_std, beta
+        beta, w_std = 0.2, 0.3
     x = _inputs(i, name)
     ref = fc_reference(act, x, x, depth=5, beta=beta, w_std=w_std)
     tol = TOL[torch.float64]["closed_form"]
@@ -54,10 +57,18 @@ def test_closed_form_recursion_matches_mpmath(name: str) -> None:
             assert k.ntk is None
 
 
+def _softplus(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _silu(x: float) -> float:
+    return x / (1.0 + math.exp(-x)) if x > -700 else 0.0
+
+
 SMOOTH_GENERAL = {
-    "tanh": (torch.tanh, __import__("math").tanh),
-    "softplus": (torch.nn.functional.softplus, lambda x: max(x, 0.0) + __import__("math").log1p(__import__("math").exp(-abs(x)))),
-    "silu": (torch.nn.functional.silu, lambda x: x / (1.0 + __import__("math").exp(-x)) if x > -700 else 0.0),
+    "tanh": (torch.tanh, math.tanh),
+    "softplus": (torch.nn.functional.softplus, _softplus),
+    "silu": (torch.nn.functional.silu, _silu),
 }
 
 
