@@ -299,6 +299,10 @@ def scipy_expect(
     from scipy import integrate
 
     lim = 12.0
+    if v1 == 0:  # u = 0: E[fn(0) fn(v)]
+        v1, c, v2 = v2, 0.0, 0.0
+        if v1 == 0:
+            return fn(0.0) ** 2
     s1 = math.sqrt(v1)
     l21 = c / s1
     l22 = math.sqrt(max(v2 - c * c / v1, 0.0))
