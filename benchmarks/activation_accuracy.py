@@ -98,9 +98,9 @@ def measure(name: str) -> dict[str, object]:
     a = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
     b = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
     cc = (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1) * (a * b).sqrt()
-    start = time.perf_counter()
+    start = time.process_time()
     act.dual(a, cc, b, derivative=act.has_derivative_map)
-    per_entry = (time.perf_counter() - start) / n
+    per_entry = (time.process_time() - start) / n
     return {
         "name": name,
         "method": "closed form" if act.closed_form else "general path",
@@ -136,7 +136,7 @@ Every activation is one object (`ntkit.activations.Activation`) serving the fini
 `dual(...)` returning both. Names work everywhere (`fc_kernel(x, depth=3, activation="gelu")`),
 as do objects (`ABReLU(a=-0.3, b=1.2)`, `RectifiedMonomial(3)`, `Polynomial([1, 0, 2])`,
 `Hermite(4, normalized=True)`) and any callable (`CallableActivation(fn, derivative=None,
-breakpoints=(0.0,), nodes=12)`).
+breakpoints=(0.0,), nodes=16)`).
 
 ## Methods
 
@@ -150,7 +150,7 @@ breakpoints=(0.0,), nodes=12)`).
   give `det = 0` exactly, zero-norm inputs need no special case.
 * **General path** (any callable): the bivariate expectation is an iterated 1-D integral
   `E[f(u) g(v)] = int phi(z1) f(s1 z1) E[g(l21 z1 + l22 z2) | z1] dz1` over the Cholesky factor,
-  each level by composite Gauss-Legendre (12 nodes per panel) on a fixed grid of `[-9, 9]` split
+  each level by composite Gauss-Legendre (16 nodes per panel) on a fixed grid of `[-9, 9]` split
   at the activation's `breakpoints` (default 0), at the matching kink of the inner integral for
   every outer node, with layers at the smoothing width `l22 / |l21|` (correlation near +-1) and at
   `1 / s` for steep activations (`tanh` of a large-variance input). Derivatives by autograd, or
@@ -163,8 +163,8 @@ Max relative error (`max |got - ref| / max |ref|`, NNGP and derivative maps) ove
 `(v1, c, v2)` in {(1, .3, 1), (1, 1 - 1e-6, 1), (2, -2, 2), (.5, .1, 3), (9, 8.99, 9),
 (25, 10, 16), (0, 0, 1)} (variances <= 3 for the power/exponential-growth activations). "general
 path on the same function" is the quadrature applied to the closed-form activation's own
-`forward` / `derivative`. Time: one layer, both maps, per kernel entry, float64 on the CPU of the
-run below (shared, noisy machine: compare within a column).
+`forward` / `derivative`. Time: CPU time (process time, 2 threads) of one layer, both maps, per
+kernel entry, float64, on a shared and heavily loaded 2-core machine: compare within the column.
 
 | activation | method | max rel. error | reference | general path on the same function | time / entry |
 |---|---|---|---|---|---|

@@ -319,7 +319,11 @@ def scipy_expect(
         )
         return float(val)
 
-    outer_pts = sorted({b / s1 for b in breakpoints if abs(b / s1) < lim})
+    outer = {b / s1 for b in breakpoints}
+    if l21 != 0 and l22 < abs(l21):  # the inner mean is a kink smoothed over l22 / |l21|
+        width = l22 / abs(l21)
+        outer |= {b / l21 + k * width for b in breakpoints for k in (-8.0, -1.0, 1.0, 8.0)}
+    outer_pts = sorted(p for p in outer if abs(p) < lim)
     val, _ = integrate.quad(
         lambda z1: phi(z1) * fn(s1 * z1) * inner(z1), -lim, lim, points=outer_pts or None, epsabs=1e-14, epsrel=1e-12,
         limit=200,

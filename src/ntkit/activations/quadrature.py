@@ -8,7 +8,7 @@ The bivariate expectation is an iterated one-dimensional integral
     E[f(u) g(v)] = int phi(z1) f(s1 z1) H(z1) dz1,      H(z1) = int phi(z2) g(l21 z1 + l22 z2) dz2,
 
 each truncated to ``[-L, L]`` (``L = 9``: the neglected Gaussian mass is ``< 3e-19``) and evaluated by
-*composite Gauss-Legendre* quadrature (``nodes`` per panel, default 12) on a fixed background grid
+*composite Gauss-Legendre* quadrature (``nodes`` per panel, default 16) on a fixed background grid
 ``GRID`` whose panels are further split where the integrand is not smooth. An activation declares its
 breakpoints ``b`` (default ``(0,)``: ReLU, leaky ReLU, ELU, SELU, ... all kink at 0; splitting there
 is harmless for smooth functions). The outer integral is split at ``z1 = b / s1`` (kink of ``f``) and
@@ -26,7 +26,7 @@ between the rule with ``nodes`` and with ``nodes // 2`` nodes per panel: an uppe
 practice, since the finer rule is many orders more accurate than the coarse one.
 
 Everything is vectorised over the broadcast shape of ``(v1, c, v2)`` in chunks of bounded memory;
-the cost is ``O(n1 n2)`` function evaluations per entry (about 2e4 with the defaults).
+the cost is ``O(n1 n2)`` function evaluations per entry (2e4 to 5e4 with the defaults).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ LAYERS = (1.0, 8.0)
 #: Above this standard deviation the activation itself is resolved by layers at ``k / s`` around
 #: each breakpoint (``tanh(s z)`` is nearly a step for large ``s``); below it the grid suffices.
 STEEP = 1.5
-DEFAULT_NODES = 12
+DEFAULT_NODES = 16
 _CHUNK_ELEMENTS = 2**21  # evaluations per chunk (bounded memory)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
