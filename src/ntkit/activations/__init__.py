@@ -13,21 +13,53 @@ import torch
 import torch.nn.functional as F
 
 from ntkit.activations.base import Activation, CallableActivation
-from ntkit.activations.closed_form import ABReLU, Abs, Erf, Identity, LeakyReLU, ReLU
+from ntkit.activations.closed_form import (
+    ABReLU,
+    Abs,
+    Erf,
+    Identity,
+    LeakyReLU,
+    RectifiedMonomial,
+    ReLU,
+    Sign,
+    Step,
+    sigmoid_like,
+)
+from ntkit.activations.closed_form_smooth import Cos, Exp, Gaussian, Gelu, Hermite, Monomial, Polynomial, Sin
 
 __all__ = [
     "ABReLU",
     "Abs",
     "Activation",
     "CallableActivation",
+    "Cos",
     "Erf",
+    "Exp",
+    "Gaussian",
+    "Gelu",
+    "Hermite",
     "Identity",
     "LeakyReLU",
+    "Monomial",
+    "Polynomial",
     "ReLU",
+    "RectifiedMonomial",
+    "Sign",
+    "Sin",
+    "Step",
     "available_activations",
     "get_activation",
     "register_activation",
+    "sigmoid_like",
 ]
+
+
+def _mish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.tanh(F.softplus(x))
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
 
 _REGISTRY: dict[str, Callable[[], Activation]] = {
     "identity": Identity,
@@ -36,7 +68,25 @@ _REGISTRY: dict[str, Callable[[], Activation]] = {
     "leaky_relu": LeakyReLU,
     "abs": Abs,
     "erf": Erf,
-    # General path (quadrature) for common smooth activations without a closed form.
+    # Closed forms added with the conformance suite (docs/activations.md).
+    "ab_relu": lambda: ABReLU(a=-0.3, b=1.2),
+    "step": Step,
+    "heaviside": Step,
+    "sign": Sign,
+    "sigmoid_like": sigmoid_like,
+    "gelu": Gelu,
+    "sin": Sin,
+    "cos": Cos,
+    "gaussian": Gaussian,
+    "rbf": Gaussian,
+    "exp": Exp,
+    "square": lambda: Monomial(2),
+    "cube": lambda: Monomial(3),
+    "rectified_quadratic": lambda: RectifiedMonomial(2),
+    "rectified_cubic": lambda: RectifiedMonomial(3),
+    "hermite2": lambda: Hermite(2, normalized=True),
+    "hermite3": lambda: Hermite(3, normalized=True),
+    # General path (split composite quadrature) for activations without a closed form.
     "tanh": lambda: CallableActivation(torch.tanh, name="tanh"),
     "sigmoid": lambda: CallableActivation(torch.sigmoid, name="sigmoid"),
     "softplus": lambda: CallableActivation(F.softplus, name="softplus"),
@@ -44,6 +94,8 @@ _REGISTRY: dict[str, Callable[[], Activation]] = {
     "swish": lambda: CallableActivation(F.silu, name="swish"),
     "elu": lambda: CallableActivation(F.elu, name="elu"),
     "selu": lambda: CallableActivation(F.selu, name="selu"),
+    "mish": lambda: CallableActivation(_mish, name="mish"),
+    "gelu_tanh": lambda: CallableActivation(_gelu_tanh, name="gelu_tanh"),
 }
 
 

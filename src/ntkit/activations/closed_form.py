@@ -35,6 +35,7 @@ class Identity(Activation):
     """``sigma(x) = x``: ``E[uv] = c``, ``E[sigma' sigma'] = 1``."""
 
     name = "identity"
+    closed_form = True
 
     def forward(self, x: Tensor) -> Tensor:
         return x
@@ -60,6 +61,8 @@ class ABReLU(Activation):
 
     The zero-variance convention (``step(0) = 0``) matches PyTorch's derivative at 0.
     """
+
+    closed_form = True
 
     def __init__(self, a: float = 0.0, b: float = 1.0) -> None:
         self.a = check_float(a, "a")
@@ -124,14 +127,152 @@ class Abs(ABReLU):
         return "Abs()"
 
 
+class Step(Activation):
+    """Heaviside step ``sigma(x) = 1[x > 0]``: ``E = P(u > 0, v > 0) = (pi - theta) / (2 pi)``.
+
+    The derivative is a Dirac delta, so only the NNGP map exists (``has_derivative_map = False``).
+    A zero variance gives 0 (``step(0) = 0``). Arc-cosine kernel of order 0 (Cho & Saul 2009).
+    """
+
+    name = "step"
+    has_derivative_map = False
+    closed_form = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x > 0).to(x.dtype)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        raise ValueError(f"activation {self.name!r}: its derivative is a Dirac delta (no NTK map)")
+
+    def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+        pos = ((var1 > 0) & (var2 > 0)).to(var1.dtype)
+        return (math.pi - arccos_angle(var1, cov, var2)) / (2 * math.pi) * pos
+
+    def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        raise ValueError(f"activation {self.name!r}: its derivative is a Dirac delta (no NTK map)")
+
+
+class Sign(Step):
+    """``sigma(x) = sign(x)``: ``E[sign(u) sign(v)] = 1 - 2 theta / pi`` (0 for a zero variance); NNGP only."""
+
+    name = "sign"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sign(x)
+
+    def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+        pos = ((var1 > 0) & (var2 > 0)).to(var1.dtype)
+        return (1 - 2 * arccos_angle(var1, cov, var2) / math.pi) * pos
+
+
+def _half_moment(k: int) -> float:
+    """``M_k = E[z^k 1[z > 0]]`` for ``z ~ N(0, 1)``: ``M_0 = 1/2``, ``M_1 = 1/sqrt(2 pi)``, ``M_k = (k-1) M_{k-2}``."""
+    if k == 0:
+        return 0.5
+    if k == 1:
+        return 1 / math.sqrt(2 * math.pi)
+    return (k - 1) * _half_moment(k - 2)
+
+
+def rectified_moment(n: int, cos_t: Tensor, sin_t: Tensor, theta: Tensor) -> Tensor:
+    """``I(n, n) = E[x^n y^n 1[x > 0] 1[y > 0]]`` for unit-variance ``(x, y)`` with correlation ``cos(theta)``.
+
+    Equal to ``J_n(theta) / (2 pi)`` of Cho & Saul (2009). Computed by Stein's lemma,
+
+        I(m, k) = (m - 1) I(m-2, k) + rho k I(m-1, k-1) + [m = 1] B(k) + rho [k = 0] B(m - 1),
+
+    with ``I(0, 0) = (pi - theta) / (2 pi)``, ``I(0, k) = I(k, 0)`` and the boundary terms
+    ``B(k) = E[y^k 1[y > 0] delta(x)] = sin(theta)^k M_k / sqrt(2 pi)``.
+    """
+    memo: dict[tuple[int, int], Tensor] = {}
+    inv = 1 / math.sqrt(2 * math.pi)
+
+    def boundary(k: int) -> Tensor:
+        return sin_t**k * (_half_moment(k) * inv)
+
+    def moment(m: int, k: int) -> Tensor:
+        if m < k:
+            m, k = k, m
+        key = (m, k)
+        if key in memo:
+            return memo[key]
+        if m == 0:
+            val = (math.pi - theta) / (2 * math.pi)
+        else:
+            val = torch.zeros_like(theta)
+            if m >= 2:
+                val = val + (m - 1) * moment(m - 2, k)
+            if k >= 1:
+                val = val + k * cos_t * moment(m - 1, k - 1)
+            if m == 1:
+                val = val + boundary(k)
+            if k == 0:
+                val = val + cos_t * boundary(m - 1)
+        memo[key] = val
+        return val
+
+    return moment(n, n)
+
+
+class RectifiedMonomial(Activation):
+    """``sigma(x) = max(x, 0)^n``: the arc-cosine kernel of order ``n`` (Cho & Saul 2009).
+
+    ``E[sigma(u) sigma(v)] = (v1 v2)^(n/2) J_n(theta) / (2 pi)`` (:func:`rectified_moment`) and
+    ``E[sigma'(u) sigma'(v)] = n^2 (v1 v2)^((n-1)/2) J_{n-1}(theta) / (2 pi)``; ``n = 1`` is ReLU.
+    The angle comes from ``atan2(sqrt(det), c)``; zero variances give 0 (``step(0) = 0``).
+    """
+
+    closed_form = True
+
+    def __init__(self, degree: int = 2) -> None:
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+            raise ValueError(f"degree: expected an integer >= 1, got {degree!r}")
+        self.degree = degree
+        self.name = f"rectified_monomial{degree}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clamp(x, min=0) ** self.degree
+
+    def derivative(self, x: Tensor) -> Tensor:
+        if self.degree == 1:
+            return (x > 0).to(x.dtype)
+        return self.degree * torch.clamp(x, min=0) ** (self.degree - 1)
+
+    def _map(self, var1: Tensor, cov: Tensor, var2: Tensor, n: int) -> Tensor:
+        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+        root = _sqrt_det(var1, cov, var2)
+        theta = torch.atan2(root, cov)
+        scale = (var1 * var2).clamp_min(0).sqrt()
+        pos = scale > 0
+        safe = torch.where(pos, scale, torch.ones_like(scale))
+        cos_t = torch.where(pos, cov / safe, torch.ones_like(scale)).clamp(-1, 1)
+        sin_t = torch.where(pos, root / safe, torch.zeros_like(scale)).clamp(0, 1)
+        val = rectified_moment(n, cos_t, sin_t, theta)
+        return val * scale**n if n > 0 else val * pos.to(val.dtype)
+
+    def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        return self._map(var1, cov, var2, self.degree)
+
+    def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        return self.degree**2 * self._map(var1, cov, var2, self.degree - 1)
+
+    def __repr__(self) -> str:
+        return f"RectifiedMonomial(degree={self.degree})"
+
+
 class Erf(Activation):
     """``sigma(x) = a erf(b x) + c`` (Williams 1997).
 
-    With ``D_i = 1 + 2 b^2 v_i``:
+    With ``D_i = 1 + 2 b^2 v_i`` and ``Q = D_1 D_2 - 4 b^4 c^2 = 1 + 2 b^2 (v1 + v2) + 4 b^4 det``:
 
-    * ``E[sigma(u) sigma(v)] = a^2 (2/pi) arcsin(2 b^2 c / sqrt(D_1 D_2)) + c0^2``
-    * ``E[sigma'(u) sigma'(v)] = (4 a^2 b^2 / pi) / sqrt(1 + 2 b^2 (v1 + v2) + 4 b^4 det)``
+    * ``E[sigma(u) sigma(v)] = a^2 (2/pi) arcsin(2 b^2 c / sqrt(D_1 D_2)) + c0^2``, evaluated as
+      ``a^2 (2/pi) atan2(2 b^2 c, sqrt(Q)) + c0^2`` (no cancellation near correlation +-1)
+    * ``E[sigma'(u) sigma'(v)] = (4 a^2 b^2 / pi) / sqrt(Q)``
     """
+
+    closed_form = True
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
         self.a = check_float(a, "a")
@@ -148,9 +289,9 @@ class Erf(Activation):
     def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
         b2 = self.b * self.b
-        denom = ((1 + 2 * b2 * var1) * (1 + 2 * b2 * var2)).sqrt()
-        arg = (2 * b2 * cov / denom).clamp(-1, 1)
-        return self.a**2 * (2 / math.pi) * torch.asin(arg) + self.c**2
+        det = (var1 * var2 - cov * cov).clamp_min(0)
+        q = 1 + 2 * b2 * (var1 + var2) + 4 * b2 * b2 * det
+        return self.a**2 * (2 / math.pi) * torch.atan2(2 * b2 * cov, q.sqrt()) + self.c**2
 
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
@@ -161,3 +302,15 @@ class Erf(Activation):
 
     def __repr__(self) -> str:
         return f"Erf(a={self.a}, b={self.b}, c={self.c})"
+
+
+#: Scale of the erf-based sigmoid-like function (neural-tangents' ``Sigmoid_like``): the ``b`` of
+#: ``0.5 erf(x / 2.4020563531719796) + 0.5`` that best fits the logistic sigmoid on [-5, 5].
+SIGMOID_LIKE_SCALE = 2.4020563531719796
+
+
+def sigmoid_like() -> Erf:
+    """``sigma(x) = 0.5 erf(x / 2.4020563531719796) + 0.5``, an erf-based stand-in for the logistic sigmoid."""
+    act = Erf(a=0.5, b=1 / SIGMOID_LIKE_SCALE, c=0.5)
+    act.name = "sigmoid_like"
+    return act

@@ -1,0 +1,318 @@
+"""Smooth activations with exact Gaussian dual maps: GELU, sin / cos, Gaussian, exp and polynomials.
+
+Notation as in :mod:`ntkit.activations.closed_form`: ``(u, v) ~ N(0, [[v1, c], [c, v2]])`` and
+``det = v1 v2 - c^2`` (clipped at 0, taken from the covariance entries). Every formula below is
+written in ``(v1, c, v2, det)`` only, so that duplicated inputs (``det = 0``) and zero-norm
+inputs need no special case and no correlation ``c / sqrt(v1 v2)`` is ever rounded.
+
+Derivations: Gaussian reweighting ``E[h(u, v) phi(u)] = (2 pi (1 + v1))^(-1/2) E'[h]`` under the
+covariance ``(Sigma^-1 + e1 e1^T)^-1`` and Stein's lemma ``E[u h] = v1 E[d_u h] + c E[d_v h]``
+(GELU: Tsuchida, Pearce, van der Heide, Roosta & Gallagher 2021); characteristic functions
+(sin, cos, exp); Gaussian integrals of quadratic forms (Gaussian activation); the Hermite / Mehler
+expansion for polynomials (Lee et al. 2018, Daniely et al. 2016).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ntkit._validation import check_float
+from ntkit.activations.base import Activation
+
+Tensor = torch.Tensor
+
+
+def _det(v1: Tensor, c: Tensor, v2: Tensor) -> Tensor:
+    return (v1 * v2 - c * c).clamp_min(0)
+
+
+class Gelu(Activation):
+    """Exact GELU ``sigma(x) = x Phi(x)`` (Hendrycks & Gimpel 2016), ``Phi`` the normal CDF.
+
+    With ``D = (1 + v1)(1 + v2) - c^2 = 1 + v1 + v2 + det`` and
+    ``P = (pi - atan2(sqrt(D), c)) / (2 pi) = E[Phi(u) Phi(v)]``:
+
+    * ``E[sigma(u) sigma(v)] = c P + (det + c^2 / (1 + v1) + c^2 / (1 + v2)) / (2 pi sqrt(D))``
+    * ``E[sigma'(u) sigma'(v)] = P + c (1 / (1 + v1) + 1 / (1 + v2)) / (2 pi sqrt(D)) + c / (2 pi D^(3/2))``
+
+    (``sigma' = Phi(x) + x phi(x)``); Tsuchida et al. (2021).
+    """
+
+    name = "gelu"
+    closed_form = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * 0.5 * torch.erfc(-x / math.sqrt(2))
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return 0.5 * torch.erfc(-x / math.sqrt(2)) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+    def _parts(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, ...]:
+        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+        det = _det(var1, cov, var2)
+        d = 1 + var1 + var2 + det
+        root = d.sqrt()
+        p = (math.pi - torch.atan2(root, cov)) / (2 * math.pi)
+        return var1, cov, var2, det, d, root, p
+
+    def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        v1, c, v2, det, _, root, p = self._parts(var1, cov, var2)
+        return c * p + (det + c * c / (1 + v1) + c * c / (1 + v2)) / (2 * math.pi * root)
+
+    def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        v1, c, v2, _, d, root, p = self._parts(var1, cov, var2)
+        return p + c * (1 / (1 + v1) + 1 / (1 + v2)) / (2 * math.pi * root) + c / (2 * math.pi * d * root)
+
+    def __repr__(self) -> str:
+        return "Gelu()"
+
+
+class Sin(Activation):
+    """``sigma(x) = a sin(b x + c)``; :class:`Cos` is the same with a quarter-period phase.
+
+    With ``E_- = exp(-b^2 (v1 + v2 - 2 cov) / 2)`` and ``E_+ = exp(-b^2 (v1 + v2 + 2 cov) / 2)``:
+
+    * ``E[sigma(u) sigma(v)] = a^2 (E_- - cos(2 c) E_+) / 2``
+    * ``E[sigma'(u) sigma'(v)] = a^2 b^2 (E_- + cos(2 c) E_+) / 2``
+    """
+
+    closed_form = True
+    _phase_sign = 1.0  # sin: -cos(2c); cos: +cos(2c)
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
+        self.a = check_float(a, "a")
+        self.b = check_float(b, "b")
+        self.c = check_float(c, "c")
+        self.name = type(self).__name__.lower()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.a * torch.sin(self.b * x + self.c)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return self.a * self.b * torch.cos(self.b * x + self.c)
+
+    def _exps(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor]:
+        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+        b2 = self.b * self.b
+        minus = torch.exp(-0.5 * b2 * (var1 + var2 - 2 * cov).clamp_min(0))
+        plus = torch.exp(-0.5 * b2 * (var1 + var2 + 2 * cov).clamp_min(0))
+        return minus, plus
+
+    def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        minus, plus = self._exps(var1, cov, var2)
+        return self.a**2 * 0.5 * (minus - self._phase_sign * math.cos(2 * self.c) * plus)
+
+    def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        minus, plus = self._exps(var1, cov, var2)
+        return (self.a * self.b) ** 2 * 0.5 * (minus + self._phase_sign * math.cos(2 * self.c) * plus)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(a={self.a}, b={self.b}, c={self.c})"
+
+
+class Cos(Sin):
+    """``sigma(x) = a cos(b x + c)``.
+
+    ``E = a^2 (E_- + cos(2 c) E_+) / 2`` and ``E' = a^2 b^2 (E_- - cos(2 c) E_+) / 2``.
+    """
+
+    _phase_sign = -1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.a * torch.cos(self.b * x + self.c)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return -self.a * self.b * torch.sin(self.b * x + self.c)
+
+
+class Gaussian(Activation):
+    """Gaussian (RBF) activation ``sigma(x) = a exp(-b x^2)`` with ``b >= 0``.
+
+    With ``Q = det(I + 2 b Sigma) = 1 + 2 b (v1 + v2) + 4 b^2 det``:
+    ``E[sigma(u) sigma(v)] = a^2 / sqrt(Q)`` and ``E[sigma'(u) sigma'(v)] = 4 a^2 b^2 c / Q^(3/2)``.
+    """
+
+    closed_form = True
+
+    def __init__(self, a: float = 1.0, b: float = 0.5) -> None:
+        self.a = check_float(a, "a")
+        self.b = check_float(b, "b", minimum=0.0)
+        self.name = "gaussian"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.a * torch.exp(-self.b * x * x)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return -2 * self.a * self.b * x * torch.exp(-self.b * x * x)
+
+    def _q(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor]:
+        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+        q = 1 + 2 * self.b * (var1 + var2) + 4 * self.b**2 * _det(var1, cov, var2)
+        return q, cov
+
+    def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        q, _ = self._q(var1, cov, var2)
+        return self.a**2 / q.sqrt()
+
+    def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        q, c = self._q(var1, cov, var2)
+        return 4 * (self.a * self.b) ** 2 * c / (q * q.sqrt())
+
+    def __repr__(self) -> str:
+        return f"Gaussian(a={self.a}, b={self.b})"
+
+
+class Exp(Activation):
+    """``sigma(x) = a exp(b x)``: ``E = a^2 exp(b^2 (v1 + v2 + 2 c) / 2)``, ``E' = b^2 E``.
+
+    The kernel grows like ``exp(variance)``: deep or large-norm recursions overflow exactly where
+    the true value exceeds the floating-point range (a property of the function, not the method).
+    """
+
+    closed_form = True
+
+    def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
+        self.a = check_float(a, "a")
+        self.b = check_float(b, "b")
+        self.name = "exp"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.a * torch.exp(self.b * x)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return self.a * self.b * torch.exp(self.b * x)
+
+    def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+        return self.a**2 * torch.exp(0.5 * self.b**2 * (var1 + var2 + 2 * cov))
+
+    def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        return self.b**2 * self.expect(var1, cov, var2)
+
+    def __repr__(self) -> str:
+        return f"Exp(a={self.a}, b={self.b})"
+
+
+def _hermite_table(degree: int) -> np.ndarray:
+    """``T[m, k]``: coefficient of ``He_k(z)`` in ``z^m`` (``m! / (k! 2^j j!)`` for ``m - k = 2 j``)."""
+    table = np.zeros((degree + 1, degree + 1))
+    for m in range(degree + 1):
+        for j in range(m // 2 + 1):
+            k = m - 2 * j
+            table[m, k] = math.factorial(m) / (math.factorial(k) * 2**j * math.factorial(j))
+    return table
+
+
+def polynomial_dual(coeffs: Sequence[float], var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+    """``E[p(u) p(v)]`` for ``p(x) = sum_m coeffs[m] x^m`` (Hermite / Mehler expansion).
+
+    Writing ``p(s z) = sum_k s^k beta_k(s^2) He_k(z)`` with
+    ``beta_k(v) = sum_{m = k + 2j} coeffs[m] m! / (k! 2^j j!) v^j`` and
+    ``E[He_j(z1) He_k(z2)] = delta_jk k! rho^k`` gives
+
+        E[p(u) p(v)] = sum_k k! beta_k(v1) beta_k(v2) c^k,
+
+    a finite sum in ``v1, v2, c`` (no square roots, no correlation).
+    """
+    var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+    degree = len(coeffs) - 1
+    table = _hermite_table(degree)
+    out = torch.zeros_like(cov)
+    for k in range(degree + 1):
+        b1 = torch.zeros_like(var1)
+        b2 = torch.zeros_like(var2)
+        for m in range(degree, k - 1, -1):  # Horner in v over m = k, k + 2, ...
+            if (m - k) % 2:
+                continue
+            coef = coeffs[m] * table[m, k]
+            b1 = b1 * var1 + coef
+            b2 = b2 * var2 + coef
+        out = out + math.factorial(k) * b1 * b2 * cov**k
+    return out
+
+
+class Polynomial(Activation):
+    """``sigma(x) = sum_m coeffs[m] x^m``: exact maps by :func:`polynomial_dual` (NNGP and derivative).
+
+    Parameters
+    ----------
+    coeffs : sequence of float
+        Coefficients in increasing degree (``[0, 0, 1]`` is ``x^2``).
+    """
+
+    closed_form = True
+
+    def __init__(self, coeffs: Sequence[float], name: str = "polynomial") -> None:
+        try:
+            values = [float(c) for c in coeffs]
+        except (TypeError, ValueError):
+            raise TypeError(f"coeffs: expected a sequence of floats, got {coeffs!r}") from None
+        if not values or not all(math.isfinite(c) for c in values):
+            raise ValueError(f"coeffs: expected a non-empty sequence of finite floats, got {coeffs!r}")
+        self.coeffs = tuple(values)
+        self.name = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.full_like(x, self.coeffs[-1])
+        for c in reversed(self.coeffs[:-1]):
+            out = out * x + c
+        return out
+
+    @property
+    def derivative_coeffs(self) -> tuple[float, ...]:
+        """Coefficients of ``sigma'``."""
+        return tuple(m * c for m, c in enumerate(self.coeffs))[1:] or (0.0,)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        coeffs = self.derivative_coeffs
+        out = torch.full_like(x, coeffs[-1])
+        for c in reversed(coeffs[:-1]):
+            out = out * x + c
+        return out
+
+    def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        return polynomial_dual(self.coeffs, var1, cov, var2)
+
+    def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
+        return polynomial_dual(self.derivative_coeffs, var1, cov, var2)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self.coeffs)})"
+
+
+class Monomial(Polynomial):
+    """``sigma(x) = x^n``."""
+
+    def __init__(self, degree: int = 2) -> None:
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"degree: expected an integer >= 0, got {degree!r}")
+        super().__init__([0.0] * degree + [1.0], name=f"monomial{degree}")
+        self.degree = degree
+
+    def __repr__(self) -> str:
+        return f"Monomial(degree={self.degree})"
+
+
+class Hermite(Polynomial):
+    """Probabilists' Hermite polynomial ``He_n(x)`` (divided by ``sqrt(n!)`` if ``normalized``).
+
+    For unit-variance inputs ``E[He_n(u) He_n(v)] = n! rho^n``: the normalised ``He_n / sqrt(n!)``
+    has the dual ``rho^n`` (Daniely, Frostig & Singer 2016).
+    """
+
+    def __init__(self, degree: int = 2, *, normalized: bool = False) -> None:
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"degree: expected an integer >= 0, got {degree!r}")
+        coeffs = np.polynomial.hermite_e.herme2poly([0.0] * degree + [1.0])
+        if normalized:
+            coeffs = coeffs / math.sqrt(math.factorial(degree))
+        super().__init__([float(c) for c in coeffs], name=f"hermite{degree}")
+        self.degree = degree
+        self.normalized = normalized
+
+    def __repr__(self) -> str:
+        return f"Hermite(degree={self.degree}, normalized={self.normalized})"
