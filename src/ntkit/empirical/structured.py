@@ -44,6 +44,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from ntkit.empirical._common import Engine, Tensor, check_output, contract_jacobian_pairs, contract_jacobians
+from ntkit.empirical._gemm import CotangentRecorder, LinearCotangent, fast, matmul_t
 from ntkit.empirical.jacobian import JacobianEngine
 
 
@@ -220,14 +221,33 @@ class StructuredEngine(Engine):
 
     # ------------------------------------------------------------- features
     def _capture(self, x: Tensor, record_shapes: dict[int, tuple[int, int, int]] | None = None) -> list[Any]:
-        """Forward with hooks (layer inputs, probes), then one batched backward for the cotangents."""
+        """Forward with hooks (layer inputs, probes), then backward passes for the cotangents.
+
+        float32 on CPU: linear layers pass cotangents on by oneDNN products inside ``k`` plain
+        backward passes (:class:`LinearCotangent`). Otherwise: zero probes added to the layer outputs
+        and one backward pass batched over the ``k`` output basis vectors.
+        """
         n, k = x.shape[0], self.k
-        records: dict[int, list[tuple[Tensor, Tensor]]] = {i: [] for i in range(len(self.layers))}
+        records: dict[int, list[tuple[Tensor, Any]]] = {i: [] for i in range(len(self.layers))}
+        use_fast = fast(x)
+        counter = [0]
+        anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+        w_eff: dict[int, Tensor] = {}
 
         def make_hook(idx: int) -> Callable[[nn.Module, Any, Any], Any]:
-            def hook(_m: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+            layer = self.layers[idx]
+
+            def hook(m: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+                inp = inputs[0]
+                if use_fast and layer.kind == "linear":
+                    if idx not in w_eff:
+                        scale = _scales(m)[0] ** 0.5
+                        w_eff[idx] = m.weight.detach() * scale if scale != 1.0 else m.weight.detach()
+                    rec = CotangentRecorder(w_eff[idx], k, counter)
+                    records[idx].append((inp.detach(), rec))
+                    return LinearCotangent.apply(inp, output.detach(), anchor, rec)
                 probe = torch.zeros_like(output, requires_grad=True)
-                records[idx].append((inputs[0].detach(), probe))
+                records[idx].append((inp.detach(), probe))
                 return output + probe
 
             return hook
@@ -241,8 +261,11 @@ class StructuredEngine(Engine):
                 h.remove()
         if out.shape[1] != k:
             raise ValueError(f"model: expected {k} outputs for every block, got {out.shape[1]}")
-        probes = [pr for recs in records.values() for _, pr in recs]
-        grads = self._cotangents(out, probes)
+        probes = [pr for recs in records.values() for _, pr in recs if isinstance(pr, torch.Tensor)]
+        if use_fast:
+            grads = self._cotangent_passes(out, probes, anchor, counter)
+        else:
+            grads = self._cotangents(out, probes)
         feats: list[Any] = []
         pos = 0
         for i, layer in enumerate(self.layers):
@@ -251,9 +274,16 @@ class StructuredEngine(Engine):
                 feats.append(None)
                 continue
             a_parts, g_parts = [], []
-            for inp, _ in recs:
-                grad = grads[pos]
-                pos += 1
+            for inp, pr in recs:
+                if isinstance(pr, CotangentRecorder):
+                    d_out = layer.module.weight.shape[0]
+                    buf = pr.result()
+                    if buf is None:  # the output does not depend on this call
+                        buf = torch.zeros((inp.numel() // inp.shape[-1], k, d_out), dtype=x.dtype, device=x.device)
+                    grad = buf.view(n, -1, k, d_out).permute(2, 0, 1, 3)  # (k, N, P, d_out), a view
+                else:
+                    grad = grads[pos]
+                    pos += 1
                 a_u, g_u = self._layer_tensors(layer, inp, grad, n)
                 a_parts.append(a_u)
                 g_parts.append(g_u)
@@ -264,7 +294,25 @@ class StructuredEngine(Engine):
             feats.append((a, g))
         return feats
 
-    def _cotangents(self, out: Tensor, probes: list[Tensor]) -> list[Tensor]:
+    def _cotangent_passes(self, out: Tensor, probes: list[Tensor], anchor: Tensor, counter: list[int]) -> list[Tensor]:
+        """One plain backward pass per output; linear layers record into their buffers."""
+        n, k = out.shape
+        grads: list[list[Tensor]] = [[] for _ in probes]
+        if not out.requires_grad:
+            return [torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for p in probes]
+        eye = torch.eye(k, dtype=out.dtype, device=out.device)
+        inputs = [*probes, anchor]
+        for c in range(k):
+            counter[0] = c
+            res = torch.autograd.grad(
+                out, inputs, grad_outputs=eye[c].expand(n, k), retain_graph=c < k - 1, allow_unused=True
+            )
+            for j, p in enumerate(probes):
+                r = res[j]
+                grads[j].append(torch.zeros_like(p) if r is None else r)
+        return [torch.stack(gs) for gs in grads]
+
+    def _cotangents(self, out: Tensor, probes: list[Tensor], batched: bool = True) -> list[Tensor]:
         n, k = out.shape
         zeros = [torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for p in probes]
         if not out.requires_grad or not probes:
@@ -272,13 +320,15 @@ class StructuredEngine(Engine):
         eye = torch.eye(k, dtype=out.dtype, device=out.device)
         basis = eye[:, None, :].expand(k, n, k)
         try:
+            if not batched:
+                raise RuntimeError("one backward pass per output")
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*performance drop.*")
                 warnings.filterwarnings("ignore", message=".*batching rule.*")
                 grads = torch.autograd.grad(
                     out, probes, grad_outputs=basis, is_grads_batched=True, allow_unused=True
                 )
-        except RuntimeError:  # an op without a batching rule: one backward pass per output
+        except RuntimeError:  # unbatched (fast linear path) or an op without a batching rule
             rows: list[tuple[Tensor | None, ...]] = []
             for c in range(k):
                 rows.append(
@@ -338,7 +388,10 @@ class StructuredEngine(Engine):
     def _input_gram(layer: _Layer, a1: Tensor, a2: Tensor) -> Tensor | float:
         if layer.w_scale2 == 0:
             return layer.b_scale2
-        gram = torch.bmm(a1, a2.transpose(1, 2))  # (G, N1 P, N2 P)
+        if a1.shape[0] == 1:
+            gram = matmul_t(a1[0], a2[0]).unsqueeze(0)  # (1, N1 P, N2 P)
+        else:
+            gram = torch.bmm(a1, a2.transpose(1, 2))  # (G, N1 P, N2 P)
         if layer.w_scale2 != 1.0:
             gram.mul_(layer.w_scale2)
         if layer.b_scale2 != 0:
@@ -379,7 +432,7 @@ class StructuredEngine(Engine):
         """Add one group's ``sum_{p,q} A[ip, jq] <g1[i,p,a], g2[j,q,b]>`` to ``acc``."""
         n1, n2, k, d = g1.shape[0], g2.shape[0], self.k, g1.shape[-1]
         if mode == "trace":
-            c = g1.reshape(n1 * p, k * d) @ g2.reshape(n2 * p, k * d).T
+            c = matmul_t(g1.reshape(n1 * p, k * d), g2.reshape(n2 * p, k * d))
             if p == 1:
                 if isinstance(a, float):
                     acc.add_(c, alpha=a)
@@ -394,7 +447,7 @@ class StructuredEngine(Engine):
             c.mul_(a)
             acc.add_(c.view(k, n1, p, n2, p).sum((2, 4)) if p > 1 else c)
         else:
-            c = (g1.reshape(n1 * p * k, d) @ g2.reshape(n2 * p * k, d).T).view(n1, p, k, n2, p, k)
+            c = matmul_t(g1.reshape(n1 * p * k, d), g2.reshape(n2 * p * k, d)).view(n1, p, k, n2, p, k)
             a6 = a if isinstance(a, float) else a.view(n1, p, 1, n2, p, 1)
             if p == 1:
                 c.mul_(a6)
