@@ -12,6 +12,8 @@ Reference: Novak et al. (2022), "Fast finite width neural tangent kernel", ICML,
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp, vmap
@@ -74,7 +76,9 @@ class NTVPEngine(Engine):
             def push(t: dict[str, Tensor]) -> Tensor:
                 return jvp(lambda p: self._f_batch(p, f1), (self.params,), (t,))[1]
 
-            cols = vmap(push)(tangents)  # (c * k, N1, k): [(j, b), i, a]
+            with warnings.catch_warnings():  # torch's first jvp loads decompositions via torch.jit
+                warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+                cols = vmap(push)(tangents)  # (c * k, N1, k): [(j, b), i, a]
             out[:, start : start + c] = cols.reshape(c, k, n1, k).permute(2, 0, 3, 1)
         return _reduce(out, mode)
 
@@ -90,7 +94,9 @@ class NTVPEngine(Engine):
 
                 return vmap(one)(t)  # (k_b, k_a)
 
-            res = vmap(push_one)(f1[start : start + self.chunk], pulled)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+                res = vmap(push_one)(f1[start : start + self.chunk], pulled)
             out[start : start + res.shape[0]] = res.transpose(1, 2)
         if mode == "full":
             return out
