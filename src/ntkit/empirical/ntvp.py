@@ -108,7 +108,7 @@ class NTVPEngine(Engine):
 
     def tile_bytes(self, b1: int, b2: int, mode: str) -> float:
         chunk = min(self.chunk, b2)
-        tangents = 3.0 * chunk * self.k * self.n_params * self.itemsize
+        tangents = 1.0 * chunk * self.k * self.n_params * self.itemsize
         return tangents + 2.0 * b1 * b2 * self.k * self.k * self.itemsize
 
     def flops(self, n1: int, n2: int, mode: str) -> float:
