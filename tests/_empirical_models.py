@@ -78,7 +78,9 @@ def make(name: str, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, int]
     raise KeyError(name)
 
 
-def brute_force_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+def brute_force_ntk(
+    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, names: list[str] | None = None
+) -> torch.Tensor:
     """(N1, N2, k, k) by summing d f_a / d theta_p * d f_b / d theta_p over parameters, one example at a time."""
     named = dict(model.named_parameters())
     params = [named[n] for n in (names if names is not None else list(named))]
@@ -90,9 +92,8 @@ def brute_force_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, names:
             per_out = []
             for a in range(f.shape[0]):
                 grads = torch.autograd.grad(f[a], params, retain_graph=True, allow_unused=True)
-                per_out.append(
-                    torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
-                )
+                flat = [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
+                per_out.append(torch.cat(flat))
             rows.append(torch.stack(per_out))
         return torch.stack(rows)
 

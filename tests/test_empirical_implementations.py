@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err
 
 import ntkit
 from _empirical_models import brute_force_ntk, make, reduce, single_thread  # noqa: F401
+from conftest import rel_err
 from ntkit.empirical._common import select_parameters
 from ntkit.empirical.structured import StructuredEngine
 

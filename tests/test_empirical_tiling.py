@@ -6,11 +6,11 @@ import re
 
 import pytest
 import torch
-from conftest import rel_err
 from torch import nn
 
 import ntkit
 from _empirical_models import make, single_thread  # noqa: F401
+from conftest import rel_err
 from ntkit.empirical._common import parse_memory
 
 MODES = ["full", "trace", "diagonal"]
@@ -117,7 +117,7 @@ def test_bad_inputs(impl: str) -> None:
             ntkit.empirical_ntk(_BadOutput(shape), torch.randn(3, 4), implementation=impl)
     with pytest.raises(ValueError, match="x1 and x2: expected the same feature shape"):
         ntkit.empirical_ntk(model, x, torch.randn(3, d + 1), implementation=impl)
-    with pytest.raises(ValueError, match="parameters: expected names of trainable parameters.*'nope'"):
+    with pytest.raises(ValueError, match=r"parameters: expected names of trainable parameters.*'nope'"):
         ntkit.empirical_ntk(model, x, implementation=impl, parameters=["0.weight", "nope"])
     with pytest.raises(ValueError, match="x1 and x2: expected the same number of rows for pairs='diagonal'"):
         ntkit.empirical_ntk(model, x, x[:2], implementation=impl, pairs="diagonal")
@@ -127,7 +127,7 @@ def test_bad_inputs(impl: str) -> None:
         ntkit.empirical_ntk(model, x, implementation="fast")
     with pytest.raises(ValueError, match="x1: expected finite values"):
         ntkit.empirical_ntk(model, torch.full((2, d), float("nan")), implementation=impl)
-    with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
         ntkit.empirical_ntk(lambda t: t, x, implementation=impl)  # type: ignore[arg-type]
 
 

@@ -99,15 +99,15 @@ class LinearCotangent(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(inp: Tensor, out: Tensor, anchor: Tensor, rec: CotangentRecorder) -> Tensor:  # type: ignore[override]
+    def forward(inp: Tensor, out: Tensor, anchor: Tensor, rec: CotangentRecorder) -> Tensor:
         return out.view_as(out)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:  # type: ignore[override]
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         ctx.rec = inputs[3]
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
         rec: CotangentRecorder = ctx.rec
         rec.store(grad)
         gin = rec.input_grad(grad) if ctx.needs_input_grad[0] else None

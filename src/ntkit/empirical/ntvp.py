@@ -55,7 +55,7 @@ class NTVPEngine(Engine):
         eye = self._basis(rows)
 
         def one(x: Tensor) -> dict[str, Tensor]:
-            _, vjp_fn = vjp(lambda p: self._f_single(p, x), self.params)
+            vjp_fn = vjp(lambda p: self._f_single(p, x), self.params)[1]
             out: tuple[dict[str, Tensor]] = vmap(vjp_fn)(eye)
             return out[0]
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 from ntkit.empirical._common import Engine, Tensor, check_output, contract_jacobian_pairs, contract_jacobians
@@ -242,7 +242,8 @@ class StructuredEngine(Engine):
                 if use_fast and layer.kind == "linear":
                     if idx not in w_eff:
                         scale = _scales(m)[0] ** 0.5
-                        w_eff[idx] = m.weight.detach() * scale if scale != 1.0 else m.weight.detach()
+                        weight: Tensor = m.weight  # type: ignore[assignment]
+                        w_eff[idx] = weight.detach() * scale if scale != 1.0 else weight.detach()
                     rec = CotangentRecorder(w_eff[idx], k, counter)
                     records[idx].append((inp.detach(), rec))
                     return LinearCotangent.apply(inp, output.detach(), anchor, rec)
@@ -276,7 +277,7 @@ class StructuredEngine(Engine):
             a_parts, g_parts = [], []
             for inp, pr in recs:
                 if isinstance(pr, CotangentRecorder):
-                    d_out = layer.module.weight.shape[0]
+                    d_out = pr.w_eff.shape[0]
                     buf = pr.result()
                     if buf is None:  # the output does not depend on this call
                         buf = torch.zeros((inp.numel() // inp.shape[-1], k, d_out), dtype=x.dtype, device=x.device)
@@ -418,7 +419,7 @@ class StructuredEngine(Engine):
                 continue
             a_gram = self._input_gram(layer, l1[1], l2[1])
             g1, g2 = l1[2], l2[2]
-            groups, _, p, _, d_out = g1.shape
+            groups, _, p, _, _ = g1.shape
             for gi in range(groups):
                 a_g = a_gram if isinstance(a_gram, float) else a_gram[gi]
                 self._accumulate(acc, a_g, g1[gi], g2[gi], mode, p)

@@ -80,7 +80,8 @@ def tiled_kernel(
             raise _too_small(engine, budget, rb * 2 + engine.tile_bytes(1, 1, mode) * 2)
         result = _check_out(out, pairs_shape(n1, k, mode), x1)
         steps = list(range(0, n1, b))
-        bar = Progress(len(steps), "empirical_ntk rows", enabled=bool(progress) or (progress is None and len(steps) >= 4))
+        show = bool(progress) or (progress is None and len(steps) >= 4)
+        bar = Progress(len(steps), "empirical_ntk rows", enabled=show)
         for s in steps:
             f1 = engine.features(x1[s : s + b])
             f2 = f1 if sym else engine.features(xb[s : s + b])
