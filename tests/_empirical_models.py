@@ -92,7 +92,8 @@ def brute_force_ntk(
             per_out = []
             for a in range(f.shape[0]):
                 grads = torch.autograd.grad(f[a], params, retain_graph=True, allow_unused=True)
-                flat = [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
+                pairs = zip(grads, params, strict=True)
+                flat = [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in pairs]
                 per_out.append(torch.cat(flat))
             rows.append(torch.stack(per_out))
         return torch.stack(rows)
