@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 import ntkit
-from ntkit.empirical._common import select_parameters
+from ntkit.empirical._common import contract_jacobians, select_parameters
 from ntkit.empirical.jacobian import JacobianEngine
 from ntkit.empirical.ntvp import NTVPEngine
 
@@ -77,17 +77,24 @@ def cnn(dtype: torch.dtype, channels: int = 32) -> nn.Module:
 
 
 def tutorial_estimate(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, mode: str, rows: int) -> float:
-    """``a (N1 + N2) + b N1 N2`` from per-row Jacobian time ``a`` and per-pair contraction time ``b``."""
+    """``a (N1 + N2) + b`` from the per-row Jacobian time ``a`` (``rows`` rows timed) and the time ``b``
+    of the full-size contraction, timed on random Jacobians of all N1, N2 rows and a 1/s slice of
+    the parameters (the contraction is one GEMM whose cost is linear in the parameter count), times s.
+    """
     params = select_parameters(model, None)
     eng = JacobianEngine(model, params, 10, 0.0)
     eng.features(x1[:1])
     t = time.perf_counter()
-    f1 = eng.features(x1[:rows])
-    f2 = eng.features(x2[:rows])
+    eng.features(x1[:rows])
+    eng.features(x2[:rows])
     a = (time.perf_counter() - t) / (2 * rows)
-    with torch.no_grad():
-        b = best_of(lambda: eng.block(f1, f2, mode), 2) / rows**2
-    return a * (x1.shape[0] + x2.shape[0]) + b * x1.shape[0] * x2.shape[0]
+    n_params = sum(p.numel() for p in params.values())
+    n1, n2 = x1.shape[0], x2.shape[0]
+    p_slice = max(1, int(2**26 // (10 * (n1 + n2))))  # 256 MB of float32 Jacobians
+    j1 = torch.randn(n1, 10, p_slice, dtype=x1.dtype)
+    j2 = torch.randn(n2, 10, p_slice, dtype=x1.dtype)
+    b = best_of(lambda: contract_jacobians(j1, j2, mode), 2) * n_params / p_slice
+    return a * (n1 + n2) + b
 
 
 def ntvp_estimate(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, mode: str, cols: int) -> float:

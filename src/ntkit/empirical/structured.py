@@ -200,7 +200,7 @@ class StructuredEngine(Engine):
         return total
 
     def row_bytes(self) -> float:
-        per = (self.k + 2) * self.act_per_row
+        per = (self.k / 2 + 2) * self.act_per_row  # saved activations and transient cotangents
         for layer in self.layers:
             pg = layer.positions * layer.groups
             per += pg * (layer.d_in + self.k * layer.d_out)
@@ -451,8 +451,10 @@ class StructuredEngine(Engine):
             c = matmul_t(g1.reshape(n1 * p * k, d), g2.reshape(n2 * p * k, d)).view(n1, p, k, n2, p, k)
             a6 = a if isinstance(a, float) else a.view(n1, p, 1, n2, p, 1)
             if p == 1:
-                c.mul_(a6)
-                acc.add_(c.view(n1, k, n2, k))
+                if isinstance(a6, float):
+                    acc.add_(c.view(n1, k, n2, k), alpha=a6)
+                else:
+                    acc.view(n1, 1, k, n2, 1, k).addcmul_(c, a6)
             else:
                 acc.add_((c * a6).sum((1, 4)))
 
