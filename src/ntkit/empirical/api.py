@@ -1,0 +1,169 @@
+"""``empirical_ntk``: the public entry point, validation and the choice of implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ntkit._validation import check_choice, check_pair, describe
+from ntkit.empirical._common import (
+    DEFAULT_MEMORY_BUDGET,
+    IMPLEMENTATIONS,
+    MODES,
+    PAIRS,
+    Engine,
+    Tensor,
+    model_output,
+    parse_memory,
+    select_parameters,
+)
+from ntkit.empirical.jacobian import JacobianEngine
+from ntkit.empirical.ntvp import NTVPEngine
+from ntkit.empirical.structured import StructuredEngine
+from ntkit.empirical.tiling import tiled_kernel
+
+
+def _check_eval_mode(model: nn.Module) -> None:
+    """Refuse modules whose train-mode output is not a per-example deterministic function."""
+    bad = []
+    for name, m in model.named_modules():
+        if not m.training:
+            continue
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            bad.append(f"{name or type(m).__name__} (batch statistics couple the examples)")
+        elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            bad.append(f"{name or type(m).__name__} (random masks: a different function at every call)")
+    if bad:
+        raise ValueError(
+            "model: expected BatchNorm and Dropout layers in eval mode (call model.eval()), got train mode "
+            f"for {bad[:4]}"
+        )
+
+
+def _engine(
+    implementation: str,
+    model: nn.Module,
+    params: dict[str, Tensor],
+    k: int,
+    t1: Tensor,
+    n1: int,
+    n2: int,
+    mode: str,
+    budget: int,
+) -> Engine:
+    if implementation in ("structured", "fc", "auto"):
+        structured = StructuredEngine(model, params, k, t1[:1], n1, n2, mode)
+        if implementation != "auto":
+            return structured
+        jac = JacobianEngine(model, params, k, structured.forward_flops)
+        fits = [e for e in (structured, jac) if e.row_bytes() * 2 + e.tile_bytes(1, 1, mode) <= budget]
+        if not fits:
+            return NTVPEngine(model, params, k, structured.forward_flops, budget / 4)
+        return min(fits, key=lambda e: e.flops(n1, n2, mode))
+    n_params = float(sum(p.numel() for p in params.values()))
+    if implementation == "jacobian":
+        return JacobianEngine(model, params, k, 2.0 * n_params)
+    return NTVPEngine(model, params, k, 2.0 * n_params, budget / 4)
+
+
+def empirical_ntk(
+    model: nn.Module,
+    x1: Any,
+    x2: Any | None = None,
+    *,
+    mode: str = "full",
+    implementation: str = "auto",
+    parameters: Sequence[str] | str | None = None,
+    pairs: str = "all",
+    memory_budget: int | str | None = None,
+    progress: bool | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Empirical NTK of ``model`` between ``x1`` and ``x2``.
+
+    For a model ``f(x; theta)`` with ``k`` outputs,
+
+        Theta(x, x')_{ab} = sum_p  d f_a(x) / d theta_p  *  d f_b(x') / d theta_p
+
+    (Jacot, Gabriel, Hongler 2018), summed over the selected parameters ``p``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps a batch (N, ...) to outputs (N, k), row by row. BatchNorm and Dropout must be in eval
+        mode (``model.eval()``): in train mode BatchNorm couples the examples of a batch and Dropout
+        draws a new function at every call, so no per-example kernel exists (a ValueError says so).
+        Buffers (BatchNorm running statistics) are constants. Parameters with
+        ``requires_grad=False`` are constants.
+    x1 : Tensor of shape (N1, ...)
+    x2 : Tensor of shape (N2, ...), optional
+        Same trailing shape as ``x1``. ``None`` computes the symmetric kernel of ``x1``: features
+        once, and only the tiles on and above the diagonal.
+    mode : {"full", "trace", "diagonal"}
+        ``"full"``: blocks (N1, N2, k, k); ``"trace"``: ``(1/k) sum_a Theta_aa``, (N1, N2) —
+        comparable with the scalar infinite-width kernel; ``"diagonal"``: ``Theta_aa``, (N1, N2, k).
+    implementation : {"auto", "jacobian", "ntvp", "structured", "fc"}
+        ``"jacobian"``: per-example Jacobians contracted (PyTorch's tutorial method;
+        memory ``N k P``). ``"ntvp"``: vjp then jvp, never forming the Jacobian (least memory, most
+        compute). ``"structured"`` (alias ``"fc"``): layer-factored Gram products for
+        ``nn.Linear``, ``nn.Conv1d/2d`` and :class:`ntkit.NTKLinear`, autodiff for other
+        parameters (see :mod:`ntkit.empirical.structured`). ``"auto"``: the cheaper of structured
+        and jacobian by an estimated flop count among those whose one-row tile fits the budget,
+        else ntvp.
+    parameters : str or sequence of str, optional
+        Names as in ``model.named_parameters()``; default all trainable parameters.
+    pairs : {"all", "diagonal"}
+        ``"diagonal"`` computes only ``Theta(x1_i, x2_i)`` (``x2`` defaults to ``x1``; same N):
+        shapes (N, k, k), (N,) or (N, k) by mode.
+    memory_budget : int or str, optional
+        Working memory per tile in bytes or as ``"512MB"``, ``"2GB"`` (default 1 GiB): features
+        of a tile's rows and columns and its temporaries, by the implementation's estimate. The
+        result is not counted. Too small for a 1 x 1 tile: ValueError.
+    progress : bool, optional
+        Progress on stderr; default: shown when the work takes 4 tiles or more.
+    out : Tensor, optional
+        Preallocated result, filled tile by tile (kept on interruption).
+
+    Returns
+    -------
+    Tensor in the model's dtype and device, shape as given by ``mode`` and ``pairs``.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> net = ntkit.FCNetwork(3, [64], 2, seed=0)
+    >>> x = torch.randn(4, 3, dtype=torch.float64)
+    >>> ntkit.empirical_ntk(net, x).shape
+    torch.Size([4, 4, 2, 2])
+    >>> ntkit.empirical_ntk(net, x, mode="trace", pairs="diagonal").shape
+    torch.Size([4])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
+    check_choice(mode, "mode", MODES)
+    check_choice(implementation, "implementation", IMPLEMENTATIONS)
+    check_choice(pairs, "pairs", PAIRS)
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress: expected a bool or None, got {describe(progress)}")
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else parse_memory(memory_budget)
+    ref = next(model.parameters(), None)
+    dtype = ref.dtype if ref is not None else None
+    device = ref.device if ref is not None else None
+    t1, t2 = check_pair(x1, x2, dtype=dtype, device=device, ndim=None)
+    if pairs == "diagonal" and t2 is not None and t2.shape[0] != t1.shape[0]:
+        raise ValueError(
+            f"x1 and x2: expected the same number of rows for pairs='diagonal', got {t1.shape[0]} and {t2.shape[0]}"
+        )
+    _check_eval_mode(model)
+    k = model_output(model, t1, "x1").shape[1]
+    if t2 is not None:
+        model_output(model, t2, "x2")
+    params = select_parameters(model, parameters)
+    n1 = t1.shape[0]
+    n2 = n1 if t2 is None else t2.shape[0]
+    engine = _engine(implementation, model, params, k, t1, n1, n2 if pairs == "all" else 1, mode, budget)
+    with torch.no_grad():
+        return tiled_kernel(engine, t1, t2, mode=mode, pairs=pairs, budget=budget, progress=progress, out=out)

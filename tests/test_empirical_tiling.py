@@ -1,0 +1,153 @@
+"""Tiling under a memory budget, symmetry, pairs, ``out``, progress, train-mode and bad-input errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import ntkit
+from _empirical_models import make, single_thread  # noqa: F401
+from conftest import rel_err
+from ntkit.empirical._common import parse_memory
+
+MODES = ["full", "trace", "diagonal"]
+
+
+def one_tile_need(model: nn.Module, x: torch.Tensor, **kwargs: object) -> int:
+    """The budget a 1 x 1 tile needs, read from the error raised for a 1-byte budget."""
+    with pytest.raises(ValueError, match="memory_budget: expected at least") as info:
+        ntkit.empirical_ntk(model, x, memory_budget=1, **kwargs)  # type: ignore[arg-type]
+    return int(re.search(r"at least (\d+) bytes", str(info.value)).group(1))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("impl", ["structured", "jacobian", "ntvp"])
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_tiled_equals_untiled(impl: str, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    model, d = make(name)
+    x1 = torch.randn(11, d, dtype=torch.float64)
+    x2 = torch.randn(7, d, dtype=torch.float64)
+    for mode in MODES:
+        ref = ntkit.empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
+        ref_sym = ntkit.empirical_ntk(model, x1, mode=mode, implementation=impl)
+        ref_pairs = ntkit.empirical_ntk(model, x1, mode=mode, implementation=impl, pairs="diagonal")
+        # a budget that allows a few rows per tile only
+        budget = 3 * one_tile_need(model, x1, x2=x2, mode=mode, implementation=impl)
+        got = ntkit.empirical_ntk(model, x1, x2, mode=mode, implementation=impl, memory_budget=budget)
+        got_sym = ntkit.empirical_ntk(model, x1, mode=mode, implementation=impl, memory_budget=budget)
+        got_pairs = ntkit.empirical_ntk(
+            model, x1, mode=mode, implementation=impl, pairs="diagonal", memory_budget=budget
+        )
+        assert rel_err(got, ref) < 1e-12
+        assert rel_err(got_sym, ref_sym) < 1e-12
+        assert rel_err(got_pairs, ref_pairs) < 1e-12
+    ntkit.empirical_ntk(model, x1, x2, implementation=impl, memory_budget=budget, progress=True)
+    assert "empirical_ntk" in capsys.readouterr().err
+
+
+def test_out_is_filled_and_progress_can_be_silenced(capsys: pytest.CaptureFixture[str]) -> None:
+    model, d = make("mlp")
+    x = torch.randn(20, d, dtype=torch.float64)
+    out = torch.full((20, 20), float("nan"), dtype=torch.float64)
+    res = ntkit.empirical_ntk(model, x, mode="trace", memory_budget=20_000, out=out, progress=False)
+    assert res is out and bool(torch.isfinite(out).all())
+    assert rel_err(out, ntkit.empirical_ntk(model, x, mode="trace")) < 1e-12
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="out: expected a tensor of shape"):
+        ntkit.empirical_ntk(model, x, mode="full", out=out)
+
+
+def test_budget_too_small_for_one_tile() -> None:
+    model, d = make("cnn")
+    x = torch.randn(3, d, dtype=torch.float64)
+    for impl in ["structured", "jacobian", "ntvp", "auto"]:
+        with pytest.raises(ValueError, match=r"memory_budget: expected at least \d+ bytes .* one 1 x 1 tile"):
+            ntkit.empirical_ntk(model, x, implementation=impl, memory_budget=100)
+
+
+def test_parse_memory() -> None:
+    assert parse_memory("2GB") == 2 << 30
+    assert parse_memory("1.5 MB") == int(1.5 * 2**20)
+    assert parse_memory(4096) == 4096
+    for bad in ["lots", "-1GB", 0, True, "1 XB"]:
+        with pytest.raises((ValueError, TypeError), match="memory_budget"):
+            parse_memory(bad)
+
+
+class _Bilinear(nn.Module):
+    """An unknown module holding most of the parameters."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n, n, dtype=torch.float64) / n**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+
+def test_auto_falls_back_to_ntvp_when_jacobians_do_not_fit() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 40), nn.Tanh(), _Bilinear(40), nn.Tanh(), nn.Linear(40, 3)).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    ref = ntkit.empirical_ntk(model, x, implementation="jacobian")
+    needs = {impl: one_tile_need(model, x, implementation=impl) for impl in ["ntvp", "jacobian", "structured"]}
+    assert needs["ntvp"] < min(needs["jacobian"], needs["structured"])
+    assert rel_err(ntkit.empirical_ntk(model, x, memory_budget=needs["ntvp"]), ref) < 1e-10
+
+
+class _BadOutput(nn.Module):
+    def __init__(self, shape: str) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 6).double()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        return y.sum(-1) if self.shape == "1d" else y.view(-1, 2, 3)
+
+
+@pytest.mark.parametrize("impl", ["structured", "jacobian", "ntvp", "auto"])
+def test_bad_inputs(impl: str) -> None:
+    model, d = make("mlp")
+    x = torch.randn(3, d, dtype=torch.float64)
+    for shape in ["1d", "3d"]:
+        with pytest.raises(ValueError, match=r"model: expected an output of shape \(N, k\)"):
+            ntkit.empirical_ntk(_BadOutput(shape), torch.randn(3, 4), implementation=impl)
+    with pytest.raises(ValueError, match="x1 and x2: expected the same feature shape"):
+        ntkit.empirical_ntk(model, x, torch.randn(3, d + 1), implementation=impl)
+    with pytest.raises(ValueError, match=r"parameters: expected names of trainable parameters.*'nope'"):
+        ntkit.empirical_ntk(model, x, implementation=impl, parameters=["0.weight", "nope"])
+    with pytest.raises(ValueError, match="x1 and x2: expected the same number of rows for pairs='diagonal'"):
+        ntkit.empirical_ntk(model, x, x[:2], implementation=impl, pairs="diagonal")
+    with pytest.raises(ValueError, match="pairs: expected one of"):
+        ntkit.empirical_ntk(model, x, implementation=impl, pairs="diag")
+    with pytest.raises(ValueError, match="implementation: expected one of"):
+        ntkit.empirical_ntk(model, x, implementation="fast")
+    with pytest.raises(ValueError, match="x1: expected finite values"):
+        ntkit.empirical_ntk(model, torch.full((2, d), float("nan")), implementation=impl)
+    with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
+        ntkit.empirical_ntk(lambda t: t, x, implementation=impl)  # type: ignore[arg-type]
+
+
+def test_train_mode_batchnorm_and_dropout_are_refused() -> None:
+    model, d = make("batchnorm")
+    x = torch.randn(3, d, dtype=torch.float64)
+    ntkit.empirical_ntk(model, x)  # eval mode: fine (running statistics are constants)
+    model.train()
+    with pytest.raises(ValueError, match=r"model: expected BatchNorm and Dropout layers in eval mode.*model.eval\(\)"):
+        ntkit.empirical_ntk(model, x)
+    model.eval()
+    model[3].train()  # only the dropout in train mode
+    with pytest.raises(ValueError, match="random masks"):
+        ntkit.empirical_ntk(model, x)
+
+
+def test_float32_tiled_big_enough_for_fast_path() -> None:
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(16, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 5))
+    x = torch.randn(64, 16)
+    ref = ntkit.empirical_ntk(net.double(), x.double(), mode="trace", implementation="jacobian")
+    got = ntkit.empirical_ntk(net.float(), x, mode="trace", implementation="structured", memory_budget="3MB")
+    assert rel_err(got.double(), ref) < 1e-5
