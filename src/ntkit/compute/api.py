@@ -153,7 +153,7 @@ def compute_kernel(
     budget : int or str
         Working memory per tile in bytes (``"512M"`` accepted); at least one tile row.
     tile : int, optional
-        Tile edge (a multiple of 128); by default the largest that fits ``budget`` (at most 2048).
+        Tile edge (a multiple of 128); by default the largest that fits ``budget`` (at most 1024).
     scheduler : dask.distributed.Client or str, optional
         A client or a scheduler address: tiles run on its workers, results are gathered here.
     overwrite : bool
@@ -201,6 +201,24 @@ def compute_kernel(
     n1, n2 = t1.shape[0], tx2.shape[0]
     itemsize = t1.element_size()
     edge = choose_tile(n1, n2, itemsize=itemsize, budget=budget_bytes, tile=tile, diag=diag, features=t1.shape[1])
+    client, owned = None, False
+    if scheduler is not None:  # connect first: an unreachable scheduler must not leave a new output behind
+        from ntkit.compute.distributed import get_client
+
+        client, owned = get_client(scheduler)
+    try:
+        return _run(t1, t2, tx2, spec, wanted, diag, symmetric, dtype, out, edge, overwrite, client, progress, start)
+    finally:
+        if owned and client is not None:
+            client.close()
+
+
+def _run(
+    t1: Tensor, t2: Tensor | None, tx2: Tensor, spec: FCSpec, wanted: tuple[str, ...], diag: bool, symmetric: bool,
+    dtype: torch.dtype, out: str | os.PathLike[str] | None, edge: int, overwrite: bool, client: Any, progress: bool,
+    start: float,
+) -> KernelResult:
+    n1, n2 = t1.shape[0], tx2.shape[0]
     k = len(wanted)
     base_shape: tuple[int, ...] = (n1,) if diag else (n1, n2)
     shape = base_shape if k == 1 else (k, *base_shape)
@@ -246,15 +264,16 @@ def compute_kernel(
         bar.update(1)
 
     try:
-        if scheduler is not None and todo:
+        if client is not None and todo:
             from ntkit.compute.distributed import run_on_dask
 
-            run_on_dask(scheduler, task, todo, finish)
+            run_on_dask(client, task, todo, finish)
         else:
             for i, j in todo:
                 finish(i, j, task(i, j))
     finally:
-        bar.close() if progress else None
+        if progress:
+            bar.close()
     result = output.result()
     views = {w: (result if k == 1 else result[n]) for n, w in enumerate(wanted)}
     output.close()

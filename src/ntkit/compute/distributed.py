@@ -39,26 +39,25 @@ def get_client(scheduler: Any, *, timeout: float = CONNECT_TIMEOUT) -> tuple[Any
 
 
 def run_on_dask(
-    scheduler: Any,
+    client: Any,
     task: Any,
     todo: Sequence[tuple[int, int]],
     finish: Callable[[int, int, np.ndarray], None],
     *,
     per_worker: int = 2,
 ) -> None:
-    """Evaluate ``task(i, j)`` for every tile of ``todo`` on the cluster, calling ``finish`` on each."""
+    """Evaluate ``task(i, j)`` for every tile of ``todo`` on the cluster of ``client``, calling ``finish`` on each."""
     from dask.distributed import as_completed
 
     from ntkit.compute.api import run_tile
 
-    client, owned = get_client(scheduler)
+    futures = as_completed(loop=client.loop)
+    where: dict[Any, tuple[int, int]] = {}
     try:
         n_workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         [task_future] = client.scatter([task], broadcast=True, hash=False)
         pending = list(todo)[::-1]
         limit = per_worker * n_workers + 1
-        futures = as_completed()
-        where: dict[Any, tuple[int, int]] = {}
 
         def submit() -> None:
             i, j = pending.pop()
@@ -75,6 +74,6 @@ def run_on_dask(
             if pending:
                 submit()
             finish(i, j, block)
-    finally:
-        if owned:
-            client.close()
+    finally:  # on an error or an interrupt, cancel what is still queued
+        for fut in list(where):
+            fut.cancel()

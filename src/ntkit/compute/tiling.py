@@ -22,7 +22,7 @@ from ntkit.compute.fused import GRAM_BLOCK
 #: the stacked result and its mirrored copy, and slack).
 WORK_ARRAYS = 8
 #: Largest tile edge chosen automatically (bigger tiles stop paying off; caches like small ones).
-MAX_TILE = 2048
+MAX_TILE = 1024
 #: Default working-memory budget in bytes.
 DEFAULT_BUDGET = 256 * 2**20
 
