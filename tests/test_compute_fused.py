@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOL, rel_err
 
 import ntkit
+from conftest import TOL, rel_err
 from ntkit.activations import ABReLU, Erf
 from ntkit.compute import FCSpec, fc_diag, fc_tile, kernel_tile_fn
 from ntkit.compute.fused import GRAM_BLOCK, block_gram, fused_kind

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-from conftest import TOL, rel_err
 
 import ntkit
+from conftest import TOL, rel_err
 from ntkit.compute import compute_kernel
 from ntkit.compute.tiling import TilePlan, choose_tile, parse_budget
 
@@ -69,7 +69,7 @@ def test_plan_counts_and_ragged_tiles() -> None:
 
 
 def test_budget_and_tile_errors(x: torch.Tensor) -> None:
-    with pytest.raises(ValueError, match="budget: expected at least .* one tile row"):
+    with pytest.raises(ValueError, match=r"budget: expected at least .* one tile row"):
         compute_kernel(x, depth=2, budget=10_000)
     with pytest.raises(ValueError, match="budget: expected a byte count"):
         compute_kernel(x, depth=2, budget="lots")

@@ -105,7 +105,8 @@ def write_tile(output: Output, plan: TilePlan, which: tuple[str, ...], i: int, j
         output.write(kk, r, c, block[k])
         if plan.symmetric and i != j:
             mirrored = block[k].T
-            output.write(kk, c, r, mirrored.contiguous() if isinstance(mirrored, Tensor) else np.ascontiguousarray(mirrored))
+            mirrored = mirrored.contiguous() if isinstance(mirrored, Tensor) else np.ascontiguousarray(mirrored)
+            output.write(kk, c, r, mirrored)
 
 
 def compute_kernel(

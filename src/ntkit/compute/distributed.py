@@ -18,7 +18,7 @@ import numpy as np
 CONNECT_TIMEOUT = 10.0
 
 
-def get_client(scheduler: Any, *, timeout: float = CONNECT_TIMEOUT) -> tuple[Any, bool]:
+def get_client(scheduler: Any, *, timeout: float | None = None) -> tuple[Any, bool]:
     """``(client, owned)`` from a ``Client`` or a scheduler address (owned clients are closed by us)."""
     try:
         from dask.distributed import Client
@@ -26,6 +26,7 @@ def get_client(scheduler: Any, *, timeout: float = CONNECT_TIMEOUT) -> tuple[Any
         raise ImportError("scheduler: the Dask backend needs dask.distributed: pip install 'ntkit[dask]'") from err
     if isinstance(scheduler, Client):
         return scheduler, False
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
     if not isinstance(scheduler, str) or not scheduler:
         raise TypeError(f"scheduler: expected a dask.distributed.Client or an address such as "
                         f"'tcp://host:8786', got {type(scheduler).__name__}")

@@ -249,8 +249,9 @@ def open_output(
                 f"{str(path)!r} without one (pass overwrite=True / --overwrite to replace it)"
             )
         if ledger.header.get("key") != key:
+            mismatch = describe_mismatch(ledger.header.get("params", {}), params)
             raise ValueError(
-                f"out: {str(path)!r} exists with different parameters ({describe_mismatch(ledger.header.get('params', {}), params)}); "
+                f"out: {str(path)!r} exists with different parameters ({mismatch}); "
                 "refusing to mix them -- choose another path or pass overwrite=True / --overwrite"
             )
         tile = int(ledger.header["tile"])

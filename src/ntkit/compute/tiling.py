@@ -111,7 +111,7 @@ def choose_tile(n1: int, n2: int, *, itemsize: int, budget: int, tile: int | Non
                 f"got {budget}"
             )
         if tile is None:
-            edge = int(math.isqrt(budget // per_entry)) // GRAM_BLOCK * GRAM_BLOCK
+            edge = math.isqrt(budget // per_entry) // GRAM_BLOCK * GRAM_BLOCK
             edge = max(GRAM_BLOCK, min(edge, MAX_TILE))
             return min(edge, max(n1, n2)) if max(n1, n2) < edge else edge
         need = min(tile, n1) * min(tile, n2) * per_entry
