@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +15,7 @@ import numpy as np
 import torch
 
 from ntkit._progress import Progress
-from ntkit._validation import check_choice, check_dtype, check_pair
+from ntkit._validation import check_choice, check_dtype, check_int, check_pair
 from ntkit.compute.fused import FCSpec, fc_diag, fc_tile, input_variances, row_ids
 from ntkit.compute.storage import Ledger, Output, data_digest, open_output
 from ntkit.compute.tiling import DEFAULT_BUDGET, TilePlan, choose_tile, parse_budget
@@ -89,8 +92,57 @@ class TileTask:
 
 
 def run_tile(task: TileTask, i: int, j: int) -> np.ndarray:
-    """Module-level entry point for Dask workers: tile ``(i, j)`` as a numpy array (k, h, w)."""
-    return task(i, j).cpu().numpy()
+    """Module-level entry point for Dask workers: tile ``(i, j)`` as a numpy array (k, h, w).
+
+    Runs with single-threaded torch operations (a Dask worker's threads are its parallelism).
+    """
+    with _single_threaded():
+        return task(i, j).cpu().numpy()
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_threads(threads: Any, device: torch.device) -> int:
+    if threads is None:
+        return 1 if device.type != "cpu" else max(1, torch.get_num_threads())
+    return check_int(threads, "threads", minimum=1)
+
+
+def run_threaded(task: TileTask, todo: list[tuple[int, int]], finish: Any, threads: int) -> None:
+    """Evaluate the tiles of ``todo`` on ``threads`` Python threads (torch releases the GIL), at most
+    ``threads`` tiles in flight, calling ``finish(i, j, block)`` here as each completes."""
+    if task.x1.device.type != "cpu":
+        for i, j in todo:
+            finish(i, j, task(i, j))
+        return
+    if threads <= 1 or len(todo) <= 1:
+        with _single_threaded():
+            for i, j in todo:
+                finish(i, j, task(i, j))
+        return
+    with _single_threaded(), ThreadPoolExecutor(threads) as pool:
+        pending = list(todo)[::-1]
+        running: dict[Future[Tensor], tuple[int, int]] = {}
+        try:
+            while pending or running:
+                while pending and len(running) < threads:
+                    i, j = pending.pop()
+                    running[pool.submit(task, i, j)] = (i, j)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i, j = running.pop(fut)
+                    finish(i, j, fut.result())
+        finally:
+            for fut in running:
+                fut.cancel()
 
 
 def write_tile(output: Output, plan: TilePlan, which: tuple[str, ...], i: int, j: int, block: Any) -> None:
@@ -127,6 +179,7 @@ def compute_kernel(
     scheduler: Any = None,
     overwrite: bool = False,
     progress: bool = False,
+    threads: int | None = None,
 ) -> KernelResult:
     """Infinite-width NNGP / NTK of :func:`ntkit.fc_kernel`, tiled, fused, on disk or on a Dask cluster.
 
@@ -161,6 +214,10 @@ def compute_kernel(
         Replace an existing output instead of resuming it.
     progress : bool
         Progress with ETA on stderr.
+    threads : int, optional
+        Tiles evaluated at once on CPU (default ``torch.get_num_threads()``), each by
+        single-threaded operations: unlike multi-threaded elementwise operations this keeps its
+        speed on a loaded machine. Results do not depend on it.
 
     Returns
     -------
@@ -201,14 +258,22 @@ def compute_kernel(
     budget_bytes = parse_budget(budget)
     n1, n2 = t1.shape[0], tx2.shape[0]
     itemsize = t1.element_size()
-    edge = choose_tile(n1, n2, itemsize=itemsize, budget=budget_bytes, tile=tile, diag=diag, features=t1.shape[1])
+    threads = _check_threads(threads, t1.device)
+    try:  # one tile per thread, each with 1/threads of the budget (else fewer threads)
+        edge = choose_tile(n1, n2, itemsize=itemsize, budget=budget_bytes // threads, tile=tile, diag=diag,
+                           features=t1.shape[1])
+    except ValueError:
+        threads = 1
+        edge = choose_tile(n1, n2, itemsize=itemsize, budget=budget_bytes, tile=tile, diag=diag,
+                           features=t1.shape[1])
     client, owned = None, False
     if scheduler is not None:  # connect first: an unreachable scheduler must not leave a new output behind
         from ntkit.compute.distributed import get_client
 
         client, owned = get_client(scheduler)
     try:
-        return _run(t1, t2, tx2, spec, wanted, diag, symmetric, dtype, out, edge, overwrite, client, progress, start)
+        return _run(t1, t2, tx2, spec, wanted, diag, symmetric, dtype, out, edge, overwrite, client, progress, start,
+                    threads)
     finally:
         if owned and client is not None:
             client.close()
@@ -217,7 +282,7 @@ def compute_kernel(
 def _run(
     t1: Tensor, t2: Tensor | None, tx2: Tensor, spec: FCSpec, wanted: tuple[str, ...], diag: bool, symmetric: bool,
     dtype: torch.dtype, out: str | os.PathLike[str] | None, edge: int, overwrite: bool, client: Any, progress: bool,
-    start: float,
+    start: float, threads: int,
 ) -> KernelResult:
     n1, n2 = t1.shape[0], tx2.shape[0]
     k = len(wanted)
@@ -270,8 +335,7 @@ def _run(
 
             run_on_dask(client, task, todo, finish)
         else:
-            for i, j in todo:
-                finish(i, j, task(i, j))
+            run_threaded(task, todo, finish, threads)
     finally:
         if progress:
             bar.close()

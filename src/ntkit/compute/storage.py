@@ -198,8 +198,12 @@ class ZarrOutput(Output):
         self.shape = shape
         self.path = path
         if create:
-            self.array = zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype,
-                                           fill_value=0, overwrite=True)
+            if hasattr(zarr, "create_array"):  # zarr 3
+                self.array = zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype,
+                                               fill_value=0, overwrite=True)
+            else:  # pragma: no cover - zarr 2
+                self.array = zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype,
+                                             fill_value=0)
         else:
             self.array = zarr.open_array(str(path), mode="r+")
             if tuple(self.array.shape) != tuple(shape) or np.dtype(self.array.dtype) != np.dtype(dtype):
