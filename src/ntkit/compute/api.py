@@ -86,9 +86,19 @@ class TileTask:
         parts = [nngp if w == "nngp" else ntk for w in self.which]
         block = torch.stack([p for p in parts if p is not None])
         if plan.symmetric and i == j:
-            upper = block.triu(1)
-            block = upper + upper.transpose(1, 2) + torch.diag_embed(block.diagonal(dim1=1, dim2=2))
+            _mirror_upper(block)
         return block
+
+
+def _mirror_upper(block: Tensor, step: int = 128) -> None:
+    """Copy the upper triangle of each square ``block[k]`` onto its lower triangle, in place, in strips."""
+    h = block.shape[1]
+    for r0 in range(0, h, step):
+        r1 = min(r0 + step, h)
+        block[:, r0:r1, :r0] = block[:, :r0, r0:r1].transpose(1, 2)
+        sq = block[:, r0:r1, r0:r1]
+        upper = sq.triu(1)
+        sq.copy_(upper + upper.transpose(1, 2) + torch.diag_embed(sq.diagonal(dim1=1, dim2=2)))
 
 
 def run_tile(task: TileTask, i: int, j: int) -> np.ndarray:

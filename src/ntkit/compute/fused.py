@@ -177,8 +177,7 @@ def _abrelu_layer(
     torch.mul(v1b, v2b, out=_view(s, shape))
     tmp = c * c
     s.sub_(tmp).clamp_min_(0).sqrt_()  # sqrt(det), det = v1 v2 - c^2 clipped at 0
-    torch.atan2(s, c, out=tmp)
-    pmt = tmp.neg_().add_(_PI)  # pi - theta
+    pmt = torch.atan2(s, torch.neg(c, out=tmp), out=tmp)  # pi - theta = atan2(sqrt(det), -c), in [0, pi]
     sdot: Tensor | None = None
     sdot_scale = w2
     if ntk is not None:  # SigmaDot = w2 (a^2 + a d (p1 + p2) / 2 + d^2 p12), p12 = (pi - theta) / (2 pi) [v1, v2 > 0]
