@@ -16,6 +16,9 @@ import numpy as np
 
 #: Seconds to wait for a scheduler given by address.
 CONNECT_TIMEOUT = 10.0
+#: Times a tile is resubmitted after its task was cancelled or its worker died.
+MAX_RESUBMIT = 3
+_RETRYABLE = {"CancelledError", "FutureCancelledError", "KilledWorker"}
 
 
 def get_client(scheduler: Any, *, timeout: float | None = None) -> tuple[Any, bool]:
@@ -56,25 +59,33 @@ def run_on_dask(
     where: dict[Any, tuple[int, int]] = {}
     try:
         n_workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
-        [task_future] = client.scatter([task], broadcast=True, hash=False)
+        state = {"task": client.scatter([task], broadcast=True, hash=False)[0]}
         pending = list(todo)[::-1]
         limit = per_worker * n_workers + 1
+        attempts: dict[tuple[int, int], int] = {}
 
-        def submit() -> None:
-            i, j = pending.pop()
-            fut = client.submit(run_tile, task_future, i, j, pure=False, retries=2)
-            where[fut] = (i, j)
+        def submit(tile: tuple[int, int]) -> None:
+            fut = client.submit(run_tile, state["task"], tile[0], tile[1], pure=False, retries=2)
+            where[fut] = tile
             futures.add(fut)
 
         for _ in range(min(limit, len(pending))):
-            submit()
+            submit(pending.pop())
         for fut in futures:
-            i, j = where.pop(fut)
-            block = fut.result()
+            tile = where.pop(fut)
+            try:
+                block = fut.result()
+            except Exception as err:  # a lost worker can cancel a task or lose the scattered data
+                if type(err).__name__ not in _RETRYABLE or attempts.get(tile, 0) >= MAX_RESUBMIT:
+                    raise
+                attempts[tile] = attempts.get(tile, 0) + 1
+                state["task"] = client.scatter([task], broadcast=True, hash=False)[0]
+                submit(tile)
+                continue
             fut.release()
             if pending:
-                submit()
-            finish(i, j, block)
+                submit(pending.pop())
+            finish(tile[0], tile[1], block)
     finally:  # on an error or an interrupt, cancel what is still queued
         for fut in list(where):
             fut.cancel()
