@@ -102,7 +102,7 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     p.add_argument("--budget", type=int, default=256 * 2**20)
     p.add_argument("--nt-python", default="/work/ntbench-venv/bin/python")
-    p.add_argument("--nt-batch", type=int, default=4000, help="nt.batch size for N above it (0: never)")
+    p.add_argument("--nt-batch", type=int, default=0, help="nt.batch size for N above it (default 0: plain jit)")
     p.add_argument("--skip-eager-above", type=int, default=8000)
     p.add_argument("--skip-nt-above", type=int, default=16000)
     p.add_argument("--out-of-core", type=int, nargs="*", default=[])
