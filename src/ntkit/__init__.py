@@ -10,6 +10,7 @@ scikit-learn) are imported by the functions that need them.
 
 from ntkit import activations
 from ntkit.activations import Activation, get_activation
+from ntkit.compute import compute_kernel, kernel_tile_fn
 from ntkit.empirical import empirical_nngp, empirical_ntk
 from ntkit.infinite import fc_kernel
 from ntkit.kernel import Kernel
@@ -24,8 +25,10 @@ __all__ = [
     "NTKLinear",
     "__version__",
     "activations",
+    "compute_kernel",
     "empirical_nngp",
     "empirical_ntk",
     "fc_kernel",
     "get_activation",
+    "kernel_tile_fn",
 ]

@@ -1,0 +1,361 @@
+"""``compute_kernel``: tiled, fused, resumable and optionally distributed analytic kernels."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ntkit._progress import Progress
+from ntkit._validation import check_choice, check_dtype, check_int, check_pair
+from ntkit.compute.fused import FCSpec, fc_diag, fc_tile, input_variances, row_ids
+from ntkit.compute.storage import Ledger, Output, data_digest, open_output
+from ntkit.compute.tiling import DEFAULT_BUDGET, TilePlan, choose_tile, parse_budget
+
+Tensor = torch.Tensor
+
+_WHICH = {"both": ("nngp", "ntk"), "nngp": ("nngp",), "ntk": ("ntk",)}
+
+
+@dataclass
+class KernelResult:
+    """What :func:`compute_kernel` produced.
+
+    Attributes
+    ----------
+    nngp, ntk : Tensor, numpy memmap, zarr array or None
+        The requested kernels, shape (N1, N2) (or (N,) for ``diag=True``): torch tensors in memory
+        mode, read-only views of the file otherwise; None when not requested.
+    path : str or None
+        The output file (``.npy`` or ``.zarr``); its ledger is ``path + ".ledger"``.
+    tile : int
+        Tile edge used.
+    tiles_total, tiles_computed : int
+        Tiles of the plan, and those evaluated by this call (the rest were already done).
+    seconds : float
+    """
+
+    nngp: Any
+    ntk: Any
+    path: str | None
+    tile: int
+    tiles_total: int
+    tiles_computed: int
+    seconds: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TileTask:
+    """Everything one tile evaluation needs (picklable: sent to Dask workers once)."""
+
+    x1: Tensor
+    x2: Tensor
+    ids1: Tensor
+    ids2: Tensor
+    var1: Tensor
+    var2: Tensor
+    spec: FCSpec
+    which: tuple[str, ...]
+    plan: TilePlan
+
+    def __call__(self, i: int, j: int) -> Tensor:
+        """The stacked requested kernels of tile ``(i, j)``: shape (k, h, w) (or (k, h) on a diagonal).
+
+        On a diagonal tile of a symmetric plan the lower triangle is the mirror of the upper one,
+        so every entry ``(a, b)``, ``a > b``, is the value computed for ``(b, a)``.
+        """
+        plan, want_ntk = self.plan, "ntk" in self.which
+        r = plan.rows(i)
+        if plan.diag:
+            nngp, ntk = fc_diag(self.x1[r], self.spec, ntk=want_ntk)
+        else:
+            c = plan.cols(j)
+            nngp, ntk = fc_tile(
+                self.x1[r], self.x2[c], self.spec, ntk=want_ntk,
+                ids=(self.ids1[r], self.ids2[c]), var=(self.var1[r], self.var2[c]),
+            )
+        parts = [nngp if w == "nngp" else ntk for w in self.which]
+        block = torch.stack([p for p in parts if p is not None])
+        if plan.symmetric and i == j:
+            _mirror_upper(block)
+        return block
+
+
+def _mirror_upper(block: Tensor, step: int = 128) -> None:
+    """Copy the upper triangle of each square ``block[k]`` onto its lower triangle, in place, in strips."""
+    h = block.shape[1]
+    for r0 in range(0, h, step):
+        r1 = min(r0 + step, h)
+        block[:, r0:r1, :r0] = block[:, :r0, r0:r1].transpose(1, 2)
+        sq = block[:, r0:r1, r0:r1]
+        upper = sq.triu(1)
+        sq.copy_(upper + upper.transpose(1, 2) + torch.diag_embed(sq.diagonal(dim1=1, dim2=2)))
+
+
+def run_tile(task: TileTask, i: int, j: int) -> np.ndarray:
+    """Module-level entry point for Dask workers: tile ``(i, j)`` as a numpy array (k, h, w).
+
+    Runs with single-threaded torch operations (a Dask worker's threads are its parallelism).
+    """
+    with _single_threaded():
+        return task(i, j).cpu().numpy()
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_threads(threads: Any, device: torch.device) -> int:
+    if threads is None:
+        return 1 if device.type != "cpu" else max(1, torch.get_num_threads())
+    return check_int(threads, "threads", minimum=1)
+
+
+def run_threaded(task: TileTask, todo: list[tuple[int, int]], finish: Any, threads: int) -> None:
+    """Evaluate the tiles of ``todo`` on ``threads`` Python threads (torch releases the GIL), at most
+    ``threads`` tiles in flight, calling ``finish(i, j, block)`` here as each completes."""
+    if task.x1.device.type != "cpu":
+        for i, j in todo:
+            finish(i, j, task(i, j))
+        return
+    if threads <= 1 or len(todo) <= 1:
+        with _single_threaded():
+            for i, j in todo:
+                finish(i, j, task(i, j))
+        return
+    with _single_threaded(), ThreadPoolExecutor(threads) as pool:
+        pending = list(todo)[::-1]
+        running: dict[Future[Tensor], tuple[int, int]] = {}
+        try:
+            while pending or running:
+                while pending and len(running) < threads:
+                    i, j = pending.pop()
+                    running[pool.submit(task, i, j)] = (i, j)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i, j = running.pop(fut)
+                    finish(i, j, fut.result())
+        finally:
+            for fut in running:
+                fut.cancel()
+
+
+def write_tile(output: Output, plan: TilePlan, which: tuple[str, ...], i: int, j: int, block: Any) -> None:
+    """Write the stacked block of tile ``(i, j)`` (and its mirror for a symmetric plan)."""
+    r = plan.rows(i)
+    for k in range(len(which)):
+        kk = None if len(which) == 1 else k
+        if plan.diag:
+            output.write(kk, r, None, block[k])
+            continue
+        c = plan.cols(j)
+        output.write(kk, r, c, block[k])
+        if plan.symmetric and i != j:
+            mirrored = block[k].T
+            mirrored = mirrored.contiguous() if isinstance(mirrored, Tensor) else np.ascontiguousarray(mirrored)
+            output.write(kk, c, r, mirrored)
+
+
+def compute_kernel(
+    x1: Any,
+    x2: Any | None = None,
+    *,
+    depth: int,
+    activation: Any = "relu",
+    beta: float = 0.0,
+    w_std: float = 1.0,
+    which: str = "both",
+    diag: bool = False,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    budget: int | str = DEFAULT_BUDGET,
+    tile: int | None = None,
+    scheduler: Any = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    threads: int | None = None,
+) -> KernelResult:
+    """Infinite-width NNGP / NTK of :func:`ntkit.fc_kernel`, tiled, fused, on disk or on a Dask cluster.
+
+    The kernel matrix is cut into tiles (:mod:`ntkit.compute.tiling`) whose working memory fits
+    ``budget``; each tile runs the fused recursion of :func:`ntkit.compute.fused.fc_tile`
+    (Jacot et al. 2018; Lee et al. 2018; closed forms of Cho & Saul 2009 and Williams 1997), and
+    is written to memory, a ``.npy`` file or a zarr array. On disk the run is resumable: called
+    again with the same arguments it evaluates only the tiles missing from the ledger. Results do
+    not depend on the tiling nor on where tiles ran (bitwise).
+
+    Parameters
+    ----------
+    x1 : array-like of shape (N1, d)
+    x2 : array-like of shape (N2, d), optional
+        Defaults to ``x1`` (then only the upper half of the tiles is evaluated and mirrored).
+    depth, activation, beta, w_std
+        The network, as in :func:`ntkit.fc_kernel`.
+    which : {"both", "nngp", "ntk"}
+    diag : bool
+        Only the diagonal ``K(x_i, x_i)`` (shape (N1,)); needs ``x2`` None.
+    dtype : torch.dtype
+        float64 (reference) or float32.
+    out : path ending in .npy or .zarr, optional
+        None keeps the result in memory (peak memory: the result plus ``budget``).
+    budget : int or str
+        Working memory per tile in bytes (``"512M"`` accepted); at least one tile row.
+    tile : int, optional
+        Tile edge (a multiple of 128); by default the largest that fits ``budget`` (at most 1024).
+    scheduler : dask.distributed.Client or str, optional
+        A client or a scheduler address: tiles run on its workers, results are gathered here.
+    overwrite : bool
+        Replace an existing output instead of resuming it.
+    progress : bool
+        Progress with ETA on stderr.
+    threads : int, optional
+        Tiles evaluated at once on CPU (default ``torch.get_num_threads()``), each by
+        single-threaded operations: unlike multi-threaded elementwise operations this keeps its
+        speed on a loaded machine. Results do not depend on it.
+
+    Returns
+    -------
+    KernelResult
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, a budget below one tile row, an existing output with other parameters.
+    OSError
+        Writing failed (e.g. a full disk): the finished tiles stay recorded, rerun to resume.
+    ConnectionError
+        The scheduler cannot be reached.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.compute import compute_kernel
+    >>> x = torch.randn(300, 10, dtype=torch.float64)
+    >>> res = compute_kernel(x, depth=3, activation="relu", tile=128)
+    >>> res.ntk.shape, res.tiles_total
+    (torch.Size([300, 300]), 6)
+    """
+    start = time.perf_counter()
+    spec = FCSpec.make(depth, activation, beta, w_std)
+    check_choice(which, "which", tuple(_WHICH))
+    wanted = _WHICH[which]
+    if "ntk" in wanted and not spec.activation.has_derivative_map:
+        raise ValueError(f"which: the NTK of {spec.activation!r} is undefined (no derivative map); use 'nngp'")
+    check_dtype(dtype)
+    if not isinstance(diag, bool):
+        raise TypeError(f"diag: expected a bool, got {type(diag).__name__}")
+    t1, t2 = check_pair(x1, x2, dtype=dtype, device=device)
+    if diag and t2 is not None:
+        raise ValueError("diag: expected x2 = None (the diagonal of K(x1, x1)), got an x2")
+    symmetric = t2 is None and not diag
+    tx2 = t1 if t2 is None else t2
+    budget_bytes = parse_budget(budget)
+    n1, n2 = t1.shape[0], tx2.shape[0]
+    itemsize = t1.element_size()
+    threads = _check_threads(threads, t1.device)
+    try:  # one tile per thread, each with 1/threads of the budget (else fewer threads)
+        edge = choose_tile(n1, n2, itemsize=itemsize, budget=budget_bytes // threads, tile=tile, diag=diag,
+                           features=t1.shape[1])
+    except ValueError:
+        threads = 1
+        edge = choose_tile(n1, n2, itemsize=itemsize, budget=budget_bytes, tile=tile, diag=diag,
+                           features=t1.shape[1])
+    client, owned = None, False
+    if scheduler is not None:  # connect first: an unreachable scheduler must not leave a new output behind
+        from ntkit.compute.distributed import get_client
+
+        client, owned = get_client(scheduler)
+    try:
+        return _run(t1, t2, tx2, spec, wanted, diag, symmetric, dtype, out, edge, overwrite, client, progress, start,
+                    threads)
+    finally:
+        if owned and client is not None:
+            client.close()
+
+
+def _run(
+    t1: Tensor, t2: Tensor | None, tx2: Tensor, spec: FCSpec, wanted: tuple[str, ...], diag: bool, symmetric: bool,
+    dtype: torch.dtype, out: str | os.PathLike[str] | None, edge: int, overwrite: bool, client: Any, progress: bool,
+    start: float, threads: int,
+) -> KernelResult:
+    n1, n2 = t1.shape[0], tx2.shape[0]
+    k = len(wanted)
+    base_shape: tuple[int, ...] = (n1,) if diag else (n1, n2)
+    shape = base_shape if k == 1 else (k, *base_shape)
+    params: dict[str, Any] = {
+        **spec.describe(), "which": list(wanted), "diag": diag, "dtype": str(dtype), "shape": list(shape),
+        "x1": data_digest(t1), "x2": None if t2 is None else data_digest(t2),
+    }
+    chunks_2d = (edge,) if diag else (edge, edge)
+    chunks = chunks_2d if k == 1 else (1, *chunks_2d)
+    output, ledger, edge = open_output(
+        out, shape=shape, dtype=dtype, device=t1.device, chunks=chunks, params=params, tile=edge, overwrite=overwrite
+    )
+    plan = TilePlan(n1=n1, n2=n2, tile=edge, symmetric=symmetric, diag=diag)
+    done = set() if ledger is None else ledger.done
+    todo = [t for t in plan.tiles() if t not in done]
+    if t2 is None:
+        ids = row_ids(t1)
+        ids1 = ids2 = ids[0]
+    else:
+        ids1, ids2 = row_ids(t1, t2)
+    var1 = input_variances(t1, spec)
+    task = TileTask(t1, tx2, ids1, ids2, var1, input_variances(tx2, spec) if t2 is not None else var1,
+                    spec, wanted, plan)
+    bar = Progress(len(todo), desc=f"kernel {n1}x{n2} tiles", enabled=progress)
+    if len(done):
+        bar.note = f"(resumed: {len(done)} of {len(plan)} tiles already done)"
+
+    def finish(i: int, j: int, block: Any) -> None:
+        try:
+            write_tile(output, plan, wanted, i, j, block)
+            output.flush()
+            if ledger is not None:
+                ledger.mark((i, j))
+        except OSError as err:
+            output.close()
+            n_done = len(done) if ledger is not None else 0
+            reason = "the disk is full" if err.errno == errno.ENOSPC else "writing failed"
+            raise OSError(
+                err.errno,
+                f"out: {reason} while writing tile ({i}, {j}) to {out} ({err.strerror or err}); "
+                f"{n_done} finished tiles are kept in {out}.ledger -- free space and run again to resume",
+            ) from err
+        bar.update(1)
+
+    try:
+        if client is not None and todo:
+            from ntkit.compute.distributed import run_on_dask
+
+            run_on_dask(client, task, todo, finish)
+        else:
+            run_threaded(task, todo, finish, threads)
+    finally:
+        if progress:
+            bar.close()
+    result = output.result()
+    views = {w: (result if k == 1 else result[n]) for n, w in enumerate(wanted)}
+    output.close()
+    return KernelResult(
+        nngp=views.get("nngp"), ntk=views.get("ntk"), path=None if out is None else str(out), tile=edge,
+        tiles_total=len(plan), tiles_computed=len(todo), seconds=time.perf_counter() - start, params=params,
+    )
+
+
+__all__ = ["KernelResult", "Ledger", "TileTask", "compute_kernel", "run_tile", "write_tile"]

@@ -1,0 +1,390 @@
+"""Fused per-tile evaluation of the fully connected NNGP / NTK recursion.
+
+For a tile of inputs ``x1`` (t1 rows) and ``x2`` (t2 rows) the recursion of :mod:`ntkit.infinite`
+
+    Sigma(1)      = w_std^2 x.x' / n0 + beta^2
+    Sigma(l+1)    = w_std^2 E[sigma(u) sigma(v)] + beta^2,      SigmaDot(l+1) = w_std^2 E[sigma'(u) sigma'(v)]
+    Theta(l+1)    = Theta(l) SigmaDot(l+1) + Sigma(l+1)
+
+(Jacot et al. 2018; Lee et al. 2018) is evaluated here with as few passes over the t1 x t2 tile as
+the closed forms allow:
+
+* everything that depends on one input only (the variances ``Sigma(l)(x, x)``, ``1/sqrt(1 + 2 b^2 v)``
+  for erf, the positivity masks of ABReLU) is computed once per row, as a vector, by the *same*
+  elementwise code applied to ``(v, v, v)`` -- so a duplicated input gives ``cov == var`` bit for
+  bit at every layer and its angle stays exactly 0, as in :func:`ntkit.fc_kernel`;
+* NNGP and NTK are advanced in one pass per layer, with in-place operations on at most four
+  tile-sized buffers (``cov``, ``ntk``, and two temporaries);
+* for ABReLU (ReLU, leaky ReLU, abs; Cho & Saul 2009) the angle is ``theta = atan2(sqrt(det), c)``
+  with ``det = v1 v2 - c^2`` clipped at 0; for erf (Williams 1997) the ``arcsin`` form.
+
+Any other activation falls back to :func:`ntkit.infinite.fc_recursion` on the tile (exact, slower).
+
+The layer-1 Gram matrix is computed block by block on a fixed grid of :data:`GRAM_BLOCK` rows and
+columns (tiles start on multiples of it), so every entry comes out of the same BLAS call whatever
+the tiling: tiled, one-shot and distributed results are bitwise identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ntkit._validation import check_choice, check_dtype, check_float, check_int, check_pair
+from ntkit.activations import ABReLU, Activation, Erf, Identity, get_activation
+from ntkit.infinite import fc_recursion
+
+Tensor = torch.Tensor
+
+#: Rows / columns of the fixed Gram-matrix block grid (tile edges are multiples of it).
+GRAM_BLOCK = 128
+
+_PI = math.pi
+
+
+@dataclass(frozen=True)
+class FCSpec:
+    """The fully connected network whose infinite-width kernels are evaluated.
+
+    Attributes
+    ----------
+    depth : int
+        Hidden layers (``>= 0``).
+    activation : Activation
+    beta, w_std : float
+        Bias and weight scales of :func:`ntkit.fc_kernel`.
+    """
+
+    depth: int
+    activation: Activation
+    beta: float = 0.0
+    w_std: float = 1.0
+
+    @staticmethod
+    def make(depth: int, activation: Any = "relu", beta: float = 0.0, w_std: float = 1.0) -> FCSpec:
+        """Validate the arguments (``expected ..., got ...`` errors) and build a spec."""
+        return FCSpec(
+            depth=check_int(depth, "depth", minimum=0),
+            activation=get_activation(activation),
+            beta=check_float(beta, "beta", minimum=0.0),
+            w_std=check_float(w_std, "w_std", minimum=0.0, strict=True),
+        )
+
+    @property
+    def fused_kind(self) -> str:
+        """``"abrelu"``, ``"erf"``, ``"identity"`` (hand-fused closed forms) or ``"generic"``."""
+        return fused_kind(self.activation)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description (used to key resumable outputs)."""
+        return {"depth": self.depth, "activation": repr(self.activation), "beta": self.beta, "w_std": self.w_std}
+
+
+def _not_overridden(act: Activation, cls: type, *names: str) -> bool:
+    return all(getattr(type(act), n) is getattr(cls, n) for n in names)
+
+
+def fused_kind(activation: Activation) -> str:
+    """Which hand-fused recursion serves ``activation`` (``"generic"``: per-tile fc_recursion)."""
+    names = ("expect", "expect_derivative", "expect_diag")
+    if isinstance(activation, ABReLU) and _not_overridden(activation, ABReLU, *names):
+        return "abrelu"
+    if isinstance(activation, Erf) and _not_overridden(activation, Erf, *names):
+        return "erf"
+    if isinstance(activation, Identity) and _not_overridden(activation, Identity, *names):
+        return "identity"
+    return "generic"
+
+
+def block_gram(x1: Tensor, x2: Tensor, *, out: Tensor | None = None) -> Tensor:
+    """``x1 @ x2.T`` computed on the fixed :data:`GRAM_BLOCK` grid (bitwise tiling-invariant).
+
+    Shapes: ``x1`` (t1, d), ``x2`` (t2, d) -> (t1, t2).
+    """
+    t1, t2 = x1.shape[0], x2.shape[0]
+    if out is None:
+        out = torch.empty(t1, t2, dtype=x1.dtype, device=x1.device)
+    for i in range(0, t1, GRAM_BLOCK):
+        a = x1[i : i + GRAM_BLOCK]
+        for j in range(0, t2, GRAM_BLOCK):
+            torch.matmul(a, x2[j : j + GRAM_BLOCK].T, out=out[i : i + GRAM_BLOCK, j : j + GRAM_BLOCK])
+    return out
+
+
+def row_ids(x1: Tensor, x2: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Integer ids of the rows of ``x1`` and ``x2`` such that equal ids mean bitwise-equal rows."""
+    both = x1 if x2 is None else torch.cat([x1, x2])
+    _, ids = torch.unique(both.reshape(both.shape[0], -1), dim=0, return_inverse=True)
+    return ids[: x1.shape[0]], ids[x1.shape[0] :] if x2 is not None else ids
+
+
+def _apply_duplicates(cov: Tensor, var1: Tensor, ids1: Tensor, ids2: Tensor) -> None:
+    """Set ``cov[i, j] = var1[i]`` in place where rows i of x1 and j of x2 are identical."""
+    rows = torch.nonzero(torch.isin(ids1, ids2)).flatten()
+    if rows.numel() == 0:
+        return
+    sub = ids1[rows, None] == ids2[None, :]
+    cov[rows] = torch.where(sub, var1[rows, None].expand(-1, cov.shape[1]), cov[rows])
+
+
+# --- hand-fused layers --------------------------------------------------------------------------
+# Tile-sized quantities live in flat buffers padded to :func:`padded_size` and every non-broadcast
+# operation runs over the whole padded buffer. PyTorch evaluates the tail of each thread's chunk
+# with scalar code that may round differently from its SIMD code (atan2, asin, fused multiply-add);
+# with chunks that are whole multiples of the SIMD width, an entry's value no longer depends on its
+# position in the tile, hence not on the tiling. Broadcast operations (outer products, masks) are
+# exactly rounded in either path and run on the (t1, t2) views.
+#
+# Each layer takes (v1b, v2b, c, ntk, shape): v1b / v2b broadcast against ``shape`` ((t1, 1) and
+# (1, t2) for a tile, or the same 1-D vector for a diagonal); c and ntk are padded flat buffers it
+# owns (it may overwrite them) and it returns the next (c, ntk). Applied to (v, v, v) it yields the
+# next variances with the same arithmetic as the tile entries.
+
+_GRAIN = 32768  # ATen's elementwise grain size
+_SIMD = 64  # a multiple of every SIMD width (elements)
+
+
+def padded_size(n: int) -> int:
+    """Flat length for ``n`` tile entries such that every thread chunk is a multiple of 64 entries."""
+    if n <= _GRAIN:
+        return -(-n // _SIMD) * _SIMD
+    step = _GRAIN * max(1, torch.get_num_threads())
+    return -(-n // step) * step
+
+
+def padded_empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A flat buffer of :func:`padded_size` entries, zero in its padding."""
+    n = math.prod(shape)
+    flat = torch.empty(padded_size(n), dtype=like.dtype, device=like.device)
+    flat[n:] = 0
+    return flat
+
+
+def _view(flat: Tensor, shape: tuple[int, ...]) -> Tensor:
+    return flat[: math.prod(shape)].view(shape)
+
+
+def _abrelu_layer(
+    v1b: Tensor, v2b: Tensor, c: Tensor, ntk: Tensor | None, shape: tuple[int, ...], act: ABReLU, w2: float,
+    b2: float,
+) -> tuple[Tensor, Tensor | None]:
+    a, d = act.a, act.b - act.a
+    s = padded_empty(shape, c)
+    torch.mul(v1b, v2b, out=_view(s, shape))
+    tmp = c * c
+    s.sub_(tmp).clamp_min_(0).sqrt_()  # sqrt(det), det = v1 v2 - c^2 clipped at 0
+    pmt = torch.atan2(s, torch.neg(c, out=tmp), out=tmp)  # pi - theta = atan2(sqrt(det), -c), in [0, pi]
+    sdot: Tensor | None = None
+    sdot_scale = w2
+    if ntk is not None:  # SigmaDot = w2 (a^2 + a d (p1 + p2) / 2 + d^2 p12), p12 = (pi - theta) / (2 pi) [v1, v2 > 0]
+        # The same arithmetic for every entry whatever the other rows of the tile (masks multiply by
+        # 1.0 or add 0.0 exactly), so results do not depend on the tiling.
+        pos1, pos2 = v1b > 0, v2b > 0
+        all_pos = bool(pos1.all()) and bool(pos2.all())
+        if a == 0.0:
+            sdot = pmt
+            if not all_pos:
+                sdot = pmt.clone()
+                _view(sdot, shape).mul_(pos1 & pos2)
+            sdot_scale = w2 * d * d / (2 * _PI)
+        else:
+            sdot = pmt * (d * d / (2 * _PI))
+            if all_pos:
+                sdot.add_(a * d + a * a)
+            else:
+                sv = _view(sdot, shape)
+                sv.mul_(pos1 & pos2).add_((pos1.to(c.dtype) + pos2.to(c.dtype)) * (0.5 * a * d) + a * a)
+    # J1 = (sqrt(det) + (pi - theta) c) / (2 pi);  Sigma' = w2 (a b c + d^2 J1) + b2
+    s.addcmul_(pmt, c).mul_(w2 * d * d / (2 * _PI))
+    if a != 0.0:
+        s.add_(c, alpha=w2 * a * act.b)
+    if b2 != 0.0:
+        s.add_(b2)
+    if ntk is not None and sdot is not None:
+        ntk = torch.addcmul(s, ntk, sdot, value=sdot_scale, out=ntk)
+    return s, ntk
+
+
+def _erf_layer(
+    v1b: Tensor, v2b: Tensor, c: Tensor, ntk: Tensor | None, shape: tuple[int, ...], act: Erf, w2: float, b2: float
+) -> tuple[Tensor, Tensor | None]:
+    bb = act.b * act.b
+    q: Tensor | None = None
+    if ntk is not None:  # SigmaDot = w2 (4 a^2 b^2 / pi) / sqrt(1 + 2 b^2 (v1 + v2) + 4 b^4 det)
+        q = padded_empty(shape, c)
+        qv = _view(q, shape)
+        torch.mul(v1b, v2b, out=qv)
+        q.sub_(c * c).clamp_min_(0).mul_(4 * bb * bb)
+        qv.add_(v1b * (2 * bb)).add_(v2b * (2 * bb))
+        q.add_(1).rsqrt_()
+    # Sigma' = w2 (a^2 (2/pi) arcsin(2 b^2 c / sqrt((1 + 2 b^2 v1)(1 + 2 b^2 v2))) + c0^2) + b2
+    arg = padded_empty(shape, c)
+    torch.mul((1 + 2 * bb * v1b).rsqrt(), (1 + 2 * bb * v2b).rsqrt(), out=_view(arg, shape))
+    arg.mul_(c).mul_(2 * bb).clamp_(-1, 1).asin_()
+    arg.mul_(w2 * act.a**2 * (2 / _PI)).add_(w2 * act.c**2 + b2)
+    if ntk is not None and q is not None:
+        ntk = torch.addcmul(arg, ntk, q, value=w2 * 4 * act.a**2 * bb / _PI, out=ntk)
+    return arg, ntk
+
+
+def _identity_layer(c: Tensor, ntk: Tensor | None, w2: float, b2: float) -> tuple[Tensor, Tensor | None]:
+    c = c.mul_(w2)
+    if b2 != 0.0:
+        c.add_(b2)
+    if ntk is not None:
+        ntk = torch.add(c, ntk, alpha=w2, out=ntk)
+    return c, ntk
+
+
+def _layer(
+    spec: FCSpec, kind: str, v1b: Tensor, v2b: Tensor, c: Tensor, ntk: Tensor | None, shape: tuple[int, ...]
+) -> tuple[Tensor, Tensor | None]:
+    w2, b2 = spec.w_std**2, spec.beta**2
+    act = spec.activation
+    if kind == "abrelu":
+        assert isinstance(act, ABReLU)
+        return _abrelu_layer(v1b, v2b, c, ntk, shape, act, w2, b2)
+    if kind == "erf":
+        assert isinstance(act, Erf)
+        return _erf_layer(v1b, v2b, c, ntk, shape, act, w2, b2)
+    return _identity_layer(c, ntk, w2, b2)
+
+
+def _next_var(spec: FCSpec, kind: str, v: Tensor) -> Tensor:
+    """``Sigma(l+1)(x, x)`` from ``Sigma(l)(x, x)`` per row, by the tile arithmetic."""
+    shape = (v.shape[0],)
+    c = padded_empty(shape, v)
+    _view(c, shape).copy_(v)
+    return _view(_layer(spec, kind, v, v, c, None, shape)[0], shape)
+
+
+def _generic_diag(spec: FCSpec, var: Tensor, ntk: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    w2, b2 = spec.w_std**2, spec.beta**2
+    act = spec.activation
+    for _ in range(spec.depth):
+        if ntk is not None:
+            sdot = w2 * act.expect_derivative(var, var, var)
+        var = w2 * act.expect_diag(var) + b2
+        if ntk is not None:
+            ntk = ntk * sdot + var
+    return var, ntk
+
+
+def input_variances(x: Tensor, spec: FCSpec) -> Tensor:
+    """``Sigma(1)(x, x) = w_std^2 |x|^2 / n0 + beta^2`` per row (same arithmetic as fc_kernel)."""
+    return (spec.w_std**2 / x.shape[1]) * (x * x).sum(-1) + spec.beta**2
+
+
+def fc_diag(x: Tensor, spec: FCSpec, *, ntk: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Diagonals ``(Sigma(L)(x, x), Theta(L)(x, x))`` of shape (N,), per row, without any N x N work."""
+    var = input_variances(x, spec)
+    kind = spec.fused_kind
+    if kind == "generic":
+        return _generic_diag(spec, var, var.clone() if ntk else None)
+    shape = (var.shape[0],)
+    v = var
+    c = padded_empty(shape, var)
+    _view(c, shape).copy_(var)
+    th: Tensor | None = c.clone() if ntk else None
+    for layer in range(spec.depth):
+        c, th = _layer(spec, kind, v, v, c, th, shape)
+        if layer < spec.depth - 1:
+            v = _view(c, shape).clone()
+    return _view(c, shape), None if th is None else _view(th, shape)
+
+
+def fc_tile(
+    x1: Tensor,
+    x2: Tensor,
+    spec: FCSpec,
+    *,
+    ntk: bool = True,
+    ids: tuple[Tensor, Tensor] | None = None,
+    var: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """NNGP and NTK of one tile: ``(Sigma(L)(x1, x2), Theta(L)(x1, x2))`` of shape (t1, t2).
+
+    Parameters
+    ----------
+    x1 : Tensor of shape (t1, d)
+    x2 : Tensor of shape (t2, d)
+    spec : FCSpec
+    ntk : bool
+        Also compute the NTK (else the second output is None).
+    ids : (Tensor (t1,), Tensor (t2,)), optional
+        Row ids (equal id = identical row, :func:`row_ids` over the whole data); computed from
+        the tile when omitted.
+    var : (Tensor (t1,), Tensor (t2,)), optional
+        Layer-1 variances :func:`input_variances` of the rows (recomputed when omitted).
+    """
+    if ids is None:
+        ids = row_ids(x1, x2)
+    v1, v2 = (input_variances(x1, spec), input_variances(x2, spec)) if var is None else var
+    shape = (x1.shape[0], x2.shape[0])
+    kind = spec.fused_kind
+    if kind == "generic":
+        cov = block_gram(x1, x2).mul_(spec.w_std**2 / x1.shape[1]).add_(spec.beta**2)
+        _apply_duplicates(cov, v1, ids[0], ids[1])
+        k = fc_recursion(
+            v1, cov, v2, depth=spec.depth, activation=spec.activation, beta=spec.beta, w_std=spec.w_std,
+            compute_ntk=ntk,
+        )
+        return k.nngp, k.ntk
+    c = padded_empty(shape, x1)
+    cv = block_gram(x1, x2, out=_view(c, shape))
+    c.mul_(spec.w_std**2 / x1.shape[1]).add_(spec.beta**2)
+    _apply_duplicates(cv, v1, ids[0], ids[1])
+    th: Tensor | None = c.clone() if ntk else None
+    for layer in range(spec.depth):
+        c, th = _layer(spec, kind, v1[:, None], v2[None, :], c, th, shape)
+        if layer < spec.depth - 1:  # the variances feeding the next layer, by the same arithmetic
+            v1 = _next_var(spec, kind, v1)
+            v2 = _next_var(spec, kind, v2)
+    return _view(c, shape), None if th is None else _view(th, shape)
+
+
+def kernel_tile_fn(
+    *,
+    depth: int,
+    activation: str | Activation | Any = "relu",
+    beta: float = 0.0,
+    w_std: float = 1.0,
+    which: str = "ntk",
+    dtype: torch.dtype | None = None,
+) -> Callable[[Any, Any], Tensor]:
+    """A function ``tile_fn(x1_tile, x2_tile) -> Tensor`` of shape (t1, t2): one kernel block.
+
+    The returned function evaluates the fused recursion of :func:`fc_tile` for the network of
+    :func:`ntkit.fc_kernel` (same parameters) and returns its NNGP or NTK block; it is what
+    iterative solvers call to stream ``K(x_i, x_j)`` without ever forming the whole matrix.
+    Inputs follow their own device; ``dtype`` (default: the input's) is the computation dtype.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.compute import kernel_tile_fn
+    >>> tile_fn = kernel_tile_fn(depth=3, activation="relu", which="ntk")
+    >>> x = torch.randn(5, 3, dtype=torch.float64)
+    >>> tile_fn(x[:2], x).shape
+    torch.Size([2, 5])
+    """
+    spec = FCSpec.make(depth, activation, beta, w_std)
+    check_choice(which, "which", ("nngp", "ntk"))
+    if dtype is not None:
+        check_dtype(dtype)
+    if which == "ntk" and not spec.activation.has_derivative_map:
+        raise ValueError(f"which: the NTK of {spec.activation!r} is undefined (no derivative map); use 'nngp'")
+
+    def tile_fn(x1_tile: Any, x2_tile: Any) -> Tensor:
+        t1, t2 = check_pair(x1_tile, x2_tile, dtype=dtype)
+        assert t2 is not None
+        nngp, ntk = fc_tile(t1, t2, spec, ntk=which == "ntk")
+        out = ntk if which == "ntk" else nngp
+        assert out is not None
+        return out
+
+    return tile_fn

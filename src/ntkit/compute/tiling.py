@@ -1,0 +1,124 @@
+"""Tile plans: which blocks of an N1 x N2 kernel to evaluate, and how large, under a memory budget.
+
+A tile is a ``t x t`` block (ragged at the right and bottom edges) with ``t`` a multiple of
+:data:`ntkit.compute.fused.GRAM_BLOCK`, sized so that the working memory of one tile -- about
+:data:`WORK_ARRAYS` tile-sized arrays of the computation dtype -- fits the budget. For the kernel
+of a data set with itself (``x2 = None``) only the tiles on and above the diagonal are evaluated
+and mirrored, which halves the work and makes the result exactly symmetric.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ntkit._validation import check_int, describe
+from ntkit.compute.fused import GRAM_BLOCK
+
+#: Tile-sized arrays alive at once while a tile is evaluated and written (cov, ntk, 2 temporaries,
+#: the stacked result and its mirrored copy, and slack).
+WORK_ARRAYS = 8
+#: Largest tile edge chosen automatically (bigger tiles stop paying off; caches like small ones).
+MAX_TILE = 1024
+#: Default working-memory budget in bytes.
+DEFAULT_BUDGET = 256 * 2**20
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_budget(value: Any) -> int:
+    """A byte count from an int or a string such as ``"512M"``, ``"2GiB"`` (positive)."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"budget: expected a byte count such as 536870912 or '512M', got {value!r}")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        if value <= 0:
+            raise ValueError(f"budget: expected a positive byte count, got {value}")
+        return value
+    return check_int(value, "budget", minimum=1)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tiles of one evaluation.
+
+    Attributes
+    ----------
+    n1, n2 : int
+        Rows and columns of the kernel (``n2 == n1`` for a diagonal).
+    tile : int
+        Tile edge (rows and columns).
+    symmetric : bool
+        Evaluate only tiles ``J >= I`` and mirror them.
+    diag : bool
+        Only the diagonal ``K(x_i, x_i)``: tiles are row ranges ``(I, 0)``.
+    """
+
+    n1: int
+    n2: int
+    tile: int
+    symmetric: bool
+    diag: bool
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return math.ceil(self.n1 / self.tile), 1 if self.diag else math.ceil(self.n2 / self.tile)
+
+    def rows(self, i: int) -> slice:
+        return slice(i * self.tile, min((i + 1) * self.tile, self.n1))
+
+    def cols(self, j: int) -> slice:
+        return slice(j * self.tile, min((j + 1) * self.tile, self.n2))
+
+    def tiles(self) -> Iterator[tuple[int, int]]:
+        """All tiles ``(I, J)`` to evaluate, row by row."""
+        g1, g2 = self.grid
+        for i in range(g1):
+            for j in range(i if self.symmetric else 0, g2):
+                yield i, j
+
+    def __len__(self) -> int:
+        g1, g2 = self.grid
+        return g1 * (g1 + 1) // 2 if self.symmetric else g1 * g2
+
+
+def choose_tile(n1: int, n2: int, *, itemsize: int, budget: int, tile: int | None = None, diag: bool = False,
+                features: int = 1) -> int:
+    """The tile edge for an ``n1 x n2`` kernel whose working memory must fit ``budget`` bytes.
+
+    Raises ``ValueError`` when the budget cannot hold the smallest tile (``GRAM_BLOCK`` rows of
+    ``GRAM_BLOCK`` columns, or the whole kernel when smaller), or when ``tile`` is not a multiple
+    of ``GRAM_BLOCK`` (the grid that makes tilings bitwise identical).
+    """
+    per_entry = WORK_ARRAYS * itemsize
+    if diag:  # row chunks: per row the input row and a few vectors
+        per_row = (features + WORK_ARRAYS) * itemsize
+        if tile is None:
+            tile = max(GRAM_BLOCK, (budget // per_row) // GRAM_BLOCK * GRAM_BLOCK)
+            return min(tile, max(GRAM_BLOCK, n1))
+        need = min(tile, n1) * per_row
+    else:
+        smallest = min(n1, GRAM_BLOCK) * min(n2, GRAM_BLOCK) * per_entry
+        if budget < smallest:
+            raise ValueError(
+                f"budget: expected at least {smallest} bytes, the working memory of one tile row "
+                f"({min(n1, GRAM_BLOCK)} x {min(n2, GRAM_BLOCK)} entries x {WORK_ARRAYS} arrays x {itemsize} bytes), "
+                f"got {budget}"
+            )
+        if tile is None:
+            edge = math.isqrt(budget // per_entry) // GRAM_BLOCK * GRAM_BLOCK
+            edge = max(GRAM_BLOCK, min(edge, MAX_TILE))
+            return min(edge, max(n1, n2)) if max(n1, n2) < edge else edge
+        need = min(tile, n1) * min(tile, n2) * per_entry
+    tile = check_int(tile, "tile", minimum=1)
+    if tile % GRAM_BLOCK and tile < max(n1, n2):
+        raise ValueError(f"tile: expected a multiple of {GRAM_BLOCK} (or >= the kernel size), got {describe(tile)}")
+    if need > budget:
+        raise ValueError(f"tile: expected a tile whose working memory ({need} bytes) fits the budget, "
+                         f"got tile={tile} with budget={budget}")
+    return tile

@@ -1,0 +1,101 @@
+"""The fused per-tile recursion against the eager reference fc_kernel (ntkit.compute.fused)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ntkit
+from conftest import TOL, rel_err
+from ntkit.activations import ABReLU, Erf
+from ntkit.compute import FCSpec, fc_diag, fc_tile, kernel_tile_fn
+from ntkit.compute.fused import GRAM_BLOCK, block_gram, fused_kind
+
+ACTIVATIONS = ["relu", "leaky_relu", "abs", ABReLU(0.3, -0.7), "erf", Erf(1.3, 0.7, 0.2), "identity"]
+
+
+def _data(gen: torch.Generator, n: int = 150, d: int = 6, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64).to(dtype)
+    x[5] = x[17]  # a duplicated input
+    x[9] = 0.0  # a zero input (zero variance without bias)
+    x[11] = -x[12]  # an antipodal pair (theta = pi)
+    return x
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=repr)
+@pytest.mark.parametrize("beta", [0.0, 0.4])
+def test_fused_tile_matches_fc_kernel_float64(gen: torch.Generator, activation: object, beta: float) -> None:
+    x = _data(gen)
+    spec = FCSpec.make(3, activation, beta, 1.3)
+    assert fused_kind(spec.activation) != "generic"
+    ref = ntkit.fc_kernel(x, x[:100], depth=3, activation=activation, beta=beta, w_std=1.3)
+    nngp, ntk = fc_tile(x, x[:100], spec)
+    assert ntk is not None
+    # entrywise relative error, not only relative to the largest entry
+    assert float(((nngp - ref.nngp).abs() / ref.nngp.abs().clamp_min(1e-300)).max()) < 1e-12 or rel_err(
+        nngp, ref.nngp
+    ) < TOL[torch.float64]["exact"]
+    assert rel_err(nngp, ref.nngp) < TOL[torch.float64]["exact"]
+    assert rel_err(ntk, ref.ntk) < TOL[torch.float64]["exact"]
+    dn, dt = fc_diag(x, spec)
+    full = ntkit.fc_kernel(x, depth=3, activation=activation, beta=beta, w_std=1.3)
+    assert dt is not None
+    assert rel_err(dn, full.nngp.diagonal()) < TOL[torch.float64]["exact"]
+    assert rel_err(dt, full.ntk.diagonal()) < TOL[torch.float64]["exact"]
+
+
+def test_duplicates_keep_angle_zero(gen: torch.Generator) -> None:
+    """A duplicated row gives exactly the diagonal value (cov == var bit for bit through the layers)."""
+    x = _data(gen)
+    nngp, ntk = fc_tile(x, x, FCSpec.make(4, "relu", 0.1, 1.0))
+    assert ntk is not None
+    assert nngp[5, 17] == nngp[5, 5] and ntk[5, 17] == ntk[5, 5]
+    assert torch.isfinite(ntk).all() and torch.isfinite(nngp).all()
+
+
+def test_float32_matches_fc_kernel(gen: torch.Generator) -> None:
+    x = _data(gen, dtype=torch.float32)
+    ref = ntkit.fc_kernel(x, depth=3, dtype=torch.float32)
+    nngp, ntk = fc_tile(x, x, FCSpec.make(3, "relu"))
+    assert nngp.dtype == torch.float32 and ntk is not None
+    assert rel_err(ntk, ref.ntk) < TOL[torch.float32]["closed_form"]
+    assert rel_err(nngp, ref.nngp) < TOL[torch.float32]["closed_form"]
+
+
+def test_generic_activation_falls_back(gen: torch.Generator) -> None:
+    x = _data(gen, n=40, d=3)
+    spec = FCSpec.make(2, "tanh", 0.2)
+    assert spec.fused_kind == "generic"
+    ref = ntkit.fc_kernel(x, depth=2, activation="tanh", beta=0.2)
+    nngp, ntk = fc_tile(x, x, spec)
+    assert ntk is not None
+    assert rel_err(nngp, ref.nngp) < TOL[torch.float64]["exact"]
+    assert rel_err(ntk, ref.ntk) < TOL[torch.float64]["exact"]
+
+
+def test_block_gram_is_tiling_invariant(gen: torch.Generator) -> None:
+    x = torch.randn(3 * GRAM_BLOCK + 17, 30, generator=gen, dtype=torch.float64)
+    full = block_gram(x, x)
+    part = block_gram(x[GRAM_BLOCK:], x[2 * GRAM_BLOCK :])
+    assert torch.equal(part, full[GRAM_BLOCK:, 2 * GRAM_BLOCK :])
+
+
+def test_kernel_tile_fn(gen: torch.Generator) -> None:
+    x = _data(gen)
+    tile_fn = kernel_tile_fn(depth=3, activation="erf", beta=0.1, which="ntk")
+    ref = ntkit.fc_kernel(x, depth=3, activation="erf", beta=0.1)
+    out = tile_fn(x[:30], x[40:])
+    assert out.shape == (30, x.shape[0] - 40)
+    assert rel_err(out, ref.ntk[:30, 40:]) < TOL[torch.float64]["exact"]
+    nngp_fn = kernel_tile_fn(depth=3, which="nngp", dtype=torch.float32)
+    assert nngp_fn(x[:4].numpy(), x[:5].numpy()).dtype == torch.float32
+
+
+def test_kernel_tile_fn_bad_input() -> None:
+    with pytest.raises(ValueError, match="which: expected one of"):
+        kernel_tile_fn(depth=2, which="both")
+    with pytest.raises(ValueError, match="depth: expected"):
+        kernel_tile_fn(depth=-1)
+    tile_fn = kernel_tile_fn(depth=2)
+    with pytest.raises(ValueError, match="same feature shape"):
+        tile_fn(torch.zeros(2, 3), torch.zeros(2, 4))
