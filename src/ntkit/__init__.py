@@ -14,6 +14,8 @@ from ntkit.empirical import empirical_nngp, empirical_ntk
 from ntkit.infinite import fc_kernel
 from ntkit.kernel import Kernel
 from ntkit.networks import FCNetwork, NTKLinear
+from ntkit import predict
+from ntkit.train import linearize
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,6 @@ __all__ = [
     "empirical_ntk",
     "fc_kernel",
     "get_activation",
+    "linearize",
+    "predict",
 ]

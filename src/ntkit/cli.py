@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ntkit.experiments.converge",
         "empirical NTK vs its infinite-width limit over a width sweep (Jacot et al. 2018, Fig. 1)",
     ),
+    "dynamics": ("ntkit.experiments.dynamics", "trained networks vs the NTK's predictions (Jacot et al. 2018, Fig. 1)"),
 }
 
 

@@ -69,6 +69,7 @@ class LinearizedModel(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        _prepare_jvp()
         self.base = copy.deepcopy(model)
         self._names = [n for n, p in self.base.named_parameters() if p.requires_grad]
         for p in self.base.parameters():
@@ -86,6 +87,21 @@ class LinearizedModel(nn.Module):
 
         out, dout = jvp(f, (primals,), (tangents,))
         return out + dout
+
+
+_JVP_READY = False
+
+
+def _prepare_jvp() -> None:
+    """Run one tiny ``torch.func.jvp`` with torch's one-time import-time DeprecationWarning
+    (``torch.jit.script`` in its jvp decompositions) silenced, so later calls are warning-free."""
+    global _JVP_READY
+    if _JVP_READY:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.*")
+        jvp(lambda t: 2.0 * t, (torch.zeros(1),), (torch.ones(1),))
+    _JVP_READY = True
 
 
 def linearize(model: nn.Module) -> LinearizedModel:
