@@ -164,7 +164,7 @@ def _check_time(t: Any, *, discrete: bool) -> float:
         return math.inf
     if isinstance(t, torch.Tensor) and t.numel() == 1:
         t = t.item()
-    if isinstance(t, bool) or not isinstance(t, (int, float)) and not hasattr(t, "__float__"):
+    if isinstance(t, bool) or (not isinstance(t, (int, float)) and not hasattr(t, "__float__")):
         raise TypeError(f"t: expected a number >= 0 or None / math.inf, got {describe(t)}")
     v = float(t)
     if math.isnan(v):
@@ -508,7 +508,9 @@ def gradient_descent_mse_ensemble(
         raise ValueError("ntk_train_train: the ensemble expects scalar kernels of shape (N, N)")
     nngp = as_tensor(nngp_train_train, "nngp_train_train", dtype=mat.dtype, device=mat.device, ndim=None)
     if tuple(nngp.shape) != tuple(mat.shape):
-        raise ValueError(f"nngp_train_train: expected shape {tuple(mat.shape)} like ntk_train_train, got {describe(nngp)}")
+        raise ValueError(
+            f"nngp_train_train: expected shape {tuple(mat.shape)} like ntk_train_train, got {describe(nngp)}"
+        )
     psd_eigh(nngp, name="nngp_train_train")  # PSD check with a clear error
     dyn = _make_dynamics(mat, layout, learning_rate, diag_reg, bool(discrete), "ntk_train_train")
 

@@ -85,8 +85,8 @@ class LinearizedModel(nn.Module):
         def f(params: dict[str, Tensor]) -> Tensor:
             return functional_call(self.base, params, (x,))
 
-        out, dout = jvp(f, (primals,), (tangents,))
-        return out + dout
+        res = jvp(f, (primals,), (tangents,))
+        return res[0] + res[1]
 
 
 _JVP_READY = False
@@ -254,7 +254,9 @@ def train_gd(
         implementation == "lowrank" or (implementation == "auto" and any(_lowrank_layers(model, steps * bs)))
     )
     batches = _batches(n, bs, steps, generator)
-    hist = TrainHistory(learning_rate=learning_rate, batch_size=bs, implementation="lowrank" if use_lowrank else "autograd")
+    hist = TrainHistory(
+        learning_rate=learning_rate, batch_size=bs, implementation="lowrank" if use_lowrank else "autograd"
+    )
     bar = Progress(steps, "train", enabled=progress)
     start = time.perf_counter()
     if use_lowrank:
@@ -302,7 +304,8 @@ def _train_fc_lowrank(
 ) -> None:
     """Exact (S)GD for an FCNetwork with wide weights kept as ``W_0 + U V^T`` (see :func:`train_gd`)."""
     linears = model.linears
-    bs = x.shape[0] if batches and batches[0] is None else (len(batches[0]) if batches and batches[0] is not None else 1)
+    first = batches[0] if batches else None
+    bs = x.shape[0] if first is None else len(first)
     rank = max(len(batches) * bs, 1)
     lowrank = [True] * len(linears) if force else _lowrank_layers(model, rank)
     flags = [lin.weight.requires_grad for lin in linears]

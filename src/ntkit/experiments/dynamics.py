@@ -223,7 +223,9 @@ def run_dynamics(
                     steps, f0[tr], f0[te], theta0[te, tr]
                 )
                 kern = kernel_fn(steps, f0[tr], f0[te], ntk_inf[te, tr])
-                hist = train_gd(net, x_train, y_train, learning_rate=learning_rate, steps=steps, check_learning_rate=False)
+                hist = train_gd(
+                    net, x_train, y_train, learning_rate=learning_rate, steps=steps, check_learning_rate=False
+                )
                 theta_t = empirical_ntk(net, x_all, mode="trace").to(torch.float64)
                 with torch.no_grad():
                     ft = net(x_test).to(torch.float64)
@@ -277,7 +279,8 @@ def plot_dynamics(result: DynamicsResult, path: str | Path) -> Path:
         col = palette[j % len(palette)]
         for r, (row0, rowt) in enumerate(zip(c["rows_init"][str(w)], c["rows_trained"][str(w)], strict=True)):
             ax.plot(gamma, row0, color=col, lw=0.8, alpha=0.6, ls="--", label=f"n={w}, t=0" if r == 0 else None)
-            ax.plot(gamma, rowt, color=col, lw=0.8, alpha=0.9, label=f"n={w}, t={result.config['steps']}" if r == 0 else None)
+            label = f"n={w}, t={result.config['steps']}" if r == 0 else None
+            ax.plot(gamma, rowt, color=col, lw=0.8, alpha=0.9, label=label)
     ax.plot(gamma, c["limit_row"], "k-", lw=2, label=r"$\Theta_\infty$")
     ax.set_xlabel(r"$\gamma$, $x = (\cos\gamma, \sin\gamma)$")
     ax.set_ylabel(r"$\Theta(x_0, x)$, $x_0 = (1, 0)$")
@@ -327,7 +330,9 @@ def plot_dynamics(result: DynamicsResult, path: str | Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ntkit dynamics``."""
-    parser.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS), help="hidden widths (default 500 10000)")
+    parser.add_argument(
+        "--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS), help="hidden widths (default 500 10000)"
+    )
     parser.add_argument("--inits", type=int, default=10, help="initialisations per width (default 10)")
     parser.add_argument("--steps", type=int, default=200, help="gradient-descent steps (default 200)")
     parser.add_argument("--lr", type=float, default=1.0, help="learning rate (default 1.0; loss 1/(2N) sum (f-y)^2)")
