@@ -203,7 +203,8 @@ def run_dynamics(
         "rows_trained": {},
         "outputs": {},
     }
-    cost = [float(w) * w * max(depth - 1, 1) * (steps + 2) for w in widths]
+    # work per network ~ (hidden-to-hidden weights + a fixed per-step overhead) x steps
+    cost = [(float(w) * w * max(depth - 1, 1) + 2e6) * (steps + 2) for w in widths]
     bar = Progress(sum(cost) * n_inits, "dynamics", enabled=progress, show_counts=False)
     start = time.perf_counter()
     try:
