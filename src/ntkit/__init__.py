@@ -8,13 +8,14 @@ Importing ntkit imports torch, numpy and scipy only; optional extras (matplotlib
 scikit-learn) are imported by the functions that need them.
 """
 
-from ntkit import activations
+from ntkit import activations, predict
 from ntkit.activations import Activation, get_activation
 from ntkit.compute import compute_kernel, kernel_tile_fn
 from ntkit.empirical import empirical_nngp, empirical_ntk
 from ntkit.infinite import fc_kernel
 from ntkit.kernel import Kernel
 from ntkit.networks import FCNetwork, NTKLinear
+from ntkit.train import linearize
 
 __version__ = "0.1.0"
 
@@ -31,4 +32,6 @@ __all__ = [
     "fc_kernel",
     "get_activation",
     "kernel_tile_fn",
+    "linearize",
+    "predict",
 ]

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "empirical NTK vs its infinite-width limit over a width sweep (Jacot et al. 2018, Fig. 1)",
     ),
     "kernel": ("ntkit.compute.cli", "infinite-width NNGP/NTK matrix to .npy/.zarr: tiled, resumable, on Dask"),
+    "dynamics": ("ntkit.experiments.dynamics", "trained networks vs the NTK's predictions (Jacot et al. 2018, Fig. 1)"),
 }
 
 

@@ -1,0 +1,411 @@
+"""Training dynamics: real networks trained by gradient descent against what the NTK predicts.
+
+The default is the setting of Jacot et al. (2018), Fig. 1: ``depth = 3`` hidden ReLU layers
+(``L = 4``), ``n0 = 2``, ``beta = 0.1``, NTK parameterization, widths 500 and 10000, 10
+initialisations each, trained by 200 full-batch gradient-descent steps with learning rate 1.0 on
+``f*(x) = x1 x2`` at ``n_train = 8`` training inputs drawn from ``N(0, I_2)`` (the paper does not
+state the count; 8 points keep the smallest eigen-direction of ``eta Theta t / N`` at order one, so
+the training is visibly in progress at ``t = 200``), and evaluated on ``n_test = 64`` inputs on the
+unit circle. Loss ``1/(2N) sum (f - y)^2`` (see :mod:`ntkit.predict`).
+
+For each network it records
+
+* the kernel movement ``||Theta_T - Theta_0||_F / ||Theta_0||_F`` on training and test inputs
+  (theory: ``O(n^{-1/2})``, Jacot et al. 2018, Theorem 2; Lee et al. 2019, Theorem 2.1);
+* the RMS distance on the test inputs between the trained network and (a) its linearization
+  trained identically (closed form with its own empirical ``Theta_0``), (b) the infinite-width
+  kernel prediction from its own ``f_0`` (closed form with ``Theta_inf``) — both vanish as the
+  width grows;
+* the relative distance of ``Theta_0`` to ``Theta_inf``, and rows ``Theta(x0, .)`` along the circle
+  before and after training for the figure.
+
+The NTK-GP over initialisations (Lee et al. 2019, eqs. 15-16) gives the predicted mean and
+spread of the trained outputs drawn in the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ntkit._progress import Progress
+from ntkit._validation import check_float, check_int, describe
+from ntkit.activations import get_activation
+from ntkit.data import circle_inputs
+from ntkit.empirical import empirical_ntk
+from ntkit.experiments.converge import fit_loglog_slope
+from ntkit.infinite import fc_kernel
+from ntkit.networks import FCNetwork
+from ntkit.predict import LearningRateWarning, gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate
+from ntkit.train import kernel_movement, train_gd
+
+DEFAULT_WIDTHS = (500, 10000)
+
+
+@dataclass
+class DynamicsResult:
+    """Outcome of :func:`run_dynamics`; per-width lists hold one value per finished initialisation."""
+
+    widths: list[int]
+    config: dict[str, Any]
+    movement: dict[str, list[float]] = field(default_factory=dict)
+    dist_linearized: dict[str, list[float]] = field(default_factory=dict)
+    dist_kernel: dict[str, list[float]] = field(default_factory=dict)
+    init_distance: dict[str, list[float]] = field(default_factory=dict)
+    final_loss: dict[str, list[float]] = field(default_factory=dict)
+    curves: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    complete: bool = False
+
+    def means(self, which: str) -> list[float]:
+        data: dict[str, list[float]] = getattr(self, which)
+        return [float(np.mean(data[str(w)])) for w in self.widths if data.get(str(w))]
+
+    def finished_widths(self) -> list[int]:
+        return [w for w in self.widths if self.movement.get(str(w))]
+
+    def slope(self, which: str) -> float:
+        return fit_loglog_slope(self.finished_widths(), self.means(which))[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("curves")
+        summary = {}
+        for name in ("movement", "dist_linearized", "dist_kernel", "init_distance", "final_loss"):
+            data = getattr(self, name)
+            summary[name] = {
+                str(w): {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+                for w in self.widths
+                if (v := data.get(str(w)))
+            }
+        out["summary"] = summary
+        out["slopes"] = {
+            "movement": self.slope("movement"),
+            "dist_linearized": self.slope("dist_linearized"),
+            "dist_kernel": self.slope("dist_kernel"),
+            "theory": -0.5,
+        }
+        return out
+
+
+def target_function(x: torch.Tensor) -> torch.Tensor:
+    """``f*(x) = x1 x2`` as a column (N, 1)."""
+    return (x[:, 0] * x[:, 1])[:, None]
+
+
+def run_dynamics(
+    *,
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    n_inits: int = 10,
+    n_train: int = 8,
+    n_test: int = 64,
+    depth: int = 3,
+    activation: Any = "relu",
+    beta: float = 0.1,
+    learning_rate: float = 1.0,
+    steps: int = 200,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = True,
+    on_init: Callable[[DynamicsResult], None] | None = None,
+) -> DynamicsResult:
+    """Train networks of each width from several initialisations and compare with the NTK predictions.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        Hidden widths (every hidden layer has the same width).
+    n_inits : int
+        Initialisations per width.
+    n_train : int
+        Training inputs ``x ~ N(0, I_2)`` (seeded by ``seed``) with targets ``x1 x2``.
+    n_test : int
+        Test inputs on the unit circle (:func:`ntkit.data.circle_inputs`); ``x0 = (1, 0)``.
+    depth, activation, beta
+        The architecture (``n0 = 2``, one output, NTK parameterization).
+    learning_rate, steps
+        Full-batch gradient descent on ``1/(2N) sum (f - y)^2``.
+    on_init : callable, optional
+        Called with the partial result after each finished network (to save progress).
+
+    Returns
+    -------
+    DynamicsResult
+        On Ctrl-C, the networks finished so far with ``complete=False``.
+    """
+    if isinstance(widths, (int, str)) or len(widths) == 0:
+        raise ValueError(f"widths: expected a non-empty list of positive integers, got {describe(widths)}")
+    widths = [check_int(w, "widths", minimum=1) for w in widths]
+    n_inits = check_int(n_inits, "n_inits", minimum=1)
+    n_train = check_int(n_train, "n_train", minimum=1)
+    n_test = check_int(n_test, "n_test", minimum=2)
+    depth = check_int(depth, "depth", minimum=1)
+    beta = check_float(beta, "beta", minimum=0.0)
+    learning_rate = check_float(learning_rate, "learning_rate", minimum=0.0, strict=True)
+    steps = check_int(steps, "steps", minimum=0)
+    act = get_activation(activation)
+
+    gen = torch.Generator().manual_seed(check_int(seed, "seed"))
+    x_train = torch.randn(n_train, 2, generator=gen, dtype=torch.float64).to(dtype)
+    y_train = target_function(x_train)
+    x_test, gamma = circle_inputs(n_test, dtype=dtype)
+    x_all = torch.cat([x_train, x_test])
+    i0 = n_train + n_test // 2  # x0 = (1, 0) in x_all
+
+    lim = fc_kernel(x_all, depth=depth, activation=act, beta=beta, dtype=torch.float64)
+    ntk_inf, nngp_inf = lim.get("ntk"), lim.nngp
+    tr, te = slice(0, n_train), slice(n_train, None)
+    kernel_fn = gradient_descent_mse(ntk_inf[tr, tr], y_train, learning_rate=learning_rate, discrete=True)
+    ens = gradient_descent_mse_ensemble(
+        ntk_inf[tr, tr], nngp_inf[tr, tr], y_train, learning_rate=learning_rate, discrete=True
+    )(steps, ntk_inf[te, tr], nngp_inf[te, tr], nngp_inf[te, te].diagonal())
+    assert ens.cov is not None
+    lr_max = max_learning_rate(ntk_inf[tr, tr])
+    if learning_rate >= lr_max:
+        warnings.warn(
+            f"learning_rate {learning_rate:.4g} is above the maximum stable rate {lr_max:.4g} of the limiting NTK",
+            LearningRateWarning,
+            stacklevel=2,
+        )
+    config = {
+        "depth": depth,
+        "activation": act.name,
+        "beta": beta,
+        "n0": 2,
+        "n_train": n_train,
+        "n_test": n_test,
+        "n_inits": n_inits,
+        "learning_rate": learning_rate,
+        "steps": steps,
+        "seed": seed,
+        "loss": "1/(2N) sum (f - y)^2",
+        "max_learning_rate_infinite": lr_max,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    result = DynamicsResult(widths=widths, config=config)
+    result.curves = {
+        "gamma": gamma.tolist(),
+        "limit_row": ntk_inf[i0, te].tolist(),
+        "target": target_function(x_test)[:, 0].tolist(),
+        "ensemble_mean": ens.mean[:, 0].tolist(),
+        "ensemble_std": ens.cov.sqrt().tolist(),
+        "rows_init": {},
+        "rows_trained": {},
+        "outputs": {},
+    }
+    # work per network ~ (hidden-to-hidden weights + a fixed per-step overhead) x steps
+    cost = [(float(w) * w * max(depth - 1, 1) + 2e6) * (steps + 2) for w in widths]
+    bar = Progress(sum(cost) * n_inits, "dynamics", enabled=progress, show_counts=False)
+    start = time.perf_counter()
+    try:
+        for wi, width in enumerate(widths):
+            key = str(width)
+            for name in ("movement", "dist_linearized", "dist_kernel", "init_distance", "final_loss"):
+                getattr(result, name)[key] = []
+            for name in ("rows_init", "rows_trained", "outputs"):
+                result.curves[name][key] = []
+            for s in range(n_inits):
+                g = torch.Generator().manual_seed(seed * 1_000_003 + width * 1009 + s)
+                net = FCNetwork(2, [width] * depth, 1, activation=act, beta=beta, generator=g, dtype=dtype)
+                theta0 = empirical_ntk(net, x_all, mode="trace").to(torch.float64)
+                with torch.no_grad():
+                    f0 = net(x_all).to(torch.float64)
+                lin = gradient_descent_mse(theta0[tr, tr], y_train, learning_rate=learning_rate, discrete=True)(
+                    steps, f0[tr], f0[te], theta0[te, tr]
+                )
+                kern = kernel_fn(steps, f0[tr], f0[te], ntk_inf[te, tr])
+                hist = train_gd(
+                    net, x_train, y_train, learning_rate=learning_rate, steps=steps, check_learning_rate=False
+                )
+                theta_t = empirical_ntk(net, x_all, mode="trace").to(torch.float64)
+                with torch.no_grad():
+                    ft = net(x_test).to(torch.float64)
+                assert lin.test is not None and kern.test is not None
+                result.movement[key].append(kernel_movement(theta0, theta_t))
+                result.dist_linearized[key].append(float(torch.sqrt(((ft - lin.test) ** 2).mean())))
+                result.dist_kernel[key].append(float(torch.sqrt(((ft - kern.test) ** 2).mean())))
+                result.init_distance[key].append(
+                    float(torch.linalg.vector_norm(theta0 - ntk_inf) / torch.linalg.vector_norm(ntk_inf))
+                )
+                result.final_loss[key].append(hist.loss[-1])
+                result.curves["rows_init"][key].append(theta0[i0, te].tolist())
+                result.curves["rows_trained"][key].append(theta_t[i0, te].tolist())
+                result.curves["outputs"][key].append(ft[:, 0].tolist())
+                del net
+                result.seconds = time.perf_counter() - start
+                bar.update(
+                    cost[wi],
+                    note=f"width {width} init {s + 1}/{n_inits} movement {result.movement[key][-1]:.3g}",
+                )
+                if on_init is not None:
+                    on_init(result)
+        result.complete = True
+    except KeyboardInterrupt:
+        result.complete = False
+        if progress:
+            sys.stderr.write("\ninterrupted: keeping the networks finished so far\n")
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def plot_dynamics(result: DynamicsResult, path: str | Path) -> Path:
+    """Write a three-panel PNG (NTK rows before/after training vs the limit; trained outputs vs the
+    NTK-GP prediction; kernel movement and distances vs width, log-log). Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("plotting needs matplotlib: pip install 'ntkit[plot]'") from err
+    c = result.curves
+    gamma = np.asarray(c["gamma"])
+    widths = result.finished_widths()
+    palette = ["tab:green", "tab:red", "tab:blue", "tab:purple", "tab:orange", "tab:brown"]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    ax = axes[0]
+    for j, w in enumerate(widths):
+        col = palette[j % len(palette)]
+        for r, (row0, rowt) in enumerate(zip(c["rows_init"][str(w)], c["rows_trained"][str(w)], strict=True)):
+            ax.plot(gamma, row0, color=col, lw=0.8, alpha=0.6, ls="--", label=f"n={w}, t=0" if r == 0 else None)
+            label = f"n={w}, t={result.config['steps']}" if r == 0 else None
+            ax.plot(gamma, rowt, color=col, lw=0.8, alpha=0.9, label=label)
+    ax.plot(gamma, c["limit_row"], "k-", lw=2, label=r"$\Theta_\infty$")
+    ax.set_xlabel(r"$\gamma$, $x = (\cos\gamma, \sin\gamma)$")
+    ax.set_ylabel(r"$\Theta(x_0, x)$, $x_0 = (1, 0)$")
+    ax.set_title("NTK at initialisation (dashed) and after training (solid)")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    mean, std = np.asarray(c["ensemble_mean"]), np.asarray(c["ensemble_std"])
+    ax.fill_between(gamma, mean - 2 * std, mean + 2 * std, color="0.85", label="NTK-GP mean ± 2 sd")
+    ax.plot(gamma, mean, "k-", lw=2, label="NTK-GP mean (eq. 15)")
+    ax.plot(gamma, c["target"], "k:", lw=1.5, label=r"$f^*(x) = x_1 x_2$")
+    for j, w in enumerate(widths):
+        col = palette[j % len(palette)]
+        for r, out in enumerate(c["outputs"][str(w)]):
+            ax.plot(gamma, out, color=col, lw=0.8, alpha=0.7, label=f"trained, n={w}" if r == 0 else None)
+    ax.set_xlabel(r"$\gamma$")
+    ax.set_ylabel(r"$f_t(x)$")
+    ax.set_title(f"outputs after {result.config['steps']} GD steps vs the kernel prediction")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    w_arr = np.asarray(widths, float)
+    for name, label, marker in (
+        ("movement", r"$\|\Theta_t - \Theta_0\|_F / \|\Theta_0\|_F$", "o"),
+        ("dist_linearized", "RMS(trained - linearized)", "s"),
+        ("dist_kernel", r"RMS(trained - $\Theta_\infty$ prediction)", "^"),
+    ):
+        data = getattr(result, name)
+        m = np.asarray([np.mean(data[str(w)]) for w in widths])
+        sd = np.asarray([np.std(data[str(w)], ddof=1) if len(data[str(w)]) > 1 else 0.0 for w in widths])
+        slope = result.slope(name)
+        ax.errorbar(w_arr, m, yerr=sd, fmt=marker + "-", capsize=3, label=f"{label}: slope {slope:.2f}")
+    if len(w_arr) >= 2:
+        m0 = np.mean(result.movement[str(widths[0])])
+        ax.plot(w_arr, m0 * (w_arr / w_arr[0]) ** -0.5, "k:", label="slope -1/2 (theory)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("width n")
+    ax.set_title("movement and distance to the kernel prediction vs width")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ntkit dynamics``."""
+    parser.add_argument(
+        "--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS), help="hidden widths (default 500 10000)"
+    )
+    parser.add_argument("--inits", type=int, default=10, help="initialisations per width (default 10)")
+    parser.add_argument("--steps", type=int, default=200, help="gradient-descent steps (default 200)")
+    parser.add_argument("--lr", type=float, default=1.0, help="learning rate (default 1.0; loss 1/(2N) sum (f-y)^2)")
+    parser.add_argument("--train-points", type=int, default=8, help="training inputs ~ N(0, I) (default 8)")
+    parser.add_argument("--test-points", type=int, default=64, help="test inputs on the unit circle (default 64)")
+    parser.add_argument("--depth", type=int, default=3, help="hidden layers (default 3, i.e. L = 4)")
+    parser.add_argument("--activation", default="relu", help="activation name (default relu)")
+    parser.add_argument("--beta", type=float, default=0.1, help="bias scale (default 0.1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float32", action="store_true", help="float32 networks (default float64)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a quick run: widths 250 1000 4000, 4 inits, 100 steps (unless given)"
+    )
+    parser.add_argument("--out", default="ntkit-output/dynamics", help="folder for summary.json and dynamics.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``ntkit dynamics``: print the table and slopes, write summary.json and dynamics.png."""
+    if args.quick:
+        if args.widths == list(DEFAULT_WIDTHS):
+            args.widths = [250, 1000, 4000]
+        if args.inits == 10:
+            args.inits = 4
+        if args.steps == 200:
+            args.steps = 100
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "summary.json"
+
+    def save(result: DynamicsResult) -> None:
+        tmp = summary_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        tmp.replace(summary_path)
+
+    result = run_dynamics(
+        widths=args.widths,
+        n_inits=args.inits,
+        n_train=args.train_points,
+        n_test=args.test_points,
+        depth=args.depth,
+        activation=args.activation,
+        beta=args.beta,
+        learning_rate=args.lr,
+        steps=args.steps,
+        seed=args.seed,
+        dtype=torch.float32 if args.float32 else torch.float64,
+        progress=not args.quiet,
+        on_init=save,
+    )
+    save(result)
+    print(f"{'width':>8} {'inits':>5} {'movement':>12} {'trained-lin':>12} {'trained-kernel':>15} {'|Th0-Thinf|':>12}")
+    for w in result.finished_widths():
+        k = str(w)
+        print(
+            f"{w:>8d} {len(result.movement[k]):>5d} {np.mean(result.movement[k]):>12.4g} "
+            f"{np.mean(result.dist_linearized[k]):>12.4g} {np.mean(result.dist_kernel[k]):>15.4g} "
+            f"{np.mean(result.init_distance[k]):>12.4g}"
+        )
+    slopes = result.to_dict()["slopes"]
+    print(
+        f"log-log slopes vs width: movement {slopes['movement']:.3f}, trained-linearized "
+        f"{slopes['dist_linearized']:.3f}, trained-kernel {slopes['dist_kernel']:.3f} (theory -0.5)"
+    )
+    print(f"runtime {result.seconds:.1f} s")
+    if result.finished_widths():
+        try:
+            png = plot_dynamics(result, out / "dynamics.png")
+            print(f"wrote {summary_path} and {png}")
+        except ImportError as err:
+            print(f"wrote {summary_path}; no plot: {err}")
+    if not result.complete:
+        print("interrupted: the summary holds the networks finished so far")
+        return 130
+    return 0
