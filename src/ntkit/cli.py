@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ntkit.experiments.converge",
         "empirical NTK vs its infinite-width limit over a width sweep (Jacot et al. 2018, Fig. 1)",
     ),
+    "bench": (
+        "ntkit.experiments.bench",
+        "benchmarks on data: `ntkit bench uci` (NTK + SVM on 90 UCI data sets, Arora et al. 2020)",
+    ),
 }
 
 
