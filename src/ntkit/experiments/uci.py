@@ -217,6 +217,13 @@ def load_uci_dataset(folder: str | os.PathLike[str]) -> UCIDataset:
     hp_train, hp_val = _read_index_lines(folder / "conxuntos.dat", 2, n)
     kf = _read_index_lines(folder / "conxuntos_kfold.dat", 8, n)
     folds = [(kf[2 * r], kf[2 * r + 1]) for r in range(4)]
+    train_sets = [("conxuntos.dat", 1, hp_train)] + [("conxuntos_kfold.dat", 2 * r + 1, kf[2 * r]) for r in range(4)]
+    for fname, line, idx in train_sets:
+        if len(np.unique(y[idx])) < 2:
+            raise UCIFormatError(
+                f"{folder / fname}, line {line}: expected training rows of at least 2 classes, "
+                f"got only class {y[idx][0]}"
+            )
     return UCIDataset(name=name, x=x, y=y, n_classes=c, hp_train=hp_train, hp_val=hp_val, folds=folds)
 
 
