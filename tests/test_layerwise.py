@@ -45,8 +45,8 @@ def arora_reference(x: np.ndarray, max_dep: int) -> dict[tuple[int, int], np.nda
 
 @pytest.mark.parametrize(("activation", "beta", "w_std"), [("relu", 0.3, 1.3), ("erf", 0.1, 1.0), ("tanh", 0.2, 1.5)])
 def test_layer_kernels_match_fc_kernel(gen: torch.Generator, activation: str, beta: float, w_std: float) -> None:
-    x1 = torch.randn(12, 5, generator=gen, dtype=torch.float64)
-    x2 = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    x1 = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    x2 = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     lk = layer_kernels(x1, x2, depth=3, activation=activation, beta=beta, w_std=w_std)
     assert len(lk.sigma) == 4 and len(lk.sigma_dot) == 3 and lk.depth == 3
     for dep in range(4):

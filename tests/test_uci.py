@@ -105,6 +105,26 @@ def test_benchmark_resume_outputs_and_cli(tmp_path: Path, monkeypatch: pytest.Mo
     assert cli_main(["bench", "uci", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--quiet"]) == 2
 
 
+@needs_data
+def test_interrupted_run_keeps_finished_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    for name in TINY[:2]:
+        shutil.copytree(UCI / name, data / name)
+    real = uci.evaluate_dataset
+    done: list[str] = []
+
+    def interrupt_second(ds: uci.UCIDataset, **kw: object) -> dict[str, object]:
+        if done:
+            raise KeyboardInterrupt
+        done.append(ds.name)
+        return real(ds, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(uci, "evaluate_dataset", interrupt_second)
+    summary = run_uci_benchmark(data, tmp_path / "out", progress=False)
+    assert not summary["complete"] and summary["n_datasets"] == 1 and summary["n_requested"] == 2
+    assert [p.stem for p in (tmp_path / "out" / "datasets").glob("*.json")] == done
+
+
 def _write_dataset(root: Path, name: str, rows: list[str], *, d: int = 2, c: int = 2, skip: str = "") -> Path:
     folder = root / name
     folder.mkdir(parents=True)
