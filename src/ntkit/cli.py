@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "kernel": ("ntkit.compute.cli", "infinite-width NNGP/NTK matrix to .npy/.zarr: tiled, resumable, on Dask"),
     "dynamics": ("ntkit.experiments.dynamics", "trained networks vs the NTK's predictions (Jacot et al. 2018, Fig. 1)"),
+    "bench": (
+        "ntkit.experiments.bench",
+        "benchmarks on data: `ntkit bench uci` (NTK + SVM on 90 UCI data sets, Arora et al. 2020)",
+    ),
 }
 
 

@@ -1,0 +1,632 @@
+"""The UCI benchmark of Arora et al. (2020): SVM with the fully connected NTK on 90 small data sets.
+
+Arora, Du, Li, Salakhutdinov, Wang, Yu, "Harnessing the Power of Infinitely Wide Deep Nets on
+Small-data Tasks", ICLR 2020 (arXiv:1910.01663), Sec. 4, reproduced with their protocol
+(``LeoYu/neural-tangent-kernel-UCI``; data and splits of Fernández-Delgado et al., JMLR 2014):
+
+1. Kernels ``K[dep][fix]`` (ReLU, no bias, ``S_0 = X X^T``, ``c_sigma = 1``) for ``dep = 0..4``
+   hidden layers and ``fix = 0..dep`` frozen first layers: 15 kernels from one pass of the
+   recursion over all ``n`` samples (:func:`ntkit.layerwise.iter_arora_kernels`); train / validation
+   / test blocks are index subsets of the ``n x n`` matrices.
+2. ``sklearn.svm.SVC(kernel="precomputed", C=C)`` for ``C in {1e-2, ..., 1e4}``.
+3. Selection on the train/validation halves of ``conxuntos.dat`` over the 105 ``(dep, fix, C)``,
+   looping ``dep -> fix -> C`` ascending and keeping the first maximum (strict ``>``).
+4. Score: mean accuracy over the 4 train/test pairs of ``conxuntos_kfold.dat``; the benchmark's
+   number is the mean of the per-data-set scores (paper: 81.95% NTK, 81.56% random forests).
+
+Results are saved per data set as they finish (``OUT/datasets/<name>.json``) so an interrupted run
+resumes where it stopped; ``OUT/results.csv`` and ``OUT/summary.json`` hold the table and average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ntkit._progress import Progress
+from ntkit._validation import check_int
+
+#: ``C`` grid of Arora et al.
+C_GRID: tuple[float, ...] = (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4)
+#: Paper averages (Arora et al. 2020, Table 1): NTK-SVM and random forests (Fernández-Delgado et al.).
+PAPER_NTK = 81.95
+PAPER_RF = 81.56
+#: Default location: ``../shared/data/uci`` next to the checkout, or ``$NTKIT_UCI_DATA``.
+DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "uci"
+RESULT_VERSION = 1
+
+
+class UCIFormatError(ValueError):
+    """A UCI data file is malformed; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class UCIDataset:
+    """One data set in the Fernández-Delgado et al. format.
+
+    Attributes
+    ----------
+    name : str
+    x : ndarray of shape (n, d), float64
+        Standardised features.
+    y : ndarray of shape (n,), int64
+        Class labels in ``0..n_classes-1``.
+    n_classes : int
+        From the metadata (some classes may have no sample).
+    hp_train, hp_val : ndarray of int64
+        Hyper-parameter selection halves (line 1 and 2 of ``conxuntos.dat``).
+    folds : list of (train, test) ndarray pairs
+        The 4 pairs of ``conxuntos_kfold.dat``.
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    n_classes: int
+    hp_train: np.ndarray
+    hp_val: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: expected this file of the UCI data set, got a missing file")
+    try:
+        return path.read_text().splitlines()
+    except UnicodeDecodeError as err:
+        raise UCIFormatError(f"{path}: expected a text file, got undecodable bytes ({err})") from None
+
+
+def _read_meta(path: Path) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for i, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        if "=" not in line:
+            raise UCIFormatError(f"{path}, line {i}: expected 'key= value', got {line.strip()[:60]!r}")
+        key, value = line.split("=", 1)
+        meta[key.strip()] = value.strip()
+    return meta
+
+
+def _meta_int(meta: dict[str, str], key: str, path: Path) -> int:
+    if key not in meta:
+        raise UCIFormatError(f"{path}: expected a line '{key}= <integer>', got none")
+    try:
+        return int(meta[key])
+    except ValueError:
+        raise UCIFormatError(f"{path}: expected an integer for '{key}', got {meta[key]!r}") from None
+
+
+def _read_data(path: Path, n_features: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    lines = _read_lines(path)
+    if not lines:
+        raise UCIFormatError(f"{path}, line 1: expected a header line, got an empty file")
+    header = lines[0].split()
+    names = header[:n_features] if len(header) >= n_features else [f"f{j + 1}" for j in range(n_features)]
+    rows: list[list[float]] = []
+    labels: list[int] = []
+    for i, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != n_features + 2:
+            raise UCIFormatError(
+                f"{path}, line {i}: expected {n_features + 2} tab-separated fields (row id, {n_features} "
+                f"features, label), got {len(fields)}"
+            )
+        values: list[float] = []
+        for j, text in enumerate(fields[1:-1]):
+            try:
+                v = float(text)
+            except ValueError:
+                raise UCIFormatError(
+                    f"{path}, line {i}, column {j + 2} ({names[j]}): expected a number, got {text!r}"
+                ) from None
+            if not math.isfinite(v):
+                raise UCIFormatError(
+                    f"{path}, line {i}, column {j + 2} ({names[j]}): expected a finite number, got {text!r}"
+                )
+            values.append(v)
+        text = fields[-1]
+        try:
+            label = int(text)
+        except ValueError:
+            raise UCIFormatError(
+                f"{path}, line {i}, last column: expected an integer class label in 0..{n_classes - 1}, got {text!r}"
+            ) from None
+        if not 0 <= label < n_classes:
+            raise UCIFormatError(
+                f"{path}, line {i}, last column: expected a class label in 0..{n_classes - 1}, got {label}"
+            )
+        rows.append(values)
+        labels.append(label)
+    if not rows:
+        raise UCIFormatError(f"{path}: expected data rows after the header, got none")
+    return np.asarray(rows, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+
+
+def _read_index_lines(path: Path, n_lines: int, n: int) -> list[np.ndarray]:
+    lines = [line for line in _read_lines(path)]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if len(lines) != n_lines:
+        raise UCIFormatError(f"{path}: expected {n_lines} lines of row indices, got {len(lines)}")
+    out = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            idx = np.asarray([int(t) for t in line.split()], dtype=np.int64)
+        except ValueError:
+            bad = next(t for t in line.split() if not t.lstrip("-").isdigit())
+            raise UCIFormatError(f"{path}, line {i}: expected integer row indices, got {bad!r}") from None
+        if idx.size == 0:
+            raise UCIFormatError(f"{path}, line {i}: expected row indices, got an empty line")
+        if idx.min() < 0 or idx.max() >= n:
+            bad_i = int(idx[(idx < 0) | (idx >= n)][0])
+            raise UCIFormatError(f"{path}, line {i}: expected 0-based row indices in 0..{n - 1}, got {bad_i}")
+        out.append(idx)
+    return out
+
+
+def load_uci_dataset(folder: str | os.PathLike[str]) -> UCIDataset:
+    """Load one data set folder ``<d>/`` (``<d>.txt``, ``<d>_R.dat``, ``conxuntos.dat``, ``conxuntos_kfold.dat``).
+
+    Raises
+    ------
+    FileNotFoundError
+        A file is missing (the message names it).
+    UCIFormatError (a ValueError)
+        Non-numeric or non-finite features, non-integer or out-of-range labels, bad index files:
+        the message names the file, the line and, for features, the column.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: expected a UCI data set folder, got no such directory")
+    name = folder.name
+    meta_path = folder / f"{name}.txt"
+    meta = _read_meta(meta_path)
+    d = _meta_int(meta, "n_entradas", meta_path)
+    c = _meta_int(meta, "n_clases", meta_path)
+    n_meta = _meta_int(meta, "n_patrons1", meta_path)
+    data_path = folder / meta.get("fich1", f"{name}_R.dat")
+    x, y = _read_data(data_path, d, c)
+    if x.shape[0] != n_meta:
+        raise UCIFormatError(
+            f"{data_path}: expected {n_meta} data rows (n_patrons1 in {meta_path.name}), got {x.shape[0]}"
+        )
+    n = x.shape[0]
+    hp_train, hp_val = _read_index_lines(folder / "conxuntos.dat", 2, n)
+    kf = _read_index_lines(folder / "conxuntos_kfold.dat", 8, n)
+    folds = [(kf[2 * r], kf[2 * r + 1]) for r in range(4)]
+    train_sets = [("conxuntos.dat", 1, hp_train)] + [("conxuntos_kfold.dat", 2 * r + 1, kf[2 * r]) for r in range(4)]
+    for fname, line, idx in train_sets:
+        if len(np.unique(y[idx])) < 2:
+            raise UCIFormatError(
+                f"{folder / fname}, line {line}: expected training rows of at least 2 classes, "
+                f"got only class {y[idx][0]}"
+            )
+    return UCIDataset(name=name, x=x, y=y, n_classes=c, hp_train=hp_train, hp_val=hp_val, folds=folds)
+
+
+def list_uci_datasets(data_dir: str | os.PathLike[str]) -> list[str]:
+    """Sorted names of the data set folders in ``data_dir`` (those holding ``<name>.txt``)."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: expected the UCI data folder (see --data), got no such directory")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / f"{p.name}.txt").is_file())
+    if not names:
+        raise FileNotFoundError(f"{root}: expected data set folders '<name>/<name>.txt', got none")
+    return names
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+
+#: Iteration cap of each libsvm solve (see :func:`svc_fit`); ``-1`` is scikit-learn's "no limit".
+DEFAULT_MAX_ITER = 1_000_000
+
+
+@dataclass(frozen=True)
+class SVCFit:
+    """Outcome of one SVM fit: test accuracy, whether any dual variable sits at the bound ``C``,
+    and whether libsvm stopped at its iteration cap instead of its tolerance."""
+
+    accuracy: float
+    at_bound: bool
+    capped: bool
+
+
+def svc_fit(
+    k_train_train: np.ndarray,
+    y_train: np.ndarray,
+    k_test_train: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    c: float,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> SVCFit:
+    """Fit ``SVC(kernel="precomputed", C=c)`` (Arora et al.'s ``svm``) and score it on the test block.
+
+    ``max_iter`` caps libsvm's SMO iterations (their runs had no cap: on the rank-``d`` linear kernel
+    with ``C >= 100`` libsvm can need 10^8 iterations and minutes per fit). Capped fits are flagged.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import SVC
+
+    clf = SVC(kernel="precomputed", C=c, cache_size=1000, max_iter=max_iter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(k_train_train, y_train)
+    capped = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    at_bound = bool(np.any(np.abs(clf.dual_coef_) >= c * (1 - 1e-9)))
+    return SVCFit(float(np.mean(clf.predict(k_test_train) == y_test)), at_bound, capped)
+
+
+def svc_accuracy(
+    k_train_train: np.ndarray,
+    y_train: np.ndarray,
+    k_test_train: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    c: float,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> float:
+    """Accuracy of ``SVC(kernel="precomputed", C=c)`` trained on ``k_train_train``."""
+    return svc_fit(k_train_train, y_train, k_test_train, y_test, c=c, max_iter=max_iter).accuracy
+
+
+def evaluate_dataset(
+    ds: UCIDataset,
+    *,
+    max_dep: int = 4,
+    c_grid: Sequence[float] = C_GRID,
+    max_iter: int = DEFAULT_MAX_ITER,
+    on_fit: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the protocol of Arora et al. on one data set; returns a JSON-ready record.
+
+    The record holds the selected ``dep``, ``fix``, ``C``, its validation accuracy, the 4 fold test
+    accuracies and their mean ``test_acc`` (in [0, 1]), the whole validation grid ``val_grid``
+    (``[dep][fix][iC]``) and timings. ``on_fit(note)`` is called after every SVC fit.
+
+    Exact shortcut: once a fit has no dual variable at its bound ``C``, the same solution is optimal
+    for every larger ``C`` (the box constraint is inactive), so its accuracy is reused instead of
+    refitting. Fits stopped by ``max_iter`` are counted in ``capped_fits`` (and ``capped_selected``
+    says whether the selected configuration was one).
+    """
+    from ntkit.layerwise import iter_arora_kernels
+
+    start = time.perf_counter()
+    kernel_s = 0.0
+    tr, va = ds.hp_train, ds.hp_val
+    y_tr, y_va = ds.y[tr], ds.y[va]
+    best_acc, best = -1.0, (0, 0, float(c_grid[0]))
+    best_kernel: np.ndarray | None = None
+    grid: list[list[list[float]]] = []
+    capped: list[list[list[bool]]] = []
+    n_fits = 0
+    t0 = time.perf_counter()
+    for dep, fix, kern in iter_arora_kernels(ds.x, max_dep=max_dep):
+        kernel_s += time.perf_counter() - t0
+        k = kern.numpy()
+        k_tr, k_va = k[np.ix_(tr, tr)], k[np.ix_(va, tr)]
+        if fix == 0:
+            grid.append([])
+            capped.append([])
+        row: list[float] = []
+        row_capped: list[bool] = []
+        fit: SVCFit | None = None
+        for c in c_grid:
+            if fit is None or fit.at_bound or fit.capped:
+                fit = svc_fit(k_tr, y_tr, k_va, y_va, c=float(c), max_iter=max_iter)
+                n_fits += 1
+            acc = fit.accuracy
+            row.append(acc)
+            row_capped.append(fit.capped)
+            if acc > best_acc:
+                if best[:2] != (dep, fix) or best_kernel is None:
+                    best_kernel = k.copy()
+                best_acc, best = acc, (dep, fix, float(c))
+            if on_fit is not None:
+                on_fit(f"{ds.name} dep={dep} fix={fix} C={c:g}")
+        grid[-1].append(row)
+        capped[-1].append(row_capped)
+        t0 = time.perf_counter()
+    assert best_kernel is not None
+    fold_accs: list[float] = []
+    fold_capped = 0
+    for f_tr, f_te in ds.folds:
+        fold = svc_fit(
+            best_kernel[np.ix_(f_tr, f_tr)],
+            ds.y[f_tr],
+            best_kernel[np.ix_(f_te, f_tr)],
+            ds.y[f_te],
+            c=best[2],
+            max_iter=max_iter,
+        )
+        fold_accs.append(fold.accuracy)
+        fold_capped += int(fold.capped)
+        if on_fit is not None:
+            on_fit(f"{ds.name} test fold {len(fold_accs)}/4")
+    return {
+        "version": RESULT_VERSION,
+        "dataset": ds.name,
+        "n": ds.n,
+        "d": int(ds.x.shape[1]),
+        "classes": ds.n_classes,
+        "dep": best[0],
+        "fix": best[1],
+        "C": best[2],
+        "val_acc": best_acc,
+        "fold_accs": fold_accs,
+        "test_acc": float(np.mean(fold_accs)),
+        "val_grid": grid,
+        "max_iter": max_iter,
+        "svc_fits": n_fits + len(ds.folds),
+        "capped_fits": sum(int(v) for rows in capped for r in rows for v in r) + fold_capped,
+        "capped_selected": bool(capped[best[0]][best[1]][list(c_grid).index(best[2])]) or fold_capped > 0,
+        "kernel_seconds": kernel_s,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _fits(max_dep: int, n_c: int) -> int:
+    return (max_dep + 1) * (max_dep + 2) // 2 * n_c + 4
+
+
+def _worker(args: tuple[str, int, tuple[float, ...], int]) -> dict[str, Any]:
+    folder, max_dep, c_grid, max_iter = args
+    torch.set_num_threads(1)
+    return evaluate_dataset(load_uci_dataset(folder), max_dep=max_dep, c_grid=c_grid, max_iter=max_iter)
+
+
+def run_uci_benchmark(
+    data_dir: str | os.PathLike[str] = DEFAULT_DATA,
+    out_dir: str | os.PathLike[str] = "ntkit-output/uci",
+    *,
+    datasets: Sequence[str] | None = None,
+    max_dep: int = 4,
+    c_grid: Sequence[float] = C_GRID,
+    max_iter: int = DEFAULT_MAX_ITER,
+    resume: bool = True,
+    jobs: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the benchmark; write ``datasets/<name>.json``, ``results.csv``, ``summary.json``.
+
+    Parameters
+    ----------
+    data_dir : path
+        Folder of data set folders (``../shared/data/uci``).
+    out_dir : path
+        Output folder; per-data-set results already there (same ``max_dep`` and ``C`` grid) are
+        reused when ``resume`` is true.
+    datasets : sequence of str, optional
+        Subset of data set names (default: every folder of ``data_dir``).
+    jobs : int
+        Data sets evaluated in parallel processes (each single-threaded).
+    max_iter : int
+        libsvm iteration cap per fit (``-1``: none, as in Arora et al.'s runs; see :func:`svc_fit`).
+
+    Returns
+    -------
+    dict
+        The summary: per-data-set rows, the mean accuracy in percent, the paper's numbers,
+        ``complete`` (False after an interruption) and timings.
+    """
+    jobs = check_int(jobs, "jobs", minimum=1)
+    max_dep = check_int(max_dep, "max_dep", minimum=0)
+    c_grid = tuple(float(c) for c in c_grid)
+    available = list_uci_datasets(data_dir)
+    if datasets is None:
+        names = available
+    else:
+        unknown = [d for d in datasets if d not in available]
+        if unknown:
+            raise ValueError(f"datasets: expected names of folders in {data_dir}, got unknown {unknown}")
+        names = list(datasets)
+    out = Path(out_dir)
+    (out / "datasets").mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        path = out / "datasets" / f"{name}.json"
+        if resume and path.is_file():
+            try:
+                rec = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue
+            if (
+                rec.get("version") == RESULT_VERSION
+                and rec.get("max_iter") == max_iter
+                and len(rec.get("val_grid", [])) == max_dep + 1
+                and all(len(r) == len(c_grid) for rows in rec["val_grid"] for r in rows)
+            ):
+                results[name] = rec
+    todo = [n for n in names if n not in results]
+    sizes = {n: _dataset_size(Path(data_dir) / n) for n in todo}
+    todo.sort(key=lambda n: sizes[n])  # small first: early results, resumable
+    n_fits = _fits(max_dep, len(c_grid))
+    bar = Progress(sum(float(s) ** 2 for s in sizes.values()) or 1.0, "uci", enabled=progress, show_counts=False)
+    if results and progress:
+        print(f"resuming: {len(results)} data sets already done in {out / 'datasets'}", file=sys.stderr)
+    start = time.perf_counter()
+    complete = False
+
+    def save(rec: dict[str, Any]) -> None:
+        results[rec["dataset"]] = rec
+        path = out / "datasets" / f"{rec['dataset']}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rec))
+        tmp.replace(path)
+
+    try:
+        if jobs == 1:
+            for name in todo:
+                unit = float(sizes[name]) ** 2 / n_fits
+                rec = evaluate_dataset(
+                    load_uci_dataset(Path(data_dir) / name),
+                    max_dep=max_dep,
+                    c_grid=c_grid,
+                    max_iter=max_iter,
+                    on_fit=lambda note, unit=unit: bar.update(unit, note=note),  # type: ignore[misc]
+                )
+                save(rec)
+                bar.update(0, note=f"{name}: {100 * rec['test_acc']:.2f}%")
+        else:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futs = {pool.submit(_worker, (str(Path(data_dir) / n), max_dep, c_grid, max_iter)): n for n in todo}
+                try:
+                    for fut in as_completed(futs):
+                        rec = fut.result()
+                        save(rec)
+                        bar.update(
+                            float(sizes[rec["dataset"]]) ** 2, note=f"{rec['dataset']}: {100 * rec['test_acc']:.2f}%"
+                        )
+                except KeyboardInterrupt:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        complete = True
+    except KeyboardInterrupt:
+        if progress:
+            print(
+                f"\ninterrupted: {len(results)} data sets saved in {out / 'datasets'}; rerun to resume", file=sys.stderr
+            )
+    finally:
+        bar.close()
+    summary = summarize(results, names, seconds=time.perf_counter() - start, complete=complete)
+    write_outputs(summary, out)
+    return summary
+
+
+def _dataset_size(folder: Path) -> int:
+    meta_path = folder / f"{folder.name}.txt"
+    return _meta_int(_read_meta(meta_path), "n_patrons1", meta_path)
+
+
+def summarize(
+    results: dict[str, dict[str, Any]], names: Sequence[str], *, seconds: float, complete: bool
+) -> dict[str, Any]:
+    """The summary record: rows in ``names`` order (finished ones), mean accuracy in percent."""
+    rows = [results[n] for n in names if n in results]
+    mean = float(np.mean([r["test_acc"] for r in rows])) * 100 if rows else float("nan")
+    return {
+        "benchmark": "UCI 90 data sets, NTK + SVC (Arora et al. 2020 protocol)",
+        "n_datasets": len(rows),
+        "n_requested": len(names),
+        "mean_accuracy": mean,
+        "paper_ntk": PAPER_NTK,
+        "paper_random_forest": PAPER_RF,
+        "complete": complete and len(rows) == len(names),
+        "seconds_this_run": seconds,
+        "seconds_total": float(sum(r["seconds"] for r in rows)),
+        "rows": rows,
+    }
+
+
+CSV_FIELDS = ("dataset", "n", "d", "classes", "dep", "fix", "C", "val_acc", "test_acc", "fold_accs", "seconds")
+
+
+def write_outputs(summary: dict[str, Any], out: Path) -> None:
+    """Write ``results.csv`` (one row per data set) and ``summary.json`` (everything) into ``out``."""
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_FIELDS)
+        for r in summary["rows"]:
+            w.writerow(
+                [
+                    r["dataset"],
+                    r["n"],
+                    r["d"],
+                    r["classes"],
+                    r["dep"],
+                    r["fix"],
+                    r["C"],
+                    f"{r['val_acc']:.6f}",
+                    f"{r['test_acc']:.6f}",
+                    " ".join(f"{a:.6f}" for a in r["fold_accs"]),
+                    f"{r['seconds']:.2f}",
+                ]
+            )
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(out / "summary.json")
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The per-data-set table, the average and the comparison with the paper, as text."""
+    lines = [f"{'dataset':<32} {'n':>5} {'d':>4} {'c':>3} {'dep':>3} {'fix':>3} {'C':>7} {'val%':>6} {'test%':>6}"]
+    for r in summary["rows"]:
+        lines.append(
+            f"{r['dataset']:<32} {r['n']:>5} {r['d']:>4} {r['classes']:>3} {r['dep']:>3} {r['fix']:>3} "
+            f"{r['C']:>7g} {100 * r['val_acc']:>6.2f} {100 * r['test_acc']:>6.2f}"
+        )
+    lines.append(
+        f"average test accuracy over {summary['n_datasets']}/{summary['n_requested']} data sets: "
+        f"{summary['mean_accuracy']:.2f}%"
+    )
+    lines.append(f"paper (Arora et al. 2020): NTK {PAPER_NTK:.2f}%, random forests {PAPER_RF:.2f}%")
+    lines.append(
+        f"kernel+SVC time of these data sets: {summary['seconds_total']:.0f} s "
+        f"(this run {summary['seconds_this_run']:.0f} s)"
+    )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ntkit bench uci``."""
+    parser.add_argument("--data", default=os.environ.get("NTKIT_UCI_DATA", str(DEFAULT_DATA)), help="UCI data folder")
+    parser.add_argument("--out", default="ntkit-output/uci", help="output folder (default ntkit-output/uci)")
+    parser.add_argument("--datasets", nargs="+", help="only these data sets (default: all folders)")
+    parser.add_argument("--max-dep", type=int, default=4, help="deepest network: hidden layers 0..MAX_DEP (default 4)")
+    parser.add_argument("--no-resume", action="store_true", help="recompute data sets already saved in --out")
+    parser.add_argument(
+        "--max-iter",
+        type=int,
+        default=DEFAULT_MAX_ITER,
+        help=f"libsvm iteration cap per SVM fit (default {DEFAULT_MAX_ITER}; -1: none, as in the paper, very slow)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="data sets in parallel processes (default 1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``ntkit bench uci``: print the table and the comparison, write CSV/JSON."""
+    summary = run_uci_benchmark(
+        args.data,
+        args.out,
+        datasets=args.datasets,
+        max_dep=args.max_dep,
+        max_iter=args.max_iter,
+        resume=not args.no_resume,
+        jobs=args.jobs,
+        progress=not args.quiet,
+    )
+    print(format_table(summary))
+    print(f"wrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'summary.json'}")
+    return 0 if summary["complete"] else 130

@@ -1,0 +1,391 @@
+"""scikit-learn estimators and a Gaussian-process kernel built on the infinite-width NTK / NNGP.
+
+* :class:`NTKRegressor` — kernel ridge regression, i.e. the posterior mean of the GP with the NNGP,
+  or the mean prediction of an infinitely wide network trained to convergence by gradient descent
+  on the MSE with the NTK (Jacot et al. 2018; Lee et al. 2019):
+  ``f(x) = k(x, X) (k(X, X) + lambda I)^{-1} (y - mean y) + mean y``.
+* :class:`NTKClassifier` — one-hot regression with the same predictor (``method="regression"``,
+  Arora et al. 2019; Lee et al. 2020) or an SVM on the precomputed kernel (``method="svc"``,
+  Arora et al. 2020).
+* :class:`NTKKernel` — a :class:`sklearn.gaussian_process.kernels.Kernel` whose hyperparameters
+  ``depth``, ``beta``, ``w_std``, ``activation`` work in ``GaussianProcessRegressor``, ``GridSearchCV``
+  and pipelines (``beta`` and ``w_std`` are optimised in log space, ``depth`` and ``activation`` are
+  fixed hyperparameters chosen by grid search).
+
+scikit-learn is an optional extra (``pip install 'ntkit[sklearn]'``); importing :mod:`ntkit` never
+imports it, importing this module does.
+
+Examples
+--------
+>>> import numpy as np
+>>> from ntkit.sklearn import NTKRegressor
+>>> x = np.linspace(-1, 1, 20)[:, None]
+>>> reg = NTKRegressor(depth=2, beta=0.1).fit(x, np.sin(3 * x[:, 0]))
+>>> bool(reg.score(x, np.sin(3 * x[:, 0])) > 0.99)
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.gaussian_process.kernels import Hyperparameter
+    from sklearn.gaussian_process.kernels import Kernel as _SKKernel
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as _err:  # pragma: no cover - depends on the environment
+    raise ImportError("ntkit.sklearn needs scikit-learn >= 1.6: pip install 'ntkit[sklearn]'") from _err
+
+from ntkit._validation import check_choice, check_float, check_int
+from ntkit.activations import Activation, get_activation
+from ntkit.infinite import fc_kernel
+from ntkit.layerwise import fc_kernel_diag
+from ntkit.solve.linalg import cho_solve, robust_cholesky
+
+__all__ = ["NTKClassifier", "NTKKernel", "NTKRegressor"]
+
+SOLVERS = ("cholesky", "auto")
+KERNELS = ("ntk", "nngp")
+
+
+def _kernel_matrix(
+    x1: np.ndarray, x2: np.ndarray | None, *, depth: int, activation: Any, beta: float, w_std: float, kernel: str
+) -> torch.Tensor:
+    """``ntk`` or ``nngp`` of :func:`ntkit.fc_kernel` in float64 between the rows of ``x1`` and ``x2``."""
+    k = fc_kernel(
+        torch.from_numpy(np.array(x1, dtype=np.float64, order="C")),
+        None if x2 is None else torch.from_numpy(np.array(x2, dtype=np.float64, order="C")),
+        depth=depth,
+        activation=activation,
+        beta=beta,
+        w_std=w_std,
+        dtype=torch.float64,
+    )
+    return k.get(kernel)
+
+
+def _check_params(est: Any) -> None:
+    check_int(est.depth, "depth", minimum=0)
+    check_float(est.beta, "beta", minimum=0.0)
+    check_float(est.w_std, "w_std", minimum=0.0, strict=True)
+    check_float(est.diag_reg, "diag_reg", minimum=0.0)
+    check_choice(est.kernel, "kernel", KERNELS)
+    check_choice(est.solver, "solver", SOLVERS)
+    get_activation(est.activation)
+
+
+class _KernelRidge:
+    """Shared kernel-ridge core: ``alpha = (K + diag_reg * mean(diag K) * I)^{-1} (Y - mean Y)``."""
+
+    depth: int
+    activation: str | Activation
+    beta: float
+    w_std: float
+    kernel: str
+    diag_reg: float
+    solver: str
+
+    def _k(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
+        return _kernel_matrix(
+            x1, x2, depth=self.depth, activation=self.activation, beta=self.beta, w_std=self.w_std, kernel=self.kernel
+        )
+
+    def _fit_targets(self, x: np.ndarray, targets: np.ndarray) -> None:
+        k_train_train = self._k(x)
+        scale = float(torch.diagonal(k_train_train).abs().mean()) or 1.0
+        chol, jitter = robust_cholesky(k_train_train, diag_reg=self.diag_reg * scale)
+        self.y_mean_ = targets.mean(axis=0)
+        rhs = torch.from_numpy(np.ascontiguousarray(targets - self.y_mean_, dtype=np.float64))
+        self.dual_coef_ = cho_solve(chol, rhs).numpy()
+        self.X_fit_ = x
+        self.jitter_ = jitter
+
+    def _predict_targets(self, x: np.ndarray) -> np.ndarray:
+        k_test_train = self._k(x, self.X_fit_).numpy()
+        return np.asarray(k_test_train @ self.dual_coef_ + self.y_mean_)
+
+
+class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
+    """Kernel ridge regression / GP posterior mean with the infinite-width NTK or NNGP.
+
+    ``f(x) = k(x, X) (k(X, X) + diag_reg * mean(diag k(X, X)) I)^{-1} (y - mean y) + mean y`` where ``k``
+    is ``fc_kernel(..., depth, activation, beta, w_std).ntk`` (or ``.nngp``). With the NTK this is the
+    mean output of an infinitely wide network trained by gradient flow on the MSE to convergence
+    (Jacot et al. 2018, Lee et al. 2019); with the NNGP it is the exact Bayesian posterior mean
+    (Lee et al. 2018) with noise variance ``diag_reg * mean(diag k)``.
+
+    Parameters
+    ----------
+    depth : int
+        Hidden layers of the network (``>= 0``).
+    activation : str or Activation
+        Any name of :func:`ntkit.get_activation`.
+    beta, w_std : float
+        Bias and weight scales (NTK parameterization, as :func:`ntkit.fc_kernel`).
+    kernel : {"ntk", "nngp"}
+    diag_reg : float
+        Ridge relative to the mean of the kernel's diagonal (``>= 0``).
+    solver : {"cholesky", "auto"}
+        Linear solver; ``"auto"`` is the exact Cholesky until iterative solvers exist.
+
+    Attributes
+    ----------
+    dual_coef_ : ndarray of shape (n_samples,) or (n_samples, n_targets)
+    y_mean_ : float or ndarray of shape (n_targets,)
+    X_fit_ : ndarray of shape (n_samples, n_features)
+    jitter_ : float
+        Extra diagonal jitter the Cholesky factorisation needed (0 almost always).
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        depth: int = 1,
+        activation: str | Activation = "relu",
+        beta: float = 0.1,
+        w_std: float = 1.0,
+        kernel: str = "ntk",
+        diag_reg: float = 1e-6,
+        solver: str = "cholesky",
+    ) -> None:
+        self.depth = depth
+        self.activation = activation
+        self.beta = beta
+        self.w_std = w_std
+        self.kernel = kernel
+        self.diag_reg = diag_reg
+        self.solver = solver
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+    def fit(self, X: Any, y: Any) -> NTKRegressor:
+        """Factor the training kernel and solve for the dual coefficients.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        """
+        _check_params(self)
+        x, y_arr = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
+        self._fit_targets(x, np.asarray(y_arr, dtype=np.float64))
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions of shape (n_samples,) or (n_samples, n_targets)."""
+        check_is_fitted(self, "dual_coef_")
+        x = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._predict_targets(x)
+
+
+class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
+    """Classification with the infinite-width NTK / NNGP.
+
+    ``method="regression"``: regress the one-hot labels with :class:`NTKRegressor`'s predictor and
+    predict the class of the largest output (the infinitely wide network trained on the MSE; Arora
+    et al. 2019). ``method="svc"``: ``sklearn.svm.SVC(kernel="precomputed", C=C)`` on the kernel
+    (one-vs-one; Arora et al. 2020).
+
+    Parameters
+    ----------
+    depth, activation, beta, w_std, kernel, diag_reg, solver
+        As in :class:`NTKRegressor` (``diag_reg`` and ``solver`` are used by ``"regression"``).
+    method : {"regression", "svc"}
+    C : float
+        SVM penalty (``"svc"`` only).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    svc_ : sklearn.svm.SVC
+        The fitted SVM (``"svc"`` only).
+    dual_coef_ : ndarray of shape (n_samples, n_classes)
+        One-hot regression coefficients (``"regression"`` only).
+    """
+
+    def __init__(
+        self,
+        depth: int = 1,
+        activation: str | Activation = "relu",
+        beta: float = 0.1,
+        w_std: float = 1.0,
+        kernel: str = "ntk",
+        method: str = "regression",
+        C: float = 1.0,
+        diag_reg: float = 1e-6,
+        solver: str = "cholesky",
+    ) -> None:
+        self.depth = depth
+        self.activation = activation
+        self.beta = beta
+        self.w_std = w_std
+        self.kernel = kernel
+        self.method = method
+        self.C = C
+        self.diag_reg = diag_reg
+        self.solver = solver
+
+    def fit(self, X: Any, y: Any) -> NTKClassifier:
+        """Fit on ``X`` of shape (n_samples, n_features) and labels ``y`` of shape (n_samples,)."""
+        from sklearn.utils.multiclass import check_classification_targets
+
+        _check_params(self)
+        check_choice(self.method, "method", ("regression", "svc"))
+        check_float(self.C, "C", minimum=0.0, strict=True)
+        x, y_arr = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y_arr)
+        self.classes_, codes = np.unique(y_arr, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"y: expected at least 2 classes, got 1 class ({self.classes_[0]!r})")
+        if self.method == "svc":
+            from sklearn.svm import SVC
+
+            self.X_fit_ = x
+            self.svc_ = SVC(kernel="precomputed", C=self.C).fit(self._k(x).numpy(), codes)
+        else:
+            self._fit_targets(x, np.eye(len(self.classes_))[codes])
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Scores of shape (n_samples,) for two classes (positive: ``classes_[1]``), else (n_samples, n_classes)."""
+        check_is_fitted(self, "classes_")
+        x = validate_data(self, X, dtype=np.float64, reset=False)
+        if self.method == "svc":
+            return np.asarray(self.svc_.decision_function(self._k(x, self.X_fit_).numpy()))
+        scores = self._predict_targets(x)
+        return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels of shape (n_samples,)."""
+        check_is_fitted(self, "classes_")
+        if self.method == "svc":
+            x = validate_data(self, X, dtype=np.float64, reset=False)
+            return np.asarray(self.classes_[self.svc_.predict(self._k(x, self.X_fit_).numpy())])
+        scores = self.decision_function(X)
+        idx = (scores > 0).astype(int) if scores.ndim == 1 else np.argmax(scores, axis=1)
+        return np.asarray(self.classes_[idx])
+
+
+class NTKKernel(_SKKernel):
+    """The infinite-width NTK (or NNGP) of a fully connected network as a scikit-learn GP kernel.
+
+    ``k(x, x') = fc_kernel(x, x', depth, activation, beta, w_std).ntk``. ``beta`` and ``w_std`` are
+    continuous hyperparameters (``theta = log([beta, w_std])``, the gradient by central finite
+    differences in log space, step ``1e-5``: relative error ~1e-10); ``depth`` and ``activation`` are
+    fixed hyperparameters (choose them with ``GridSearchCV`` over ``kernel__depth``). Combine with
+    ``WhiteKernel`` / ``ConstantKernel`` as usual. Non-stationary.
+
+    Parameters
+    ----------
+    depth : int
+    activation : str
+    beta : float
+        ``> 0`` unless ``beta_bounds="fixed"`` (log space).
+    w_std : float
+    kind : {"ntk", "nngp"}
+    beta_bounds, w_std_bounds : pair of float or "fixed"
+    """
+
+    _FD_STEP = 1e-5
+
+    def __init__(
+        self,
+        depth: int = 1,
+        activation: str = "relu",
+        beta: float = 0.1,
+        w_std: float = 1.0,
+        kind: str = "ntk",
+        beta_bounds: tuple[float, float] | str = (1e-5, 1e5),
+        w_std_bounds: tuple[float, float] | str = (1e-3, 1e3),
+    ) -> None:
+        self.depth = depth
+        self.activation = activation
+        self.beta = beta
+        self.w_std = w_std
+        self.kind = kind
+        self.beta_bounds = beta_bounds
+        self.w_std_bounds = w_std_bounds
+
+    @property
+    def hyperparameter_depth(self) -> Hyperparameter:
+        return Hyperparameter("depth", "numeric", "fixed")
+
+    @property
+    def hyperparameter_activation(self) -> Hyperparameter:
+        return Hyperparameter("activation", "categorical", "fixed")
+
+    @property
+    def hyperparameter_beta(self) -> Hyperparameter:
+        return Hyperparameter("beta", "numeric", self.beta_bounds)
+
+    @property
+    def hyperparameter_w_std(self) -> Hyperparameter:
+        return Hyperparameter("w_std", "numeric", self.w_std_bounds)
+
+    # depth / activation are fixed: scikit-learn looks these attributes up by name.
+    depth_bounds = "fixed"
+    activation_bounds = "fixed"
+
+    def _matrix(self, x1: np.ndarray, x2: np.ndarray | None, beta: float, w_std: float) -> np.ndarray:
+        check_choice(self.kind, "kind", KERNELS)
+        depth = check_int(self.depth, "depth", minimum=0)
+        return np.asarray(
+            _kernel_matrix(x1, x2, depth=depth, activation=self.activation, beta=beta, w_std=w_std, kernel=self.kind)
+        )
+
+    def __call__(self, X: Any, Y: Any | None = None, eval_gradient: bool = False) -> Any:
+        """Kernel matrix of shape (n_X, n_Y); with ``eval_gradient`` also its gradient (n_X, n_X, n_theta)."""
+        x = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        if Y is not None and eval_gradient:
+            raise ValueError("Y: expected None when eval_gradient=True, got an array")
+        y = None if Y is None else np.atleast_2d(np.asarray(Y, dtype=np.float64))
+        k = self._matrix(x, y, self.beta, self.w_std)
+        if not eval_gradient:
+            return k
+        grads = []
+        h = self._FD_STEP
+        for name, bounds in (("beta", self.beta_bounds), ("w_std", self.w_std_bounds)):
+            if isinstance(bounds, str) and bounds == "fixed":
+                continue
+            params = {"beta": self.beta, "w_std": self.w_std}
+            up, down = dict(params), dict(params)
+            up[name] = params[name] * np.exp(h)
+            down[name] = params[name] * np.exp(-h)
+            grads.append((self._matrix(x, None, **up) - self._matrix(x, None, **down)) / (2 * h))
+        grad = np.stack(grads, axis=-1) if grads else np.empty((x.shape[0], x.shape[0], 0))
+        return k, grad
+
+    def diag(self, X: Any) -> np.ndarray:
+        """``k(x, x)`` for each row, shape (n_X,), without forming the matrix."""
+        x = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        check_choice(self.kind, "kind", KERNELS)
+        return fc_kernel_diag(
+            torch.from_numpy(x),
+            depth=check_int(self.depth, "depth", minimum=0),
+            activation=self.activation,
+            beta=self.beta,
+            w_std=self.w_std,
+            which=self.kind,
+        ).numpy()
+
+    def is_stationary(self) -> bool:
+        """``False``: the NTK depends on the norms of the inputs, not only on their difference."""
+        return False
+
+    @property
+    def requires_vector_input(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return (
+            f"NTKKernel(depth={self.depth}, activation={self.activation!r}, beta={self.beta:.3g}, "
+            f"w_std={self.w_std:.3g}, kind={self.kind!r})"
+        )
