@@ -1,7 +1,7 @@
 """Stable linear algebra and kernel-regression solvers."""
 
-from ntkit.solve.linalg import JitterWarning, NotPSDError, cho_solve, robust_cholesky
 from ntkit.solve.cg import CGResult, NotConvergedWarning, conjugate_gradient
+from ntkit.solve.linalg import JitterWarning, NotPSDError, cho_solve, robust_cholesky
 from ntkit.solve.nystrom import NystromModel, nystrom_krr
 from ntkit.solve.operator import FCTiles, KernelOperator, fc_kernel_diag
 from ntkit.solve.precond import (
@@ -10,7 +10,7 @@ from ntkit.solve.precond import (
     pivoted_cholesky,
     pivoted_cholesky_preconditioner,
 )
-from ntkit.solve.regression import choose_solver, exact_solve, kernel_regression
+from ntkit.solve.regression import cg_kernel_solve, choose_solver, exact_solve, kernel_regression
 
 __all__ = ["JitterWarning", "NotPSDError", "cho_solve", "robust_cholesky"]
 __all__ += [
@@ -20,6 +20,7 @@ __all__ += [
     "LowRankPreconditioner",
     "NotConvergedWarning",
     "NystromModel",
+    "cg_kernel_solve",
     "choose_solver",
     "conjugate_gradient",
     "exact_solve",

@@ -22,14 +22,16 @@ and O(M^2) memory besides the data. ``K_nm`` is kept between iterations only whe
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ntkit._progress import Progress
-from ntkit._validation import as_tensor, check_dtype, check_float, check_int
+from ntkit._validation import as_tensor, check_choice, check_dtype, check_float, check_int
 from ntkit.solve.cg import CGResult, conjugate_gradient
 from ntkit.solve.operator import KernelOperator, TileFn
 
@@ -93,6 +95,49 @@ def _normal_pass(
     return out, out_extra
 
 
+def _gram_pass(
+    op: KernelOperator,
+    y: Tensor,
+    *,
+    rows_per_tile: int,
+    checkpoint: str | Path | None,
+    progress: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(K_nm^T K_nm, K_nm^T y)`` accumulated in float64 in one pass (resumable from ``checkpoint``)."""
+    n, m = op.shape
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    kty = torch.zeros(m, y.shape[1], dtype=torch.float64)
+    start = 0
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.exists():
+        state = torch.load(path, weights_only=True)
+        if (
+            state["gram"].shape == (m, m)
+            and state["kty"].shape == kty.shape
+            and int(state["n"]) == n
+            and torch.equal(state["centres"], op.x2)
+        ):
+            gram, kty, start = state["gram"], state["kty"], int(state["row"])
+    starts = list(range(start, n, rows_per_tile))
+    bar = Progress(n, "K_nm^T K_nm", enabled=progress, interval=2.0)
+    bar.update(start)
+    last_save = time.perf_counter()
+    for r0 in starts:
+        r1 = min(r0 + rows_per_tile, n)
+        t = op._tile(r0, r1, 0, m).to(torch.float64)
+        gram.addmm_(t.T, t)
+        kty.addmm_(t.T, y[r0:r1])
+        bar.update(r1 - r0)
+        if path is not None and (time.perf_counter() - last_save > 60 or r1 == n):
+            tmp = path.with_suffix(".tmp")
+            torch.save({"gram": gram, "kty": kty, "row": r1, "n": n, "centres": op.x2}, tmp)
+            tmp.replace(path)
+            last_save = time.perf_counter()
+    if progress:
+        bar.close()
+    return 0.5 * (gram + gram.T), kty
+
+
 def nystrom_krr(
     x_train: Any,
     y_train: Any,
@@ -113,6 +158,8 @@ def nystrom_krr(
     alpha0: Any | None = None,
     cache_bytes: int = 2 * 1024**3,
     tile_entries: int = 2 * 1024**2,
+    method: str = "falkon",
+    checkpoint: str | Path | None = None,
     progress: bool = False,
     callback: Callable[[int, Tensor, float], None] | None = None,
 ) -> NystromModel:
@@ -144,6 +191,15 @@ def nystrom_krr(
         Keep ``K_nm`` in memory between iterations when it takes at most this many bytes.
     tile_entries : int
         Kernel entries per tile (``tile_rows = tile_entries // M``).
+    method : {"falkon", "gram"}
+        ``"falkon"``: every CG iteration is one pass over the ``K_nm`` tiles (``N M`` kernel entries;
+        cached when it fits ``cache_bytes``). ``"gram"``: one pass accumulates
+        ``K_nm^T K_nm`` and ``K_nm^T y`` in float64 (``N M`` kernel entries and ``2 N M^2`` flops,
+        O(M^2) memory) and CG then runs on M x M products. ``"gram"`` is faster when a kernel entry
+        costs more than about ``2 M / iterations`` flops (deep NTKs with a few thousand centres).
+    checkpoint : str or Path, optional
+        ``"gram"`` only: file where the accumulation is saved every minute; a rerun with the same
+        data and centres resumes from it.
     progress : bool
     callback : callable ``(iteration, alpha, max_rel_residual)``, optional
         Called after each CG iteration with the current coefficients (to checkpoint and resume).
@@ -209,15 +265,26 @@ def nystrom_krr(
     yy = y[:, None] if vec else y
     rows_per_tile = max(1, check_int(tile_entries, "tile_entries", minimum=1) // m)
     itemsize = torch.finfo(tdt).bits // 8
-    cache: list[Tensor] | None = [] if n * m * itemsize <= check_int(cache_bytes, "cache_bytes") else None
-    zero = torch.zeros(m, yy.shape[1], dtype=torch.float64)
-    _, kty = _normal_pass(op_nm, zero, rows_per_tile=rows_per_tile, cache=cache, extra=yy, progress=progress)
-    assert kty is not None
+    method = check_choice(method, "method", ("falkon", "gram"))
+    gram: Tensor | None = None
+    cache: list[Tensor] | None = None
+    if method == "gram":
+        gram, kty = _gram_pass(op_nm, yy, rows_per_tile=rows_per_tile, checkpoint=checkpoint, progress=progress)
+    else:
+        if n * m * itemsize <= check_int(cache_bytes, "cache_bytes"):
+            cache = []
+        zero = torch.zeros(m, yy.shape[1], dtype=torch.float64)
+        _, kty_ = _normal_pass(op_nm, zero, rows_per_tile=rows_per_tile, cache=cache, extra=yy, progress=progress)
+        assert kty_ is not None
+        kty = kty_
     rhs = bt_apply(kty)
 
     def matvec(beta_: Tensor) -> Tensor:
         v = b_apply(beta_)
-        h, _ = _normal_pass(op_nm, v, rows_per_tile=rows_per_tile, cache=cache, progress=progress)
+        if gram is not None:
+            h = gram @ v
+        else:
+            h, _ = _normal_pass(op_nm, v, rows_per_tile=rows_per_tile, cache=cache, progress=progress)
         w = torch.linalg.solve_triangular(a_up, beta_, upper=True)
         return bt_apply(h) + lam * torch.linalg.solve_triangular(a_up.T, w, upper=False)
 

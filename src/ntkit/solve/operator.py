@@ -257,7 +257,7 @@ class KernelOperator:
             raise ValueError("diag: expected a symmetric operator (x2 omitted), got distinct x1 and x2")
         fn = self.tile_fn
         if hasattr(fn, "diag"):
-            return fn.diag(self.x1).to(self.dtype)  # type: ignore[attr-defined]
+            return fn.diag(self.x1).to(self.dtype)
         out = torch.empty(self.shape[0], dtype=self.dtype, device=self.x1.device)
         step = max(1, min(self.tile_rows, 256))
         for r0 in range(0, self.shape[0], step):

@@ -18,6 +18,9 @@ Solvers:
 
 from __future__ import annotations
 
+import sys
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +28,7 @@ import scipy.linalg
 import torch
 
 from ntkit._validation import as_tensor, check_choice, check_float, check_int
-from ntkit.solve.cg import conjugate_gradient
+from ntkit.solve.cg import NotConvergedWarning, conjugate_gradient
 from ntkit.solve.nystrom import nystrom_krr
 from ntkit.solve.operator import KernelOperator, TileFn
 from ntkit.solve.precond import nystrom_preconditioner, pivoted_cholesky_preconditioner
@@ -61,6 +64,54 @@ def exact_solve(op: KernelOperator, y: Tensor, *, diag_reg: float) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(sol))
 
 
+def cg_kernel_solve(
+    op: KernelOperator,
+    y: Tensor,
+    *,
+    diag_reg: float,
+    precond: Callable[[Tensor], Tensor] | None = None,
+    tol: float = 1e-8,
+    max_iter: int = 500,
+    reference_op: KernelOperator | None = None,
+    inner_tol: float = 1e-4,
+    max_refine: int = 30,
+    progress: bool = False,
+) -> Tensor:
+    """``(K + diag_reg I)^{-1} y`` by preconditioned CG, optionally with mixed-precision refinement.
+
+    With ``reference_op`` (the same kernel with float64 tiles) and a low-precision ``op`` (float32
+    tiles), the solve is classical iterative refinement (Wilkinson 1963; Carson & Higham 2018):
+    ``r = y - (K_64 + diag_reg I) x`` in float64, ``d ~ (K_32 + diag_reg I)^{-1} r`` by CG to
+    ``inner_tol``, ``x += d``, until ``||r|| / ||y|| <= tol``. Most kernel work is done in float32,
+    yet the answer is the float64 one.
+    """
+
+    def matvec(v: Tensor) -> Tensor:
+        return op @ v + diag_reg * v
+
+    if reference_op is None:
+        return conjugate_gradient(matvec, y, precond=precond, tol=tol, max_iter=max_iter, progress=progress).x
+    x = torch.zeros_like(y)
+    y_norm = float(y.norm()) or 1.0
+    rel = 1.0
+    for _ in range(max_refine):
+        r = y - (reference_op @ x + diag_reg * x) if bool(x.any()) else y.clone()
+        rel = float(r.norm()) / y_norm
+        if progress:
+            print(f"refinement: relative residual {rel:.3e}", file=sys.stderr)
+        if rel <= tol:
+            return x
+        inner = max(inner_tol, 0.5 * tol / rel)
+        x = x + conjugate_gradient(matvec, r, precond=precond, tol=inner, max_iter=max_iter, progress=progress).x
+    warnings.warn(
+        f"iterative refinement did not reach the relative residual {tol:.1e} in {max_refine} steps "
+        f"(reached {rel:.3e}); returning the last iterate",
+        NotConvergedWarning,
+        stacklevel=2,
+    )
+    return x
+
+
 def kernel_regression(
     x_train: Any,
     y_train: Any,
@@ -82,6 +133,8 @@ def kernel_regression(
     n_centres: int = 1000,
     generator: torch.Generator | None = None,
     memory_bytes: int = 4 * 1024**3,
+    refine: bool = True,
+    nystrom_method: str = "falkon",
     progress: bool = False,
 ) -> Tensor:
     """Kernel regression predictions ``K(x_test, x) (K(x, x) + diag_reg I)^{-1} y`` by any solver.
@@ -109,6 +162,11 @@ def kernel_regression(
         Random centres / columns.
     memory_bytes : int
         Budget for ``"auto"`` (dense solve only if ``8 N^2`` bytes fit).
+    refine : bool
+        ``"cg"`` with float32 tiles: mixed-precision iterative refinement against float64 products
+        (:func:`cg_kernel_solve`), so that ``tol`` is met in float64.
+    nystrom_method : {"falkon", "gram"}
+        See :func:`~ntkit.solve.nystrom_krr`.
 
     Returns
     -------
@@ -145,7 +203,7 @@ def kernel_regression(
             raise ValueError(f"diag_reg: expected a ridge > 0 for solver 'nystrom', got {diag_reg}")
         model = nystrom_krr(
             x, y, n_centres=n_centres, diag_reg=diag_reg, generator=generator, tile_dtype=tile_dtype,
-            tol=tol, max_iter=max_iter, progress=progress, **kw,
+            tol=tol, max_iter=max_iter, progress=progress, method=nystrom_method, **kw,
         )  # fmt: skip
         return model.predict(xt, progress=progress)
     op = KernelOperator(x, tile_dtype=tile_dtype, progress=progress, **kw)
@@ -161,10 +219,11 @@ def kernel_regression(
                 pre = pivoted_cholesky_preconditioner(op, rank, diag_reg=diag_reg)
             else:
                 pre = nystrom_preconditioner(op, rank, diag_reg=diag_reg, generator=generator)
-
-        def matvec(v: Tensor) -> Tensor:
-            return op @ v + diag_reg * v
-
-        alpha = conjugate_gradient(matvec, y, precond=pre, tol=tol, max_iter=max_iter, progress=progress).x
+        ref = None
+        if op.tile_dtype != torch.float64 and refine:
+            ref = KernelOperator(x, progress=progress, **{**kw, "tile_fn": op.tile_fn})
+        alpha = cg_kernel_solve(
+            op, y, diag_reg=diag_reg, precond=pre, tol=tol, max_iter=max_iter, reference_op=ref, progress=progress
+        )
     cross = KernelOperator(xt, x, progress=progress, **{**kw, "tile_fn": op.tile_fn})
     return cross @ alpha
