@@ -242,10 +242,22 @@ class KernelOperator:
         a = self.x1 if rows is None else self.x1[rows]
         b = self.x2 if cols is None else self.x2[cols]
         a, b = a.to(self.dtype), b.to(self.dtype)
-        if self._stats1 is not None and self._stats2 is not None:
-            fn = self.tile_fn
-            return fn.tile(a, b, fn.row_stats(a), fn.row_stats(b)).to(self.dtype)  # type: ignore[attr-defined]
-        return self.tile_fn(a, b).to(self.dtype)
+        fn = self.tile_fn
+        fused = self._stats1 is not None and self._stats2 is not None
+        sa = fn.row_stats(a) if fused else None  # type: ignore[attr-defined]
+        sb = fn.row_stats(b) if fused else None  # type: ignore[attr-defined]
+        out = torch.empty(a.shape[0], b.shape[0], dtype=self.dtype, device=a.device)
+        # filled tile by tile: temporaries stay O(tile_rows * tile_cols)
+        for r0 in range(0, a.shape[0], self.tile_rows):
+            r1 = min(r0 + self.tile_rows, a.shape[0])
+            for c0 in range(0, b.shape[0], self.tile_cols):
+                c1 = min(c0 + self.tile_cols, b.shape[0])
+                if sa is not None and sb is not None:
+                    t = fn.tile(a[r0:r1], b[c0:c1], sa[r0:r1], sb[c0:c1])  # type: ignore[attr-defined]
+                else:
+                    t = fn(a[r0:r1], b[c0:c1])
+                out[r0:r1, c0:c1] = t
+        return out
 
     def dense(self) -> Tensor:
         """The full matrix of shape (N1, N2) (only for small problems and tests)."""

@@ -53,7 +53,7 @@ def exact_solve(op: KernelOperator, y: Tensor, *, diag_reg: float) -> Tensor:
     """
     k = op.dense().to(torch.float64)
     k.diagonal().add_(diag_reg)
-    arr = k.numpy()
+    arr = k.numpy().T  # Fortran-ordered view of the symmetric matrix: LAPACK factors it in place
     try:
         c, low = scipy.linalg.cho_factor(arr, lower=True, overwrite_a=True, check_finite=False)
     except np.linalg.LinAlgError:
