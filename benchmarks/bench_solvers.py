@@ -87,9 +87,7 @@ def worker(args: argparse.Namespace) -> None:
         op64 = KernelOperator(x, **kw)  # type: ignore[arg-type]
         pre = pivoted_cholesky_preconditioner(op64, args.rank, diag_reg=diag_reg)
         t_pre = time.perf_counter() - t0
-        alpha = cg_kernel_solve(
-            op32, y, diag_reg=diag_reg, precond=pre, tol=args.tol, reference_op=op64, progress=True
-        )
+        alpha = cg_kernel_solve(op32, y, diag_reg=diag_reg, precond=pre, tol=args.tol, reference_op=op64, progress=True)
         pred = KernelOperator(xt, x, **kw) @ alpha  # type: ignore[arg-type]
         info.update(rank=args.rank, precond_s=round(t_pre, 1), tol=args.tol)
     else:

@@ -49,9 +49,7 @@ class DaskKernelOperator:
         try:
             from distributed import Client
         except ImportError as err:  # pragma: no cover - exercised without the extra
-            raise ImportError(
-                "DaskKernelOperator needs dask.distributed: pip install 'ntkit[dask]'"
-            ) from err
+            raise ImportError("DaskKernelOperator needs dask.distributed: pip install 'ntkit[dask]'") from err
         if not isinstance(op, KernelOperator):
             raise TypeError(f"op: expected a KernelOperator, got {type(op).__name__}")
         if not isinstance(client, Client):

@@ -119,7 +119,7 @@ class FCTiles:
 
     def _relu_tile(self, cov: Tensor, stats_a: Tensor, stats_b: Tensor) -> Tensor:
         # sigma = b relu: E[sigma sigma] = b^2 J1, E[sigma' sigma'] = b^2 (pi - theta) / (2 pi).
-        scale = self.w_std**2 * self.activation.b ** 2  # type: ignore[attr-defined]
+        scale = self.w_std**2 * self.activation.b**2  # type: ignore[attr-defined]
         b2 = self.beta**2
         snap = 1.0 - 16 * torch.finfo(cov.dtype).eps
         ntk: Tensor | None = cov.clone() if self.which == "ntk" else None
