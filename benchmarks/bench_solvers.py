@@ -11,7 +11,7 @@ predictions are saved and compared in the parent (CG vs exact: relative max diff
 
 Examples
 --------
-python benchmarks/bench_solvers.py --n 20000 --solvers exact,cg,nystrom --centres 5000
+python benchmarks/bench_solvers.py --n 20000 --solvers exact,cg,nystrom,nystrom_falkon --centres 5000
 python benchmarks/bench_solvers.py --n 100000 --solvers nystrom --centres 4000
 nohup python benchmarks/bench_solvers.py --n 1000000 --solvers nystrom --centres 4000 > 1m.log 2>&1 &
 (the 1M run checkpoints its K_nm^T K_nm accumulation in --workdir and resumes when rerun)
@@ -91,6 +91,8 @@ def worker(args: argparse.Namespace) -> None:
         pred = KernelOperator(xt, x, **kw) @ alpha  # type: ignore[arg-type]
         info.update(rank=args.rank, precond_s=round(t_pre, 1), tol=args.tol)
     else:
+        # "nystrom" uses --method; "nystrom_falkon" forces Falkon's per-iteration K_nm passes
+        method = "falkon" if args.worker == "nystrom_falkon" else args.method
         ckpt = Path(args.workdir) / f"gram_n{args.n}_m{args.centres}.pt"
         iters: list[int] = []
         model = nystrom_krr(
@@ -100,8 +102,8 @@ def worker(args: argparse.Namespace) -> None:
             diag_reg=diag_reg,
             generator=torch.Generator().manual_seed(3),
             tile_dtype=torch.float32,
-            method=args.method,
-            checkpoint=ckpt if args.method == "gram" else None,
+            method=method,
+            checkpoint=ckpt if method == "gram" else None,
             tol=1e-9,
             max_iter=200,
             progress=True,
@@ -109,7 +111,7 @@ def worker(args: argparse.Namespace) -> None:
             **kw,  # type: ignore[arg-type]
         )
         pred = model.predict(xt)
-        info.update(centres=args.centres, method=args.method, cg_iter=model.cg.n_iter, converged=model.cg.converged)
+        info.update(centres=args.centres, method=method, cg_iter=model.cg.n_iter, converged=model.cg.converged)
     info["time_s"] = round(time.perf_counter() - t0, 1)
     info["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
     info["test_mse"] = float(((pred - ft) ** 2).mean())
