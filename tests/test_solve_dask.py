@@ -16,10 +16,19 @@ from ntkit.solve import KernelOperator, conjugate_gradient, pivoted_cholesky_pre
 distributed = pytest.importorskip("distributed")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # these problems are tiny: intra-op threads only add synchronisation (badly so on a loaded machine)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", scheduler_port=0, silence_logs=40
     )
     with distributed.Client(cluster) as c:
         yield c

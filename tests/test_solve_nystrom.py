@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ from ntkit.solve import cho_solve, nystrom_krr, robust_cholesky
 F64 = torch.float64
 N, D, REG = 150, 6, 5e-2
 KW = dict(depth=3, w_std=2**0.5, beta=0.1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # these problems are tiny: intra-op threads only add synchronisation (badly so on a loaded machine)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

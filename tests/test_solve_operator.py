@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,6 +14,15 @@ from conftest import TOL, rel_err
 from ntkit.solve import FCTiles, KernelOperator, fc_kernel_diag
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # these problems are tiny: intra-op threads only add synchronisation (badly so on a loaded machine)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _x(n: int, d: int = 4, seed: int = 0) -> torch.Tensor:
