@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import ntkit
-from conftest import TOL, rel_err
 from ntkit.activations import (
     Activation,
     CallableActivation,
@@ -22,6 +21,7 @@ from ntkit.activations import (
     get_activation,
 )
 from ntkit.activations.quadrature import gaussian_expectation
+from tests.conftest import TOL, rel_err
 
 ALIASES = {"linear", "heaviside", "rbf", "swish"}
 NAMES = [n for n in available_activations() if n not in ALIASES]

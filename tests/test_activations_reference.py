@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import ntkit
-from activation_reference import fc_reference, scipy_expect
-from conftest import TOL, rel_err
 from ntkit.activations import available_activations, get_activation
 from ntkit.activations.quadrature import gaussian_expectation
+from tests.activation_reference import fc_reference, scipy_expect
+from tests.conftest import TOL, rel_err
 
 ALIASES = {"linear", "heaviside", "rbf", "swish"}
 CLOSED = [n for n in available_activations() if n not in ALIASES and get_activation(n).closed_form]

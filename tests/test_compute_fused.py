@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import ntkit
-from conftest import TOL, rel_err
 from ntkit.activations import ABReLU, Erf
 from ntkit.compute import FCSpec, fc_diag, fc_tile, kernel_tile_fn
 from ntkit.compute.fused import GRAM_BLOCK, block_gram, fused_kind
+from tests.conftest import TOL, rel_err
 
 ACTIVATIONS = ["relu", "leaky_relu", "abs", ABReLU(0.3, -0.7), "erf", Erf(1.3, 0.7, 0.2), "identity"]
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import ntkit
-from conftest import TOL, rel_err
 from ntkit.compute import compute_kernel
 from ntkit.compute.tiling import TilePlan, choose_tile, parse_budget
+from tests.conftest import TOL, rel_err
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import ntkit
-from _empirical_models import brute_force_ntk, make, reduce, single_thread  # noqa: F401
-from conftest import rel_err
 from ntkit.empirical._common import select_parameters
 from ntkit.empirical.structured import StructuredEngine
+from tests._empirical_models import brute_force_ntk, make, reduce, single_thread  # noqa: F401
+from tests.conftest import rel_err
 
 IMPLS = ["jacobian", "ntvp", "structured", "auto"]
 MODES = ["full", "trace", "diagonal"]

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import ntkit
-from _empirical_models import make, single_thread  # noqa: F401
-from conftest import rel_err
 from ntkit.empirical._common import parse_memory
+from tests._empirical_models import make, single_thread  # noqa: F401
+from tests.conftest import rel_err
 
 MODES = ["full", "trace", "diagonal"]
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import ntkit
-from conftest import TOL, rel_err
 from ntkit.layerwise import (
     arora_kernels,
     fc_kernel_diag,
@@ -18,6 +17,7 @@ from ntkit.layerwise import (
     iter_arora_kernels,
     layer_kernels,
 )
+from tests.conftest import TOL, rel_err
 
 
 def arora_reference(x: np.ndarray, max_dep: int) -> dict[tuple[int, int], np.ndarray]:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import ntkit
-from conftest import rel_err
 from ntkit.solve import (
     KernelOperator,
     NotConvergedWarning,
@@ -23,6 +22,7 @@ from ntkit.solve import (
     pivoted_cholesky_preconditioner,
     robust_cholesky,
 )
+from tests.conftest import rel_err
 
 F64 = torch.float64
 N, D, REG = 150, 8, 1e-2

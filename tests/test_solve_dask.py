@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import rel_err
 from ntkit.solve import KernelOperator, conjugate_gradient, pivoted_cholesky_preconditioner
+from tests.conftest import rel_err
 
 distributed = pytest.importorskip("distributed")
 

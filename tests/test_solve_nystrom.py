@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import ntkit
-from conftest import rel_err
 from ntkit.solve import cho_solve, nystrom_krr, robust_cholesky
+from tests.conftest import rel_err
 
 F64 = torch.float64
 N, D, REG = 150, 6, 5e-2

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ntkit
-from conftest import TOL, rel_err
 from ntkit.solve import FCTiles, KernelOperator, fc_kernel_diag
+from tests.conftest import TOL, rel_err
 
 F64 = torch.float64
 

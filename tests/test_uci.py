@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA
 
 pytest.importorskip("sklearn", reason="scikit-learn is in the test extra: pip install -e '.[test]'")
 

@@ -38,11 +38,12 @@ class DaskKernelOperator:
 
     Examples
     --------
-    >>> from dask.distributed import Client, LocalCluster  # doctest: +SKIP
-    >>> client = Client(LocalCluster(n_workers=2, processes=True))  # doctest: +SKIP
-    >>> dop = DaskKernelOperator(KernelOperator(x, depth=3), client)  # doctest: +SKIP
-    >>> torch.allclose(dop @ v, KernelOperator(x, depth=3) @ v)  # doctest: +SKIP
-    True
+    With a two-process local cluster (``tests/test_solve_dask.py`` runs exactly this)::
+
+        from dask.distributed import Client, LocalCluster
+        client = Client(LocalCluster(n_workers=2, processes=True))
+        dop = DaskKernelOperator(KernelOperator(x, depth=3), client)
+        torch.allclose(dop @ v, KernelOperator(x, depth=3) @ v)  # True
     """
 
     def __init__(self, op: KernelOperator, client: Any, *, n_blocks: int | None = None) -> None:
