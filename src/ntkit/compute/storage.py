@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntkit._io import write_text_atomic
+
 Tensor = torch.Tensor
 
 LEDGER_SUFFIX = ".ledger"
@@ -73,9 +75,7 @@ class Ledger:
 
     @staticmethod
     def create(path: Path, header: dict[str, Any]) -> Ledger:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(header, sort_keys=True) + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(header, sort_keys=True) + "\n")
         return Ledger(path, header, set())
 
     def mark(self, tile: tuple[int, int]) -> None:

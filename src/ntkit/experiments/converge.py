@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_float, check_int, describe
 from ntkit.activations import get_activation
@@ -276,9 +277,7 @@ def main(args: argparse.Namespace) -> int:
     summary_path = out / "summary.json"
 
     def save(result: ConvergenceResult) -> None:
-        tmp = summary_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
-        tmp.replace(summary_path)
+        write_text_atomic(summary_path, json.dumps(result.to_dict(), indent=2))
 
     result = run_convergence(
         x,

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
 from ntkit._validation import check_int
 
@@ -476,9 +477,7 @@ def run_uci_benchmark(
     def save(rec: dict[str, Any]) -> None:
         results[rec["dataset"]] = rec
         path = out / "datasets" / f"{rec['dataset']}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rec))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(rec))
 
     try:
         if jobs == 1:
@@ -570,9 +569,7 @@ def write_outputs(summary: dict[str, Any], out: Path) -> None:
                     f"{r['seconds']:.2f}",
                 ]
             )
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(out / "summary.json")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
 
 
 def format_table(summary: dict[str, Any]) -> str:
