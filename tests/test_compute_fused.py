@@ -99,3 +99,34 @@ def test_kernel_tile_fn_bad_input() -> None:
     tile_fn = kernel_tile_fn(depth=2)
     with pytest.raises(ValueError, match="same feature shape"):
         tile_fn(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["relu", "erf", ABReLU(0.3, -0.7)], ids=repr)
+def test_cache_strips_do_not_change_a_bit(
+    gen: torch.Generator, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, activation: object
+) -> None:
+    """The CPU layer loop runs over row strips; the strip height must not change any entry."""
+    from ntkit.compute import fused
+
+    x = _data(gen, n=150, dtype=dtype)
+    spec = FCSpec.make(3, activation, 0.2, 1.1)
+    results = []
+    for chunk_bytes in (1, 7 * 150 * x.element_size(), 1 << 30):  # 1 row, 7 rows, the whole tile
+        monkeypatch.setattr(fused, "CHUNK_BYTES", chunk_bytes)
+        results.append(fc_tile(x, x[:120], spec))
+    for nngp, ntk in results[1:]:
+        assert ntk is not None and results[0][1] is not None
+        assert torch.equal(nngp, results[0][0]) and torch.equal(ntk, results[0][1])
+
+
+def test_upper_only_diagonal_tile_matches_the_full_tile(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ntkit.compute import fused
+
+    monkeypatch.setattr(fused, "CHUNK_BYTES", 5 * 150 * 8)  # strips of 5 rows
+    x = _data(gen, n=150)
+    spec = FCSpec.make(3, "relu", 0.1, 1.0)
+    full_nngp, full_ntk = fc_tile(x, x, spec)
+    nngp, ntk = fc_tile(x, x, spec, upper=True)
+    assert ntk is not None and full_ntk is not None
+    assert torch.equal(nngp.triu(), full_nngp.triu()) and torch.equal(ntk.triu(), full_ntk.triu())

@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,14 +77,18 @@ class TileTask:
         r = plan.rows(i)
         if plan.diag:
             nngp, ntk = fc_diag(self.x1[r], self.spec, ntk=want_ntk)
+            parts = [nngp if w == "nngp" else ntk for w in self.which]
+            block = torch.stack([p for p in parts if p is not None])
         else:
             c = plan.cols(j)
-            nngp, ntk = fc_tile(
-                self.x1[r], self.x2[c], self.spec, ntk=want_ntk,
-                ids=(self.ids1[r], self.ids2[c]), var=(self.var1[r], self.var2[c]),
+            x1, x2 = self.x1[r], self.x2[c]
+            block = torch.empty(len(self.which), x1.shape[0], x2.shape[0], dtype=x1.dtype, device=x1.device)
+            views = dict(zip(self.which, block, strict=True))
+            nngp_out = views["nngp"] if "nngp" in views else torch.empty_like(block[0])  # NTK only: scratch
+            fc_tile(
+                x1, x2, self.spec, ntk=want_ntk, ids=(self.ids1[r], self.ids2[c]), var=(self.var1[r], self.var2[c]),
+                out=(nngp_out, views.get("ntk")), upper=plan.symmetric and i == j,
             )
-        parts = [nngp if w == "nngp" else ntk for w in self.which]
-        block = torch.stack([p for p in parts if p is not None])
         if plan.symmetric and i == j:
             _mirror_upper(block)
         return block
@@ -126,26 +130,45 @@ def _check_threads(threads: Any, device: torch.device) -> int:
     return check_int(threads, "threads", minimum=1)
 
 
-def run_threaded(task: TileTask, todo: list[tuple[int, int]], finish: Any, threads: int) -> None:
+def run_threaded(
+    task: TileTask,
+    todo: list[tuple[int, int]],
+    finish: Callable[[int, int, Any], None],
+    threads: int,
+    store: Callable[[int, int, Tensor], None] | None = None,
+) -> None:
     """Evaluate the tiles of ``todo`` on ``threads`` Python threads (torch releases the GIL), at most
-    ``threads`` tiles in flight, calling ``finish(i, j, block)`` here as each completes."""
+    ``threads`` tiles in flight, calling ``finish(i, j, block)`` here as each completes.
+
+    With ``store``, each worker thread also calls ``store(i, j, block)`` itself (an output that
+    takes concurrent writes of disjoint tiles: the copies into memory then run in parallel) and
+    ``finish`` receives None.
+    """
+
+    def work(i: int, j: int) -> Tensor | None:
+        block = task(i, j)
+        if store is None:
+            return block
+        store(i, j, block)
+        return None
+
     if task.x1.device.type != "cpu":
         for i, j in todo:
-            finish(i, j, task(i, j))
+            finish(i, j, work(i, j))
         return
     if threads <= 1 or len(todo) <= 1:
         with _single_threaded():
             for i, j in todo:
-                finish(i, j, task(i, j))
+                finish(i, j, work(i, j))
         return
     with _single_threaded(), ThreadPoolExecutor(threads) as pool:
         pending = list(todo)[::-1]
-        running: dict[Future[Tensor], tuple[int, int]] = {}
+        running: dict[Future[Tensor | None], tuple[int, int]] = {}
         try:
             while pending or running:
                 while pending and len(running) < threads:
                     i, j = pending.pop()
-                    running[pool.submit(task, i, j)] = (i, j)
+                    running[pool.submit(work, i, j)] = (i, j)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     i, j = running.pop(fut)
@@ -322,22 +345,28 @@ def _run(
     if len(done):
         bar.note = f"(resumed: {len(done)} of {len(plan)} tiles already done)"
 
-    def finish(i: int, j: int, block: Any) -> None:
+    def store(i: int, j: int, block: Any) -> None:
         try:
             write_tile(output, plan, wanted, i, j, block)
-            output.flush()
-            if ledger is not None:
-                ledger.mark((i, j))
         except OSError as err:
-            output.close()
-            n_done = len(done) if ledger is not None else 0
+            n_done = len(ledger.done) if ledger is not None else 0
             reason = "the disk is full" if err.errno == errno.ENOSPC else "writing failed"
             raise OSError(
                 err.errno,
                 f"out: {reason} while writing tile ({i}, {j}) to {out} ({err.strerror or err}); "
                 f"{n_done} finished tiles are kept in {out}.ledger -- free space and run again to resume",
             ) from err
+
+    def record(i: int, j: int) -> None:
+        output.flush()
+        if ledger is not None:
+            ledger.mark((i, j))  # only once the tile is wholly written
         bar.update(1)
+
+    def finish(i: int, j: int, block: Any) -> None:
+        if block is not None:
+            store(i, j, block)
+        record(i, j)
 
     try:
         if client is not None and todo:
@@ -345,7 +374,10 @@ def _run(
 
             run_on_dask(client, task, todo, finish)
         else:
-            run_threaded(task, todo, finish, threads)
+            run_threaded(task, todo, finish, threads, store=store if output.concurrent_writes else None)
+    except OSError:
+        output.close()
+        raise
     finally:
         if progress:
             bar.close()

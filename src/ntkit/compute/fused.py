@@ -45,6 +45,9 @@ GRAM_BLOCK = 128
 
 _PI = math.pi
 
+#: Bytes per working buffer of the CPU layer loop (a strip of a tile that stays in a core's cache).
+CHUNK_BYTES = 256 * 1024
+
 
 @dataclass(frozen=True)
 class FCSpec:
@@ -176,7 +179,7 @@ def _abrelu_layer(
     s = padded_empty(shape, c)
     torch.mul(v1b, v2b, out=_view(s, shape))
     tmp = c * c
-    s.sub_(tmp).clamp_min_(0).sqrt_()  # sqrt(det), det = v1 v2 - c^2 clipped at 0
+    s.sub_(tmp).clamp_min_(0).sqrt_()  # sqrt(det), det = v1 v2 - c^2 clipped at 0 (no fma: a duplicate gives 0)
     pmt = torch.atan2(s, torch.neg(c, out=tmp), out=tmp)  # pi - theta = atan2(sqrt(det), -c), in [0, pi]
     sdot: Tensor | None = None
     sdot_scale = w2
@@ -297,6 +300,14 @@ def fc_diag(x: Tensor, spec: FCSpec, *, ntk: bool = True) -> tuple[Tensor, Tenso
     return _view(c, shape), None if th is None else _view(th, shape)
 
 
+def _chunk_rows(t2: Tensor | int, itemsize: int, device: torch.device) -> int:
+    """Rows per pass of the layer loop: on CPU, buffers of about :data:`CHUNK_BYTES` (cache-resident)."""
+    n2 = int(t2) if isinstance(t2, int) else t2.shape[0]
+    if device.type != "cpu":
+        return 1 << 62  # one pass over the whole tile: large kernels suit accelerators
+    return max(1, CHUNK_BYTES // (itemsize * max(1, n2)))
+
+
 def fc_tile(
     x1: Tensor,
     x2: Tensor,
@@ -305,8 +316,15 @@ def fc_tile(
     ntk: bool = True,
     ids: tuple[Tensor, Tensor] | None = None,
     var: tuple[Tensor, Tensor] | None = None,
+    out: tuple[Tensor, Tensor | None] | None = None,
+    upper: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """NNGP and NTK of one tile: ``(Sigma(L)(x1, x2), Theta(L)(x1, x2))`` of shape (t1, t2).
+
+    On CPU the layer loop runs over strips of rows whose working buffers stay in cache
+    (:data:`CHUNK_BYTES` each): every layer's elementwise passes then read and write the cache, not
+    main memory. Entries are computed by the same padded elementwise code whatever the strip, so the
+    result does not depend on the strip height (nor on the tiling).
 
     Parameters
     ----------
@@ -320,12 +338,21 @@ def fc_tile(
         the tile when omitted.
     var : (Tensor (t1,), Tensor (t2,)), optional
         Layer-1 variances :func:`input_variances` of the rows (recomputed when omitted).
+    out : (Tensor (t1, t2), Tensor (t1, t2) or None), optional
+        Where to write the NNGP and NTK (e.g. views of a larger block); new tensors when omitted.
+    upper : bool
+        ``x1`` and ``x2`` are the same rows (a diagonal tile of a symmetric kernel): only the upper
+        triangle ``(a, b), b >= a`` is guaranteed (less work); the caller mirrors it.
     """
     if ids is None:
         ids = row_ids(x1, x2)
     v1, v2 = (input_variances(x1, spec), input_variances(x2, spec)) if var is None else var
-    shape = (x1.shape[0], x2.shape[0])
+    t1, t2 = x1.shape[0], x2.shape[0]
     kind = spec.fused_kind
+    if out is None:
+        out = (torch.empty(t1, t2, dtype=x1.dtype, device=x1.device),
+               torch.empty(t1, t2, dtype=x1.dtype, device=x1.device) if ntk else None)
+    nngp_out, ntk_out = out
     if kind == "generic":
         cov = block_gram(x1, x2).mul_(spec.w_std**2 / x1.shape[1]).add_(spec.beta**2)
         _apply_duplicates(cov, v1, ids[0], ids[1])
@@ -333,18 +360,32 @@ def fc_tile(
             v1, cov, v2, depth=spec.depth, activation=spec.activation, beta=spec.beta, w_std=spec.w_std,
             compute_ntk=ntk,
         )
-        return k.nngp, k.ntk
-    c = padded_empty(shape, x1)
-    cv = block_gram(x1, x2, out=_view(c, shape))
-    c.mul_(spec.w_std**2 / x1.shape[1]).add_(spec.beta**2)
-    _apply_duplicates(cv, v1, ids[0], ids[1])
-    th: Tensor | None = c.clone() if ntk else None
-    for layer in range(spec.depth):
-        c, th = _layer(spec, kind, v1[:, None], v2[None, :], c, th, shape)
-        if layer < spec.depth - 1:  # the variances feeding the next layer, by the same arithmetic
-            v1 = _next_var(spec, kind, v1)
-            v2 = _next_var(spec, kind, v2)
-    return _view(c, shape), None if th is None else _view(th, shape)
+        nngp_out.copy_(k.nngp)
+        if ntk_out is not None and k.ntk is not None:
+            ntk_out.copy_(k.ntk)
+        return nngp_out, ntk_out if ntk else None
+    gram = block_gram(x1, x2, out=nngp_out)  # raw x1.x2; each strip is scaled in its padded buffer
+    vars1, vars2 = [v1], [v2]  # the variances feeding each layer, by the same arithmetic as the entries
+    for _ in range(spec.depth - 1):
+        vars1.append(_next_var(spec, kind, vars1[-1]))
+        vars2.append(_next_var(spec, kind, vars2[-1]))
+    step = _chunk_rows(t2, x1.element_size(), x1.device)
+    for r0 in range(0, t1, step):
+        r1 = min(r0 + step, t1)
+        c0 = r0 if upper else 0  # every entry is computed alike wherever it sits: columns may start anywhere
+        shape = (r1 - r0, t2 - c0)
+        c = padded_empty(shape, x1)
+        cv = _view(c, shape)
+        cv.copy_(gram[r0:r1, c0:])
+        c.mul_(spec.w_std**2 / x1.shape[1]).add_(spec.beta**2)
+        _apply_duplicates(cv, v1[r0:r1], ids[0][r0:r1], ids[1][c0:])
+        th: Tensor | None = c.clone() if ntk else None
+        for layer in range(spec.depth):
+            c, th = _layer(spec, kind, vars1[layer][r0:r1, None], vars2[layer][None, c0:], c, th, shape)
+        nngp_out[r0:r1, c0:] = _view(c, shape)
+        if ntk_out is not None and th is not None:
+            ntk_out[r0:r1, c0:] = _view(th, shape)
+    return nngp_out, ntk_out if ntk else None
 
 
 def kernel_tile_fn(

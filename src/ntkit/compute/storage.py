@@ -95,6 +95,8 @@ class Output:
     """Destination of the kernel values; ``write(index, rows, cols, block)``."""
 
     shape: tuple[int, ...]
+    #: Whether ``write`` may be called from several threads at once for disjoint tiles.
+    concurrent_writes: bool = False
 
     def write(self, k: int | None, rows: slice, cols: slice | None, block: np.ndarray | Tensor) -> None:
         raise NotImplementedError
@@ -111,6 +113,8 @@ class Output:
 
 class MemoryOutput(Output):
     """A torch tensor in memory (the dtype / device of the computation)."""
+
+    concurrent_writes = True
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
         self.shape = shape
@@ -134,6 +138,8 @@ class NpyOutput(Output):
     The file is created sparse with its final size; :func:`numpy.load` with ``mmap_mode="r"``
     reads it. Writing by ``pwrite`` keeps the written pages out of this process's RSS.
     """
+
+    concurrent_writes = True  # positional writes of disjoint tiles
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype[Any], *, create: bool) -> None:
         self.path = path
