@@ -1,10 +1,12 @@
 """Accuracy and speed of every registered activation's dual maps; writes docs/activations.md.
 
-For each activation: the method (closed form or general path), the maximum relative error of the
-NNGP and derivative maps against a high-precision reference over a set of covariances (unit and
-large variances, correlations up to 1 - 1e-6 and -1, a zero variance), the same for the general
-path applied to the same function (closed forms only: shows what the quadrature reaches on kinked
-and smooth functions), and the time per kernel entry of one layer (both maps).
+For each activation: the method (closed form, or the general path: the Mehler / Hermite expansion
+by default, quadrature for kinked activations), the maximum relative error of the NNGP and
+derivative maps against a high-precision reference over a set of covariances (unit and large
+variances, correlations up to 1 - 1e-6 and -1, a zero variance), the same for the quadrature and
+for the Mehler expansion applied to the same function (closed forms only: shows what the general
+path reaches on kinked and smooth functions), and the time per kernel entry of one layer (both
+maps) on a square block of a kernel.
 
 References: closed forms -> mpmath, 20 digits, integrating closed-form conditional means
 (tests/activation_reference.py); general-path activations -> nested adaptive QUADPACK
@@ -30,7 +32,7 @@ import ntkit  # noqa: E402
 from activation_reference import expect as mp_expect  # noqa: E402
 from activation_reference import reference_for, scipy_expect  # noqa: E402
 from ntkit._progress import Progress  # noqa: E402
-from ntkit.activations import available_activations, get_activation  # noqa: E402
+from ntkit.activations import CallableActivation, available_activations, get_activation  # noqa: E402
 from ntkit.activations.quadrature import gaussian_expectation  # noqa: E402
 
 ALIASES = {"linear", "heaviside", "rbf", "swish"}
@@ -86,26 +88,33 @@ def measure(name: str) -> dict[str, object]:
     err = _err(got_n, ref_n)
     if got_d is not None and ref_d is not None:
         err = max(err, _err(got_d, ref_d))
-    general_err = None
+    general_err = mehler_err = None
     if act.closed_form:
         gen_n = gaussian_expectation(act.forward, v1, c, v2)
         general_err = _err(gen_n, ref_n)
+        twin = CallableActivation(
+            act.forward, derivative=act.derivative if act.has_derivative_map else None, method="mehler"
+        )
+        mehler_err = _err(twin.expect(v1, c, v2), ref_n)
         if ref_d is not None:
             general_err = max(general_err, _err(gaussian_expectation(act.derivative, v1, c, v2), ref_d))
-    # time per kernel entry of one layer (both maps), on a batch of entries
-    n = 20000 if act.closed_form else 400
+            mehler_err = max(mehler_err, _err(twin.expect_derivative(v1, c, v2), ref_d))
+    # time per kernel entry of one layer (both maps) on an n x n block: variances (n,), covariances (n, n)
+    method = "closed form" if act.closed_form else f"general path: {act.general_method()}"
+    n = 150 if act.closed_form else (200 if act.general_method() == "mehler" else 20)
     g = torch.Generator().manual_seed(0)
-    a = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
-    b = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
-    cc = (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1) * (a * b).sqrt()
+    z = torch.randn(n, 8, generator=g, dtype=torch.float64)
+    gram = z @ z.T / 8
+    var = torch.diagonal(gram).clone()
     start = time.process_time()
-    act.dual(a, cc, b, derivative=act.has_derivative_map)
-    per_entry = (time.process_time() - start) / n
+    act.dual(var[:, None], gram, var[None, :], derivative=act.has_derivative_map)
+    per_entry = (time.process_time() - start) / (n * n)
     return {
         "name": name,
-        "method": "closed form" if act.closed_form else "general path",
+        "method": method,
         "error": err,
         "general_error": general_err,
+        "mehler_error": mehler_err,
         "reference": reference,
         "per_entry_us": per_entry * 1e6,
         "nngp_only": not act.has_derivative_map,
@@ -113,15 +122,20 @@ def measure(name: str) -> dict[str, object]:
 
 
 def kernel_timing() -> list[str]:
-    """Wall time of a 100 x 100 kernel at depth 3 (NNGP + NTK), closed form vs general path."""
+    """Wall time of a 100 x 100 kernel at depth 3 (NNGP + NTK): closed forms, general path (default), quadrature."""
     x = torch.randn(100, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ntkit.fc_kernel(x[:4], depth=1, activation="tanh")  # warm-up (one-time start-up costs)
     lines = []
-    for name in ("relu", "erf", "tanh", "silu"):
+    cases = [(n, get_activation(n)) for n in ("relu", "erf", "tanh", "silu", "elu")]
+    cases += [(f"{n} (method='quadrature')", CallableActivation(f, method="quadrature")) for n, f in (
+        ("tanh", torch.tanh), ("silu", torch.nn.functional.silu))]
+    for label, act in cases:
+        method = "closed form" if act.closed_form else act.general_method()
         start = time.perf_counter()
         cpu = time.process_time()
-        ntkit.fc_kernel(x, depth=3, activation=name, beta=0.1)
+        ntkit.fc_kernel(x, depth=3, activation=act, beta=0.1)
         lines.append(
-            f"| {name} | {time.perf_counter() - start:.2f} s | {time.process_time() - cpu:.2f} s |"
+            f"| {label} | {method} | {time.perf_counter() - start:.2f} s | {time.process_time() - cpu:.2f} s |"
         )
     return lines
 
@@ -148,7 +162,20 @@ breakpoints=(0.0,), nodes=16)`).
   expansion, a finite sum in `v1, v2, c`). All are written in `(v1, c, v2, det)` with
   `det = v1 v2 - c^2` and angles `atan2(sqrt(det), c)`: no correlation is ever rounded, duplicates
   give `det = 0` exactly, zero-norm inputs need no special case.
-* **General path** (any callable): the bivariate expectation is an iterated 1-D integral
+* **General path, Mehler / Hermite expansion** (default, `method="auto"`, for every callable
+  without a declared kink off 0 and not declared `smooth=False`): with `h_k` the normalised
+  Hermite polynomials and `a_k(q) = E[s(sqrt(q) Z) h_k(Z)]`, Mehler's formula gives
+  `E[s(u) s(v)] = sum_k a_k(q1) a_k(q2) rho^k`, `rho = c / sqrt(q1 q2)`. The coefficients need one
+  1-D integral per *distinct variance* (composite Gauss-Legendre on `[-13, 13]`, graded towards 0
+  for steep functions, checked against a coarser rule), then each entry is a polynomial in `rho`.
+  The degree is chosen per entry from the Parseval tails `T_K(q) = ||s||_q^2 - sum_{k<=K} a_k^2`:
+  `|truncation| <= |rho|^(K+1) sqrt(T_K(q1) T_K(q2)) <= 1e-13 ||s||_q1 ||s||_q2` (float64; 1e-8
+  otherwise), at most 256 terms. Entries no degree certifies (correlation near +-1 with a slowly
+  converging expansion: steep functions, large variances) and variances whose 1-D integrals are not
+  resolved go to the quadrature below: an uncertified number is never returned. Duplicates
+  `(q, q, q)` take the Parseval norm (the same number as `expect_diag`).
+* **General path, quadrature** (`method="quadrature"`, and ELU / SELU, whose derivative jumps): the
+  bivariate expectation is an iterated 1-D integral
   `E[f(u) g(v)] = int phi(z1) f(s1 z1) E[g(l21 z1 + l22 z2) | z1] dz1` over the Cholesky factor,
   each level by composite Gauss-Legendre (16 nodes per panel) on a fixed grid of `[-9, 9]` split
   at the activation's `breakpoints` (default 0), at the matching kink of the inner integral for
@@ -161,13 +188,15 @@ breakpoints=(0.0,), nodes=16)`).
 
 Max relative error (`max |got - ref| / max |ref|`, NNGP and derivative maps) over the covariances
 `(v1, c, v2)` in {(1, .3, 1), (1, 1 - 1e-6, 1), (2, -2, 2), (.5, .1, 3), (9, 8.99, 9),
-(25, 10, 16), (0, 0, 1)} (variances <= 3 for the power/exponential-growth activations). "general
-path on the same function" is the quadrature applied to the closed-form activation's own
+(25, 10, 16), (0, 0, 1)} (variances <= 3 for the power/exponential-growth activations). "quadrature /
+Mehler, same function" is the general path applied to the closed-form activation's own
 `forward` / `derivative`. Time: CPU time (process time, 2 threads) of one layer, both maps, per
-kernel entry, float64, on a shared and heavily loaded 2-core machine: compare within the column.
+kernel entry, float64, on an n x n block of a kernel (n = 150 closed forms, 200 Mehler, 20
+quadrature: the expansion's 1-D work is per distinct variance, so it is amortised over a block),
+on a shared 2-core machine: compare within the column.
 
-| activation | method | max rel. error | reference | general path on the same function | time / entry |
-|---|---|---|---|---|---|
+| activation | method | max rel. error | reference | quadrature, same function | Mehler, same function | time / entry |
+|---|---|---|---|---|---|---|
 """
 
 FOOTER = """
@@ -177,7 +206,10 @@ FOOTER = """
   `tests/test_activations_reference.py`, inputs of norm 1e-3 and 1e3, duplicates, zero vectors,
   beta in {0, 0.6, 1}, w_std = 1.3). The general path matches the closed forms to 1e-8 (smooth)
   and 1e-6 (kinked) on covariances from 1e-6 to 1e2, correlations +-1 included, and the adaptive
-  reference to 1e-8 on tanh, softplus and SiLU.
+  reference to 1e-8 on tanh, softplus and SiLU. The Mehler expansion of the smooth closed forms'
+  own functions reproduces their kernels to 1e-11 through depths 1-5 (norms 1e-3 .. 1e3), and
+  tanh / softplus / SiLU match the quadrature to 1e-10 there and the adaptive reference to 1e-10
+  per entry (tests/test_activations_mehler.py); benchmarks/results/mehler.md has kernel timings.
 * float32: kernels agree with float64 to a relative 2e-5 for closed forms and 1e-4 for the
   general path and for step/sign (whose maps are steep near correlation 1); no NaN/inf at depth
   100 (closed forms) for norms 1e-3 .. 1e3 at the variance-preserving weight scale.
@@ -185,7 +217,11 @@ FOOTER = """
   rectified monomials of degree >= 2, exp) overflow where the true value exceeds the floating
   range; that is a property of the kernel, not of the method.
 * The general path assumes a function that is smooth between its declared `breakpoints` and grows
-  more slowly than `exp(z^2/2)`; it truncates at 9 standard deviations. Oscillating functions
+  more slowly than `exp(z^2/4)`; the quadrature truncates at 9 standard deviations, the expansion's
+  1-D integrals at 13. At large variances (an input of norm ~1e3, variance ~6e5) the quadrature
+  does not fully resolve steep functions between the scales `1/s` and 1: its depth-1..5 kernels
+  differ from the expansion's by up to 2e-5 of `max |K|` (SiLU NTK; 7e-7 sigmoid, 3e-10 tanh),
+  and single entries checked against the adaptive reference side with the expansion (<= 1e-14). Oscillating functions
   (sin of a large-variance input) need many more nodes than the default: use the closed forms.
   A function returning NaN/inf, a wrong shape or a non-tensor, or one autograd cannot
   differentiate when the NTK needs it, raises a `ValueError`/`TypeError` naming the activation.
@@ -203,9 +239,11 @@ def main() -> None:
     for name in names:
         r = measure(name)
         gen = "-" if r["general_error"] is None else f"{r['general_error']:.1e}"
+        meh = "-" if r["mehler_error"] is None else f"{r['mehler_error']:.1e}"
         method = str(r["method"]) + (" (NNGP only)" if r["nngp_only"] else "")
         line = (
-            f"| {name} | {method} | {r['error']:.1e} | {r['reference']} | {gen} | {r['per_entry_us']:.2f} us |"
+            f"| {name} | {method} | {r['error']:.1e} | {r['reference']} | {gen} | {meh} | "
+            f"{r['per_entry_us']:.2f} us |"
         )
         rows.append(line)
         print(line, flush=True)
@@ -216,7 +254,7 @@ def main() -> None:
         print(line)
     text = HEADER + "\n".join(rows) + "\n"
     text += "\n### 100 x 100 kernel, depth 3, NNGP + NTK (symmetric: upper triangle only)\n\n"
-    text += "| activation | wall | CPU (2 threads) |\n|---|---|---|\n" + "\n".join(timing) + "\n"
+    text += "| activation | method | wall | CPU (2 threads) |\n|---|---|---|---|\n" + "\n".join(timing) + "\n"
     text += FOOTER
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

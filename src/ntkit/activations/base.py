@@ -9,21 +9,33 @@ for a centred bivariate Gaussian ``(u, v)`` with covariance ``[[var1, cov], [cov
 All three arguments are tensors broadcastable to a common shape; the result has that shape. The
 finite forward pass is ``activation(x)``, the derivative ``activation.derivative(x)``.
 
-Subclasses with closed forms override the two maps. The base class computes them by split
-composite quadrature (:mod:`ntkit.activations.quadrature`, the *general path*), so a subclass that
-only defines :meth:`forward` is already complete: kinks at the declared :attr:`Activation.breakpoints`
-(default ``(0,)``) are integrated to full accuracy. :meth:`dual` returns both maps at once
-(sharing the quadrature nodes on the general path); the kernel recursion uses it.
+Subclasses with closed forms override the two maps. The base class computes them on the *general
+path*, so a subclass that only defines :meth:`forward` is already complete. By default
+(``method="auto"``) the general path is the Mehler / Hermite expansion
+(:mod:`ntkit.activations.mehler`): one-dimensional Hermite coefficients per distinct variance, then a
+polynomial in the correlation, with a rigorous truncation bound that hands the entries it cannot
+certify (correlation near +-1 with a slowly converging expansion) to split composite quadrature
+(:mod:`ntkit.activations.quadrature`). Activations declared ``smooth=False`` (ELU, SELU: their
+derivative jumps) or with breakpoints other than 0, and ``method="quadrature"``, use the quadrature
+for everything; kinks at the declared :attr:`Activation.breakpoints` (default ``(0,)``) are integrated
+to full accuracy. :meth:`dual` returns both maps at once (sharing the function evaluations); the
+kernel recursion uses it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from ntkit.activations.mehler import MehlerInfo
+
 Tensor = torch.Tensor
+#: The general-path methods (see :meth:`Activation.general_method`).
+METHODS = ("auto", "mehler", "quadrature")
 
 
 class Activation:
@@ -49,6 +61,12 @@ class Activation:
     quadrature_nodes: int = 16
     #: ``True`` where :meth:`expect` / :meth:`expect_derivative` are exact closed forms.
     closed_form: bool = False
+    #: General path: ``"auto"``, ``"mehler"`` (Hermite expansion) or ``"quadrature"`` (see :meth:`general_method`).
+    method: str = "auto"
+    #: ``False`` where the derivative jumps (ELU, SELU): ``"auto"`` keeps such activations on quadrature.
+    #: ``None`` (unknown) and ``True`` let ``"auto"`` use the Mehler expansion, whose bound falls back
+    #: to quadrature entry by entry where the expansion converges too slowly.
+    smooth: bool | None = None
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -85,40 +103,101 @@ class Activation:
             g = torch.zeros_like(x)
         return y.detach(), g.detach()
 
-    def _general(self, var1: Tensor, cov: Tensor, var2: Tensor, which: str) -> tuple[Tensor, Tensor]:
-        from ntkit.activations.quadrature import gaussian_dual
+    def general_method(self) -> str:
+        """``"mehler"`` or ``"quadrature"``: how the general path computes this activation's dual maps.
 
-        if which == "both" and not self.has_derivative_map:
+        ``method="auto"`` picks the Mehler expansion (:mod:`ntkit.activations.mehler`) unless the
+        activation is declared non-smooth (``smooth=False``: ELU, SELU) or has breakpoints other than 0.
+
+        Raises
+        ------
+        ValueError
+            For an unknown ``method``, or ``method="mehler"`` with a breakpoint other than 0.
+        """
+        method = self.method
+        if method not in METHODS:
+            raise ValueError(f"activation {self.name!r}: method expected one of {list(METHODS)}, got {method!r}")
+        off_zero = any(b != 0 for b in self.breakpoints)
+        if method == "mehler" and off_zero:
+            raise ValueError(
+                f"activation {self.name!r}: method='mehler' expects breakpoints at 0 only, got "
+                f"{self.breakpoints!r}; use method='quadrature' or 'auto'"
+            )
+        if method == "auto":
+            return "quadrature" if self.smooth is False or off_zero else "mehler"
+        return method
+
+    def _evaluator(self, which: str) -> Callable[[Tensor], tuple[Tensor, ...]]:
+        from ntkit.activations.quadrature import _checked
+
+        name = self.name
+        if which == "value":
+            return lambda t: _checked(self.forward, t, name)
+        if which == "derivative":
+            return lambda t: (_checked(self.value_and_derivative, t, name)[1],)
+        return lambda t: _checked(self.value_and_derivative, t, name)
+
+    def _quadrature(self, var1: Tensor, cov: Tensor, var2: Tensor, which: str) -> tuple[Tensor, ...]:
+        from ntkit.activations.quadrature import gaussian_dual, gaussian_expectation
+
+        opts = {"breakpoints": self.breakpoints, "nodes": self.quadrature_nodes, "name": self.name}
+        if which == "value":
+            out = gaussian_expectation(self.forward, var1, cov, var2, **opts)  # type: ignore[arg-type]
+            assert isinstance(out, torch.Tensor)
+            return (out,)
+        nngp, deriv = gaussian_dual(self.value_and_derivative, var1, cov, var2, **opts)  # type: ignore[arg-type]
+        return (deriv,) if which == "derivative" else (nngp, deriv)
+
+    def mehler(
+        self, var1: Tensor, cov: Tensor, var2: Tensor, *, which: str = "both", tol: float | None = None,
+        max_terms: int | None = None,
+    ) -> tuple[list[Tensor], MehlerInfo]:
+        """The general path by the Mehler expansion, with its report (terms used, entries by quadrature).
+
+        ``which``: ``"value"`` (``E[s(u) s(v)]``), ``"derivative"`` (``E[s'(u) s'(v)]``) or ``"both"``.
+        ``tol`` / ``max_terms`` as in :func:`ntkit.activations.mehler.mehler_expectations`; entries the
+        truncation bound cannot certify are computed by quadrature.
+        """
+        from ntkit.activations.mehler import MAX_TERMS, mehler_expectations
+
+        if which not in ("value", "derivative", "both"):
+            raise ValueError(f"which: expected 'value', 'derivative' or 'both', got {which!r}")
+        if which != "value" and not self.has_derivative_map:
             raise ValueError(f"activation {self.name!r}: its derivative map is undefined (has_derivative_map=False)")
-        return gaussian_dual(
-            self.value_and_derivative,
+        count = 2 if which == "both" else 1
+        var1, cov, var2 = (torch.as_tensor(t) for t in (var1, cov, var2))
+        return mehler_expectations(
+            self._evaluator(which),
+            count,
             var1,
             cov,
             var2,
-            breakpoints=self.breakpoints,
-            nodes=self.quadrature_nodes,
-            name=self.name,
+            fallback=lambda a, c, b: self._quadrature(a, c, b, which),
+            tol=tol,
+            max_terms=MAX_TERMS if max_terms is None else max_terms,
         )
+
+    def _general(self, var1: Tensor, cov: Tensor, var2: Tensor, which: str) -> tuple[Tensor, ...]:
+        """The general path (Mehler expansion or quadrature, see :meth:`general_method`)."""
+        if which != "value" and not self.has_derivative_map:
+            raise ValueError(f"activation {self.name!r}: its derivative map is undefined (has_derivative_map=False)")
+        if self.general_method() == "mehler":
+            return tuple(self.mehler(var1, cov, var2, which=which)[0])
+        return self._quadrature(var1, cov, var2, which)
 
     def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         """``E[sigma(u) sigma(v)]`` for ``(u, v) ~ N(0, [[var1, cov], [cov, var2]])``."""
-        from ntkit.activations.quadrature import gaussian_expectation
-
-        out = gaussian_expectation(
-            self.forward, var1, cov, var2, breakpoints=self.breakpoints, nodes=self.quadrature_nodes, name=self.name
-        )
-        assert isinstance(out, torch.Tensor)
-        return out
+        return self._general(var1, cov, var2, "value")[0]
 
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         """``E[sigma'(u) sigma'(v)]`` for ``(u, v) ~ N(0, [[var1, cov], [cov, var2]])``."""
-        return self._general(var1, cov, var2, "both")[1]
+        return self._general(var1, cov, var2, "derivative")[0]
 
     def dual(self, var1: Tensor, cov: Tensor, var2: Tensor, *, derivative: bool = True) -> tuple[Tensor, Tensor | None]:
         """Both maps at once: ``(expect(...), expect_derivative(...) or None)``.
 
-        On the general path the two expectations share their quadrature nodes (one evaluation
-        of ``sigma`` and ``sigma'``), which is about twice as fast as calling them one by one.
+        On the general path the two expectations share their nodes (one evaluation of ``sigma``
+        and ``sigma'``), which is about twice as fast as calling them one by one.
         """
         if not derivative:
             return self.expect(var1, cov, var2), None
@@ -128,7 +207,11 @@ class Activation:
         return self.expect(var1, cov, var2), self.expect_derivative(var1, cov, var2)
 
     def expect_diag(self, var: Tensor) -> Tensor:
-        """``E[sigma(u)^2]`` for ``u ~ N(0, var)``: the diagonal of :meth:`expect`."""
+        """``E[sigma(u)^2]`` for ``u ~ N(0, var)``: the diagonal of :meth:`expect`.
+
+        On the Mehler path this is the Parseval norm of the expansion (the same rule, so that
+        :meth:`dual` at ``(q, q, q)`` returns exactly this value).
+        """
         if type(self).expect is Activation.expect:
             from ntkit.activations.quadrature import gaussian_expectation_1d
 
@@ -136,9 +219,20 @@ class Activation:
                 y = self.forward(x)
                 return y * y if isinstance(y, torch.Tensor) else y
 
-            return gaussian_expectation_1d(
-                square, var, breakpoints=self.breakpoints, nodes=self.quadrature_nodes, name=self.name
-            )
+            def quadrature(v: Tensor) -> Tensor:
+                return gaussian_expectation_1d(
+                    square, v, breakpoints=self.breakpoints, nodes=self.quadrature_nodes, name=self.name
+                )
+
+            if self.general_method() == "mehler":
+                from ntkit.activations.mehler import gaussian_norms, tolerance
+
+                ((norm2, err),) = gaussian_norms(self._evaluator("value"), var)
+                bad = ~(err <= tolerance(var.dtype))
+                if bool(bad.any()):
+                    norm2[bad] = quadrature(var[bad]).to(norm2.dtype)
+                return norm2.to(var.dtype)
+            return quadrature(var)
         return self.expect(var, var, var)
 
     def __repr__(self) -> str:
@@ -146,7 +240,7 @@ class Activation:
 
 
 class CallableActivation(Activation):
-    """Any pointwise callable ``fn(x) -> tensor`` (e.g. ``torch.tanh``), kernels by quadrature.
+    """Any pointwise callable ``fn(x) -> tensor`` (e.g. ``torch.tanh``), kernels by the general path.
 
     Parameters
     ----------
@@ -163,6 +257,11 @@ class CallableActivation(Activation):
     nodes : int
         Gauss-Legendre nodes per quadrature panel (default 16: ~1e-9 or better on smooth and kinked
         activations at unit variance, see docs/activations.md).
+    method : {"auto", "mehler", "quadrature"}
+        General path: ``"auto"`` (default) uses the Mehler expansion unless ``smooth=False`` or a
+        breakpoint is not 0; ``"quadrature"`` forces split composite quadrature everywhere.
+    smooth : bool or None
+        ``False`` declares a derivative with a jump (ELU, SELU): ``"auto"`` then uses quadrature.
 
     Examples
     --------
@@ -181,6 +280,8 @@ class CallableActivation(Activation):
         *,
         breakpoints: Sequence[float] = (0.0,),
         nodes: int = 16,
+        method: str = "auto",
+        smooth: bool | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"activation: expected a callable, got {type(fn).__name__}")
@@ -200,6 +301,13 @@ class CallableActivation(Activation):
         if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 2:
             raise ValueError(f"nodes: expected an integer >= 2, got {nodes!r}")
         self.quadrature_nodes = nodes
+        if method not in METHODS:
+            raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+        if smooth is not None and not isinstance(smooth, bool):
+            raise TypeError(f"smooth: expected a bool or None, got {type(smooth).__name__}")
+        self.method = method
+        self.smooth = smooth
+        self.general_method()  # method='mehler' with breakpoints off 0: a clear error now
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fn(x)
