@@ -13,7 +13,8 @@ errors over initialisations, together with the slopes of ``RMS(trained - lineari
 
 Writes ``movement_sweep.json`` (per activation: the summary of :func:`run_dynamics`, wall time,
 peak RSS) and ``README.md`` (the tables; also the default ``ntkit dynamics`` run when its
-``summary.json`` is in the same folder) to ``--out`` (default benchmarks/results/dynamics).
+``summary.json`` is in the same folder, and ``notes.md`` when present) to ``--out`` (default
+benchmarks/results/dynamics). ``--readme-only`` rewrites README.md from the files there.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ WIDTHS = [250, 500, 1000, 2000, 4000, 8000]
 
 
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (Linux: ru_maxrss in KiB)."""
+    """Peak resident memory of this process so far in GiB (Linux: ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -116,7 +117,7 @@ def write_readme(out: Path) -> Path:
             f"## Default `ntkit dynamics` (Jacot et al. 2018, Fig. 1 setting): depth {c['depth']}, {c['activation']}, "
             f"beta {c['beta']}, {c['n_inits']} inits, {c['steps']} GD steps, lr {c['learning_rate']}",
             "",
-            f"Runtime {d['seconds']:.0f} s" + (f", peak RSS {d['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in d else "")
+            f"Runtime {d['seconds']:.0f} s" + (f", peak RSS {d['peak_rss_gb']:.2f} GiB" if "peak_rss_gb" in d else "")
             + ". Figure: `dynamics.png`; data: `summary.json`; console output: `default_run.log`.",
             "",
             *table(d),
@@ -134,11 +135,14 @@ def write_readme(out: Path) -> Path:
         ]
         for act, summary in data["runs"].items():
             lines += [
-                f"### {act}: {summary['wall_seconds']:.0f} s, peak RSS {summary['peak_rss_gb']:.2f} GB",
+                f"### {act}: {summary['wall_seconds']:.0f} s, peak RSS {summary['peak_rss_gb']:.2f} GiB",
                 "",
                 *table(summary),
                 "",
             ]
+    notes = out / "notes.md"  # hand-written reading of the results, kept across regenerations
+    if notes.exists():
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
