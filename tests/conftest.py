@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def gen() -> torch.Generator:
     """A seeded CPU generator (fresh per test)."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch intra-op thread for the module (restored after): the suite runs with ``pytest -n 2``
+    on few cores, where each worker's default thread pool oversubscribes the CPUs and small
+    matrix products of training loops slow down many times over. Use with
+    ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

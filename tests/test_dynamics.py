@@ -10,6 +10,9 @@ import pytest
 from ntkit.cli import main as cli_main
 from ntkit.experiments.dynamics import DynamicsResult, run_dynamics
 
+# one torch thread per xdist worker: the training loops here oversubscribe 2 cores otherwise (conftest)
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def small() -> DynamicsResult:

@@ -23,6 +23,9 @@ from ntkit.predict import (
 from ntkit.solve.linalg import JitterWarning, NotPSDError
 from ntkit.train import linearize, mse_loss
 
+# one torch thread per xdist worker: the training loops here oversubscribe 2 cores otherwise (conftest)
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 F64 = torch.float64
 
 

@@ -11,6 +11,9 @@ import ntkit
 from ntkit.predict import LearningRateWarning, max_learning_rate
 from ntkit.train import function_distance, kernel_movement, linearize, mse_loss, train_gd
 
+# one torch thread per xdist worker: the training loops here oversubscribe 2 cores otherwise (conftest)
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 F64 = torch.float64
 
 

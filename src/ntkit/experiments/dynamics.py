@@ -11,7 +11,9 @@ unit circle. Loss ``1/(2N) sum (f - y)^2`` (see :mod:`ntkit.predict`).
 For each network it records
 
 * the kernel movement ``||Theta_T - Theta_0||_F / ||Theta_0||_F`` on training and test inputs
-  (theory: ``O(n^{-1/2})``, Jacot et al. 2018, Theorem 2; Lee et al. 2019, Theorem 2.1);
+  (bounded by ``O(n^{-1/2})``, Jacot et al. 2018, Theorem 2; Lee et al. 2019, Theorem 2.1; its
+  expected part is ``O(1/n)``, Dyer & Gur-Ari 2019), and its split across initialisations into a
+  mean part and a fluctuation part with bootstrap slopes (:mod:`ntkit.experiments.movement`);
 * the RMS distance on the test inputs between the trained network and (a) its linearization
   trained identically (closed form with its own empirical ``Theta_0``), (b) the infinite-width
   kernel prediction from its own ``f_0`` (closed form with ``Theta_inf``) — both vanish as the
@@ -20,7 +22,9 @@ For each network it records
   before and after training for the figure.
 
 The NTK-GP over initialisations (Lee et al. 2019, eqs. 15-16) gives the predicted mean and
-spread of the trained outputs drawn in the figure.
+spread of the trained outputs drawn in the figure. Empirical NTKs use the structured
+(layer-factored) implementation of :func:`ntkit.empirical_ntk`: Gram products of layer inputs and
+cotangents, never a Jacobian.
 """
 
 from __future__ import annotations
@@ -44,12 +48,17 @@ from ntkit.activations import get_activation
 from ntkit.data import circle_inputs
 from ntkit.empirical import empirical_ntk
 from ntkit.experiments.converge import fit_loglog_slope
+from ntkit.experiments.movement import MovementAnalysis, mean_slope, movement_vs_width
 from ntkit.infinite import fc_kernel
 from ntkit.networks import FCNetwork
 from ntkit.predict import LearningRateWarning, gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate
 from ntkit.train import kernel_movement, train_gd
 
 DEFAULT_WIDTHS = (500, 10000)
+#: Bootstrap resamples (over initialisations) for the slopes' standard errors in the summary.
+N_BOOT = 1000
+#: The scalar measurements recorded per network.
+MEASURES = ("movement", "dist_linearized", "dist_kernel", "init_distance", "final_loss")
 
 
 @dataclass
@@ -64,6 +73,8 @@ class DynamicsResult:
     init_distance: dict[str, list[float]] = field(default_factory=dict)
     final_loss: dict[str, list[float]] = field(default_factory=dict)
     curves: dict[str, Any] = field(default_factory=dict)
+    #: per width, the relative kernel changes ``(Theta_T - Theta_0) / ||Theta_0||_F`` (N, N) per network
+    changes: dict[str, list[np.ndarray]] = field(default_factory=dict)
     seconds: float = 0.0
     complete: bool = False
 
@@ -77,11 +88,18 @@ class DynamicsResult:
     def slope(self, which: str) -> float:
         return fit_loglog_slope(self.finished_widths(), self.means(which))[0]
 
-    def to_dict(self) -> dict[str, Any]:
+    def movement_analysis(self, *, n_boot: int = N_BOOT, seed: int = 0) -> MovementAnalysis | None:
+        """Mean / fluctuation split of the kernel change over the widths with >= 2 finished networks
+        (:func:`ntkit.experiments.movement.movement_vs_width`); ``None`` when there are none."""
+        changes = {w: np.stack(c) for w in self.widths if len(c := self.changes.get(str(w), [])) >= 2}
+        return movement_vs_width(changes, n_boot=n_boot, seed=seed) if changes else None
+
+    def to_dict(self, *, n_boot: int = N_BOOT) -> dict[str, Any]:
         out = asdict(self)
         out.pop("curves")
+        out.pop("changes")
         summary = {}
-        for name in ("movement", "dist_linearized", "dist_kernel", "init_distance", "final_loss"):
+        for name in MEASURES:
             data = getattr(self, name)
             summary[name] = {
                 str(w): {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
@@ -93,8 +111,21 @@ class DynamicsResult:
             "movement": self.slope("movement"),
             "dist_linearized": self.slope("dist_linearized"),
             "dist_kernel": self.slope("dist_kernel"),
-            "theory": -0.5,
+            "theory_bound": -0.5,
+            "theory_mean_change": -1.0,
         }
+        # slopes of the per-width means with bootstrap standard errors (resampling initialisations)
+        fits = {}
+        for name in ("movement", "dist_linearized", "dist_kernel", "init_distance"):
+            data = {w: v for w in self.finished_widths() if (v := getattr(self, name).get(str(w)))}
+            if data:
+                fits[name] = mean_slope(data, n_boot=n_boot).as_dict()
+        analysis = self.movement_analysis(n_boot=n_boot)
+        if analysis is not None:
+            for part, fit in analysis.slopes.items():
+                fits[f"movement_{part}"] = fit.as_dict()
+            out["movement_parts"] = analysis.to_dict()["parts"]
+        out["slope_fits"] = fits
         return out
 
 
@@ -210,14 +241,15 @@ def run_dynamics(
     try:
         for wi, width in enumerate(widths):
             key = str(width)
-            for name in ("movement", "dist_linearized", "dist_kernel", "init_distance", "final_loss"):
+            for name in MEASURES:
                 getattr(result, name)[key] = []
+            result.changes[key] = []
             for name in ("rows_init", "rows_trained", "outputs"):
                 result.curves[name][key] = []
             for s in range(n_inits):
                 g = torch.Generator().manual_seed(seed * 1_000_003 + width * 1009 + s)
                 net = FCNetwork(2, [width] * depth, 1, activation=act, beta=beta, generator=g, dtype=dtype)
-                theta0 = empirical_ntk(net, x_all, mode="trace").to(torch.float64)
+                theta0 = empirical_ntk(net, x_all, mode="trace", implementation="structured").to(torch.float64)
                 with torch.no_grad():
                     f0 = net(x_all).to(torch.float64)
                 lin = gradient_descent_mse(theta0[tr, tr], y_train, learning_rate=learning_rate, discrete=True)(
@@ -227,11 +259,12 @@ def run_dynamics(
                 hist = train_gd(
                     net, x_train, y_train, learning_rate=learning_rate, steps=steps, check_learning_rate=False
                 )
-                theta_t = empirical_ntk(net, x_all, mode="trace").to(torch.float64)
+                theta_t = empirical_ntk(net, x_all, mode="trace", implementation="structured").to(torch.float64)
                 with torch.no_grad():
                     ft = net(x_test).to(torch.float64)
                 assert lin.test is not None and kern.test is not None
                 result.movement[key].append(kernel_movement(theta0, theta_t))
+                result.changes[key].append(((theta_t - theta0) / torch.linalg.vector_norm(theta0)).numpy())
                 result.dist_linearized[key].append(float(torch.sqrt(((ft - lin.test) ** 2).mean())))
                 result.dist_kernel[key].append(float(torch.sqrt(((ft - kern.test) ** 2).mean())))
                 result.init_distance[key].append(
@@ -314,14 +347,23 @@ def plot_dynamics(result: DynamicsResult, path: str | Path) -> Path:
         sd = np.asarray([np.std(data[str(w)], ddof=1) if len(data[str(w)]) > 1 else 0.0 for w in widths])
         slope = result.slope(name)
         ax.errorbar(w_arr, m, yerr=sd, fmt=marker + "-", capsize=3, label=f"{label}: slope {slope:.2f}")
+    analysis = result.movement_analysis(n_boot=200)
+    if analysis is not None and len(analysis.widths) >= 2:
+        aw = np.asarray(analysis.widths, float)
+        for part, marker in (("mean", "v"), ("fluctuation", "D")):
+            vals = np.asarray([getattr(analysis.parts[w], part) for w in analysis.widths])
+            fit = analysis.slopes[part]
+            label = f"movement, {part} part: slope {fit.slope:.2f} ± {fit.stderr:.2f}"
+            ax.plot(aw, vals, marker + "--", lw=1, label=label)
     if len(w_arr) >= 2:
         m0 = np.mean(result.movement[str(widths[0])])
-        ax.plot(w_arr, m0 * (w_arr / w_arr[0]) ** -0.5, "k:", label="slope -1/2 (theory)")
+        ax.plot(w_arr, m0 * (w_arr / w_arr[0]) ** -0.5, "k:", label="slope -1/2 (Jacot/Lee bound)")
+        ax.plot(w_arr, m0 * (w_arr / w_arr[0]) ** -1.0, "k-.", lw=0.8, label="slope -1 (expected change)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("width n")
     ax.set_title("movement and distance to the kernel prediction vs width")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)
@@ -364,10 +406,15 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "summary.json"
 
-    def save(result: DynamicsResult) -> None:
+    def save(result: DynamicsResult, n_boot: int = N_BOOT) -> dict[str, Any]:
+        summary = result.to_dict(n_boot=n_boot)
         tmp = summary_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(summary_path)
+        return summary
+
+    def progress_save(result: DynamicsResult) -> None:
+        save(result, n_boot=0)  # after each network: slopes without standard errors (cheap)
 
     result = run_dynamics(
         widths=args.widths,
@@ -382,9 +429,9 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         dtype=torch.float32 if args.float32 else torch.float64,
         progress=not args.quiet,
-        on_init=save,
+        on_init=progress_save,
     )
-    save(result)
+    fits = save(result)["slope_fits"]
     print(f"{'width':>8} {'inits':>5} {'movement':>12} {'trained-lin':>12} {'trained-kernel':>15} {'|Th0-Thinf|':>12}")
     for w in result.finished_widths():
         k = str(w)
@@ -393,10 +440,15 @@ def main(args: argparse.Namespace) -> int:
             f"{np.mean(result.dist_linearized[k]):>12.4g} {np.mean(result.dist_kernel[k]):>15.4g} "
             f"{np.mean(result.init_distance[k]):>12.4g}"
         )
-    slopes = result.to_dict()["slopes"]
+    def fmt(name: str) -> str:
+        f = fits.get(name)
+        return "n/a" if f is None else f"{f['slope']:.3f} ± {f['stderr']:.3f}"
+
     print(
-        f"log-log slopes vs width: movement {slopes['movement']:.3f}, trained-linearized "
-        f"{slopes['dist_linearized']:.3f}, trained-kernel {slopes['dist_kernel']:.3f} (theory -0.5)"
+        f"log-log slopes vs width (± bootstrap s.e. over inits): movement {fmt('movement')} "
+        f"[mean part {fmt('movement_mean')}, fluctuation part {fmt('movement_fluctuation')}]; "
+        f"trained-linearized {fmt('dist_linearized')}; trained-kernel {fmt('dist_kernel')} "
+        "(movement: bound -1/2, expected change -1)"
     )
     print(f"runtime {result.seconds:.1f} s")
     if result.finished_widths():
