@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
 from ntkit._validation import check_float, check_int, describe
 from ntkit.activations import get_activation
@@ -408,9 +409,7 @@ def main(args: argparse.Namespace) -> int:
 
     def save(result: DynamicsResult, n_boot: int = N_BOOT) -> dict[str, Any]:
         summary = result.to_dict(n_boot=n_boot)
-        tmp = summary_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(summary_path)
+        write_text_atomic(summary_path, json.dumps(summary, indent=2))
         return summary
 
     def progress_save(result: DynamicsResult) -> None:
