@@ -158,9 +158,9 @@ def main() -> None:
         print(json.dumps(results[solver]), flush=True)
     print(f"\nN = {args.n}, depth-3 ReLU NTK, d = {D}, noise {args.noise}, test MSE vs noiseless teacher")
     print(f"threads {args.threads}, 1-min load average at start {load0:.2f}, at end {os.getloadavg()[0]:.2f}")
-    print(f"{'solver':16s} {'time s':>8s} {'peak GB':>8s} {'test MSE':>10s}")
+    print(f"{'solver':22s} {'time s':>8s} {'peak GB':>8s} {'test MSE':>10s}")
     for s, r in results.items():
-        print(f"{s:16s} {r['time_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['test_mse']:10.5f}")
+        print(f"{s:22s} {r['time_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['test_mse']:10.5f}")
     if "exact" in results:
         ex = results["exact"]
         exact_pred = np.load(Path(args.workdir) / f"pred_exact_n{args.n}.npy")
