@@ -7,13 +7,18 @@ Gaussian with known standard deviation ``--noise`` (0.2). The ridge is the GP-co
 5,000 fixed test points (so 0 is perfect and 1 is predicting the mean).
 
 Each solver runs in its own subprocess, so that its peak resident memory (``ru_maxrss``) is its own;
-predictions are saved and compared in the parent (CG vs exact: relative max difference).
+predictions are saved and compared in the parent (CG vs exact: relative max difference). Kernel
+tiles are streamed through the fused recursion of :mod:`ntkit.compute.fused`
+(:class:`ntkit.solve.FusedTiles`); ``K_nm`` is never stored at 1M (``--method gram``: one pass
+accumulating ``K_nm^T K_nm`` in float64 from float32 tiles, checkpointed every minute). The exact
+and CG solvers run through :class:`ntkit.solve.KernelSystem` (the path of ``ntkit.predict`` and
+``ntkit.sklearn``).
 
 Examples
 --------
 python benchmarks/bench_solvers.py --n 20000 --solvers exact,cg,nystrom,nystrom_falkon --centres 5000
-python benchmarks/bench_solvers.py --n 100000 --solvers nystrom --centres 4000
-nohup python benchmarks/bench_solvers.py --n 1000000 --solvers nystrom --centres 4000 > 1m.log 2>&1 &
+python benchmarks/bench_solvers.py --n 100000 --solvers nystrom --centres 5000
+nohup python benchmarks/bench_solvers.py --n 1000000 --solvers nystrom --centres 5000 > 1m.log 2>&1 &
 (the 1M run checkpoints its K_nm^T K_nm accumulation in --workdir and resumes when rerun)
 """
 
@@ -62,42 +67,36 @@ def make_data(n: int, seed: int, noise: float) -> tuple[torch.Tensor, torch.Tens
 
 
 def worker(args: argparse.Namespace) -> None:
-    from ntkit.solve import (
-        KernelOperator,
-        cg_kernel_solve,
-        exact_solve,
-        fc_kernel_diag,
-        nystrom_krr,
-        pivoted_cholesky_preconditioner,
-    )
+    from ntkit.solve import FusedTiles, KernelOperator, KernelSystem, fc_kernel_diag, nystrom_krr
 
     torch.set_num_threads(args.threads)
     x, _, y = make_data(args.n, 1, args.noise)
     xt, ft, _ = make_data(args.n_test, 2, args.noise)
     kw = dict(depth=DEPTH, activation="relu", w_std=W_STD)
+    tiles = FusedTiles(**kw)  # type: ignore[arg-type]
     diag_reg = args.noise**2 * float(fc_kernel_diag(x[:10_000], **kw).mean())  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    info: dict[str, object] = {"solver": args.worker, "n": args.n, "diag_reg": diag_reg}
+    info: dict[str, object] = {"solver": args.worker, "n": args.n, "diag_reg": diag_reg, "threads": args.threads}
     if args.worker == "exact":
-        op = KernelOperator(x, **kw)  # type: ignore[arg-type]
-        alpha = exact_solve(op, y, diag_reg=diag_reg)
-        pred = KernelOperator(xt, x, **kw) @ alpha  # type: ignore[arg-type]
+        system = KernelSystem(KernelOperator(x, tile_fn=tiles), y, diag_reg=diag_reg, solver="cholesky")
+        pred = system.predict(x_test=xt)
     elif args.worker == "cg":
-        op32 = KernelOperator(x, tile_dtype=torch.float32, tile_rows=256, tile_cols=8192, **kw)  # type: ignore[arg-type]
-        op64 = KernelOperator(x, **kw)  # type: ignore[arg-type]
-        pre = pivoted_cholesky_preconditioner(op64, args.rank, diag_reg=diag_reg)
-        t_pre = time.perf_counter() - t0
-        alpha = cg_kernel_solve(op32, y, diag_reg=diag_reg, precond=pre, tol=args.tol, reference_op=op64, progress=True)
-        pred = KernelOperator(xt, x, **kw) @ alpha  # type: ignore[arg-type]
-        info.update(rank=args.rank, precond_s=round(t_pre, 1), tol=args.tol)
+        # float32 tiles in the CG iterations, float64 residuals (iterative refinement) to --tol
+        op32 = KernelOperator(x, tile_fn=tiles, tile_dtype=torch.float32, tile_rows=256, tile_cols=8192)
+        system = KernelSystem(
+            op32, y, diag_reg=diag_reg, solver="cg", tol=args.tol, precond_rank=args.rank, progress=True
+        )
+        pred = system.predict(x_test=xt)
+        info.update(rank=args.rank, tol=args.tol)
     else:
         # "nystrom" uses --method; "nystrom_falkon" forces Falkon's per-iteration K_nm passes
         method = "falkon" if args.worker == "nystrom_falkon" else args.method
-        ckpt = Path(args.workdir) / f"gram_n{args.n}_m{args.centres}.pt"
+        ckpt = Path(args.workdir) / f"gram_n{args.n}_m{args.centres}.pt"  # resumed by a rerun
         iters: list[int] = []
         model = nystrom_krr(
             x,
             y,
+            tile_fn=tiles,
             n_centres=args.centres,
             diag_reg=diag_reg,
             generator=torch.Generator().manual_seed(3),
@@ -108,14 +107,14 @@ def worker(args: argparse.Namespace) -> None:
             max_iter=200,
             progress=True,
             callback=lambda it, a, r: iters.append(it),
-            **kw,  # type: ignore[arg-type]
         )
         pred = model.predict(xt)
         info.update(centres=args.centres, method=method, cg_iter=model.cg.n_iter, converged=model.cg.converged)
     info["time_s"] = round(time.perf_counter() - t0, 1)
     info["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
+    info["load_avg_end"] = round(os.getloadavg()[0], 2)
     info["test_mse"] = float(((pred - ft) ** 2).mean())
-    np.save(Path(args.workdir) / f"pred_{args.worker}_n{args.n}.npy", pred.numpy())
+    np.save(Path(args.workdir) / f"pred_{args.label or args.worker}_n{args.n}.npy", pred.numpy())
     print("RESULT " + json.dumps(info), flush=True)
 
 
@@ -124,7 +123,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--n-test", type=int, default=5_000)
     p.add_argument("--solvers", default="exact,cg,nystrom")
-    p.add_argument("--centres", type=int, default=5_000)
+    p.add_argument("--centres", default="5000", help="Nystrom centres M, a comma-separated list (one run each)")
     p.add_argument("--method", default="gram", choices=["gram", "falkon"])
     p.add_argument("--rank", type=int, default=500, help="pivoted-Cholesky preconditioner rank (cg)")
     p.add_argument("--tol", type=float, default=1e-9, help="cg relative residual")
@@ -132,14 +131,23 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", default="/tmp/ntkit_bench_solvers")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--label", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.worker:
+        args.centres = int(args.centres.split(",")[-1])  # a Nystrom worker gets its own --centres last
         worker(args)
         return
+    load0 = os.getloadavg()[0]
     results = {}
+    runs: list[tuple[str, list[str]]] = []  # (label, worker arguments)
     for solver in args.solvers.split(","):
-        cmd = [sys.executable, __file__, "--worker", solver] + [a for a in sys.argv[1:]]
+        if solver.startswith("nystrom"):
+            runs += [(f"{solver}_m{m}", ["--worker", solver, "--centres", m]) for m in args.centres.split(",")]
+        else:
+            runs.append((solver, ["--worker", solver]))
+    for solver, extra in runs:
+        cmd = [sys.executable, __file__, *sys.argv[1:], *extra, "--label", solver]
         print(f"== {solver}: {' '.join(cmd[1:])}", flush=True)
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -149,9 +157,10 @@ def main() -> None:
         results[solver] = json.loads(lines[-1][7:])
         print(json.dumps(results[solver]), flush=True)
     print(f"\nN = {args.n}, depth-3 ReLU NTK, d = {D}, noise {args.noise}, test MSE vs noiseless teacher")
-    print(f"{'solver':10s} {'time s':>8s} {'peak GB':>8s} {'test MSE':>10s}")
+    print(f"threads {args.threads}, 1-min load average at start {load0:.2f}, at end {os.getloadavg()[0]:.2f}")
+    print(f"{'solver':22s} {'time s':>8s} {'peak GB':>8s} {'test MSE':>10s}")
     for s, r in results.items():
-        print(f"{s:10s} {r['time_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['test_mse']:10.5f}")
+        print(f"{s:22s} {r['time_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['test_mse']:10.5f}")
     if "exact" in results:
         ex = results["exact"]
         exact_pred = np.load(Path(args.workdir) / f"pred_exact_n{args.n}.npy")

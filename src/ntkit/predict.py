@@ -31,6 +31,14 @@ Output blocks: a kernel of shape (N, N) is shared by the ``k`` outputs (the infi
 Every factory validates its inputs, works in float64 (by default), factorises the training kernel
 once (a symmetric eigendecomposition, or a Cholesky for GP inference) and returns a function that
 evaluates predictions at any time / test set from that cache.
+
+Solvers. :func:`gp_inference` (posterior mean) and :func:`gradient_descent_mse` (at ``t = inf``)
+also take ``solver="cg"`` or ``"nystrom"`` (:class:`ntkit.solve.KernelSystem`): the training
+kernel may then be a :class:`ntkit.solve.KernelOperator` that is never stored, and test points are
+given as ``k_test_train`` or, for an operator, as ``x_test``. ``solver="auto"`` (the default) keeps
+the dense factorisation while the N x N float64 matrix fits ``memory_bytes`` (4 GiB: N <= 23,170),
+then CG up to N = 50,000, then Nystrom. Iterative solvers need ``diag_reg > 0``, give no finite-time
+dynamics and no posterior covariance.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ import torch
 from ntkit._validation import as_tensor, check_dtype, check_float, describe
 from ntkit.solve.eigen import EigenDecomposition, SingularKernelWarning, psd_eigh
 from ntkit.solve.linalg import cho_solve, robust_cholesky
+from ntkit.solve.operator import KernelOperator
+from ntkit.solve.system import DEFAULT_MEMORY_BYTES, KernelSystem, resolve_solver
 
 Tensor = torch.Tensor
 
@@ -176,6 +186,63 @@ def _check_time(t: Any, *, discrete: bool) -> float:
     return v
 
 
+# ----------------------------------------------------------------------------------------------
+# iterative solvers (ntkit.solve.KernelSystem)
+# ----------------------------------------------------------------------------------------------
+
+
+class _SolverOptions(NamedTuple):
+    solver: str
+    tol: float
+    n_centres: int | None
+    generator: torch.Generator | None
+    memory_bytes: int
+
+
+def _system(
+    k_train_train: Any, y_train: Any, dtype: torch.dtype, diag_reg: float, opts: _SolverOptions, name: str
+) -> tuple[KernelSystem, _Layout, Tensor] | None:
+    """A :class:`KernelSystem` when the solver is not the dense one (else None: the dense code runs).
+
+    Returns ``(system, layout, like)`` with the system built on the kernel as a matrix ((N, N), or
+    (N k, N k) for block kernels) and ``y`` as a matrix; ``like`` carries the dtype for test inputs.
+    """
+    if isinstance(k_train_train, KernelOperator):
+        n = k_train_train.shape[0]
+        y = as_tensor(y_train, "y_train", dtype=k_train_train.dtype, ndim=None)
+        if y.ndim not in (1, 2) or y.shape[0] != n:
+            raise ValueError(f"y_train: expected shape ({n},) or ({n}, k) like {name}, got {describe(y)}")
+        vector = y.ndim == 1
+        y2 = y[:, None] if vector else y
+        layout = _Layout(n=n, k=int(y2.shape[1]), block=False, vector=vector)
+        kernel: Any = k_train_train
+    else:
+        check_dtype(dtype)
+        kt = as_tensor(k_train_train, name, dtype=dtype, ndim=None)
+        n = int(kt.shape[0]) * (int(kt.shape[2]) if kt.ndim == 4 else 1)
+        if resolve_solver(opts.solver, max(n, 1), memory_bytes=opts.memory_bytes) == "cholesky":
+            return None
+        kernel, y2, layout = _train_inputs(kt, y_train, dtype, name)
+    system = KernelSystem(
+        kernel, layout.y_to_matrix(y2), diag_reg=diag_reg, solver=opts.solver, tol=opts.tol,
+        n_centres=opts.n_centres, generator=opts.generator, memory_bytes=opts.memory_bytes,
+    )  # fmt: skip
+    return system, layout, y2
+
+
+def _system_test(
+    system: KernelSystem, alpha: Tensor, layout: _Layout, like: Tensor, k_test_train: Any, x_test: Any
+) -> tuple[Tensor, int]:
+    """``K(x*, basis) alpha`` as a matrix (M, k) / (M k, 1) and M, from ``k_test_train`` or ``x_test``."""
+    if k_test_train is not None and x_test is not None:
+        raise ValueError("k_test_train, x_test: expected one of them, got both")
+    if k_test_train is not None:
+        kt, m = _test_kernel(k_test_train, layout, like)
+        return system.predict(alpha, k_test_train=kt), m
+    out = system.predict(alpha, x_test=x_test)
+    return out, int(out.shape[0])
+
+
 def max_learning_rate(k_train_train: Any, *, n_outputs: int | None = None, dtype: torch.dtype = torch.float64) -> float:
     """Largest learning rate for which full-batch gradient descent on the MSE converges.
 
@@ -302,6 +369,11 @@ def gradient_descent_mse(
     diag_reg: float = 0.0,
     discrete: bool = False,
     dtype: torch.dtype = torch.float64,
+    solver: str = "auto",
+    tol: float = 1e-8,
+    n_centres: int | None = None,
+    generator: torch.Generator | None = None,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> Callable[..., Prediction]:
     """Closed-form outputs of a (linearized / infinitely wide) network trained on the MSE.
 
@@ -331,10 +403,25 @@ def gradient_descent_mse(
         Discrete gradient descent (``t`` a whole number of steps) instead of gradient flow.
     dtype : torch.dtype
         Computation dtype (float64, the reference).
+    solver : {"auto", "cholesky", "cg", "nystrom"}
+        ``"cholesky"``: the eigendecomposition above (every ``t``). ``"cg"`` / ``"nystrom"``
+        (:class:`ntkit.solve.KernelSystem`): ``t = inf`` only, ``diag_reg > 0``, and
+        ``k_train_train`` may be a :class:`ntkit.solve.KernelOperator`; ``predict_fn(t, ...)`` then
+        solves ``(Theta + diag_reg I) alpha = Y - f_0(X)`` (once for ``fx_train_0 = None``) and
+        returns ``f_0 + Theta(., basis) alpha``. No learning-rate check is made. ``"auto"`` is
+        ``"cholesky"`` while the matrix fits ``memory_bytes`` (see :mod:`ntkit.predict`).
+    tol : float
+        Relative residual of ``"cg"`` / ``"nystrom"``.
+    n_centres : int, optional
+        Nystrom centres ``M <= N`` (default ``min(N, 5000)``).
+    generator : torch.Generator, optional
+        Sampling of the Nystrom centres.
+    memory_bytes : int
+        Budget of ``"auto"`` for the dense N x N float64 matrix.
 
     Returns
     -------
-    predict_fn(t=None, fx_train_0=None, fx_test_0=None, k_test_train=None) -> Prediction
+    predict_fn(t=None, fx_train_0=None, fx_test_0=None, k_test_train=None, *, x_test=None) -> Prediction
         ``t``: a time ``>= 0``; ``None`` or ``math.inf`` for the end of training (with a singular
         kernel and no ridge, a :class:`SingularKernelWarning` and the pseudo-inverse).
         ``fx_train_0`` (shape of ``y_train``) and ``fx_test_0`` (M, k): outputs at initialisation,
@@ -356,6 +443,10 @@ def gradient_descent_mse(
     """
     learning_rate = check_float(learning_rate, "learning_rate", minimum=0.0, strict=True)
     diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0)
+    opts = _SolverOptions(solver, tol, n_centres, generator, memory_bytes)
+    built = _system(k_train_train, y_train, dtype, diag_reg, opts, "k_train_train")
+    if built is not None:
+        return _gradient_descent_system(*built, discrete=bool(discrete))
     mat, y, layout = _train_inputs(k_train_train, y_train, dtype)
     dyn = _make_dynamics(mat, layout, learning_rate, diag_reg, bool(discrete), "k_train_train")
     y_mat = layout.y_to_matrix(y)
@@ -384,8 +475,45 @@ def gradient_descent_mse(
     return predict_fn
 
 
+def _gradient_descent_system(
+    system: KernelSystem, layout: _Layout, like: Tensor, *, discrete: bool
+) -> Callable[..., Prediction]:
+    """``predict_fn`` of :func:`gradient_descent_mse` at ``t = inf`` by an iterative solver."""
+
+    def predict_fn(
+        t: Any = None, fx_train_0: Any = None, fx_test_0: Any = None, k_test_train: Any = None, *, x_test: Any = None
+    ) -> Prediction:
+        tv = _check_time(t, discrete=discrete)
+        if math.isfinite(tv):
+            raise ValueError(
+                f"t: solver {system.solver!r} predicts the end of training only (t = None or math.inf), got t = {tv}; "
+                "use solver='cholesky' for finite times"
+            )
+        f0 = _outputs(fx_train_0, "fx_train_0", layout.n, layout, like)
+        alpha = system.solve(None if fx_train_0 is None else system.y_train - layout.y_to_matrix(f0))
+        train = layout.matrix_to_y(layout.y_to_matrix(f0) + system.predict_train(alpha), layout.n)
+        if k_test_train is None and x_test is None:
+            if fx_test_0 is not None:
+                raise ValueError("fx_test_0: given without k_test_train / x_test; pass both or neither")
+            return Prediction(train, None)
+        out, m = _system_test(system, alpha, layout, like, k_test_train, x_test)
+        ft0 = _outputs(fx_test_0, "fx_test_0", m, layout, like)
+        return Prediction(train, layout.matrix_to_y(layout.y_to_matrix(ft0) + out, m))
+
+    return predict_fn
+
+
 def gp_inference(
-    k_train_train: Any, y_train: Any, *, diag_reg: float = 0.0, dtype: torch.dtype = torch.float64
+    k_train_train: Any,
+    y_train: Any,
+    *,
+    diag_reg: float = 0.0,
+    dtype: torch.dtype = torch.float64,
+    solver: str = "auto",
+    tol: float = 1e-8,
+    n_centres: int | None = None,
+    generator: torch.Generator | None = None,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> Callable[..., GaussianPrediction]:
     """Exact Gaussian-process posterior with a kernel (the NNGP, or the NTK), Cholesky-cached.
 
@@ -407,13 +535,21 @@ def gp_inference(
     y_train : Tensor of shape (N, k) or (N,)
     diag_reg : float
         Observation-noise variance (``>= 0``, absolute).
+    solver : {"auto", "cholesky", "cg", "nystrom"}
+        ``"cholesky"``: the factorisation above (mean and covariance). ``"cg"`` / ``"nystrom"``
+        (:class:`ntkit.solve.KernelSystem`): the posterior mean only, ``diag_reg > 0``, and
+        ``k_train_train`` may be a :class:`ntkit.solve.KernelOperator`. ``"auto"``: ``"cholesky"``
+        while the matrix fits ``memory_bytes`` (see :mod:`ntkit.predict`).
+    tol, n_centres, generator, memory_bytes
+        As in :func:`gradient_descent_mse`.
 
     Returns
     -------
-    predict_fn(k_test_train=None, k_test_test=None) -> GaussianPrediction
+    predict_fn(k_test_train=None, k_test_test=None, *, x_test=None) -> GaussianPrediction
         ``k_test_train`` (M, N); ``k_test_test`` (M, M) for the posterior covariance or (M,) for
         the variances only. Without ``k_test_train`` it returns the posterior on the training
-        inputs (``k_test_test`` is then ``k_train_train``).
+        inputs (``k_test_test`` is then ``k_train_train``). ``x_test`` (M, n0) instead of
+        ``k_test_train`` when ``k_train_train`` is a :class:`ntkit.solve.KernelOperator`.
 
     Examples
     --------
@@ -425,13 +561,19 @@ def gp_inference(
     ([0.5, 1.0], [0.5, 0.5])
     """
     diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0)
-    mat, y, layout = _train_inputs(k_train_train, y_train, dtype)
-    if layout.block:
+    if not isinstance(k_train_train, KernelOperator) and as_tensor(k_train_train, "k_train_train", ndim=None).ndim == 4:
         raise ValueError("k_train_train: gp_inference expects a kernel of shape (N, N) shared by the outputs")
+    opts = _SolverOptions(solver, tol, n_centres, generator, memory_bytes)
+    built = _system(k_train_train, y_train, dtype, diag_reg, opts, "k_train_train")
+    if built is not None:
+        return _gp_system(*built)
+    mat, y, layout = _train_inputs(k_train_train, y_train, dtype)
     chol, _ = robust_cholesky(mat, diag_reg=diag_reg)
     alpha = cho_solve(chol, y)
 
-    def predict_fn(k_test_train: Any = None, k_test_test: Any = None) -> GaussianPrediction:
+    def predict_fn(k_test_train: Any = None, k_test_test: Any = None, *, x_test: Any = None) -> GaussianPrediction:
+        if x_test is not None:
+            raise ValueError("x_test: expected k_test_train for a stored kernel matrix (x_test needs a KernelOperator)")
         if k_test_train is None:
             kt, m = mat, layout.n
             ktt: Tensor | None = mat if k_test_test is None else None
@@ -452,6 +594,23 @@ def gp_inference(
             return GaussianPrediction(mean, ktt - (v * v).sum(0))
         cov = ktt - v.T @ v
         return GaussianPrediction(mean, 0.5 * (cov + cov.T))
+
+    return predict_fn
+
+
+def _gp_system(system: KernelSystem, layout: _Layout, like: Tensor) -> Callable[..., GaussianPrediction]:
+    """``predict_fn`` of :func:`gp_inference` (posterior mean) by an iterative solver."""
+
+    def predict_fn(k_test_train: Any = None, k_test_test: Any = None, *, x_test: Any = None) -> GaussianPrediction:
+        if k_test_test is not None:
+            raise ValueError(
+                f"k_test_test: the posterior covariance needs solver='cholesky' and a stored kernel matrix; "
+                f"solver {system.solver!r} gives the posterior mean only"
+            )
+        if k_test_train is None and x_test is None:
+            return GaussianPrediction(layout.matrix_to_y(system.predict_train(), layout.n), None)
+        out, m = _system_test(system, system.alpha, layout, like, k_test_train, x_test)
+        return GaussianPrediction(layout.matrix_to_y(out, m), None)
 
     return predict_fn
 

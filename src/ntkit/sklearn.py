@@ -1,6 +1,7 @@
 """scikit-learn estimators and a Gaussian-process kernel built on the infinite-width NTK / NNGP.
 
-* :class:`NTKRegressor` — kernel ridge regression, i.e. the posterior mean of the GP with the NNGP,
+* :class:`NTKRegressor` — kernel ridge regression (``solver="auto" | "cholesky" | "cg" | "nystrom"``,
+  :class:`ntkit.solve.KernelSystem`), i.e. the posterior mean of the GP with the NNGP,
   or the mean prediction of an infinitely wide network trained to convergence by gradient descent
   on the MSE with the NTK (Jacot et al. 2018; Lee et al. 2019):
   ``f(x) = k(x, X) (k(X, X) + lambda I)^{-1} (y - mean y) + mean y``.
@@ -45,10 +46,12 @@ from ntkit.activations import Activation, get_activation
 from ntkit.infinite import fc_kernel
 from ntkit.layerwise import fc_kernel_diag
 from ntkit.solve.linalg import cho_solve, robust_cholesky
+from ntkit.solve.operator import FusedTiles, KernelOperator
+from ntkit.solve.system import KernelSystem, resolve_solver
 
 __all__ = ["NTKClassifier", "NTKKernel", "NTKRegressor"]
 
-SOLVERS = ("cholesky", "auto")
+SOLVERS = ("auto", "cholesky", "cg", "nystrom")
 KERNELS = ("ntk", "nngp")
 
 
@@ -75,11 +78,19 @@ def _check_params(est: Any) -> None:
     check_float(est.diag_reg, "diag_reg", minimum=0.0)
     check_choice(est.kernel, "kernel", KERNELS)
     check_choice(est.solver, "solver", SOLVERS)
+    check_float(est.tol, "tol", minimum=0.0, strict=True)
+    if est.n_centres is not None:
+        check_int(est.n_centres, "n_centres", minimum=1)
     get_activation(est.activation)
 
 
 class _KernelRidge:
-    """Shared kernel-ridge core: ``alpha = (K + diag_reg * mean(diag K) * I)^{-1} (Y - mean Y)``."""
+    """Shared kernel-ridge core: ``alpha = (K + diag_reg * mean(diag K) * I)^{-1} (Y - mean Y)``.
+
+    ``"cholesky"`` factors the dense kernel of :func:`ntkit.fc_kernel`; ``"cg"`` and ``"nystrom"``
+    run :class:`ntkit.solve.KernelSystem` on a :class:`ntkit.solve.KernelOperator` (fused tiles,
+    the kernel is never stored), and predict through the operator too.
+    """
 
     depth: int
     activation: str | Activation
@@ -88,25 +99,57 @@ class _KernelRidge:
     kernel: str
     diag_reg: float
     solver: str
+    tol: float
+    n_centres: int | None
+    random_state: Any
 
     def _k(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
         return _kernel_matrix(
             x1, x2, depth=self.depth, activation=self.activation, beta=self.beta, w_std=self.w_std, kernel=self.kernel
         )
 
+    def _tiles(self) -> FusedTiles:
+        return FusedTiles(
+            depth=self.depth, activation=self.activation, beta=self.beta, w_std=self.w_std, which=self.kernel
+        )
+
     def _fit_targets(self, x: np.ndarray, targets: np.ndarray) -> None:
-        k_train_train = self._k(x)
-        scale = float(torch.diagonal(k_train_train).abs().mean()) or 1.0
-        chol, jitter = robust_cholesky(k_train_train, diag_reg=self.diag_reg * scale)
+        from sklearn.utils import check_random_state
+
+        self.solver_ = resolve_solver(self.solver, x.shape[0])
         self.y_mean_ = targets.mean(axis=0)
         rhs = torch.from_numpy(np.ascontiguousarray(targets - self.y_mean_, dtype=np.float64))
-        self.dual_coef_ = cho_solve(chol, rhs).numpy()
         self.X_fit_ = x
-        self.jitter_ = jitter
+        self.centres_ = x
+        if self.solver_ == "cholesky":
+            k_train_train = self._k(x)
+            scale = float(torch.diagonal(k_train_train).abs().mean()) or 1.0
+            chol, jitter = robust_cholesky(k_train_train, diag_reg=self.diag_reg * scale)
+            self.dual_coef_ = cho_solve(chol, rhs).numpy()
+            self.jitter_ = jitter
+            return
+        op = KernelOperator(torch.from_numpy(np.array(x, dtype=np.float64, order="C")), tile_fn=self._tiles())
+        scale = float(op.diag().abs().mean()) or 1.0
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        system = KernelSystem(
+            op, rhs, diag_reg=self.diag_reg * scale, solver=self.solver_, tol=self.tol, n_centres=self.n_centres,
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        self.dual_coef_ = system.alpha.numpy()
+        self.jitter_ = 0.0
+        if system.centre_idx is not None:
+            self.centres_ = x[system.centre_idx.numpy()]
 
     def _predict_targets(self, x: np.ndarray) -> np.ndarray:
-        k_test_train = self._k(x, self.X_fit_).numpy()
-        return np.asarray(k_test_train @ self.dual_coef_ + self.y_mean_)
+        if self.solver_ == "cholesky":
+            k_test_train = self._k(x, self.centres_).numpy()
+            return np.asarray(k_test_train @ self.dual_coef_ + self.y_mean_)
+        cross = KernelOperator(
+            torch.from_numpy(np.array(x, dtype=np.float64, order="C")),
+            torch.from_numpy(np.array(self.centres_, dtype=np.float64, order="C")),
+            tile_fn=self._tiles(),
+        )
+        return np.asarray((cross @ torch.from_numpy(self.dual_coef_)).numpy() + self.y_mean_)
 
 
 class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
@@ -128,13 +171,30 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         Bias and weight scales (NTK parameterization, as :func:`ntkit.fc_kernel`).
     kernel : {"ntk", "nngp"}
     diag_reg : float
-        Ridge relative to the mean of the kernel's diagonal (``>= 0``).
-    solver : {"cholesky", "auto"}
-        Linear solver; ``"auto"`` is the exact Cholesky until iterative solvers exist.
+        Ridge relative to the mean of the kernel's diagonal (``>= 0``; ``> 0`` for ``"cg"`` and
+        ``"nystrom"``).
+    solver : {"auto", "cholesky", "cg", "nystrom"}
+        ``"cholesky"``: dense exact solve. ``"cg"``: the same solution by preconditioned conjugate
+        gradients without storing the kernel. ``"nystrom"``: Nystrom kernel ridge regression with
+        ``n_centres`` random training points as centres (Falkon; an approximation, exact for
+        ``n_centres = n_samples``). ``"auto"``: ``"cholesky"`` up to 23,170 samples (the N x N
+        float64 kernel within 4 GiB), ``"cg"`` up to 50,000, ``"nystrom"`` beyond
+        (:func:`ntkit.solve.resolve_solver`).
+    tol : float
+        Relative residual at which ``"cg"`` / ``"nystrom"`` stop.
+    n_centres : int, optional
+        Nystrom centres, ``<= n_samples`` (default ``min(n_samples, 5000)``).
+    random_state : int, RandomState or None
+        Sampling of the Nystrom centres.
 
     Attributes
     ----------
-    dual_coef_ : ndarray of shape (n_samples,) or (n_samples, n_targets)
+    solver_ : str
+        The solver that ran (``"auto"`` resolved).
+    dual_coef_ : ndarray of shape (n_basis,) or (n_basis, n_targets)
+        ``f(x) = k(x, centres_) dual_coef_ + y_mean_``.
+    centres_ : ndarray of shape (n_basis, n_features)
+        The training inputs (``n_basis = n_samples``), or the Nystrom centres.
     y_mean_ : float or ndarray of shape (n_targets,)
     X_fit_ : ndarray of shape (n_samples, n_features)
     jitter_ : float
@@ -150,7 +210,10 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         w_std: float = 1.0,
         kernel: str = "ntk",
         diag_reg: float = 1e-6,
-        solver: str = "cholesky",
+        solver: str = "auto",
+        tol: float = 1e-8,
+        n_centres: int | None = None,
+        random_state: Any = None,
     ) -> None:
         self.depth = depth
         self.activation = activation
@@ -159,6 +222,9 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         self.kernel = kernel
         self.diag_reg = diag_reg
         self.solver = solver
+        self.tol = tol
+        self.n_centres = n_centres
+        self.random_state = random_state
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -196,8 +262,8 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    depth, activation, beta, w_std, kernel, diag_reg, solver
-        As in :class:`NTKRegressor` (``diag_reg`` and ``solver`` are used by ``"regression"``).
+    depth, activation, beta, w_std, kernel, diag_reg, solver, tol, n_centres, random_state
+        As in :class:`NTKRegressor` (``diag_reg`` and the solver options are used by ``"regression"``).
     method : {"regression", "svc"}
     C : float
         SVM penalty (``"svc"`` only).
@@ -207,8 +273,10 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
     classes_ : ndarray of shape (n_classes,)
     svc_ : sklearn.svm.SVC
         The fitted SVM (``"svc"`` only).
-    dual_coef_ : ndarray of shape (n_samples, n_classes)
+    dual_coef_ : ndarray of shape (n_basis, n_classes)
         One-hot regression coefficients (``"regression"`` only).
+    solver_, centres_ : str, ndarray of shape (n_basis, n_features)
+        As in :class:`NTKRegressor` (``"regression"`` only).
     """
 
     def __init__(
@@ -221,7 +289,10 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         method: str = "regression",
         C: float = 1.0,
         diag_reg: float = 1e-6,
-        solver: str = "cholesky",
+        solver: str = "auto",
+        tol: float = 1e-8,
+        n_centres: int | None = None,
+        random_state: Any = None,
     ) -> None:
         self.depth = depth
         self.activation = activation
@@ -232,6 +303,9 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         self.C = C
         self.diag_reg = diag_reg
         self.solver = solver
+        self.tol = tol
+        self.n_centres = n_centres
+        self.random_state = random_state
 
     def fit(self, X: Any, y: Any) -> NTKClassifier:
         """Fit on ``X`` of shape (n_samples, n_features) and labels ``y`` of shape (n_samples,)."""

@@ -3,7 +3,7 @@
 from ntkit.solve.cg import CGResult, NotConvergedWarning, conjugate_gradient
 from ntkit.solve.linalg import JitterWarning, NotPSDError, cho_solve, robust_cholesky
 from ntkit.solve.nystrom import NystromModel, nystrom_krr
-from ntkit.solve.operator import FCTiles, KernelOperator, fc_kernel_diag
+from ntkit.solve.operator import FCTiles, FusedTiles, KernelOperator, fc_kernel_diag
 from ntkit.solve.precond import (
     LowRankPreconditioner,
     nystrom_preconditioner,
@@ -11,13 +11,17 @@ from ntkit.solve.precond import (
     pivoted_cholesky_preconditioner,
 )
 from ntkit.solve.regression import cg_kernel_solve, choose_solver, exact_solve, kernel_regression
+from ntkit.solve.system import KernelSystem, MatrixTiles, resolve_solver
 
 __all__ = ["JitterWarning", "NotPSDError", "cho_solve", "robust_cholesky"]
 __all__ += [
     "CGResult",
     "FCTiles",
+    "FusedTiles",
     "KernelOperator",
+    "KernelSystem",
     "LowRankPreconditioner",
+    "MatrixTiles",
     "NotConvergedWarning",
     "NystromModel",
     "cg_kernel_solve",
@@ -30,6 +34,7 @@ __all__ += [
     "nystrom_preconditioner",
     "pivoted_cholesky",
     "pivoted_cholesky_preconditioner",
+    "resolve_solver",
 ]
 
 

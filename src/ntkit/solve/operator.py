@@ -6,7 +6,8 @@ tile by tile (``O(tile_rows * tile_cols)`` memory), as GPyTorch's lazy kernels (
 2018) and Falkon (Meanti et al. 2020) do. Tiles come from a pluggable ``tile_fn(a, b) -> K(a, b)``;
 the default, :class:`FCTiles`, evaluates the NNGP/NTK recursion of :func:`ntkit.fc_kernel` with the
 per-row quantities (the layer variances ``Sigma(l)(x, x)``) computed once per row instead of once per
-tile, and a fused closed form for ReLU.
+tile, and a fused closed form for ReLU. :class:`FusedTiles` streams tiles through the fused recursion
+of :mod:`ntkit.compute.fused` instead (about 3x faster in float32 for ReLU networks).
 """
 
 from __future__ import annotations
@@ -26,6 +27,21 @@ Tensor = torch.Tensor
 TileFn = Callable[[Tensor, Tensor], Tensor]
 
 _INV_2PI = 1.0 / (2.0 * math.pi)
+
+
+def _cast_stats(stats: Any, dtype: torch.dtype) -> Any:
+    """Row statistics (a tensor or a tuple of tensors, rows first) with floating parts in ``dtype``."""
+    if isinstance(stats, tuple):
+        return tuple(_cast_stats(s, dtype) for s in stats)
+    return stats.to(dtype) if stats.is_floating_point() else stats
+
+
+def _slice_stats(stats: Any, r0: int | slice | Tensor, r1: int | None = None) -> Any:
+    """Rows ``r0:r1`` (or the rows indexed by ``r0``) of row statistics (a tensor or a tuple of tensors)."""
+    idx = slice(r0, r1) if isinstance(r0, int) else r0
+    if isinstance(stats, tuple):
+        return tuple(s[idx] for s in stats)
+    return stats[idx]
 
 
 class FCTiles:
@@ -138,6 +154,114 @@ class FCTiles:
         return self.tile(a, b, self.row_stats(a), self.row_stats(b))
 
 
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9 as a signed int64 (splitmix64 finaliser)
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def _row_hashes(x: Tensor) -> Tensor:
+    """A 64-bit hash of each row's float64 bits, shape (N,): identical rows hash identically.
+
+    Exact integer arithmetic (wrapping), so the value depends only on the row's contents, never on
+    its position or on the batch. Different rows may collide (rarely); :meth:`FusedTiles.tile` checks.
+    """
+    bits = (x.to(torch.float64) + 0.0).contiguous().view(torch.int64)  # + 0.0 maps -0.0 to 0.0
+    g = torch.Generator().manual_seed(0x5EED)
+    mult = torch.randint(-(2**62), 2**62, (x.shape[1],), generator=g, dtype=torch.int64) * 2 + 1
+    h = torch.empty(x.shape[0], dtype=torch.int64)
+    for r0 in range(0, x.shape[0], 65536):  # row blocks: int64 temporaries stay small
+        b = bits[r0 : r0 + 65536]
+        b = b ^ (b >> 31)
+        b = b * _MIX1
+        b = b ^ (b >> 29)
+        h[r0 : r0 + 65536] = (b * mult).sum(1)
+    return h
+
+
+class FusedTiles:
+    """Tiles of the fully connected NNGP or NTK by the fused recursion of :func:`ntkit.compute.fc_tile`.
+
+    The same kernel as :class:`FCTiles` (and :func:`ntkit.fc_kernel`), evaluated with the in-place,
+    hand-fused layer updates of :mod:`ntkit.compute.fused` (``atan2`` form for ReLU-like
+    activations, ``arcsin`` form for erf; other activations through the generic recursion). Per-row
+    statistics (:meth:`row_stats`) are the layer-1 variances and a 64-bit hash of the row; a tile
+    gives identical rows of ``a`` and ``b`` (equal hashes, confirmed bitwise) their exact
+    covariance, as :func:`ntkit.compute.compute_kernel` does with its global row ids.
+
+    Parameters
+    ----------
+    depth, activation, beta, w_std
+        As in :func:`ntkit.fc_kernel`.
+    which : {"ntk", "nngp"}
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> tiles = FusedTiles(depth=2)
+    >>> bool(torch.allclose(tiles(x, x), ntkit.fc_kernel(x, depth=2).ntk))
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int,
+        activation: str | Activation | Any = "relu",
+        beta: float = 0.0,
+        w_std: float = 1.0,
+        which: str = "ntk",
+    ) -> None:
+        from ntkit.compute.fused import FCSpec
+
+        self.spec = FCSpec.make(depth, activation, beta, w_std)
+        self.which = check_choice(which, "which", ("ntk", "nngp"))
+        if self.which == "ntk" and not self.spec.activation.has_derivative_map:
+            raise ValueError(f"which: the ntk of activation {self.spec.activation.name!r} is undefined; use 'nngp'")
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"FusedTiles(depth={s.depth}, activation={s.activation!r}, beta={s.beta}, w_std={s.w_std}, "
+            f"which={self.which!r})"
+        )
+
+    def row_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Sigma(1)(x, x) of shape (N,), row hashes int64 of shape (N,))``."""
+        from ntkit.compute.fused import input_variances
+
+        return input_variances(x, self.spec), _row_hashes(x)
+
+    def diag(self, x: Tensor) -> Tensor:
+        """The diagonal ``K(x_i, x_i)`` of shape (N,) (no N x N work)."""
+        from ntkit.compute.fused import fc_diag
+
+        nngp, ntk = fc_diag(x, self.spec, ntk=self.which == "ntk")
+        out = ntk if self.which == "ntk" else nngp
+        assert out is not None
+        return out
+
+    def tile(self, a: Tensor, b: Tensor, stats_a: tuple[Tensor, Tensor], stats_b: tuple[Tensor, Tensor]) -> Tensor:
+        """``K(a, b)`` of shape (len(a), len(b)) from precomputed :meth:`row_stats`."""
+        from ntkit.compute.fused import fc_tile, row_ids
+
+        (va, ha), (vb, hb) = stats_a, stats_b
+        ids = (ha, hb)
+        hit = torch.isin(ha, hb)
+        if bool(hit.any()):
+            # confirm the hash matches bitwise; on any collision fall back to exact ids for this tile
+            ra, cb = torch.nonzero(ha[:, None] == hb[None, :], as_tuple=True)
+            if not bool((a[ra] == b[cb]).all()):
+                ids = row_ids(a, b)
+        nngp, ntk = fc_tile(a, b, self.spec, ntk=self.which == "ntk", ids=ids, var=(va, vb))
+        out = ntk if self.which == "ntk" else nngp
+        assert out is not None
+        return out
+
+    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
+        """``K(a, b)`` (computes the row statistics of both blocks)."""
+        return self.tile(a, b, self.row_stats(a), self.row_stats(b))
+
+
 class KernelOperator:
     """The kernel matrix ``K(x1, x2)`` of shape (N1, N2) as an operator (never stored).
 
@@ -216,12 +340,12 @@ class KernelOperator:
         self.progress = bool(progress)
         self._t1 = self.x1.to(self.tile_dtype)
         self._t2 = self._t1 if self.symmetric else self.x2.to(self.tile_dtype)
-        self._stats1: Tensor | None = None
-        self._stats2: Tensor | None = None
+        self._stats1: Any = None
+        self._stats2: Any = None
         if hasattr(tile_fn, "row_stats") and hasattr(tile_fn, "tile"):
-            # per-row statistics in float64, cast to the tile dtype
-            self._stats1 = tile_fn.row_stats(self.x1).to(self.tile_dtype)
-            self._stats2 = self._stats1 if self.symmetric else tile_fn.row_stats(self.x2).to(self.tile_dtype)
+            # per-row statistics in float64, floating ones cast to the tile dtype
+            self._stats1 = _cast_stats(tile_fn.row_stats(self.x1), self.tile_dtype)
+            self._stats2 = self._stats1 if self.symmetric else _cast_stats(tile_fn.row_stats(self.x2), self.tile_dtype)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -231,7 +355,8 @@ class KernelOperator:
     def _tile(self, r0: int, r1: int, c0: int, c1: int) -> Tensor:
         a, b = self._t1[r0:r1], self._t2[c0:c1]
         if self._stats1 is not None and self._stats2 is not None:
-            return self.tile_fn.tile(a, b, self._stats1[r0:r1], self._stats2[c0:c1])  # type: ignore[attr-defined]
+            sa, sb = _slice_stats(self._stats1, r0, r1), _slice_stats(self._stats2, c0, c1)
+            return self.tile_fn.tile(a, b, sa, sb)  # type: ignore[attr-defined]
         return self.tile_fn(a, b)
 
     def block(self, rows: Tensor | slice | None = None, cols: Tensor | slice | None = None) -> Tensor:
@@ -244,8 +369,13 @@ class KernelOperator:
         a, b = a.to(self.dtype), b.to(self.dtype)
         fn = self.tile_fn
         fused = self._stats1 is not None and self._stats2 is not None
-        sa = fn.row_stats(a) if fused else None  # type: ignore[attr-defined]
-        sb = fn.row_stats(b) if fused else None  # type: ignore[attr-defined]
+        sa = sb = None
+        if fused:
+            # the cached row statistics serve when they are in the block's dtype; else recomputed
+            same = self.tile_dtype == self.dtype
+            whole = slice(None)
+            sa = _slice_stats(self._stats1, rows if rows is not None else whole) if same else fn.row_stats(a)  # type: ignore[attr-defined]
+            sb = _slice_stats(self._stats2, cols if cols is not None else whole) if same else fn.row_stats(b)  # type: ignore[attr-defined]
         out = torch.empty(a.shape[0], b.shape[0], dtype=self.dtype, device=a.device)
         # filled tile by tile: temporaries stay O(tile_rows * tile_cols)
         for r0 in range(0, a.shape[0], self.tile_rows):
@@ -253,7 +383,8 @@ class KernelOperator:
             for c0 in range(0, b.shape[0], self.tile_cols):
                 c1 = min(c0 + self.tile_cols, b.shape[0])
                 if sa is not None and sb is not None:
-                    t = fn.tile(a[r0:r1], b[c0:c1], sa[r0:r1], sb[c0:c1])  # type: ignore[attr-defined]
+                    ta, tb = _slice_stats(sa, r0, r1), _slice_stats(sb, c0, c1)
+                    t = fn.tile(a[r0:r1], b[c0:c1], ta, tb)  # type: ignore[attr-defined]
                 else:
                     t = fn(a[r0:r1], b[c0:c1])
                 out[r0:r1, c0:c1] = t

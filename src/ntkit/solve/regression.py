@@ -14,6 +14,9 @@ Solvers:
   per iteration, an approximation that is exact for ``M = N``);
 * ``"auto"``: ``"cholesky"`` when the dense matrix fits ``memory_bytes``, ``"cg"`` up to
   ``N = 50k``, ``"nystrom"`` beyond.
+
+:func:`kernel_regression` is a front over :class:`ntkit.solve.system.KernelSystem`, which also
+serves :mod:`ntkit.predict` and :mod:`ntkit.sklearn`.
 """
 
 from __future__ import annotations
@@ -27,11 +30,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from ntkit._validation import as_tensor, check_choice, check_float, check_int
+from ntkit._validation import as_tensor
 from ntkit.solve.cg import NotConvergedWarning, conjugate_gradient
-from ntkit.solve.nystrom import nystrom_krr
 from ntkit.solve.operator import KernelOperator, TileFn
-from ntkit.solve.precond import nystrom_preconditioner, pivoted_cholesky_preconditioner
 
 Tensor = torch.Tensor
 
@@ -45,13 +46,14 @@ def choose_solver(n: int, *, memory_bytes: int = 4 * 1024**3, cg_max_n: int = 50
     return "cg" if n <= cg_max_n else "nystrom"
 
 
-def exact_solve(op: KernelOperator, y: Tensor, *, diag_reg: float) -> Tensor:
-    """``(K + diag_reg I)^{-1} y`` by a dense Cholesky factorisation computed in place (float64).
+def dense_cho_factor(k: Tensor, diag_reg: float) -> tuple[np.ndarray, bool]:
+    """Cholesky factor of ``k + diag_reg I`` computed in place in ``k`` (LAPACK), for ``scipy.linalg.cho_solve``.
 
-    Peak memory is one N x N float64 matrix. Raises ``ValueError`` if ``K + diag_reg I`` is not
-    numerically positive definite (use a larger ``diag_reg``).
+    ``k`` of shape (N, N) is overwritten (converted to float64 first if needed): peak memory is one
+    N x N float64 matrix. Raises ``ValueError`` if ``k + diag_reg I`` is not numerically positive
+    definite (use a larger ``diag_reg``).
     """
-    k = op.dense().to(torch.float64)
+    k = k.to(torch.float64)
     k.diagonal().add_(diag_reg)
     arr = k.numpy().T  # Fortran-ordered view of the symmetric matrix: LAPACK factors it in place
     try:
@@ -60,7 +62,17 @@ def exact_solve(op: KernelOperator, y: Tensor, *, diag_reg: float) -> Tensor:
         raise ValueError(
             f"diag_reg: expected a ridge making K + diag_reg I positive definite, got {diag_reg} (increase it)"
         ) from None
-    sol = scipy.linalg.cho_solve((c, low), y.numpy(), check_finite=False)
+    return c, low
+
+
+def exact_solve(op: KernelOperator, y: Tensor, *, diag_reg: float) -> Tensor:
+    """``(K + diag_reg I)^{-1} y`` by a dense Cholesky factorisation computed in place (float64).
+
+    Peak memory is one N x N float64 matrix. Raises ``ValueError`` if ``K + diag_reg I`` is not
+    numerically positive definite (use a larger ``diag_reg``).
+    """
+    factor = dense_cho_factor(op.dense(), diag_reg)
+    sol = scipy.linalg.cho_solve(factor, y.numpy(), check_finite=False)
     return torch.from_numpy(np.ascontiguousarray(sol))
 
 
@@ -134,7 +146,7 @@ def kernel_regression(
     generator: torch.Generator | None = None,
     memory_bytes: int = 4 * 1024**3,
     refine: bool = True,
-    nystrom_method: str = "falkon",
+    nystrom_method: str = "auto",
     progress: bool = False,
 ) -> Tensor:
     """Kernel regression predictions ``K(x_test, x) (K(x, x) + diag_reg I)^{-1} y`` by any solver.
@@ -155,7 +167,7 @@ def kernel_regression(
     tol, max_iter
         CG stopping rule (relative residual); non-convergence warns and returns the best iterate.
     precond : {"pivoted_cholesky", "nystrom", "none"}
-        Preconditioner of ``"cg"``, of rank ``precond_rank`` (``<= N``; default ``min(200, N)``).
+        Preconditioner of ``"cg"``, of rank ``precond_rank`` (``<= N``; default ``min(1000, N)``).
     n_centres : int
         ``M`` for ``"nystrom"`` (``<= N``).
     generator : torch.Generator, optional
@@ -165,8 +177,8 @@ def kernel_regression(
     refine : bool
         ``"cg"`` with float32 tiles: mixed-precision iterative refinement against float64 products
         (:func:`cg_kernel_solve`), so that ``tol`` is met in float64.
-    nystrom_method : {"falkon", "gram"}
-        See :func:`~ntkit.solve.nystrom_krr`.
+    nystrom_method : {"auto", "falkon", "gram"}
+        See :func:`~ntkit.solve.nystrom_krr`; ``"auto"``: ``"falkon"`` when ``K_nm`` fits 2 GiB, else ``"gram"``.
 
     Returns
     -------
@@ -184,8 +196,8 @@ def kernel_regression(
     >>> bool(torch.allclose(a, b, rtol=1e-6, atol=1e-8))
     True
     """
-    solver = check_choice(solver, "solver", SOLVERS)
-    precond = check_choice(precond, "precond", ("pivoted_cholesky", "nystrom", "none"))
+    from ntkit.solve.system import KernelSystem  # the front shares the solver dispatch of KernelSystem
+
     x = as_tensor(x_train, "x_train", dtype=torch.float64)
     n = x.shape[0]
     y = as_tensor(y_train, "y_train", dtype=torch.float64, ndim=None)
@@ -194,36 +206,11 @@ def kernel_regression(
     xt = as_tensor(x_test, "x_test", dtype=torch.float64)
     if xt.shape[1] != x.shape[1]:
         raise ValueError(f"x_test: expected {x.shape[1]} features like x_train, got {xt.shape[1]}")
-    diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0)
-    if solver == "auto":
-        solver = choose_solver(n, memory_bytes=check_int(memory_bytes, "memory_bytes", minimum=1))
     kw: dict[str, Any] = dict(tile_fn=tile_fn, depth=depth, activation=activation, beta=beta, w_std=w_std, which=which)
-    if solver == "nystrom":
-        if diag_reg <= 0:
-            raise ValueError(f"diag_reg: expected a ridge > 0 for solver 'nystrom', got {diag_reg}")
-        model = nystrom_krr(
-            x, y, n_centres=n_centres, diag_reg=diag_reg, generator=generator, tile_dtype=tile_dtype,
-            tol=tol, max_iter=max_iter, progress=progress, method=nystrom_method, **kw,
-        )  # fmt: skip
-        return model.predict(xt, progress=progress)
     op = KernelOperator(x, tile_dtype=tile_dtype, progress=progress, **kw)
-    if solver == "cholesky":
-        alpha = exact_solve(op, y, diag_reg=diag_reg)
-    else:
-        if diag_reg <= 0:
-            raise ValueError(f"diag_reg: expected a ridge > 0 for solver 'cg', got {diag_reg}")
-        pre = None
-        if precond != "none":
-            rank = min(200, n) if precond_rank is None else precond_rank
-            if precond == "pivoted_cholesky":
-                pre = pivoted_cholesky_preconditioner(op, rank, diag_reg=diag_reg)
-            else:
-                pre = nystrom_preconditioner(op, rank, diag_reg=diag_reg, generator=generator)
-        ref = None
-        if op.tile_dtype != torch.float64 and refine:
-            ref = KernelOperator(x, progress=progress, **{**kw, "tile_fn": op.tile_fn})
-        alpha = cg_kernel_solve(
-            op, y, diag_reg=diag_reg, precond=pre, tol=tol, max_iter=max_iter, reference_op=ref, progress=progress
-        )
-    cross = KernelOperator(xt, x, progress=progress, **{**kw, "tile_fn": op.tile_fn})
-    return cross @ alpha
+    system = KernelSystem(
+        op, y, diag_reg=diag_reg, solver=solver, tol=tol, max_iter=max_iter, n_centres=n_centres,
+        generator=generator, memory_bytes=memory_bytes, precond=precond, precond_rank=precond_rank,
+        refine=refine, nystrom_method=nystrom_method, progress=progress,
+    )  # fmt: skip
+    return system.predict(x_test=xt)
