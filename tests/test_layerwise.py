@@ -111,3 +111,12 @@ def test_layerwise_bad_input() -> None:
         fixed_layer_ntks(x, depth=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="which: expected one of"):
         fc_kernel_diag(x, depth=1, which="gp")
+
+
+def test_fc_kernel_diag_nngp_of_an_activation_without_derivative_map() -> None:
+    x = torch.randn(7, 3, dtype=torch.float64)
+    full = ntkit.fc_kernel(x, depth=2, activation="step", beta=0.2)
+    assert torch.allclose(fc_kernel_diag(x, depth=2, activation="step", beta=0.2, which="nngp"), full.nngp.diagonal(),
+                          rtol=1e-13, atol=0)
+    with pytest.raises(ValueError, match="undefined"):
+        fc_kernel_diag(x, depth=2, activation="step")

@@ -267,14 +267,17 @@ def fc_kernel_diag(
         raise ValueError(f"which: expected one of ['ntk', 'nngp'], got {which!r}")
     check_dtype(dtype)
     act = get_activation(activation)
+    if which == "ntk" and not act.has_derivative_map:
+        raise ValueError(f"which: the ntk of activation {act.name!r} is undefined (no derivative map); use 'nngp'")
     t, _ = check_pair(x, None, dtype=dtype, device=device)
     w2, b2 = w_std**2, beta**2
     var = w2 * (t * t).sum(-1) / t.shape[1] + b2
     theta = var.clone()
     for _ in range(depth):
-        sdot = w2 * act.expect_derivative(var, var, var)
+        if which == "ntk":
+            theta = theta * (w2 * act.expect_derivative(var, var, var))
         var = w2 * act.expect_diag(var) + b2
-        theta = theta * sdot + var
+        theta = theta + var
     return theta if which == "ntk" else var
 
 

@@ -1,9 +1,10 @@
 """Stable linear algebra and kernel-regression solvers."""
 
+from ntkit.layerwise import fc_kernel_diag
 from ntkit.solve.cg import CGResult, NotConvergedWarning, conjugate_gradient
 from ntkit.solve.linalg import JitterWarning, NotPSDError, cho_solve, robust_cholesky
 from ntkit.solve.nystrom import NystromModel, nystrom_krr
-from ntkit.solve.operator import FCTiles, FusedTiles, KernelOperator, fc_kernel_diag
+from ntkit.solve.operator import FCTiles, FusedTiles, KernelOperator
 from ntkit.solve.precond import (
     LowRankPreconditioner,
     nystrom_preconditioner,

@@ -448,26 +448,3 @@ class KernelOperator:
     def __repr__(self) -> str:
         return f"KernelOperator(shape={self.shape}, tile_fn={self.tile_fn!r}, tile_dtype={self.tile_dtype})"
 
-
-def fc_kernel_diag(
-    x: Any,
-    *,
-    depth: int,
-    activation: str | Activation | Any = "relu",
-    beta: float = 0.0,
-    w_std: float = 1.0,
-    which: str = "ntk",
-    dtype: torch.dtype = torch.float64,
-) -> Tensor:
-    """``K(x_i, x_i)`` of the NNGP / NTK of :func:`ntkit.fc_kernel` for each row, in O(N depth).
-
-    Parameters
-    ----------
-    x : array-like of shape (N, n0)
-
-    Returns
-    -------
-    Tensor of shape (N,)
-    """
-    t = as_tensor(x, "x", dtype=check_dtype(dtype))
-    return FCTiles(depth=depth, activation=activation, beta=beta, w_std=w_std, which=which).diag(t)
