@@ -16,9 +16,10 @@ Columns (seconds, best of a few runs; lower is better):
   the Jacobian method from separately timed per-row Jacobians and per-pair contraction
   (``t = a (N1 + N2) + b N1 N2``); for ntvp from a column subset (cost is linear in N2).
 * ``NT struct`` / ``NT jac``: neural-tangents 0.6.5 (``vmap_axes=0``, jit-compiled, compile time
-  excluded) in /work/ntbench-venv, called in a subprocess; its Jacobian contraction estimated from
-  two subset sizes with the same linear + quadratic model (marked ``~``), skipped at width 2048
-  (the per-example Jacobians alone exceed this machine's memory budget).
+  excluded) in ``$NTBENCH_PYTHON`` (default /work/nt-venv, else /work/ntbench-venv), called in a
+  subprocess; its Jacobian contraction estimated from two subset sizes with the same linear +
+  quadratic model (marked ``~``), skipped at width 2048 (the per-example Jacobians alone exceed this
+  machine's memory budget).
 ``--big`` also times a 10,000 x 10,000 trace NTK of the width-512 MLP (float32) in a subprocess and
 reports its peak resident memory (``ru_maxrss``).
 """
@@ -43,7 +44,11 @@ from ntkit.empirical._common import contract_jacobians, select_parameters
 from ntkit.empirical.jacobian import JacobianEngine
 from ntkit.empirical.ntvp import NTVPEngine
 
-NT_PYTHON = Path("/work/ntbench-venv/bin/python")
+NT_PYTHON = Path(
+    os.environ.get("NTBENCH_PYTHON")
+    or next((p for p in ("/work/nt-venv/bin/python", "/work/ntbench-venv/bin/python") if Path(p).exists()),
+            "/work/nt-venv/bin/python")
+)
 NT_WORKER = Path(__file__).with_name("_nt_worker.py")
 
 
@@ -107,7 +112,7 @@ def ntvp_estimate(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, mode: st
 
 def run_nt(job: dict[str, object]) -> dict[str, dict[str, object]] | str:
     if not NT_PYTHON.exists():
-        return "neural-tangents venv not found at /work/ntbench-venv: NT columns skipped"
+        return f"neural-tangents venv not found at {NT_PYTHON} (set NTBENCH_PYTHON): NT columns skipped"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [str(NT_PYTHON), str(NT_WORKER), json.dumps(job)], capture_output=True, text=True, env=env, timeout=3600

@@ -141,6 +141,10 @@ class Engine:
         """Kernel block between two feature sets, in the layout of ``mode``."""
         raise NotImplementedError
 
+    def block_into(self, f1: Any, f2: Any, mode: str, out: Tensor) -> None:
+        """Write the kernel block between two feature sets into ``out`` (possibly a strided view)."""
+        out.copy_(self.block(f1, f2, mode))
+
     def pairs(self, f1: Any, f2: Any, mode: str) -> Tensor:
         """The ``i == j`` entries between two feature sets of equal length."""
         raise NotImplementedError

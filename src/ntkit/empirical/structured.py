@@ -43,9 +43,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ntkit.empirical._common import Engine, Tensor, check_output, contract_jacobian_pairs, contract_jacobians
+from ntkit.empirical._common import (
+    Engine,
+    Tensor,
+    block_shape,
+    check_output,
+    contract_jacobian_pairs,
+    contract_jacobians,
+)
 from ntkit.empirical._gemm import CotangentRecorder, LinearCotangent, fast, matmul_t
 from ntkit.empirical.jacobian import JacobianEngine
+
+#: On CPU, pass cotangents through linear layers in ``k`` plain backward passes with recorders
+#: (:class:`LinearCotangent`) rather than one vmapped pass through probes.
+RECORD_LINEAR = True
 
 
 @dataclass
@@ -96,6 +107,52 @@ def _patches(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
             stride=(1, module.stride[0]),
         )
     return F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
+
+
+#: Bytes of one row block's cotangent Gram in full mode (kept in cache while multiplied into the result).
+_FULL_BLOCK_BYTES = 4 << 20
+
+
+def _first(gram: Tensor | float) -> Tensor | float:
+    """The one group of an input Gram (1, N1, N2) -> (N1, N2); a float (bias only) unchanged."""
+    return gram if isinstance(gram, float) else gram[0]
+
+
+def _transpose(blk: Tensor, mode: str) -> Tensor:
+    """Theta(x2, x1) from Theta(x1, x2): swap the example axes (and the output axes for "full")."""
+    return blk.permute(1, 0, 3, 2) if mode == "full" else blk.transpose(0, 1)
+
+
+def _call_shape(layer: _Layer, inp: Tensor, output: Tensor) -> tuple[int, int, int]:
+    """(positions, d_in, d_out) per group of one call of a recognised layer on one example."""
+    if layer.kind == "linear":
+        return inp.numel() // inp.shape[-1], inp.shape[-1], output.shape[-1]
+    module = layer.module
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d))
+    kernel = 1
+    for s in module.kernel_size:
+        kernel *= s
+    positions = output[0, 0].numel()
+    return positions, module.in_channels // layer.groups * kernel, module.out_channels // layer.groups
+
+
+def _detached_linear(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The forward of an ``nn.Linear`` / NTKLinear without autograd, its product by :func:`matmul_t`."""
+    weight: Tensor = module.weight  # type: ignore[assignment]
+    bias: Tensor | None = module.bias  # type: ignore[assignment]
+    plain = type(module) is nn.Linear
+    w_scale = 1.0 if plain else float(module.weight_scale)  # type: ignore[arg-type]
+    b_scale = 1.0 if plain else float(module.bias_scale)  # type: ignore[arg-type]
+
+    def forward(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            y = matmul_t(x.detach(), weight.detach())
+            if plain:
+                return y if bias is None else y.add_(bias)
+            y.mul_(w_scale)
+            return y if bias is None else y.add_(bias, alpha=b_scale)
+
+    return forward
 
 
 class StructuredEngine(Engine):
@@ -151,13 +208,22 @@ class StructuredEngine(Engine):
             if isinstance(out, torch.Tensor):
                 act[0] += out[0].numel()
 
+        def shape_hook(idx: int) -> Callable[[nn.Module, Any, Any], None]:
+            def hook(m: nn.Module, inputs: Any, output: Any) -> None:
+                p, d_in, d_out = _call_shape(self.layers[idx], inputs[0], output)
+                p0 = sizes[idx][0] if idx in sizes else 0
+                sizes[idx] = (p0 + p, d_in, d_out)  # calls of one module: positions add up
+
+            return hook
+
         handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+        handles += [layer.module.register_forward_hook(shape_hook(i)) for i, layer in enumerate(self.layers)]
         try:
-            feats = self._capture(probe, record_shapes=sizes)
+            with torch.no_grad():
+                self.model(probe)
         finally:
             for h in handles:
                 h.remove()
-        del feats
         self.act_per_row = float(act[0])
         fired = [layer for i, layer in enumerate(self.layers) if i in sizes]
         for i, layer in enumerate(self.layers):
@@ -220,16 +286,20 @@ class StructuredEngine(Engine):
         return (3.0 * b1 * b2 * width + temp) * self.itemsize
 
     # ------------------------------------------------------------- features
-    def _capture(self, x: Tensor, record_shapes: dict[int, tuple[int, int, int]] | None = None) -> list[Any]:
+    def _capture(self, x: Tensor) -> list[Any]:
         """Forward with hooks (layer inputs, probes), then backward passes for the cotangents.
 
-        float32 on CPU: linear layers pass cotangents on by oneDNN products inside ``k`` plain
-        backward passes (:class:`LinearCotangent`). Otherwise: zero probes added to the layer outputs
-        and one backward pass batched over the ``k`` output basis vectors.
+        On CPU: linear layers record their output cotangents and pass them on by (oneDNN for
+        float32) matrix products inside ``k`` plain backward passes (:class:`LinearCotangent`);
+        other recognised layers get zero probes added to their outputs. Otherwise (CUDA): probes
+        everywhere and one backward pass batched over the ``k`` output basis vectors.
+
+        A linear layer called once whose output *is* the model's output has the cotangents
+        ``e_c`` (the identity): it records nothing and its item is ``(a, None)``.
         """
         n, k = x.shape[0], self.k
-        records: dict[int, list[tuple[Tensor, Any]]] = {i: [] for i in range(len(self.layers))}
-        use_fast = fast(x)
+        records: dict[int, list[tuple[Tensor, Any, Tensor]]] = {i: [] for i in range(len(self.layers))}
+        use_fast = RECORD_LINEAR and x.device.type == "cpu"
         counter = [0]
         anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
         w_eff: dict[int, Tensor] = {}
@@ -245,24 +315,45 @@ class StructuredEngine(Engine):
                         weight: Tensor = m.weight  # type: ignore[assignment]
                         w_eff[idx] = weight.detach() * scale if scale != 1.0 else weight.detach()
                     rec = CotangentRecorder(w_eff[idx], k, counter)
-                    records[idx].append((inp.detach(), rec))
-                    return LinearCotangent.apply(inp, output.detach(), anchor, rec)
+                    ret = LinearCotangent.apply(inp, output.detach(), anchor, rec)
+                    records[idx].append((inp.detach(), rec, ret))
+                    return ret
                 probe = torch.zeros_like(output, requires_grad=True)
-                records[idx].append((inp.detach(), probe))
-                return output + probe
+                ret = output + probe
+                records[idx].append((inp.detach(), probe, ret))
+                return ret
 
             return hook
 
         handles = [layer.module.register_forward_hook(make_hook(i)) for i, layer in enumerate(self.layers)]
+        # the recorded linear layers' own outputs are used detached: compute them without a graph,
+        # by oneDNN for float32 (an instance attribute shadows ``forward`` during this call only)
+        patched = []
+        if use_fast and fast(x):
+            for layer in self.layers:
+                mod = layer.module
+                if layer.kind == "linear" and "forward" not in mod.__dict__:
+                    mod.forward = _detached_linear(mod)
+                    patched.append(mod)
         try:
             with torch.enable_grad():
                 out = check_output(self.model(x), n)
         finally:
             for h in handles:
                 h.remove()
+            for mod in patched:
+                del mod.forward
         if out.shape[1] != k:
             raise ValueError(f"model: expected {k} outputs for every block, got {out.shape[1]}")
-        probes = [pr for recs in records.values() for _, pr in recs if isinstance(pr, torch.Tensor)]
+        identity: set[int] = set()
+        for i, recs in records.items():
+            if self.layers[i].kind == "linear" and len(recs) == 1 and recs[0][2] is out and recs[0][0].ndim == 2:
+                identity.add(i)
+                if isinstance(recs[0][1], CotangentRecorder):
+                    recs[0][1].keep = False
+            for j, (inp, pr, _) in enumerate(recs):
+                recs[j] = (inp, pr, out)  # drop the references to intermediate outputs
+        probes = [pr for recs in records.values() for _, pr, _ in recs if isinstance(pr, torch.Tensor)]
         if use_fast:
             grads = self._cotangent_passes(out, probes, anchor, counter)
         else:
@@ -274,8 +365,14 @@ class StructuredEngine(Engine):
             if not recs:
                 feats.append(None)
                 continue
+            if i in identity:
+                inp = recs[0][0]
+                if isinstance(recs[0][1], torch.Tensor):
+                    pos += 1
+                feats.append((inp.reshape(n, 1, inp.shape[1], 1), None))
+                continue
             a_parts, g_parts = [], []
-            for inp, pr in recs:
+            for inp, pr, _ in recs:
                 if isinstance(pr, CotangentRecorder):
                     d_out = pr.w_eff.shape[0]
                     buf = pr.result()
@@ -290,8 +387,6 @@ class StructuredEngine(Engine):
                 g_parts.append(g_u)
             a = torch.cat(a_parts, dim=-1) if len(a_parts) > 1 else a_parts[0]  # (N, G, d_in, P)
             g = torch.cat(g_parts, dim=-1) if len(g_parts) > 1 else g_parts[0]  # (k, N, G, d_out, P)
-            if record_shapes is not None:
-                record_shapes[i] = (a.shape[-1], a.shape[2], g.shape[3])
             feats.append((a, g))
         return feats
 
@@ -360,6 +455,9 @@ class StructuredEngine(Engine):
         layers: list[Any] = []
         for layer, item in zip(self.layers, raw, strict=True):
             a, g = item
+            if g is None:  # the model's output layer: cotangents e_c
+                layers.append(("identity", a.reshape(1, a.shape[0], a.shape[2])))
+                continue
             if layer.method == "jacobian":
                 layers.append(("jacobian", self._layer_jacobian(layer, a, g)))
                 continue
@@ -400,9 +498,119 @@ class StructuredEngine(Engine):
         return gram
 
     def block(self, f1: dict[str, Any], f2: dict[str, Any], mode: str) -> Tensor:
+        like = self._like(f1)
+        out = torch.empty(block_shape(f1["n"], f2["n"], self.k, mode), dtype=like.dtype, device=like.device)
+        self.block_into(f1, f2, mode, out)
+        return out
+
+    @staticmethod
+    def _like(f: dict[str, Any]) -> Tensor:
+        ref = next(iter(f["layers"]), None)
+        return ref[1] if ref is not None else next(iter(f["fallback"].values()))
+
+    def block_into(self, f1: dict[str, Any], f2: dict[str, Any], mode: str, out: Tensor) -> None:
+        """Write the block into ``out`` (N1, N2[, k[, k]]), possibly a strided view.
+
+        Dense layers (one position, one group) and the output layer go straight into ``out`` in
+        row blocks (:meth:`_dense_rows`); everything else (convolutions, per-layer Jacobians, the
+        autodiff fallback) is accumulated in a separate block and added.
+        """
+        dense: list[tuple[Tensor | float, Tensor, Tensor]] = []
+        ident: list[Tensor | float] = []
+        rest: list[tuple[_Layer, Any, Any]] = []
+        for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
+            if l1[0] == "identity":
+                ident.append(_first(self._input_gram(layer, l1[1], l2[1])))
+            elif l1[0] == "factored" and l1[2].shape[0] == 1 and l1[2].shape[2] == 1:
+                dense.append((_first(self._input_gram(layer, l1[1], l2[1])), l1[2][0, :, 0], l2[2][0, :, 0]))
+            else:
+                rest.append((layer, l1, l2))
+        if dense or ident:
+            self._dense_rows(out, dense, ident, mode, sym=f1 is f2)
+        other = self._rest_block(f1, f2, rest, mode)
+        if other is None and not (dense or ident):
+            out.zero_()
+        elif other is not None:
+            if dense or ident:
+                out.add_(other)
+            else:
+                out.copy_(other)
+
+    def _dense_rows(
+        self, out: Tensor, dense: list[tuple[Tensor | float, Tensor, Tensor]], ident: list[Tensor | float], mode: str,
+        sym: bool,
+    ) -> None:
+        """``out = sum_l A_l * G_l`` for dense layers, row block by row block.
+
+        ``A_l`` (N1, N2) is the input Gram (with the bias term) and ``G_l`` the cotangent Gram of
+        the features ``g1`` (N1, k, d), ``g2`` (N2, k, d): in full mode ``G[i, j, a, b] = <g1[i, a],
+        g2[j, b]>`` is one GEMM (rows * k, d) x (d, N2 * k) per row block, whose product with ``A``
+        is written (or added) into ``out[rows]`` in its final (i, j, a, b) layout while the block is
+        still in cache; in trace mode ``(1/k) sum_a G[i, j, a, a]`` is one GEMM (rows, k d) x
+        (k d, N2). The output layer (cotangents ``e_a``) adds ``A`` on the (a, a) diagonal. With
+        ``sym`` (the same features on both sides) only columns from the block's first row on are
+        computed and the rest is mirrored.
+        """
+        n1, n2, k = out.shape[0], out.shape[1], self.k
+        itemsize = out.element_size()
+        if mode == "full":
+            rb = max(1, min(n1, (_FULL_BLOCK_BYTES // max(1, k * k * n2 * itemsize))))
+        else:
+            rb = n1 if not sym else max(1, -(-n1 // 4))
+        inv_k = 1.0 / k
+        for i0 in range(0, n1, rb):
+            i1 = min(n1, i0 + rb)
+            j0 = i0 if sym else 0
+            o = out[i0:i1, j0:]
+            first = True
+            for a, g1, g2 in dense:
+                d = g1.shape[-1]
+                if mode == "full":
+                    c = matmul_t(g1[i0:i1].reshape(-1, d), g2[j0:].reshape(-1, d))
+                    c = c.view(i1 - i0, k, n2 - j0, k).transpose(1, 2)
+                elif mode == "diagonal":
+                    c = torch.bmm(g1[i0:i1].transpose(0, 1), g2[j0:].permute(1, 2, 0)).permute(1, 2, 0)
+                else:
+                    c = matmul_t(g1[i0:i1].reshape(i1 - i0, k * d), g2[j0:].reshape(n2 - j0, k * d))
+                if isinstance(a, float):
+                    scale = a * (inv_k if mode == "trace" else 1.0)
+                    if first:
+                        torch.mul(c, scale, out=o)
+                    else:
+                        o.add_(c, alpha=scale)
+                else:
+                    a_blk = a[i0:i1, j0:]
+                    if mode == "trace":
+                        a_blk = a_blk * inv_k
+                    else:
+                        a_blk = a_blk[:, :, None, None] if mode == "full" else a_blk[:, :, None]
+                    if first:
+                        torch.mul(c, a_blk, out=o)
+                    else:
+                        o.addcmul_(c, a_blk)
+                first = False
+            for a in ident:
+                if first:
+                    o.zero_()
+                    first = False
+                diag = o.diagonal(dim1=2, dim2=3) if mode == "full" else o
+                if isinstance(a, float):
+                    diag.add_(a)
+                else:
+                    diag.add_(a[i0:i1, j0:] if mode == "trace" else a[i0:i1, j0:, None])
+        if sym:
+            for i0 in range(rb, n1, rb):
+                i1 = min(n1, i0 + rb)
+                out[i0:i1, :i0] = _transpose(out[:i0, i0:i1], mode)
+
+    def _rest_block(
+        self, f1: dict[str, Any], f2: dict[str, Any], rest: list[tuple[_Layer, Any, Any]], mode: str
+    ) -> Tensor | None:
+        """The block of the layers not handled by :meth:`_dense_rows`, and of the fallback; None if none."""
+        if not rest and self.fallback is None:
+            return None
         n1, n2, k = f1["n"], f2["n"], self.k
-        ref = next(iter(f1["layers"]), None)
-        like = ref[1] if ref is not None else next(iter(f1["fallback"].values()))
+        like = self._like(f1)
         if mode == "full":
             acc = torch.zeros((n1, k, n2, k), dtype=like.dtype, device=like.device)
             view = acc.permute(0, 2, 1, 3)
@@ -412,7 +620,7 @@ class StructuredEngine(Engine):
         else:
             acc = torch.zeros((n1, n2), dtype=like.dtype, device=like.device)
             view = acc
-        for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
+        for layer, l1, l2 in rest:
             if l1[0] == "jacobian":
                 term = contract_jacobians(l1[1], l2[1], mode)
                 view.add_(term * k if mode == "trace" else term)
@@ -464,6 +672,12 @@ class StructuredEngine(Engine):
         for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
             if l1[0] == "jacobian":
                 term = contract_jacobian_pairs(l1[1], l2[1], mode)
+                total = term if total is None else total + term
+                continue
+            if l1[0] == "identity":  # cotangents e_a: A(x_i, x_i) on the (a, a) diagonal
+                a_ii = (l1[1][0] * l2[1][0]).sum(-1) * layer.w_scale2 + layer.b_scale2  # (N,)
+                eye = torch.eye(k, dtype=a_ii.dtype, device=a_ii.device)
+                term = {"full": a_ii[:, None, None] * eye, "trace": a_ii, "diagonal": a_ii[:, None].expand(n, k)}[mode]
                 total = term if total is None else total + term
                 continue
             g1, g2 = l1[2], l2[2]

@@ -125,11 +125,10 @@ def tiled_kernel(
                 cache[j] = f2
         if sym and cache_cols and i not in cache:
             cache[i] = f1
-        blk = engine.block(f1, f2, mode)
-        result[i : i + b1, j : j + b2] = blk
+        blk = result[i : i + b1, j : j + b2]
+        engine.block_into(f1, f2, mode, blk)
         if sym and j != i:
             result[j : j + b2, i : i + b1] = _transpose_block(blk, mode)
-        del blk
         bar.update()
     if bar.enabled:
         bar.close()
