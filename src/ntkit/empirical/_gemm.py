@@ -12,8 +12,6 @@ to disable.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 Tensor = torch.Tensor
@@ -72,70 +70,3 @@ def matmul_t(x: Tensor, w: Tensor) -> Tensor:
         if y is not None:
             return y.reshape(*x.shape[:-1], w.shape[0])
     return x @ w.T
-
-
-class CotangentRecorder:
-    """Collects, pass by pass, the output cotangents of one call of a linear layer.
-
-    ``buf`` has shape (rows, k, d_out) where rows = N * positions; backward pass ``c`` (the
-    cotangent of output ``c``) fills ``buf[:, c]``. ``w_t`` is ``(s_w W)^T`` (d_in, d_out), used to
-    pass the cotangent on to the layer's input (``grad @ s_w W``). With ``keep = False`` (a layer whose
-    cotangents are known, e.g. the model's output layer) nothing is stored.
-    """
-
-    def __init__(self, w_eff: Tensor, k: int, counter: list[int]) -> None:
-        self.k = k
-        self.counter = counter
-        self.d_in = w_eff.shape[1]
-        self.w_eff = w_eff
-        self.w_t = (w_eff.T if _onednn_backend() == "dense" else w_eff.T.contiguous()) if fast(w_eff) else None
-        self.keep = True
-        self.buf: Tensor | None = None
-        self.written: set[int] = set()
-
-    def store(self, grad: Tensor) -> None:
-        if not self.keep:
-            return
-        d = grad.shape[-1]
-        g2 = grad.reshape(-1, d)
-        if self.buf is None:
-            self.buf = torch.empty((g2.shape[0], self.k, d), dtype=grad.dtype, device=grad.device)
-        self.buf[:, self.counter[0]] = g2
-        self.written.add(self.counter[0])
-
-    def result(self) -> Tensor | None:
-        """The (rows, k, d_out) cotangents; slots of outputs that never reached the layer are zero."""
-        if self.buf is not None and len(self.written) < self.k:
-            for c in set(range(self.k)) - self.written:
-                self.buf[:, c] = 0
-        return self.buf
-
-    def input_grad(self, grad: Tensor) -> Tensor:
-        if self.w_t is not None:
-            y = _onednn_t(grad.reshape(-1, grad.shape[-1]), self.w_t)
-            if y is not None:
-                return y.reshape(*grad.shape[:-1], self.d_in)
-        return grad @ self.w_eff
-
-
-class LinearCotangent(torch.autograd.Function):
-    """Identity on a linear layer's output; its backward records the cotangent and returns
-    ``grad @ (s_w W)`` to the layer's input (the graph to the layer's parameters is cut: the
-    structured engine never needs it). ``anchor`` is a scalar leaf that makes every such node part
-    of the backward pass even when the layer's input needs no gradient.
-    """
-
-    @staticmethod
-    def forward(inp: Tensor, out: Tensor, anchor: Tensor, rec: CotangentRecorder) -> Tensor:
-        return out.view_as(out)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        ctx.rec = inputs[3]
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
-        rec: CotangentRecorder = ctx.rec
-        rec.store(grad)
-        gin = rec.input_grad(grad) if ctx.needs_input_grad[0] else None
-        return gin, None, None, None

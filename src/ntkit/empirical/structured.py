@@ -51,12 +51,14 @@ from ntkit.empirical._common import (
     contract_jacobian_pairs,
     contract_jacobians,
 )
-from ntkit.empirical._gemm import CotangentRecorder, LinearCotangent, fast, matmul_t
+from ntkit.empirical._cotangents import LinearCotangent, LinearCotangentOf, ProbeCotangent, Recorder
+from ntkit.empirical._gemm import matmul_t
 from ntkit.empirical.jacobian import JacobianEngine
 
-#: On CPU, pass cotangents through linear layers in ``k`` plain backward passes with recorders
-#: (:class:`LinearCotangent`) rather than one vmapped pass through probes.
-RECORD_LINEAR = True
+#: Compute the ``k`` cotangents in backward passes vectorised over the outputs (else ``k`` passes).
+VECTORISE = True
+#: Bytes of the largest activation-sized temporary of one vectorised backward pass (outputs in chunks).
+CHUNK_BYTES = 16 << 20
 
 
 @dataclass
@@ -75,12 +77,18 @@ class _Layer:
     names: list[str] = field(default_factory=list)
 
 
-def _scales(module: nn.Module) -> tuple[float, float]:
+def _scale_factors(module: nn.Module) -> tuple[float, float]:
+    """``(s_w, s_b)`` of a linear layer ``z = s_w W a + s_b b`` (1, 1 but for NTKLinear)."""
     from ntkit.networks import NTKLinear
 
     if isinstance(module, NTKLinear):
-        return float(module.weight_scale) ** 2, float(module.bias_scale) ** 2
+        return float(module.weight_scale), float(module.bias_scale)
     return 1.0, 1.0
+
+
+def _scales(module: nn.Module) -> tuple[float, float]:
+    s_w, s_b = _scale_factors(module)
+    return s_w**2, s_b**2
 
 
 def _known_kind(module: nn.Module) -> str | None:
@@ -136,25 +144,6 @@ def _call_shape(layer: _Layer, inp: Tensor, output: Tensor) -> tuple[int, int, i
     return positions, module.in_channels // layer.groups * kernel, module.out_channels // layer.groups
 
 
-def _detached_linear(module: nn.Module) -> Callable[[Tensor], Tensor]:
-    """The forward of an ``nn.Linear`` / NTKLinear without autograd, its product by :func:`matmul_t`."""
-    weight: Tensor = module.weight  # type: ignore[assignment]
-    bias: Tensor | None = module.bias  # type: ignore[assignment]
-    plain = type(module) is nn.Linear
-    w_scale = 1.0 if plain else float(module.weight_scale)  # type: ignore[arg-type]
-    b_scale = 1.0 if plain else float(module.bias_scale)  # type: ignore[arg-type]
-
-    def forward(x: Tensor) -> Tensor:
-        with torch.no_grad():
-            y = matmul_t(x.detach(), weight.detach())
-            if plain:
-                return y if bias is None else y.add_(bias)
-            y.mul_(w_scale)
-            return y if bias is None else y.add_(bias, alpha=b_scale)
-
-    return forward
-
-
 class StructuredEngine(Engine):
     """Features per block: for each recognised layer its inputs ``a`` and output cotangents ``g``.
 
@@ -201,12 +190,13 @@ class StructuredEngine(Engine):
             layers.append(layer)
         self.layers = layers
         # one-row probe: shapes, which hooks fire, activation sizes
-        act = [0]
+        act, act_max = [0], [1]
         sizes: dict[int, tuple[int, int, int]] = {}
 
         def count(_m: nn.Module, _i: Any, out: Any) -> None:
             if isinstance(out, torch.Tensor):
                 act[0] += out[0].numel()
+                act_max[0] = max(act_max[0], out[0].numel())
 
         def shape_hook(idx: int) -> Callable[[nn.Module, Any, Any], None]:
             def hook(m: nn.Module, inputs: Any, output: Any) -> None:
@@ -225,6 +215,7 @@ class StructuredEngine(Engine):
             for h in handles:
                 h.remove()
         self.act_per_row = float(act[0])
+        self.act_max = act_max[0]
         fired = [layer for i, layer in enumerate(self.layers) if i in sizes]
         for i, layer in enumerate(self.layers):
             if i in sizes:
@@ -287,154 +278,133 @@ class StructuredEngine(Engine):
 
     # ------------------------------------------------------------- features
     def _capture(self, x: Tensor) -> list[Any]:
-        """Forward with hooks (layer inputs, probes), then backward passes for the cotangents.
+        """Layer inputs and output cotangents of every recognised layer (see :mod:`._cotangents`).
 
-        On CPU: linear layers record their output cotangents and pass them on by (oneDNN for
-        float32) matrix products inside ``k`` plain backward passes (:class:`LinearCotangent`);
-        other recognised layers get zero probes added to their outputs. Otherwise (CUDA): probes
-        everywhere and one backward pass batched over the ``k`` output basis vectors.
-
-        A linear layer called once whose output *is* the model's output has the cotangents
-        ``e_c`` (the identity): it records nothing and its item is ``(a, None)``.
+        Returns per layer ``(a, g)`` with ``a`` (N, G, d_in, P) and ``g`` (k, N, G, d_out, P), or
+        ``(a, None)`` for the model's output layer (a linear layer called once whose output *is*
+        the model's output: its cotangents are the basis vectors ``e_c``), or None for a layer
+        that was not called.
         """
+        if VECTORISE:
+            try:
+                return self._capture_once(x, vectorised=True)
+            except Exception:  # an operation that cannot be vectorised: one plain pass per output
+                pass
+        return self._capture_once(x, vectorised=False)
+
+    def _chunk(self, n: int, itemsize: int) -> int:
+        """Outputs per vectorised backward pass: its largest temporaries stay under ``CHUNK_BYTES``.
+
+        (Larger blocks come from fresh memory pages at every allocation, which costs more than the
+        larger GEMMs gain.)
+        """
+        per_output = n * self.act_max * itemsize
+        chunks = max(1, -(-int(per_output * self.k) // CHUNK_BYTES))
+        return -(-self.k // chunks)
+
+    def _capture_once(self, x: Tensor, vectorised: bool) -> list[Any]:
         n, k = x.shape[0], self.k
-        records: dict[int, list[tuple[Tensor, Any, Tensor]]] = {i: [] for i in range(len(self.layers))}
-        use_fast = RECORD_LINEAR and x.device.type == "cpu"
         counter = [0]
-        anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
-        w_eff: dict[int, Tensor] = {}
+        recs: dict[int, list[Recorder]] = {i: [] for i in range(len(self.layers))}
+        scaled: dict[int, tuple[Tensor, Tensor | None]] = {}
 
-        def make_hook(idx: int) -> Callable[[nn.Module, Any, Any], Any]:
-            layer = self.layers[idx]
+        def weights(idx: int) -> tuple[Tensor, Tensor | None]:
+            if idx not in scaled:
+                mod = self.layers[idx].module
+                w_s, b_s = _scale_factors(mod)
+                weight: Tensor = mod.weight.detach()  # type: ignore[operator]
+                bias: Tensor | None = mod.bias.detach() if mod.bias is not None else None  # type: ignore[operator]
+                scaled[idx] = (
+                    weight * w_s if w_s != 1.0 else weight,
+                    None if bias is None else (bias * b_s if b_s != 1.0 else bias),
+                )
+            return scaled[idx]
 
-            def hook(m: nn.Module, inputs: Any, output: Tensor) -> Tensor:
-                inp = inputs[0]
-                if use_fast and layer.kind == "linear":
-                    if idx not in w_eff:
-                        scale = _scales(m)[0] ** 0.5
-                        weight: Tensor = m.weight  # type: ignore[assignment]
-                        w_eff[idx] = weight.detach() * scale if scale != 1.0 else weight.detach()
-                    rec = CotangentRecorder(w_eff[idx], k, counter)
-                    ret = LinearCotangent.apply(inp, output.detach(), anchor, rec)
-                    records[idx].append((inp.detach(), rec, ret))
-                    return ret
-                probe = torch.zeros_like(output, requires_grad=True)
-                ret = output + probe
-                records[idx].append((inp.detach(), probe, ret))
-                return ret
+        def patched_forward(idx: int, anchor: Tensor) -> Callable[[Tensor], Tensor]:
+            def forward(inp: Tensor) -> Tensor:
+                rec = Recorder(k, counter, *weights(idx))
+                rec.out = LinearCotangent.apply(inp, anchor, rec)
+                recs[idx].append(rec)
+                return rec.out
 
-            return hook
+            return forward
 
-        handles = [layer.module.register_forward_hook(make_hook(i)) for i, layer in enumerate(self.layers)]
-        # the recorded linear layers' own outputs are used detached: compute them without a graph,
-        # by oneDNN for float32 (an instance attribute shadows ``forward`` during this call only)
-        patched = []
-        if use_fast and fast(x):
-            for layer in self.layers:
+        def hook(idx: int, anchor: Tensor) -> Callable[[nn.Module, Any, Any], Any]:
+            def fn(_m: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+                if self.layers[idx].kind == "linear":
+                    rec = Recorder(k, counter, *weights(idx))
+                    rec.out = LinearCotangentOf.apply(inputs[0], output.detach(), anchor, rec)
+                else:
+                    rec = Recorder(k, counter)
+                    rec.out = ProbeCotangent.apply(inputs[0], output, anchor, rec)
+                recs[idx].append(rec)
+                return rec.out
+
+            return fn
+
+        def run(anchor: Tensor) -> Tensor:
+            handles, patched = [], []
+            for idx, layer in enumerate(self.layers):
                 mod = layer.module
                 if layer.kind == "linear" and "forward" not in mod.__dict__:
-                    mod.forward = _detached_linear(mod)
+                    mod.forward = patched_forward(idx, anchor)  # shadows the class's forward for this call
                     patched.append(mod)
-        try:
-            with torch.enable_grad():
+                else:
+                    handles.append(mod.register_forward_hook(hook(idx, anchor)))
+            try:
                 out = check_output(self.model(x), n)
-        finally:
-            for h in handles:
-                h.remove()
-            for mod in patched:
-                del mod.forward
-        if out.shape[1] != k:
-            raise ValueError(f"model: expected {k} outputs for every block, got {out.shape[1]}")
-        identity: set[int] = set()
-        for i, recs in records.items():
-            if self.layers[i].kind == "linear" and len(recs) == 1 and recs[0][2] is out and recs[0][0].ndim == 2:
-                identity.add(i)
-                if isinstance(recs[0][1], CotangentRecorder):
-                    recs[0][1].keep = False
-            for j, (inp, pr, _) in enumerate(recs):
-                recs[j] = (inp, pr, out)  # drop the references to intermediate outputs
-        probes = [pr for recs in records.values() for _, pr, _ in recs if isinstance(pr, torch.Tensor)]
-        if use_fast:
-            grads = self._cotangent_passes(out, probes, anchor, counter)
+            finally:
+                for h in handles:
+                    h.remove()
+                for mod in patched:
+                    del mod.forward
+            if out.shape[1] != k:
+                raise ValueError(f"model: expected {k} outputs for every block, got {out.shape[1]}")
+            for rl in recs.values():
+                for rec in rl:
+                    rec.identity = len(rl) == 1 and rec.w_eff is not None and rec.out is out and len(rec.out_shape) == 2
+                    rec.out = None
+            return out
+
+        eye = torch.eye(k, dtype=x.dtype, device=x.device)
+        if vectorised:
+            anchor = torch.zeros((), dtype=x.dtype, device=x.device)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*performance drop.*")
+                warnings.filterwarnings("ignore", message=".*batching rule.*")
+                vjp_fn = torch.func.vjp(run, anchor)[1]
+                torch.func.vmap(vjp_fn, chunk_size=self._chunk(n, x.element_size()))(eye[:, None, :].expand(k, n, k))
         else:
-            grads = self._cotangents(out, probes)
+            anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+            with torch.enable_grad():
+                out = run(anchor)
+            if out.requires_grad:
+                for c in range(k):
+                    counter[0] = c
+                    torch.autograd.grad(
+                        out, [anchor], grad_outputs=eye[c].expand(n, k), retain_graph=c < k - 1, allow_unused=True
+                    )
         feats: list[Any] = []
-        pos = 0
         for i, layer in enumerate(self.layers):
-            recs = records[i]
-            if not recs:
+            rl = recs[i]
+            if not rl:
                 feats.append(None)
                 continue
-            if i in identity:
-                inp = recs[0][0]
-                if isinstance(recs[0][1], torch.Tensor):
-                    pos += 1
+            if rl[0].identity:
+                inp = rl[0].inp
+                assert inp is not None
                 feats.append((inp.reshape(n, 1, inp.shape[1], 1), None))
                 continue
             a_parts, g_parts = [], []
-            for inp, pr, _ in recs:
-                if isinstance(pr, CotangentRecorder):
-                    d_out = pr.w_eff.shape[0]
-                    buf = pr.result()
-                    if buf is None:  # the output does not depend on this call
-                        buf = torch.zeros((inp.numel() // inp.shape[-1], k, d_out), dtype=x.dtype, device=x.device)
-                    grad = buf.view(n, -1, k, d_out).permute(2, 0, 1, 3)  # (k, N, P, d_out), a view
-                else:
-                    grad = grads[pos]
-                    pos += 1
-                a_u, g_u = self._layer_tensors(layer, inp, grad, n)
+            for rec in rl:
+                assert rec.inp is not None
+                a_u, g_u = self._layer_tensors(layer, rec.inp, rec.cotangents(x.dtype, x.device), n)
                 a_parts.append(a_u)
                 g_parts.append(g_u)
             a = torch.cat(a_parts, dim=-1) if len(a_parts) > 1 else a_parts[0]  # (N, G, d_in, P)
             g = torch.cat(g_parts, dim=-1) if len(g_parts) > 1 else g_parts[0]  # (k, N, G, d_out, P)
             feats.append((a, g))
         return feats
-
-    def _cotangent_passes(self, out: Tensor, probes: list[Tensor], anchor: Tensor, counter: list[int]) -> list[Tensor]:
-        """One plain backward pass per output; linear layers record into their buffers."""
-        n, k = out.shape
-        grads: list[list[Tensor]] = [[] for _ in probes]
-        if not out.requires_grad:
-            return [torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for p in probes]
-        eye = torch.eye(k, dtype=out.dtype, device=out.device)
-        inputs = [*probes, anchor]
-        for c in range(k):
-            counter[0] = c
-            res = torch.autograd.grad(
-                out, inputs, grad_outputs=eye[c].expand(n, k), retain_graph=c < k - 1, allow_unused=True
-            )
-            for j, p in enumerate(probes):
-                r = res[j]
-                grads[j].append(torch.zeros_like(p) if r is None else r)
-        return [torch.stack(gs) for gs in grads]
-
-    def _cotangents(self, out: Tensor, probes: list[Tensor], batched: bool = True) -> list[Tensor]:
-        n, k = out.shape
-        zeros = [torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for p in probes]
-        if not out.requires_grad or not probes:
-            return zeros
-        eye = torch.eye(k, dtype=out.dtype, device=out.device)
-        basis = eye[:, None, :].expand(k, n, k)
-        try:
-            if not batched:
-                raise RuntimeError("one backward pass per output")
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*performance drop.*")
-                warnings.filterwarnings("ignore", message=".*batching rule.*")
-                grads = torch.autograd.grad(
-                    out, probes, grad_outputs=basis, is_grads_batched=True, allow_unused=True
-                )
-        except RuntimeError:  # unbatched (fast linear path) or an op without a batching rule
-            rows: list[tuple[Tensor | None, ...]] = []
-            for c in range(k):
-                rows.append(
-                    torch.autograd.grad(out, probes, grad_outputs=basis[c], retain_graph=c < k - 1, allow_unused=True)
-                )
-            grads = tuple(
-                None if rows[0][j] is None else torch.stack([r[j] for r in rows])  # type: ignore[misc]
-                for j in range(len(probes))
-            )
-        return [z if gr is None else gr.detach() for z, gr in zip(zeros, grads, strict=True)]
 
     def _layer_tensors(self, layer: _Layer, inp: Tensor, grad: Tensor, n: int) -> tuple[Tensor, Tensor]:
         k, groups = self.k, layer.groups
