@@ -367,23 +367,25 @@ class StructuredEngine(Engine):
             return out
 
         eye = torch.eye(k, dtype=x.dtype, device=x.device)
-        if vectorised:
-            anchor = torch.zeros((), dtype=x.dtype, device=x.device)
+        anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+        with torch.enable_grad():
+            out = run(anchor)
+        if out.requires_grad and vectorised:
+
+            def pull(v: Tensor) -> Tensor:
+                torch.autograd.grad(out, [anchor], grad_outputs=v, retain_graph=True, allow_unused=True)
+                return v[0, 0]  # vmap wants a tensor back; the recorders hold the results
+
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*performance drop.*")
                 warnings.filterwarnings("ignore", message=".*batching rule.*")
-                vjp_fn = torch.func.vjp(run, anchor)[1]
-                torch.func.vmap(vjp_fn, chunk_size=self._chunk(n, x.element_size()))(eye[:, None, :].expand(k, n, k))
-        else:
-            anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
-            with torch.enable_grad():
-                out = run(anchor)
-            if out.requires_grad:
-                for c in range(k):
-                    counter[0] = c
-                    torch.autograd.grad(
-                        out, [anchor], grad_outputs=eye[c].expand(n, k), retain_graph=c < k - 1, allow_unused=True
-                    )
+                torch.func.vmap(pull, chunk_size=self._chunk(n, x.element_size()))(eye[:, None, :].expand(k, n, k))
+        elif out.requires_grad:
+            for c in range(k):
+                counter[0] = c
+                torch.autograd.grad(
+                    out, [anchor], grad_outputs=eye[c].expand(n, k), retain_graph=c < k - 1, allow_unused=True
+                )
         feats: list[Any] = []
         for i, layer in enumerate(self.layers):
             rl = recs[i]
@@ -437,6 +439,32 @@ class StructuredEngine(Engine):
             layers.append(("factored", a_s, g_s))
         fb = self.fallback.features(x) if self.fallback is not None else None
         return {"layers": layers, "fallback": fb, "n": x.shape[0]}
+
+    splits = True
+
+    def split(self, f: dict[str, Any], n1: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        parts: tuple[list[Any], list[Any]] = ([], [])
+        for item in f["layers"]:
+            halves: list[tuple[Any, ...]]
+            if item[0] == "jacobian":
+                halves = [(item[0], item[1][:n1]), (item[0], item[1][n1:])]
+            elif item[0] == "identity":
+                halves = [(item[0], item[1][:, :n1]), (item[0], item[1][:, n1:])]
+            else:
+                p = item[2].shape[2]
+                halves = [
+                    (item[0], item[1][:, : n1 * p], item[2][:, :n1]),
+                    (item[0], item[1][:, n1 * p :], item[2][:, n1:]),
+                ]
+            parts[0].append(halves[0])
+            parts[1].append(halves[1])
+        fb: tuple[Any, Any] = (None, None)
+        if self.fallback is not None:
+            fb = self.fallback.split(f["fallback"], n1)
+        return (
+            {"layers": parts[0], "fallback": fb[0], "n": n1},
+            {"layers": parts[1], "fallback": fb[1], "n": f["n"] - n1},
+        )
 
     def _layer_jacobian(self, layer: _Layer, a: Tensor, g: Tensor) -> Tensor:
         """Per-example Jacobian (N, k, F) of the layer's selected parameters."""
