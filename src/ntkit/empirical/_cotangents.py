@@ -27,6 +27,7 @@ backward operations keep it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,6 +53,7 @@ class Recorder:
         self.w_eff = w_eff
         self.b_eff = b_eff
         self.identity = False
+        self.sink: Callable[[Tensor], None] | None = None  # consumes (kc, ...) cotangents instead of storing
         self.inp: Tensor | None = None
         self.out: Any = None  # the returned tensor, to recognise the model's output (then cleared)
         self.out_shape: tuple[int, ...] = ()
@@ -63,7 +65,7 @@ class Recorder:
     # ----------------------------------------------------------------- forward
     def linear(self, inp: Tensor) -> Tensor:
         assert self.w_eff is not None
-        y = matmul_t(inp, self.w_eff)
+        y = matmul_t(inp.detach(), self.w_eff)
         return y if self.b_eff is None else y.add_(self.b_eff)
 
     # ---------------------------------------------------------------- backward
@@ -80,13 +82,18 @@ class Recorder:
 
     def store(self, grad: Tensor) -> None:
         """Cotangent of output ``counter[0]`` from a plain backward pass."""
-        if not self.identity:
+        if self.sink is not None:
+            self.sink(grad.unsqueeze(0))
+        elif not self.identity:
             c = self.counter[0]
             self._buffer(tuple(grad.shape), grad)[c] = grad
             self.written.add(c)
 
     def store_batched(self, grad: Tensor, c0: int) -> None:
         """Cotangents (kc, ...) of the outputs ``c0 .. c0 + kc - 1`` from a vectorised pass."""
+        if self.sink is not None:
+            self.sink(grad)
+            return
         if self.identity:
             return
         kc = grad.shape[0]

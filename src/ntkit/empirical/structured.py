@@ -277,20 +277,23 @@ class StructuredEngine(Engine):
         return (3.0 * b1 * b2 * width + temp) * self.itemsize
 
     # ------------------------------------------------------------- features
-    def _capture(self, x: Tensor) -> list[Any]:
+    def _capture(self, x: Tensor, trace_rows: int | None = None) -> list[Any]:
         """Layer inputs and output cotangents of every recognised layer (see :mod:`._cotangents`).
 
-        Returns per layer ``(a, g)`` with ``a`` (N, G, d_in, P) and ``g`` (k, N, G, d_out, P), or
-        ``(a, None)`` for the model's output layer (a linear layer called once whose output *is*
-        the model's output: its cotangents are the basis vectors ``e_c``), or None for a layer
-        that was not called.
+        Returns per layer ``("cotangents", a, g)`` with ``a`` (N, G, d_in, P) and ``g``
+        (k, N, G, d_out, P); ``("identity", a, None)`` for the model's output layer (a linear layer
+        called once whose output *is* the model's output: its cotangents are the basis vectors
+        ``e_c``); None for a layer that was not called. With ``trace_rows = n1``, dense layers
+        called once instead give ``("gram", a, G)``: the trace cotangent Gram ``G[i, j] = sum_c
+        <g_c(x_i), g_c(x_{n1 + j})>`` between rows ``i < n1`` and the rest, accumulated while the
+        cotangents are computed (they are never stored).
         """
         if VECTORISE:
             try:
-                return self._capture_once(x, vectorised=True)
+                return self._capture_once(x, True, trace_rows)
             except Exception:  # an operation that cannot be vectorised: one plain pass per output
                 pass
-        return self._capture_once(x, vectorised=False)
+        return self._capture_once(x, False, trace_rows)
 
     def _chunk(self, n: int, itemsize: int) -> int:
         """Outputs per vectorised backward pass: its largest temporaries stay under ``CHUNK_BYTES``.
@@ -302,7 +305,7 @@ class StructuredEngine(Engine):
         chunks = max(1, -(-int(per_output * self.k) // CHUNK_BYTES))
         return -(-self.k // chunks)
 
-    def _capture_once(self, x: Tensor, vectorised: bool) -> list[Any]:
+    def _capture_once(self, x: Tensor, vectorised: bool, trace_rows: int | None) -> list[Any]:
         n, k = x.shape[0], self.k
         counter = [0]
         recs: dict[int, list[Recorder]] = {i: [] for i in range(len(self.layers))}
@@ -342,6 +345,25 @@ class StructuredEngine(Engine):
 
             return fn
 
+        grams: dict[int, Tensor] = {}
+
+        def gram_sink(rec: Recorder) -> Callable[[Tensor], None]:
+            assert trace_rows is not None
+            n1 = trace_rows
+
+            def sink(g: Tensor) -> None:  # g (kc, N, d): add sum_c g[c, :n1] g[c, n1:]^T
+                rows = g.transpose(0, 1)
+                if rows.is_contiguous():
+                    c = matmul_t(rows[:n1].reshape(n1, -1), rows[n1:].reshape(n - n1, -1))
+                else:
+                    c = matmul_t(g[0, :n1], g[0, n1:])
+                    for a in range(1, g.shape[0]):
+                        c.add_(matmul_t(g[a, :n1], g[a, n1:]))
+                key = id(rec)
+                grams[key] = c if key not in grams else grams[key].add_(c)
+
+            return sink
+
         def run(anchor: Tensor) -> Tensor:
             handles, patched = [], []
             for idx, layer in enumerate(self.layers):
@@ -362,8 +384,11 @@ class StructuredEngine(Engine):
                 raise ValueError(f"model: expected {k} outputs for every block, got {out.shape[1]}")
             for rl in recs.values():
                 for rec in rl:
-                    rec.identity = len(rl) == 1 and rec.w_eff is not None and rec.out is out and len(rec.out_shape) == 2
+                    dense = len(rl) == 1 and rec.w_eff is not None and len(rec.out_shape) == 2
+                    rec.identity = dense and rec.out is out
                     rec.out = None
+                    if dense and not rec.identity and trace_rows is not None:
+                        rec.sink = gram_sink(rec)
             return out
 
         eye = torch.eye(k, dtype=x.dtype, device=x.device)
@@ -392,10 +417,16 @@ class StructuredEngine(Engine):
             if not rl:
                 feats.append(None)
                 continue
-            if rl[0].identity:
+            if rl[0].identity or rl[0].sink is not None:
                 inp = rl[0].inp
                 assert inp is not None
-                feats.append((inp.reshape(n, 1, inp.shape[1], 1), None))
+                a = inp.reshape(n, 1, inp.shape[1], 1)
+                if rl[0].identity:
+                    feats.append(("identity", a, None))
+                else:
+                    n1 = int(trace_rows or 0)
+                    zero = torch.zeros((n1, n - n1), dtype=x.dtype, device=x.device)
+                    feats.append(("gram", a, grams.get(id(rl[0]), zero)))
                 continue
             a_parts, g_parts = [], []
             for rec in rl:
@@ -405,7 +436,7 @@ class StructuredEngine(Engine):
                 g_parts.append(g_u)
             a = torch.cat(a_parts, dim=-1) if len(a_parts) > 1 else a_parts[0]  # (N, G, d_in, P)
             g = torch.cat(g_parts, dim=-1) if len(g_parts) > 1 else g_parts[0]  # (k, N, G, d_out, P)
-            feats.append((a, g))
+            feats.append(("cotangents", a, g))
         return feats
 
     def _layer_tensors(self, layer: _Layer, inp: Tensor, grad: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -423,12 +454,24 @@ class StructuredEngine(Engine):
         return a, g
 
     def features(self, x: Tensor) -> dict[str, Any]:
-        raw = self._capture(x)
+        return self._features(self._capture(x), x)
+
+    def pair_features(self, x1: Tensor, x2: Tensor, mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Features of x1 and x2 from one pass; in trace mode dense layers carry their cotangent
+        Gram between x1 and x2 instead of their cotangents (less memory, no copies)."""
+        n1 = x1.shape[0]
+        x = torch.cat([x1, x2])
+        return self.split(self._features(self._capture(x, n1 if mode == "trace" else None), x), n1)
+
+    def _features(self, raw: list[Any], x: Tensor) -> dict[str, Any]:
         layers: list[Any] = []
         for layer, item in zip(self.layers, raw, strict=True):
-            a, g = item
-            if g is None:  # the model's output layer: cotangents e_c
+            kind, a, g = item
+            if kind == "identity":  # the model's output layer: cotangents e_c
                 layers.append(("identity", a.reshape(1, a.shape[0], a.shape[2])))
+                continue
+            if kind == "gram":
+                layers.append(("gram", a.reshape(1, a.shape[0], a.shape[2]), g))
                 continue
             if layer.method == "jacobian":
                 layers.append(("jacobian", self._layer_jacobian(layer, a, g)))
@@ -450,6 +493,8 @@ class StructuredEngine(Engine):
                 halves = [(item[0], item[1][:n1]), (item[0], item[1][n1:])]
             elif item[0] == "identity":
                 halves = [(item[0], item[1][:, :n1]), (item[0], item[1][:, n1:])]
+            elif item[0] == "gram":  # the Gram between the halves goes with both
+                halves = [(item[0], item[1][:, :n1], item[2]), (item[0], item[1][:, n1:], item[2])]
             else:
                 p = item[2].shape[2]
                 halves = [
@@ -513,12 +558,16 @@ class StructuredEngine(Engine):
         row blocks (:meth:`_dense_rows`); everything else (convolutions, per-layer Jacobians, the
         autodiff fallback) is accumulated in a separate block and added.
         """
-        dense: list[tuple[Tensor | float, Tensor, Tensor]] = []
+        dense: list[tuple[Tensor | float, Tensor, Tensor | None]] = []
         ident: list[Tensor | float] = []
         rest: list[tuple[_Layer, Any, Any]] = []
         for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
             if l1[0] == "identity":
                 ident.append(_first(self._input_gram(layer, l1[1], l2[1])))
+            elif l1[0] == "gram":
+                if mode != "trace":
+                    raise ValueError(f"mode: features with trace Grams give trace blocks only, got mode={mode!r}")
+                dense.append((_first(self._input_gram(layer, l1[1], l2[1])), l1[2], None))
             elif l1[0] == "factored" and l1[2].shape[0] == 1 and l1[2].shape[2] == 1:
                 dense.append((_first(self._input_gram(layer, l1[1], l2[1])), l1[2][0, :, 0], l2[2][0, :, 0]))
             else:
@@ -535,7 +584,11 @@ class StructuredEngine(Engine):
                 out.copy_(other)
 
     def _dense_rows(
-        self, out: Tensor, dense: list[tuple[Tensor | float, Tensor, Tensor]], ident: list[Tensor | float], mode: str,
+        self,
+        out: Tensor,
+        dense: list[tuple[Tensor | float, Tensor, Tensor | None]],
+        ident: list[Tensor | float],
+        mode: str,
         sym: bool,
     ) -> None:
         """``out = sum_l A_l * G_l`` for dense layers, row block by row block.
@@ -563,7 +616,9 @@ class StructuredEngine(Engine):
             first = True
             for a, g1, g2 in dense:
                 d = g1.shape[-1]
-                if mode == "full":
+                if g2 is None:  # the trace Gram itself
+                    c = g1[i0:i1, j0:]
+                elif mode == "full":
                     c = matmul_t(g1[i0:i1].reshape(-1, d), g2[j0:].reshape(-1, d))
                     c = c.view(i1 - i0, k, n2 - j0, k).transpose(1, 2)
                 elif mode == "diagonal":

@@ -109,7 +109,7 @@ def tiled_kernel(
     cache_cols = len(rows) > 1 and rb * (n2 + b1) + engine.tile_bytes(b1, b2, mode) <= budget
     cache: dict[int, object] = {}
     if not sym and len(tiles) == 1 and engine.splits:  # one tile: features of rows and columns in one pass
-        f1, f2 = engine.split(engine.features(torch.cat([x1, xb])), n1)
+        f1, f2 = engine.pair_features(x1, xb, mode)
         engine.block_into(f1, f2, mode, result)
         return result
     bar = Progress(len(tiles), "empirical_ntk tiles", enabled=bool(progress) or (progress is None and len(tiles) >= 4))
