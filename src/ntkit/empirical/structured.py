@@ -58,7 +58,7 @@ from ntkit.empirical.jacobian import JacobianEngine
 #: Compute the ``k`` cotangents in backward passes vectorised over the outputs (else ``k`` passes).
 VECTORISE = True
 #: Bytes of the largest activation-sized temporary of one vectorised backward pass (outputs in chunks).
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 8 << 20
 
 
 @dataclass
