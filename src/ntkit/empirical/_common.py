@@ -141,6 +141,21 @@ class Engine:
         """Kernel block between two feature sets, in the layout of ``mode``."""
         raise NotImplementedError
 
+    #: Whether :meth:`split` is implemented (then one pass can compute the features of x1 and x2).
+    splits = False
+
+    def split(self, f: Any, n1: int) -> tuple[Any, Any]:
+        """Features of rows ``[:n1]`` and ``[n1:]`` from the features of a stacked input."""
+        raise NotImplementedError
+
+    def pair_features(self, x1: Tensor, x2: Tensor, mode: str) -> tuple[Any, Any]:
+        """Features of x1 and x2 for one ``mode`` block, from one pass (needs :meth:`split`)."""
+        return self.split(self.features(torch.cat([x1, x2])), x1.shape[0])
+
+    def block_into(self, f1: Any, f2: Any, mode: str, out: Tensor) -> None:
+        """Write the kernel block between two feature sets into ``out`` (possibly a strided view)."""
+        out.copy_(self.block(f1, f2, mode))
+
     def pairs(self, f1: Any, f2: Any, mode: str) -> Tensor:
         """The ``i == j`` entries between two feature sets of equal length."""
         raise NotImplementedError

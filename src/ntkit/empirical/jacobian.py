@@ -46,6 +46,11 @@ class JacobianEngine(Engine):
         jac: dict[str, Tensor] = self._jac(self.params, x)
         return {n: j.reshape(j.shape[0], self.k, -1) for n, j in jac.items()}
 
+    splits = True
+
+    def split(self, f: dict[str, Tensor], n1: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return {n: j[:n1] for n, j in f.items()}, {n: j[n1:] for n, j in f.items()}
+
     def block(self, f1: dict[str, Tensor], f2: dict[str, Tensor], mode: str) -> Tensor:
         total: Tensor | None = None
         for name in f1:

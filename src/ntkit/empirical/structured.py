@@ -43,9 +43,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ntkit.empirical._common import Engine, Tensor, check_output, contract_jacobian_pairs, contract_jacobians
-from ntkit.empirical._gemm import CotangentRecorder, LinearCotangent, fast, matmul_t
+from ntkit.empirical._common import (
+    Engine,
+    Tensor,
+    block_shape,
+    check_output,
+    contract_jacobian_pairs,
+    contract_jacobians,
+)
+from ntkit.empirical._cotangents import LinearCotangent, LinearCotangentOf, ProbeCotangent, Recorder
+from ntkit.empirical._gemm import matmul_t
 from ntkit.empirical.jacobian import JacobianEngine
+
+#: Compute the ``k`` cotangents in backward passes vectorised over the outputs (else ``k`` passes).
+VECTORISE = True
+#: Bytes of the largest activation-sized temporary of one vectorised backward pass (outputs in chunks).
+CHUNK_BYTES = 8 << 20
 
 
 @dataclass
@@ -64,12 +77,18 @@ class _Layer:
     names: list[str] = field(default_factory=list)
 
 
-def _scales(module: nn.Module) -> tuple[float, float]:
+def _scale_factors(module: nn.Module) -> tuple[float, float]:
+    """``(s_w, s_b)`` of a linear layer ``z = s_w W a + s_b b`` (1, 1 but for NTKLinear)."""
     from ntkit.networks import NTKLinear
 
     if isinstance(module, NTKLinear):
-        return float(module.weight_scale) ** 2, float(module.bias_scale) ** 2
+        return float(module.weight_scale), float(module.bias_scale)
     return 1.0, 1.0
+
+
+def _scales(module: nn.Module) -> tuple[float, float]:
+    s_w, s_b = _scale_factors(module)
+    return s_w**2, s_b**2
 
 
 def _known_kind(module: nn.Module) -> str | None:
@@ -96,6 +115,33 @@ def _patches(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
             stride=(1, module.stride[0]),
         )
     return F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)
+
+
+#: Bytes of one row block's cotangent Gram in full mode (kept in cache while multiplied into the result).
+_FULL_BLOCK_BYTES = 4 << 20
+
+
+def _first(gram: Tensor | float) -> Tensor | float:
+    """The one group of an input Gram (1, N1, N2) -> (N1, N2); a float (bias only) unchanged."""
+    return gram if isinstance(gram, float) else gram[0]
+
+
+def _transpose(blk: Tensor, mode: str) -> Tensor:
+    """Theta(x2, x1) from Theta(x1, x2): swap the example axes (and the output axes for "full")."""
+    return blk.permute(1, 0, 3, 2) if mode == "full" else blk.transpose(0, 1)
+
+
+def _call_shape(layer: _Layer, inp: Tensor, output: Tensor) -> tuple[int, int, int]:
+    """(positions, d_in, d_out) per group of one call of a recognised layer on one example."""
+    if layer.kind == "linear":
+        return inp.numel() // inp.shape[-1], inp.shape[-1], output.shape[-1]
+    module = layer.module
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d))
+    kernel = 1
+    for s in module.kernel_size:
+        kernel *= s
+    positions = output[0, 0].numel()
+    return positions, module.in_channels // layer.groups * kernel, module.out_channels // layer.groups
 
 
 class StructuredEngine(Engine):
@@ -144,21 +190,32 @@ class StructuredEngine(Engine):
             layers.append(layer)
         self.layers = layers
         # one-row probe: shapes, which hooks fire, activation sizes
-        act = [0]
+        act, act_max = [0], [1]
         sizes: dict[int, tuple[int, int, int]] = {}
 
         def count(_m: nn.Module, _i: Any, out: Any) -> None:
             if isinstance(out, torch.Tensor):
                 act[0] += out[0].numel()
+                act_max[0] = max(act_max[0], out[0].numel())
+
+        def shape_hook(idx: int) -> Callable[[nn.Module, Any, Any], None]:
+            def hook(m: nn.Module, inputs: Any, output: Any) -> None:
+                p, d_in, d_out = _call_shape(self.layers[idx], inputs[0], output)
+                p0 = sizes[idx][0] if idx in sizes else 0
+                sizes[idx] = (p0 + p, d_in, d_out)  # calls of one module: positions add up
+
+            return hook
 
         handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+        handles += [layer.module.register_forward_hook(shape_hook(i)) for i, layer in enumerate(self.layers)]
         try:
-            feats = self._capture(probe, record_shapes=sizes)
+            with torch.no_grad():
+                self.model(probe)
         finally:
             for h in handles:
                 h.remove()
-        del feats
         self.act_per_row = float(act[0])
+        self.act_max = act_max[0]
         fired = [layer for i, layer in enumerate(self.layers) if i in sizes]
         for i, layer in enumerate(self.layers):
             if i in sizes:
@@ -220,126 +277,167 @@ class StructuredEngine(Engine):
         return (3.0 * b1 * b2 * width + temp) * self.itemsize
 
     # ------------------------------------------------------------- features
-    def _capture(self, x: Tensor, record_shapes: dict[int, tuple[int, int, int]] | None = None) -> list[Any]:
-        """Forward with hooks (layer inputs, probes), then backward passes for the cotangents.
+    def _capture(self, x: Tensor, trace_rows: int | None = None) -> list[Any]:
+        """Layer inputs and output cotangents of every recognised layer (see :mod:`._cotangents`).
 
-        float32 on CPU: linear layers pass cotangents on by oneDNN products inside ``k`` plain
-        backward passes (:class:`LinearCotangent`). Otherwise: zero probes added to the layer outputs
-        and one backward pass batched over the ``k`` output basis vectors.
+        Returns per layer ``("cotangents", a, g)`` with ``a`` (N, G, d_in, P) and ``g``
+        (k, N, G, d_out, P); ``("identity", a, None)`` for the model's output layer (a linear layer
+        called once whose output *is* the model's output: its cotangents are the basis vectors
+        ``e_c``); None for a layer that was not called. With ``trace_rows = n1``, dense layers
+        called once instead give ``("gram", a, G)``: the trace cotangent Gram ``G[i, j] = sum_c
+        <g_c(x_i), g_c(x_{n1 + j})>`` between rows ``i < n1`` and the rest, accumulated while the
+        cotangents are computed (they are never stored).
         """
+        if VECTORISE:
+            try:
+                return self._capture_once(x, True, trace_rows)
+            except Exception:  # an operation that cannot be vectorised: one plain pass per output
+                pass
+        return self._capture_once(x, False, trace_rows)
+
+    def _chunk(self, n: int, itemsize: int) -> int:
+        """Outputs per vectorised backward pass: its largest temporaries stay under ``CHUNK_BYTES``.
+
+        (Larger blocks come from fresh memory pages at every allocation, which costs more than the
+        larger GEMMs gain.)
+        """
+        per_output = n * self.act_max * itemsize
+        chunks = max(1, -(-int(per_output * self.k) // CHUNK_BYTES))
+        return -(-self.k // chunks)
+
+    def _capture_once(self, x: Tensor, vectorised: bool, trace_rows: int | None) -> list[Any]:
         n, k = x.shape[0], self.k
-        records: dict[int, list[tuple[Tensor, Any]]] = {i: [] for i in range(len(self.layers))}
-        use_fast = fast(x)
         counter = [0]
-        anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
-        w_eff: dict[int, Tensor] = {}
+        recs: dict[int, list[Recorder]] = {i: [] for i in range(len(self.layers))}
+        scaled: dict[int, tuple[Tensor, Tensor | None]] = {}
 
-        def make_hook(idx: int) -> Callable[[nn.Module, Any, Any], Any]:
-            layer = self.layers[idx]
+        def weights(idx: int) -> tuple[Tensor, Tensor | None]:
+            if idx not in scaled:
+                mod = self.layers[idx].module
+                w_s, b_s = _scale_factors(mod)
+                weight: Tensor = mod.weight.detach()  # type: ignore[operator]
+                bias: Tensor | None = mod.bias.detach() if mod.bias is not None else None  # type: ignore[operator]
+                scaled[idx] = (
+                    weight * w_s if w_s != 1.0 else weight,
+                    None if bias is None else (bias * b_s if b_s != 1.0 else bias),
+                )
+            return scaled[idx]
 
-            def hook(m: nn.Module, inputs: Any, output: Tensor) -> Tensor:
-                inp = inputs[0]
-                if use_fast and layer.kind == "linear":
-                    if idx not in w_eff:
-                        scale = _scales(m)[0] ** 0.5
-                        weight: Tensor = m.weight  # type: ignore[assignment]
-                        w_eff[idx] = weight.detach() * scale if scale != 1.0 else weight.detach()
-                    rec = CotangentRecorder(w_eff[idx], k, counter)
-                    records[idx].append((inp.detach(), rec))
-                    return LinearCotangent.apply(inp, output.detach(), anchor, rec)
-                probe = torch.zeros_like(output, requires_grad=True)
-                records[idx].append((inp.detach(), probe))
-                return output + probe
+        def patched_forward(idx: int, anchor: Tensor) -> Callable[[Tensor], Tensor]:
+            def forward(inp: Tensor) -> Tensor:
+                rec = Recorder(k, counter, *weights(idx))
+                rec.out = LinearCotangent.apply(inp, anchor, rec)
+                recs[idx].append(rec)
+                return rec.out
 
-            return hook
+            return forward
 
-        handles = [layer.module.register_forward_hook(make_hook(i)) for i, layer in enumerate(self.layers)]
-        try:
-            with torch.enable_grad():
+        def hook(idx: int, anchor: Tensor) -> Callable[[nn.Module, Any, Any], Any]:
+            def fn(_m: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+                if self.layers[idx].kind == "linear":
+                    rec = Recorder(k, counter, *weights(idx))
+                    rec.out = LinearCotangentOf.apply(inputs[0], output.detach(), anchor, rec)
+                else:
+                    rec = Recorder(k, counter)
+                    rec.out = ProbeCotangent.apply(inputs[0], output, anchor, rec)
+                recs[idx].append(rec)
+                return rec.out
+
+            return fn
+
+        grams: dict[int, Tensor] = {}
+
+        def gram_sink(rec: Recorder) -> Callable[[Tensor], None]:
+            assert trace_rows is not None
+            n1 = trace_rows
+
+            def sink(g: Tensor) -> None:  # g (kc, N, d): add sum_c g[c, :n1] g[c, n1:]^T
+                rows = g.transpose(0, 1)
+                if rows.is_contiguous():
+                    c = matmul_t(rows[:n1].reshape(n1, -1), rows[n1:].reshape(n - n1, -1))
+                else:
+                    c = matmul_t(g[0, :n1], g[0, n1:])
+                    for a in range(1, g.shape[0]):
+                        c.add_(matmul_t(g[a, :n1], g[a, n1:]))
+                key = id(rec)
+                grams[key] = c if key not in grams else grams[key].add_(c)
+
+            return sink
+
+        def run(anchor: Tensor) -> Tensor:
+            handles, patched = [], []
+            for idx, layer in enumerate(self.layers):
+                mod = layer.module
+                if layer.kind == "linear" and "forward" not in mod.__dict__:
+                    mod.forward = patched_forward(idx, anchor)  # shadows the class's forward for this call
+                    patched.append(mod)
+                else:
+                    handles.append(mod.register_forward_hook(hook(idx, anchor)))
+            try:
                 out = check_output(self.model(x), n)
-        finally:
-            for h in handles:
-                h.remove()
-        if out.shape[1] != k:
-            raise ValueError(f"model: expected {k} outputs for every block, got {out.shape[1]}")
-        probes = [pr for recs in records.values() for _, pr in recs if isinstance(pr, torch.Tensor)]
-        if use_fast:
-            grads = self._cotangent_passes(out, probes, anchor, counter)
-        else:
-            grads = self._cotangents(out, probes)
+            finally:
+                for h in handles:
+                    h.remove()
+                for mod in patched:
+                    del mod.forward
+            if out.shape[1] != k:
+                raise ValueError(f"model: expected {k} outputs for every block, got {out.shape[1]}")
+            for rl in recs.values():
+                for rec in rl:
+                    dense = len(rl) == 1 and rec.w_eff is not None and len(rec.out_shape) == 2
+                    rec.identity = dense and rec.out is out
+                    rec.out = None
+                    if dense and not rec.identity and trace_rows is not None:
+                        rec.sink = gram_sink(rec)
+            return out
+
+        eye = torch.eye(k, dtype=x.dtype, device=x.device)
+        anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+        with torch.enable_grad():
+            out = run(anchor)
+        if out.requires_grad and vectorised:
+
+            def pull(v: Tensor) -> Tensor:
+                torch.autograd.grad(out, [anchor], grad_outputs=v, retain_graph=True, allow_unused=True)
+                return v[0, 0]  # vmap wants a tensor back; the recorders hold the results
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*performance drop.*")
+                warnings.filterwarnings("ignore", message=".*batching rule.*")
+                torch.func.vmap(pull, chunk_size=self._chunk(n, x.element_size()))(eye[:, None, :].expand(k, n, k))
+        elif out.requires_grad:
+            for c in range(k):
+                counter[0] = c
+                torch.autograd.grad(
+                    out, [anchor], grad_outputs=eye[c].expand(n, k), retain_graph=c < k - 1, allow_unused=True
+                )
         feats: list[Any] = []
-        pos = 0
         for i, layer in enumerate(self.layers):
-            recs = records[i]
-            if not recs:
+            rl = recs[i]
+            if not rl:
                 feats.append(None)
                 continue
-            a_parts, g_parts = [], []
-            for inp, pr in recs:
-                if isinstance(pr, CotangentRecorder):
-                    d_out = pr.w_eff.shape[0]
-                    buf = pr.result()
-                    if buf is None:  # the output does not depend on this call
-                        buf = torch.zeros((inp.numel() // inp.shape[-1], k, d_out), dtype=x.dtype, device=x.device)
-                    grad = buf.view(n, -1, k, d_out).permute(2, 0, 1, 3)  # (k, N, P, d_out), a view
+            if rl[0].identity or rl[0].sink is not None:
+                inp = rl[0].inp
+                assert inp is not None
+                a = inp.reshape(n, 1, inp.shape[1], 1)
+                if rl[0].identity:
+                    feats.append(("identity", a, None))
                 else:
-                    grad = grads[pos]
-                    pos += 1
-                a_u, g_u = self._layer_tensors(layer, inp, grad, n)
+                    n1 = int(trace_rows or 0)
+                    zero = torch.zeros((n1, n - n1), dtype=x.dtype, device=x.device)
+                    feats.append(("gram", a, grams.get(id(rl[0]), zero)))
+                continue
+            a_parts, g_parts = [], []
+            for rec in rl:
+                assert rec.inp is not None
+                a_u, g_u = self._layer_tensors(layer, rec.inp, rec.cotangents(x.dtype, x.device), n)
                 a_parts.append(a_u)
                 g_parts.append(g_u)
             a = torch.cat(a_parts, dim=-1) if len(a_parts) > 1 else a_parts[0]  # (N, G, d_in, P)
             g = torch.cat(g_parts, dim=-1) if len(g_parts) > 1 else g_parts[0]  # (k, N, G, d_out, P)
-            if record_shapes is not None:
-                record_shapes[i] = (a.shape[-1], a.shape[2], g.shape[3])
-            feats.append((a, g))
+            feats.append(("cotangents", a, g))
         return feats
-
-    def _cotangent_passes(self, out: Tensor, probes: list[Tensor], anchor: Tensor, counter: list[int]) -> list[Tensor]:
-        """One plain backward pass per output; linear layers record into their buffers."""
-        n, k = out.shape
-        grads: list[list[Tensor]] = [[] for _ in probes]
-        if not out.requires_grad:
-            return [torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for p in probes]
-        eye = torch.eye(k, dtype=out.dtype, device=out.device)
-        inputs = [*probes, anchor]
-        for c in range(k):
-            counter[0] = c
-            res = torch.autograd.grad(
-                out, inputs, grad_outputs=eye[c].expand(n, k), retain_graph=c < k - 1, allow_unused=True
-            )
-            for j, p in enumerate(probes):
-                r = res[j]
-                grads[j].append(torch.zeros_like(p) if r is None else r)
-        return [torch.stack(gs) for gs in grads]
-
-    def _cotangents(self, out: Tensor, probes: list[Tensor], batched: bool = True) -> list[Tensor]:
-        n, k = out.shape
-        zeros = [torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for p in probes]
-        if not out.requires_grad or not probes:
-            return zeros
-        eye = torch.eye(k, dtype=out.dtype, device=out.device)
-        basis = eye[:, None, :].expand(k, n, k)
-        try:
-            if not batched:
-                raise RuntimeError("one backward pass per output")
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*performance drop.*")
-                warnings.filterwarnings("ignore", message=".*batching rule.*")
-                grads = torch.autograd.grad(
-                    out, probes, grad_outputs=basis, is_grads_batched=True, allow_unused=True
-                )
-        except RuntimeError:  # unbatched (fast linear path) or an op without a batching rule
-            rows: list[tuple[Tensor | None, ...]] = []
-            for c in range(k):
-                rows.append(
-                    torch.autograd.grad(out, probes, grad_outputs=basis[c], retain_graph=c < k - 1, allow_unused=True)
-                )
-            grads = tuple(
-                None if rows[0][j] is None else torch.stack([r[j] for r in rows])  # type: ignore[misc]
-                for j in range(len(probes))
-            )
-        return [z if gr is None else gr.detach() for z, gr in zip(zeros, grads, strict=True)]
 
     def _layer_tensors(self, layer: _Layer, inp: Tensor, grad: Tensor, n: int) -> tuple[Tensor, Tensor]:
         k, groups = self.k, layer.groups
@@ -356,10 +454,25 @@ class StructuredEngine(Engine):
         return a, g
 
     def features(self, x: Tensor) -> dict[str, Any]:
-        raw = self._capture(x)
+        return self._features(self._capture(x), x)
+
+    def pair_features(self, x1: Tensor, x2: Tensor, mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Features of x1 and x2 from one pass; in trace mode dense layers carry their cotangent
+        Gram between x1 and x2 instead of their cotangents (less memory, no copies)."""
+        n1 = x1.shape[0]
+        x = torch.cat([x1, x2])
+        return self.split(self._features(self._capture(x, n1 if mode == "trace" else None), x), n1)
+
+    def _features(self, raw: list[Any], x: Tensor) -> dict[str, Any]:
         layers: list[Any] = []
         for layer, item in zip(self.layers, raw, strict=True):
-            a, g = item
+            kind, a, g = item
+            if kind == "identity":  # the model's output layer: cotangents e_c
+                layers.append(("identity", a.reshape(1, a.shape[0], a.shape[2])))
+                continue
+            if kind == "gram":
+                layers.append(("gram", a.reshape(1, a.shape[0], a.shape[2]), g))
+                continue
             if layer.method == "jacobian":
                 layers.append(("jacobian", self._layer_jacobian(layer, a, g)))
                 continue
@@ -369,6 +482,34 @@ class StructuredEngine(Engine):
             layers.append(("factored", a_s, g_s))
         fb = self.fallback.features(x) if self.fallback is not None else None
         return {"layers": layers, "fallback": fb, "n": x.shape[0]}
+
+    splits = True
+
+    def split(self, f: dict[str, Any], n1: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        parts: tuple[list[Any], list[Any]] = ([], [])
+        for item in f["layers"]:
+            halves: list[tuple[Any, ...]]
+            if item[0] == "jacobian":
+                halves = [(item[0], item[1][:n1]), (item[0], item[1][n1:])]
+            elif item[0] == "identity":
+                halves = [(item[0], item[1][:, :n1]), (item[0], item[1][:, n1:])]
+            elif item[0] == "gram":  # the Gram between the halves goes with both
+                halves = [(item[0], item[1][:, :n1], item[2]), (item[0], item[1][:, n1:], item[2])]
+            else:
+                p = item[2].shape[2]
+                halves = [
+                    (item[0], item[1][:, : n1 * p], item[2][:, :n1]),
+                    (item[0], item[1][:, n1 * p :], item[2][:, n1:]),
+                ]
+            parts[0].append(halves[0])
+            parts[1].append(halves[1])
+        fb: tuple[Any, Any] = (None, None)
+        if self.fallback is not None:
+            fb = self.fallback.split(f["fallback"], n1)
+        return (
+            {"layers": parts[0], "fallback": fb[0], "n": n1},
+            {"layers": parts[1], "fallback": fb[1], "n": f["n"] - n1},
+        )
 
     def _layer_jacobian(self, layer: _Layer, a: Tensor, g: Tensor) -> Tensor:
         """Per-example Jacobian (N, k, F) of the layer's selected parameters."""
@@ -400,9 +541,129 @@ class StructuredEngine(Engine):
         return gram
 
     def block(self, f1: dict[str, Any], f2: dict[str, Any], mode: str) -> Tensor:
+        like = self._like(f1)
+        out = torch.empty(block_shape(f1["n"], f2["n"], self.k, mode), dtype=like.dtype, device=like.device)
+        self.block_into(f1, f2, mode, out)
+        return out
+
+    @staticmethod
+    def _like(f: dict[str, Any]) -> Tensor:
+        ref = next(iter(f["layers"]), None)
+        return ref[1] if ref is not None else next(iter(f["fallback"].values()))
+
+    def block_into(self, f1: dict[str, Any], f2: dict[str, Any], mode: str, out: Tensor) -> None:
+        """Write the block into ``out`` (N1, N2[, k[, k]]), possibly a strided view.
+
+        Dense layers (one position, one group) and the output layer go straight into ``out`` in
+        row blocks (:meth:`_dense_rows`); everything else (convolutions, per-layer Jacobians, the
+        autodiff fallback) is accumulated in a separate block and added.
+        """
+        dense: list[tuple[Tensor | float, Tensor, Tensor | None]] = []
+        ident: list[Tensor | float] = []
+        rest: list[tuple[_Layer, Any, Any]] = []
+        for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
+            if l1[0] == "identity":
+                ident.append(_first(self._input_gram(layer, l1[1], l2[1])))
+            elif l1[0] == "gram":
+                if mode != "trace":
+                    raise ValueError(f"mode: features with trace Grams give trace blocks only, got mode={mode!r}")
+                dense.append((_first(self._input_gram(layer, l1[1], l2[1])), l1[2], None))
+            elif l1[0] == "factored" and l1[2].shape[0] == 1 and l1[2].shape[2] == 1:
+                dense.append((_first(self._input_gram(layer, l1[1], l2[1])), l1[2][0, :, 0], l2[2][0, :, 0]))
+            else:
+                rest.append((layer, l1, l2))
+        if dense or ident:
+            self._dense_rows(out, dense, ident, mode, sym=f1 is f2)
+        other = self._rest_block(f1, f2, rest, mode)
+        if other is None and not (dense or ident):
+            out.zero_()
+        elif other is not None:
+            if dense or ident:
+                out.add_(other)
+            else:
+                out.copy_(other)
+
+    def _dense_rows(
+        self,
+        out: Tensor,
+        dense: list[tuple[Tensor | float, Tensor, Tensor | None]],
+        ident: list[Tensor | float],
+        mode: str,
+        sym: bool,
+    ) -> None:
+        """``out = sum_l A_l * G_l`` for dense layers, row block by row block.
+
+        ``A_l`` (N1, N2) is the input Gram (with the bias term) and ``G_l`` the cotangent Gram of
+        the features ``g1`` (N1, k, d), ``g2`` (N2, k, d): in full mode ``G[i, j, a, b] = <g1[i, a],
+        g2[j, b]>`` is one GEMM (rows * k, d) x (d, N2 * k) per row block, whose product with ``A``
+        is written (or added) into ``out[rows]`` in its final (i, j, a, b) layout while the block is
+        still in cache; in trace mode ``(1/k) sum_a G[i, j, a, a]`` is one GEMM (rows, k d) x
+        (k d, N2). The output layer (cotangents ``e_a``) adds ``A`` on the (a, a) diagonal. With
+        ``sym`` (the same features on both sides) only columns from the block's first row on are
+        computed and the rest is mirrored.
+        """
+        n1, n2, k = out.shape[0], out.shape[1], self.k
+        itemsize = out.element_size()
+        if mode == "full":
+            rb = max(1, min(n1, (_FULL_BLOCK_BYTES // max(1, k * k * n2 * itemsize))))
+        else:
+            rb = n1 if not sym else max(1, -(-n1 // 4))
+        inv_k = 1.0 / k
+        for i0 in range(0, n1, rb):
+            i1 = min(n1, i0 + rb)
+            j0 = i0 if sym else 0
+            o = out[i0:i1, j0:]
+            first = True
+            for a, g1, g2 in dense:
+                d = g1.shape[-1]
+                if g2 is None:  # the trace Gram itself
+                    c = g1[i0:i1, j0:]
+                elif mode == "full":
+                    c = matmul_t(g1[i0:i1].reshape(-1, d), g2[j0:].reshape(-1, d))
+                    c = c.view(i1 - i0, k, n2 - j0, k).transpose(1, 2)
+                elif mode == "diagonal":
+                    c = torch.bmm(g1[i0:i1].transpose(0, 1), g2[j0:].permute(1, 2, 0)).permute(1, 2, 0)
+                else:
+                    c = matmul_t(g1[i0:i1].reshape(i1 - i0, k * d), g2[j0:].reshape(n2 - j0, k * d))
+                if isinstance(a, float):
+                    scale = a * (inv_k if mode == "trace" else 1.0)
+                    if first:
+                        torch.mul(c, scale, out=o)
+                    else:
+                        o.add_(c, alpha=scale)
+                else:
+                    a_blk = a[i0:i1, j0:]
+                    if mode == "trace":
+                        a_blk = a_blk * inv_k
+                    else:
+                        a_blk = a_blk[:, :, None, None] if mode == "full" else a_blk[:, :, None]
+                    if first:
+                        torch.mul(c, a_blk, out=o)
+                    else:
+                        o.addcmul_(c, a_blk)
+                first = False
+            for a in ident:
+                if first:
+                    o.zero_()
+                    first = False
+                diag = o.diagonal(dim1=2, dim2=3) if mode == "full" else o
+                if isinstance(a, float):
+                    diag.add_(a)
+                else:
+                    diag.add_(a[i0:i1, j0:] if mode == "trace" else a[i0:i1, j0:, None])
+        if sym:
+            for i0 in range(rb, n1, rb):
+                i1 = min(n1, i0 + rb)
+                out[i0:i1, :i0] = _transpose(out[:i0, i0:i1], mode)
+
+    def _rest_block(
+        self, f1: dict[str, Any], f2: dict[str, Any], rest: list[tuple[_Layer, Any, Any]], mode: str
+    ) -> Tensor | None:
+        """The block of the layers not handled by :meth:`_dense_rows`, and of the fallback; None if none."""
+        if not rest and self.fallback is None:
+            return None
         n1, n2, k = f1["n"], f2["n"], self.k
-        ref = next(iter(f1["layers"]), None)
-        like = ref[1] if ref is not None else next(iter(f1["fallback"].values()))
+        like = self._like(f1)
         if mode == "full":
             acc = torch.zeros((n1, k, n2, k), dtype=like.dtype, device=like.device)
             view = acc.permute(0, 2, 1, 3)
@@ -412,7 +673,7 @@ class StructuredEngine(Engine):
         else:
             acc = torch.zeros((n1, n2), dtype=like.dtype, device=like.device)
             view = acc
-        for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
+        for layer, l1, l2 in rest:
             if l1[0] == "jacobian":
                 term = contract_jacobians(l1[1], l2[1], mode)
                 view.add_(term * k if mode == "trace" else term)
@@ -464,6 +725,12 @@ class StructuredEngine(Engine):
         for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
             if l1[0] == "jacobian":
                 term = contract_jacobian_pairs(l1[1], l2[1], mode)
+                total = term if total is None else total + term
+                continue
+            if l1[0] == "identity":  # cotangents e_a: A(x_i, x_i) on the (a, a) diagonal
+                a_ii = (l1[1][0] * l2[1][0]).sum(-1) * layer.w_scale2 + layer.b_scale2  # (N,)
+                eye = torch.eye(k, dtype=a_ii.dtype, device=a_ii.device)
+                term = {"full": a_ii[:, None, None] * eye, "trace": a_ii, "diagonal": a_ii[:, None].expand(n, k)}[mode]
                 total = term if total is None else total + term
                 continue
             g1, g2 = l1[2], l2[2]

@@ -108,6 +108,10 @@ def tiled_kernel(
         tiles = [(i, j) for i in rows for j in cols]
     cache_cols = len(rows) > 1 and rb * (n2 + b1) + engine.tile_bytes(b1, b2, mode) <= budget
     cache: dict[int, object] = {}
+    if not sym and len(tiles) == 1 and engine.splits:  # one tile: features of rows and columns in one pass
+        f1, f2 = engine.pair_features(x1, xb, mode)
+        engine.block_into(f1, f2, mode, result)
+        return result
     bar = Progress(len(tiles), "empirical_ntk tiles", enabled=bool(progress) or (progress is None and len(tiles) >= 4))
     done_rows: dict[int, object] = {}
     for i, j in tiles:
@@ -125,11 +129,10 @@ def tiled_kernel(
                 cache[j] = f2
         if sym and cache_cols and i not in cache:
             cache[i] = f1
-        blk = engine.block(f1, f2, mode)
-        result[i : i + b1, j : j + b2] = blk
+        blk = result[i : i + b1, j : j + b2]
+        engine.block_into(f1, f2, mode, blk)
         if sym and j != i:
             result[j : j + b2, i : i + b1] = _transpose_block(blk, mode)
-        del blk
         bar.update()
     if bar.enabled:
         bar.close()
