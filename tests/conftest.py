@@ -37,9 +37,7 @@ def single_thread() -> Iterator[None]:
     on few cores, where each worker's default thread pool oversubscribes the CPUs and small
     matrix products of training loops slow down many times over. Use with
     ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from ntkit.compute.api import _single_threaded
+
+    with _single_threaded():
         yield
-    finally:
-        torch.set_num_threads(before)
