@@ -196,8 +196,9 @@ class LinearCotangent(torch.autograd.Function):
         return (gin if need else None), None, None
 
 
-class LinearCotangentOf(torch.autograd.Function):
-    """As :class:`LinearCotangent` for an output the module computed itself (``out`` detached)."""
+class _RecordOutput(torch.autograd.Function):
+    """Shared forward of :class:`LinearCotangentOf` and :class:`ProbeCotangent`: the identity on a
+    layer's output ``out`` (a view), recording the layer's input and the output's shape."""
 
     @staticmethod
     def forward(inp: Tensor, out: Tensor, anchor: Tensor, rec: Recorder) -> Tensor:
@@ -208,6 +209,10 @@ class LinearCotangentOf(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         ctx.rec = inputs[3]
+
+
+class LinearCotangentOf(_RecordOutput):
+    """As :class:`LinearCotangent` for an output the module computed itself (``out`` detached)."""
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
@@ -216,18 +221,8 @@ class LinearCotangentOf(torch.autograd.Function):
         return (gin if need else None), None, None, None
 
 
-class ProbeCotangent(torch.autograd.Function):
+class ProbeCotangent(_RecordOutput):
     """The identity on a layer's output that records the layer's input and its cotangents."""
-
-    @staticmethod
-    def forward(inp: Tensor, out: Tensor, anchor: Tensor, rec: Recorder) -> Tensor:
-        rec.inp = inp.detach()
-        rec.out_shape = tuple(out.shape)
-        return out.view_as(out)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        ctx.rec = inputs[3]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor | None, None, None]:
