@@ -142,7 +142,8 @@ def run_threaded(
 
     With ``store``, each worker thread also calls ``store(i, j, block)`` itself (an output that
     takes concurrent writes of disjoint tiles: the copies into memory then run in parallel) and
-    ``finish`` receives None.
+    ``finish`` receives None. When a tile fails, no further tile starts; those already in flight
+    complete (and are finished) before the first error is raised.
     """
 
     def work(i: int, j: int) -> Tensor | None:
@@ -164,18 +165,27 @@ def run_threaded(
     with _single_threaded(), ThreadPoolExecutor(threads) as pool:
         pending = list(todo)[::-1]
         running: dict[Future[Tensor | None], tuple[int, int]] = {}
+        failure: BaseException | None = None
         try:
-            while pending or running:
-                while pending and len(running) < threads:
+            while running or (pending and failure is None):
+                while failure is None and pending and len(running) < threads:
                     i, j = pending.pop()
                     running[pool.submit(work, i, j)] = (i, j)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     i, j = running.pop(fut)
+                    err = fut.exception()
+                    if err is not None:
+                        # Start nothing new, but let the tiles in flight finish and be recorded:
+                        # a tile that was wholly written next to a failing one is kept.
+                        failure = failure or err
+                        continue
                     finish(i, j, fut.result())
         finally:
             for fut in running:
                 fut.cancel()
+        if failure is not None:
+            raise failure
 
 
 def write_tile(output: Output, plan: TilePlan, which: tuple[str, ...], i: int, j: int, block: Any) -> None:
