@@ -70,14 +70,15 @@ class Recorder:
 
     # ---------------------------------------------------------------- backward
     def _buffer(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """(k, *shape) storage; for a linear layer a view of (..., k, d) memory."""
+        """(k, *shape) storage: a view of (..., k, d) memory for a linear layer, (N, k, ...) for a probe."""
         if self.buf is None:
             k = self.k
             if self.w_eff is not None:
                 mem = torch.empty((*shape[:-1], k, shape[-1]), dtype=like.dtype, device=like.device)
                 self.buf = mem.movedim(-2, 0)
-            else:
-                self.buf = torch.empty((k, *shape), dtype=like.dtype, device=like.device)
+            else:  # (N, k, ...) in memory: per-example Jacobians then need no copy
+                mem = torch.empty((shape[0], k, *shape[1:]), dtype=like.dtype, device=like.device)
+                self.buf = mem.movedim(1, 0)
         return self.buf
 
     def store(self, grad: Tensor) -> None:

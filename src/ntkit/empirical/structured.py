@@ -490,7 +490,7 @@ class StructuredEngine(Engine):
         for item in f["layers"]:
             halves: list[tuple[Any, ...]]
             if item[0] == "jacobian":
-                halves = [(item[0], item[1][:n1]), (item[0], item[1][n1:])]
+                halves = [(item[0], [j[:n1] for j in item[1]]), (item[0], [j[n1:] for j in item[1]])]
             elif item[0] == "identity":
                 halves = [(item[0], item[1][:, :n1]), (item[0], item[1][:, n1:])]
             elif item[0] == "gram":  # the Gram between the halves goes with both
@@ -511,19 +511,21 @@ class StructuredEngine(Engine):
             {"layers": parts[1], "fallback": fb[1], "n": f["n"] - n1},
         )
 
-    def _layer_jacobian(self, layer: _Layer, a: Tensor, g: Tensor) -> Tensor:
-        """Per-example Jacobian (N, k, F) of the layer's selected parameters."""
+    def _layer_jacobian(self, layer: _Layer, a: Tensor, g: Tensor) -> list[Tensor]:
+        """Per-example Jacobians (N, k, F) of the layer's selected weight and bias, as parts."""
         n = a.shape[0]
         parts = []
         if layer.w_scale2 > 0:
-            jw = torch.einsum("kngop,ngcp->nkgoc", g, a) * layer.w_scale2**0.5
+            jw = torch.einsum("kngop,ngcp->nkgoc", g, a)
+            if layer.w_scale2 != 1.0:
+                jw.mul_(layer.w_scale2**0.5)
             parts.append(jw.reshape(n, self.k, -1))
         if layer.b_scale2 > 0:
-            jb = g.sum(-1).permute(1, 0, 2, 3) * layer.b_scale2**0.5
+            jb = g.sum(-1).permute(1, 0, 2, 3)
+            if layer.b_scale2 != 1.0:
+                jb = jb * layer.b_scale2**0.5
             parts.append(jb.reshape(n, self.k, -1))
-        if not parts:
-            return torch.zeros((n, self.k, 1), dtype=a.dtype, device=a.device)
-        return torch.cat(parts, dim=-1)
+        return parts
 
     # ------------------------------------------------------------ contraction
     @staticmethod
@@ -549,7 +551,9 @@ class StructuredEngine(Engine):
     @staticmethod
     def _like(f: dict[str, Any]) -> Tensor:
         ref = next(iter(f["layers"]), None)
-        return ref[1] if ref is not None else next(iter(f["fallback"].values()))
+        if ref is None:
+            return next(iter(f["fallback"].values()))
+        return ref[1][0] if isinstance(ref[1], list) else ref[1]
 
     def block_into(self, f1: dict[str, Any], f2: dict[str, Any], mode: str, out: Tensor) -> None:
         """Write the block into ``out`` (N1, N2[, k[, k]]), possibly a strided view.
@@ -675,8 +679,9 @@ class StructuredEngine(Engine):
             view = acc
         for layer, l1, l2 in rest:
             if l1[0] == "jacobian":
-                term = contract_jacobians(l1[1], l2[1], mode)
-                view.add_(term * k if mode == "trace" else term)
+                for j1, j2 in zip(l1[1], l2[1], strict=True):
+                    term = contract_jacobians(j1, j2, mode)
+                    view.add_(term * k if mode == "trace" else term)
                 continue
             a_gram = self._input_gram(layer, l1[1], l2[1])
             g1, g2 = l1[2], l2[2]
@@ -724,8 +729,9 @@ class StructuredEngine(Engine):
         total: Tensor | None = None
         for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
             if l1[0] == "jacobian":
-                term = contract_jacobian_pairs(l1[1], l2[1], mode)
-                total = term if total is None else total + term
+                for j1, j2 in zip(l1[1], l2[1], strict=True):
+                    term = contract_jacobian_pairs(j1, j2, mode)
+                    total = term if total is None else total + term
                 continue
             if l1[0] == "identity":  # cotangents e_a: A(x_i, x_i) on the (a, a) diagonal
                 a_ii = (l1[1][0] * l2[1][0]).sum(-1) * layer.w_scale2 + layer.b_scale2  # (N,)
