@@ -12,19 +12,29 @@ therefore a product of two Gram matrices, never a Jacobian:
     Theta_W+b(x, x')_{cd} = sum_{p,q} [s_w^2 <a_p(x), a_q(x')> + s_b^2] <g_{c,p}(x), g_{d,q}(x')>.
 
 For a dense layer (one position) this is ``A(x, x') * G(x, x')_{cd}`` with ``A`` the (N1, N2) input
-Gram and ``G`` the cotangent Gram; in trace mode ``sum_c G_cc`` is a single GEMM of the cotangents
-reshaped to (N1, k * n_out) and (N2, k * n_out) — all the work is large matrix products. Groups of a
+Gram and ``G`` the cotangent Gram: one GEMM (N1 k, n_out) x (n_out, N2 k), and in trace mode
+``sum_c G_cc`` is a single GEMM of the cotangents reshaped to (N1, k * n_out) and (N2, k * n_out) —
+all the work is large matrix products. Groups of a
 grouped convolution are summed. When positions make the pairwise (p, q) product more expensive
 than forming the layer's per-example Jacobian (``N k P_layer`` numbers), that layer is contracted
 as Jacobians instead (both are exact; the cheaper one by a flop count is used).
 
-The layer inputs are captured by forward hooks; the cotangents of all ``k`` outputs at every layer
-output come from one backward pass batched over the ``k`` output basis vectors
-(``torch.autograd.grad(..., is_grads_batched=True)``) through zero "probe" tensors added to the layer
-outputs. Parameters of any other module (LayerNorm, BatchNorm affine, custom modules, a weight
-shared between modules) are handled by per-example Jacobians (``torch.func``), restricted to them.
-A layer is recognised only by its exact type, and its parameters must enter the computation only
-through its own forward (e.g. ``nn.MultiheadAttention.out_proj`` does not: it falls back).
+The layer inputs and the cotangents of all ``k`` outputs at every layer output are recorded during
+one forward pass and one backward pass vectorised over the ``k`` output basis vectors (in chunks of
+outputs that keep temporaries small; see :mod:`ntkit.empirical._cotangents`). Linear layers pass
+the cotangents on themselves (one GEMM for all ``k``); the model's output layer, a linear layer
+whose output *is* the model's output, has the basis vectors themselves as cotangents
+(``G_cd = delta_cd``: no Gram product). Parameters of any other module (LayerNorm, BatchNorm
+affine, custom modules, a weight shared between modules) are handled by per-example Jacobians
+(``torch.func``), restricted to them. A layer is recognised only by its exact type, and its
+parameters must enter the computation only through its own forward (e.g.
+``nn.MultiheadAttention.out_proj`` does not: it falls back).
+
+Cost and layout. Dense layers write ``A * G`` straight into the result in row blocks whose
+cotangent Gram stays in cache (full mode), only on and above the diagonal when ``x2`` is ``None``.
+When the whole kernel is one tile, the features of ``x1`` and ``x2`` come from one pass; in trace
+mode each dense layer's ``sum_c G_cc`` is then accumulated during the backward pass and its
+cotangents are never stored.
 
 Reference: Novak, Sohl-Dickstein, Schoenholz (2022), "Fast finite width neural tangent kernel",
 ICML, section 4 ("structured derivatives"); the per-layer factorisation of dense layers follows
