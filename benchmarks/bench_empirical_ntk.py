@@ -278,7 +278,7 @@ def bench_cnn(dtype: torch.dtype, mode: str, quick: bool) -> None:
     results: dict[str, tuple[float, float | None]] = {}
     notes = []
     for impl in ("structured", "jacobian"):
-        server = NTServer({**job, "impls": [impl]}, ready_timeout=300)
+        server = NTServer({**job, "impls": [impl]}, ready_timeout=180)
         try:
             results[impl] = alternate(
                 functools.partial(ntkit.empirical_ntk, model, x1, x2, mode=mode, implementation=impl),

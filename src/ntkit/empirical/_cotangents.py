@@ -4,7 +4,9 @@ For every call of a recognised layer we need its input ``a`` (N, ...) and the co
 ``g_c = d f_c / d z`` (k, N, ...) of all ``k`` outputs at its output ``z``. A :class:`Recorder` per
 call collects both; custom autograd functions put it on the graph:
 
-* :class:`LinearCotangent` replaces a linear layer's forward: it computes ``z = s_w a W^T + s_b b``
+* :class:`LinearCotangent` replaces a linear layer's forward (an instance attribute ``forward``
+  shadows the class's for the duration of the call; a module that already has one keeps it and
+  gets :class:`LinearCotangentOf` through a forward hook): it computes ``z = s_w a W^T + s_b b``
   itself (by :func:`~ntkit.empirical._gemm.matmul_t`, oneDNN for float32 on CPU) and in the
   backward records the cotangent and passes ``g (s_w W)`` to the input. The graph to the layer's
   parameters is cut: nothing here differentiates parameters.
