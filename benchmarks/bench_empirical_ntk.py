@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 import ntkit
-from ntkit.empirical._common import contract_jacobians, select_parameters
+from ntkit.empirical._common import select_parameters
 from ntkit.empirical.jacobian import JacobianEngine
 from ntkit.empirical.ntvp import NTVPEngine
 
@@ -93,8 +93,8 @@ def cnn(dtype: torch.dtype, channels: int = 32) -> nn.Module:
 
 def tutorial_estimate(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, mode: str, rows: int) -> float:
     """``a (N1 + N2) + b`` from the per-row Jacobian time ``a`` (``rows`` rows timed) and the time ``b``
-    of the full-size contraction, timed on random Jacobians of all N1, N2 rows and a 1/s slice of
-    the parameters (the contraction is one GEMM whose cost is linear in the parameter count), times s.
+    of the full-size contraction (the tutorial's ``einsum``), timed on random Jacobians of all N1, N2
+    rows and a 1/s slice of the parameters (its cost is linear in the parameter count), times s.
     """
     params = select_parameters(model, None)
     eng = JacobianEngine(model, params, 10, 0.0)
@@ -108,7 +108,8 @@ def tutorial_estimate(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, mode
     p_slice = max(1, int(2**26 // (10 * (n1 + n2))))  # 256 MB of float32 Jacobians
     j1 = torch.randn(n1, 10, p_slice, dtype=x1.dtype)
     j2 = torch.randn(n2, 10, p_slice, dtype=x1.dtype)
-    b = best_of(lambda: contract_jacobians(j1, j2, mode), 2) * n_params / p_slice
+    expr = "Naf,Mbf->NMab" if mode == "full" else "Naf,Maf->NM"  # the tutorial's contraction
+    b = best_of(lambda: torch.einsum(expr, j1, j2), 2) * n_params / p_slice
     return a * (n1 + n2) + b
 
 
@@ -277,7 +278,7 @@ def bench_cnn(dtype: torch.dtype, mode: str, quick: bool) -> None:
     results: dict[str, tuple[float, float | None]] = {}
     notes = []
     for impl in ("structured", "jacobian"):
-        server = NTServer({**job, "impls": [impl]}, ready_timeout=300)
+        server = NTServer({**job, "impls": [impl]}, ready_timeout=180)
         try:
             results[impl] = alternate(
                 functools.partial(ntkit.empirical_ntk, model, x1, x2, mode=mode, implementation=impl),

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ntkit._validation import describe
+from ntkit.empirical._gemm import matmul_t
 
 Tensor = torch.Tensor
 
@@ -91,11 +92,11 @@ def contract_jacobians(j1: Tensor, j2: Tensor, mode: str) -> Tensor:
     n1, k, p = j1.shape
     n2 = j2.shape[0]
     if mode == "full":
-        c = j1.reshape(n1 * k, p) @ j2.reshape(n2 * k, p).T
+        c = matmul_t(j1.reshape(n1 * k, p), j2.reshape(n2 * k, p))
         return c.view(n1, k, n2, k).permute(0, 2, 1, 3)
     if mode == "diagonal":
         return torch.bmm(j1.transpose(0, 1), j2.permute(1, 2, 0)).permute(1, 2, 0)
-    return (j1.reshape(n1, k * p) @ j2.reshape(n2, k * p).T) / k
+    return matmul_t(j1.reshape(n1, k * p), j2.reshape(n2, k * p)).div_(k)
 
 
 def contract_jacobian_pairs(j1: Tensor, j2: Tensor, mode: str) -> Tensor:

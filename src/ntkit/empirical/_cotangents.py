@@ -4,7 +4,9 @@ For every call of a recognised layer we need its input ``a`` (N, ...) and the co
 ``g_c = d f_c / d z`` (k, N, ...) of all ``k`` outputs at its output ``z``. A :class:`Recorder` per
 call collects both; custom autograd functions put it on the graph:
 
-* :class:`LinearCotangent` replaces a linear layer's forward: it computes ``z = s_w a W^T + s_b b``
+* :class:`LinearCotangent` replaces a linear layer's forward (an instance attribute ``forward``
+  shadows the class's for the duration of the call; a module that already has one keeps it and
+  gets :class:`LinearCotangentOf` through a forward hook): it computes ``z = s_w a W^T + s_b b``
   itself (by :func:`~ntkit.empirical._gemm.matmul_t`, oneDNN for float32 on CPU) and in the
   backward records the cotangent and passes ``g (s_w W)`` to the input. The graph to the layer's
   parameters is cut: nothing here differentiates parameters.
@@ -70,14 +72,15 @@ class Recorder:
 
     # ---------------------------------------------------------------- backward
     def _buffer(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """(k, *shape) storage; for a linear layer a view of (..., k, d) memory."""
+        """(k, *shape) storage: a view of (..., k, d) memory for a linear layer, (N, k, ...) for a probe."""
         if self.buf is None:
             k = self.k
             if self.w_eff is not None:
                 mem = torch.empty((*shape[:-1], k, shape[-1]), dtype=like.dtype, device=like.device)
                 self.buf = mem.movedim(-2, 0)
-            else:
-                self.buf = torch.empty((k, *shape), dtype=like.dtype, device=like.device)
+            else:  # (N, k, ...) in memory: per-example Jacobians then need no copy
+                mem = torch.empty((shape[0], k, *shape[1:]), dtype=like.dtype, device=like.device)
+                self.buf = mem.movedim(1, 0)
         return self.buf
 
     def store(self, grad: Tensor) -> None:

@@ -12,19 +12,29 @@ therefore a product of two Gram matrices, never a Jacobian:
     Theta_W+b(x, x')_{cd} = sum_{p,q} [s_w^2 <a_p(x), a_q(x')> + s_b^2] <g_{c,p}(x), g_{d,q}(x')>.
 
 For a dense layer (one position) this is ``A(x, x') * G(x, x')_{cd}`` with ``A`` the (N1, N2) input
-Gram and ``G`` the cotangent Gram; in trace mode ``sum_c G_cc`` is a single GEMM of the cotangents
-reshaped to (N1, k * n_out) and (N2, k * n_out) — all the work is large matrix products. Groups of a
+Gram and ``G`` the cotangent Gram: one GEMM (N1 k, n_out) x (n_out, N2 k), and in trace mode
+``sum_c G_cc`` is a single GEMM of the cotangents reshaped to (N1, k * n_out) and (N2, k * n_out) —
+all the work is large matrix products. Groups of a
 grouped convolution are summed. When positions make the pairwise (p, q) product more expensive
 than forming the layer's per-example Jacobian (``N k P_layer`` numbers), that layer is contracted
 as Jacobians instead (both are exact; the cheaper one by a flop count is used).
 
-The layer inputs are captured by forward hooks; the cotangents of all ``k`` outputs at every layer
-output come from one backward pass batched over the ``k`` output basis vectors
-(``torch.autograd.grad(..., is_grads_batched=True)``) through zero "probe" tensors added to the layer
-outputs. Parameters of any other module (LayerNorm, BatchNorm affine, custom modules, a weight
-shared between modules) are handled by per-example Jacobians (``torch.func``), restricted to them.
-A layer is recognised only by its exact type, and its parameters must enter the computation only
-through its own forward (e.g. ``nn.MultiheadAttention.out_proj`` does not: it falls back).
+The layer inputs and the cotangents of all ``k`` outputs at every layer output are recorded during
+one forward pass and one backward pass vectorised over the ``k`` output basis vectors (in chunks of
+outputs that keep temporaries small; see :mod:`ntkit.empirical._cotangents`). Linear layers pass
+the cotangents on themselves (one GEMM for all ``k``); the model's output layer, a linear layer
+whose output *is* the model's output, has the basis vectors themselves as cotangents
+(``G_cd = delta_cd``: no Gram product). Parameters of any other module (LayerNorm, BatchNorm
+affine, custom modules, a weight shared between modules) are handled by per-example Jacobians
+(``torch.func``), restricted to them. A layer is recognised only by its exact type, and its
+parameters must enter the computation only through its own forward (e.g.
+``nn.MultiheadAttention.out_proj`` does not: it falls back).
+
+Cost and layout. Dense layers write ``A * G`` straight into the result in row blocks whose
+cotangent Gram stays in cache (full mode), only on and above the diagonal when ``x2`` is ``None``.
+When the whole kernel is one tile, the features of ``x1`` and ``x2`` come from one pass; in trace
+mode each dense layer's ``sum_c G_cc`` is then accumulated during the backward pass and its
+cotangents are never stored.
 
 Reference: Novak, Sohl-Dickstein, Schoenholz (2022), "Fast finite width neural tangent kernel",
 ICML, section 4 ("structured derivatives"); the per-layer factorisation of dense layers follows
@@ -119,11 +129,8 @@ def _patches(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
 
 #: Bytes of one row block's cotangent Gram in full mode (kept in cache while multiplied into the result).
 _FULL_BLOCK_BYTES = 4 << 20
-
-
-def _first(gram: Tensor | float) -> Tensor | float:
-    """The one group of an input Gram (1, N1, N2) -> (N1, N2); a float (bias only) unchanged."""
-    return gram if isinstance(gram, float) else gram[0]
+#: Bytes of one row block's temporaries in trace and diagonal mode.
+_ROW_BLOCK_BYTES = 16 << 20
 
 
 def _transpose(blk: Tensor, mode: str) -> Tensor:
@@ -490,7 +497,7 @@ class StructuredEngine(Engine):
         for item in f["layers"]:
             halves: list[tuple[Any, ...]]
             if item[0] == "jacobian":
-                halves = [(item[0], item[1][:n1]), (item[0], item[1][n1:])]
+                halves = [(item[0], [j[:n1] for j in item[1]]), (item[0], [j[n1:] for j in item[1]])]
             elif item[0] == "identity":
                 halves = [(item[0], item[1][:, :n1]), (item[0], item[1][:, n1:])]
             elif item[0] == "gram":  # the Gram between the halves goes with both
@@ -511,19 +518,21 @@ class StructuredEngine(Engine):
             {"layers": parts[1], "fallback": fb[1], "n": f["n"] - n1},
         )
 
-    def _layer_jacobian(self, layer: _Layer, a: Tensor, g: Tensor) -> Tensor:
-        """Per-example Jacobian (N, k, F) of the layer's selected parameters."""
+    def _layer_jacobian(self, layer: _Layer, a: Tensor, g: Tensor) -> list[Tensor]:
+        """Per-example Jacobians (N, k, F) of the layer's selected weight and bias, as parts."""
         n = a.shape[0]
         parts = []
         if layer.w_scale2 > 0:
-            jw = torch.einsum("kngop,ngcp->nkgoc", g, a) * layer.w_scale2**0.5
+            jw = torch.einsum("kngop,ngcp->nkgoc", g, a)
+            if layer.w_scale2 != 1.0:
+                jw.mul_(layer.w_scale2**0.5)
             parts.append(jw.reshape(n, self.k, -1))
         if layer.b_scale2 > 0:
-            jb = g.sum(-1).permute(1, 0, 2, 3) * layer.b_scale2**0.5
+            jb = g.sum(-1).permute(1, 0, 2, 3)
+            if layer.b_scale2 != 1.0:
+                jb = jb * layer.b_scale2**0.5
             parts.append(jb.reshape(n, self.k, -1))
-        if not parts:
-            return torch.zeros((n, self.k, 1), dtype=a.dtype, device=a.device)
-        return torch.cat(parts, dim=-1)
+        return parts
 
     # ------------------------------------------------------------ contraction
     @staticmethod
@@ -549,7 +558,9 @@ class StructuredEngine(Engine):
     @staticmethod
     def _like(f: dict[str, Any]) -> Tensor:
         ref = next(iter(f["layers"]), None)
-        return ref[1] if ref is not None else next(iter(f["fallback"].values()))
+        if ref is None:
+            return next(iter(f["fallback"].values()))
+        return ref[1][0] if isinstance(ref[1], list) else ref[1]
 
     def block_into(self, f1: dict[str, Any], f2: dict[str, Any], mode: str, out: Tensor) -> None:
         """Write the block into ``out`` (N1, N2[, k[, k]]), possibly a strided view.
@@ -558,27 +569,26 @@ class StructuredEngine(Engine):
         row blocks (:meth:`_dense_rows`); everything else (convolutions, per-layer Jacobians, the
         autodiff fallback) is accumulated in a separate block and added.
         """
-        dense: list[tuple[Tensor | float, Tensor, Tensor | None]] = []
-        ident: list[Tensor | float] = []
+        dense: list[tuple[str, _Layer, Tensor, Tensor, Tensor | None, Tensor | None]] = []
         rest: list[tuple[_Layer, Any, Any]] = []
         for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
             if l1[0] == "identity":
-                ident.append(_first(self._input_gram(layer, l1[1], l2[1])))
+                dense.append(("identity", layer, l1[1][0], l2[1][0], None, None))
             elif l1[0] == "gram":
                 if mode != "trace":
                     raise ValueError(f"mode: features with trace Grams give trace blocks only, got mode={mode!r}")
-                dense.append((_first(self._input_gram(layer, l1[1], l2[1])), l1[2], None))
+                dense.append(("gram", layer, l1[1][0], l2[1][0], l1[2], None))
             elif l1[0] == "factored" and l1[2].shape[0] == 1 and l1[2].shape[2] == 1:
-                dense.append((_first(self._input_gram(layer, l1[1], l2[1])), l1[2][0, :, 0], l2[2][0, :, 0]))
+                dense.append(("cotangents", layer, l1[1][0], l2[1][0], l1[2][0, :, 0], l2[2][0, :, 0]))
             else:
                 rest.append((layer, l1, l2))
-        if dense or ident:
-            self._dense_rows(out, dense, ident, mode, sym=f1 is f2)
+        if dense:
+            self._dense_rows(out, dense, mode, sym=f1 is f2)
         other = self._rest_block(f1, f2, rest, mode)
-        if other is None and not (dense or ident):
+        if other is None and not dense:
             out.zero_()
         elif other is not None:
-            if dense or ident:
+            if dense:
                 out.add_(other)
             else:
                 out.copy_(other)
@@ -586,71 +596,79 @@ class StructuredEngine(Engine):
     def _dense_rows(
         self,
         out: Tensor,
-        dense: list[tuple[Tensor | float, Tensor, Tensor | None]],
-        ident: list[Tensor | float],
+        dense: list[tuple[str, _Layer, Tensor, Tensor, Tensor | None, Tensor | None]],
         mode: str,
         sym: bool,
     ) -> None:
         """``out = sum_l A_l * G_l`` for dense layers, row block by row block.
 
-        ``A_l`` (N1, N2) is the input Gram (with the bias term) and ``G_l`` the cotangent Gram of
-        the features ``g1`` (N1, k, d), ``g2`` (N2, k, d): in full mode ``G[i, j, a, b] = <g1[i, a],
-        g2[j, b]>`` is one GEMM (rows * k, d) x (d, N2 * k) per row block, whose product with ``A``
-        is written (or added) into ``out[rows]`` in its final (i, j, a, b) layout while the block is
-        still in cache; in trace mode ``(1/k) sum_a G[i, j, a, a]`` is one GEMM (rows, k d) x
-        (k d, N2). The output layer (cotangents ``e_a``) adds ``A`` on the (a, a) diagonal. With
+        Each entry is ``(kind, layer, a1, a2, g1, g2)`` with the layer inputs ``a1`` (N1, d_in),
+        ``a2`` (N2, d_in). ``A_l = s_w^2 a1 a2^T + s_b^2`` is formed block by block and ``G_l`` is
+        the cotangent Gram of ``g1`` (N1, k, d), ``g2`` (N2, k, d): in full mode ``G[i, j, a, b] =
+        <g1[i, a], g2[j, b]>`` is one GEMM (rows * k, d) x (d, N2 * k) per row block, whose product
+        with ``A`` is written (or added) into ``out[rows]`` in its final (i, j, a, b) layout while
+        the block is still in cache; in trace mode ``(1/k) sum_a G[i, j, a, a]`` is one GEMM
+        (rows, k d) x (k d, N2), or ``g1`` already is ``sum_a G_aa`` (kind ``"gram"``). The output
+        layer (kind ``"identity"``, cotangents ``e_a``) adds ``A`` on the (a, a) diagonal. With
         ``sym`` (the same features on both sides) only columns from the block's first row on are
         computed and the rest is mirrored.
         """
         n1, n2, k = out.shape[0], out.shape[1], self.k
         itemsize = out.element_size()
-        if mode == "full":
-            rb = max(1, min(n1, (_FULL_BLOCK_BYTES // max(1, k * k * n2 * itemsize))))
-        else:
-            rb = n1 if not sym else max(1, -(-n1 // 4))
-        inv_k = 1.0 / k
+        width = {"full": k * k, "trace": 1, "diagonal": k}[mode]
+        rb = max(1, min(n1, (_FULL_BLOCK_BYTES if mode == "full" else _ROW_BLOCK_BYTES) // (width * n2 * itemsize)))
+        if sym:
+            rb = min(rb, max(1, -(-n1 // 4)))
+        # trace mode: (1/k) sum_a, with the identity layer's sum_a delta_aa = k
+        unit = 1.0 / k if mode == "trace" else 1.0
         for i0 in range(0, n1, rb):
             i1 = min(n1, i0 + rb)
             j0 = i0 if sym else 0
             o = out[i0:i1, j0:]
             first = True
-            for a, g1, g2 in dense:
+            for kind, layer, a1, a2, g1, g2 in dense:
+                scale = 1.0 if kind == "identity" and mode == "trace" else unit
+                if layer.w_scale2 == 0:
+                    a: Tensor | float = layer.b_scale2 * scale
+                else:
+                    a = matmul_t(a1[i0:i1], a2[j0:])
+                    if layer.w_scale2 * scale != 1.0:
+                        a.mul_(layer.w_scale2 * scale)
+                    if layer.b_scale2 != 0:
+                        a.add_(layer.b_scale2 * scale)
+                    if mode != "trace":
+                        a = a[:, :, None, None] if mode == "full" else a[:, :, None]
+                if kind == "identity":
+                    if first:
+                        o.zero_()
+                    diag = o.diagonal(dim1=2, dim2=3) if mode == "full" else o
+                    diag.add_(a[..., 0] if mode == "full" and isinstance(a, Tensor) else a)
+                    first = False
+                    continue
+                assert g1 is not None
                 d = g1.shape[-1]
-                if g2 is None:  # the trace Gram itself
+                if kind == "gram":  # the trace Gram itself
                     c = g1[i0:i1, j0:]
                 elif mode == "full":
+                    assert g2 is not None
                     c = matmul_t(g1[i0:i1].reshape(-1, d), g2[j0:].reshape(-1, d))
                     c = c.view(i1 - i0, k, n2 - j0, k).transpose(1, 2)
                 elif mode == "diagonal":
+                    assert g2 is not None
                     c = torch.bmm(g1[i0:i1].transpose(0, 1), g2[j0:].permute(1, 2, 0)).permute(1, 2, 0)
                 else:
+                    assert g2 is not None
                     c = matmul_t(g1[i0:i1].reshape(i1 - i0, k * d), g2[j0:].reshape(n2 - j0, k * d))
                 if isinstance(a, float):
-                    scale = a * (inv_k if mode == "trace" else 1.0)
                     if first:
-                        torch.mul(c, scale, out=o)
+                        torch.mul(c, a, out=o)
                     else:
-                        o.add_(c, alpha=scale)
+                        o.add_(c, alpha=a)
+                elif first:
+                    torch.mul(c, a, out=o)
                 else:
-                    a_blk = a[i0:i1, j0:]
-                    if mode == "trace":
-                        a_blk = a_blk * inv_k
-                    else:
-                        a_blk = a_blk[:, :, None, None] if mode == "full" else a_blk[:, :, None]
-                    if first:
-                        torch.mul(c, a_blk, out=o)
-                    else:
-                        o.addcmul_(c, a_blk)
+                    o.addcmul_(c, a)
                 first = False
-            for a in ident:
-                if first:
-                    o.zero_()
-                    first = False
-                diag = o.diagonal(dim1=2, dim2=3) if mode == "full" else o
-                if isinstance(a, float):
-                    diag.add_(a)
-                else:
-                    diag.add_(a[i0:i1, j0:] if mode == "trace" else a[i0:i1, j0:, None])
         if sym:
             for i0 in range(rb, n1, rb):
                 i1 = min(n1, i0 + rb)
@@ -675,8 +693,9 @@ class StructuredEngine(Engine):
             view = acc
         for layer, l1, l2 in rest:
             if l1[0] == "jacobian":
-                term = contract_jacobians(l1[1], l2[1], mode)
-                view.add_(term * k if mode == "trace" else term)
+                for j1, j2 in zip(l1[1], l2[1], strict=True):
+                    term = contract_jacobians(j1, j2, mode)
+                    view.add_(term * k if mode == "trace" else term)
                 continue
             a_gram = self._input_gram(layer, l1[1], l2[1])
             g1, g2 = l1[2], l2[2]
@@ -724,8 +743,9 @@ class StructuredEngine(Engine):
         total: Tensor | None = None
         for layer, l1, l2 in zip(self.layers, f1["layers"], f2["layers"], strict=True):
             if l1[0] == "jacobian":
-                term = contract_jacobian_pairs(l1[1], l2[1], mode)
-                total = term if total is None else total + term
+                for j1, j2 in zip(l1[1], l2[1], strict=True):
+                    term = contract_jacobian_pairs(j1, j2, mode)
+                    total = term if total is None else total + term
                 continue
             if l1[0] == "identity":  # cotangents e_a: A(x_i, x_i) on the (a, a) diagonal
                 a_ii = (l1[1][0] * l2[1][0]).sum(-1) * layer.w_scale2 + layer.b_scale2  # (N,)
