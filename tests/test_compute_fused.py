@@ -8,10 +8,28 @@ import torch
 import ntkit
 from ntkit.activations import ABReLU, Erf
 from ntkit.compute import FCSpec, fc_diag, fc_tile, kernel_tile_fn
+from ntkit.compute import native
 from ntkit.compute.fused import GRAM_BLOCK, block_gram, fused_kind
 from tests.conftest import TOL, rel_err
 
 ACTIVATIONS = ["relu", "leaky_relu", "abs", ABReLU(0.3, -0.7), "erf", Erf(1.3, 0.7, 0.2), "identity"]
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both ABReLU layer loops: the compiled kernel and the torch code."""
+    if request.param == "torch":
+        monkeypatch.setenv("NTKIT_NATIVE", "0")
+    else:
+        require_native()
+    return str(request.param)
+
+
+def require_native() -> None:
+    """The compiled kernel must load wherever a C compiler exists (it does in CI)."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine: only the torch path exists here")
+    assert native.library() is not None, native.status()
 
 
 def _data(gen: torch.Generator, n: int = 150, d: int = 6, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -130,3 +148,73 @@ def test_upper_only_diagonal_tile_matches_the_full_tile(gen: torch.Generator, mo
     nngp, ntk = fc_tile(x, x, spec, upper=True)
     assert ntk is not None and full_ntk is not None
     assert torch.equal(nngp.triu(), full_nngp.triu()) and torch.equal(ntk.triu(), full_ntk.triu())
+
+
+# --- the compiled kernel on its own ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["relu", ABReLU(0.3, -0.7)], ids=repr)
+def test_native_agrees_with_the_torch_path(gen: torch.Generator, kernel_path: str, dtype: torch.dtype,
+                                           activation: object) -> None:
+    if kernel_path == "torch":
+        return  # (one comparison per case is enough)
+    x = _data(gen, n=150, dtype=dtype)
+    spec = FCSpec.make(4, activation, 0.3, 1.2)
+    tol = 1e-13 if dtype == torch.float64 else 3e-6
+    for a, b in zip(fc_tile(x, x[:70], spec, native=True), fc_tile(x, x[:70], spec, native=False), strict=True):
+        assert a is not None and b is not None
+        assert rel_err(a, b) < tol
+    for a, b in zip(fc_diag(x, spec, native=True), fc_diag(x, spec, native=False), strict=True):
+        assert a is not None and b is not None
+        assert rel_err(a, b) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_entries_do_not_depend_on_their_place(
+    gen: torch.Generator, kernel_path: str, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """Blocks of 64 entries with padded tails, row ranges on threads: no entry changes by a bit."""
+    if kernel_path == "torch":
+        return
+    from ntkit.compute import fused
+
+    # inputs on a grid of 1/8: every Gram entry is exact whatever BLAS kernel computes it, so any
+    # difference below would come from the layer loop
+    x = (_data(gen, n=300, dtype=dtype) * 8).round() / 8
+    spec = FCSpec.make(3, "relu", 0.2, 1.1)
+    full = fc_tile(x, x[:200], spec, native=True)
+    shifted = fc_tile(x[7:], x[37:200], spec, native=True)  # other lanes, other tails
+    monkeypatch.setattr(fused, "NATIVE_SPLIT", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        split = fc_tile(x, x[:200], spec, native=True)  # row ranges over two threads
+    finally:
+        torch.set_num_threads(before)
+    upper = fc_tile(x[:200], x[:200], spec, native=True, upper=True)
+    diag = fc_diag(x, spec, native=True)
+    for k in range(2):
+        a, b, c, u, d = full[k], shifted[k], split[k], upper[k], diag[k]
+        assert a is not None and b is not None and c is not None and u is not None and d is not None
+        assert torch.equal(a[7:, 37:], b)
+        assert torch.equal(a, c)
+        assert torch.equal(u.triu(), a[:200].triu())
+        assert torch.equal(a[:200].diagonal(), d[:200])  # the diagonal path gives the tile's diagonal entries
+        assert a[5, 17] == a[5, 5]  # the duplicate keeps angle 0
+
+
+def test_native_falls_back_where_it_cannot_run(gen: torch.Generator, kernel_path: str) -> None:
+    x = _data(gen, n=40)
+    spec = FCSpec.make(2, "relu")
+    strided = torch.empty(40, 80, dtype=torch.float64)[:, ::2]  # column stride 2: the torch path
+    nngp, _ = fc_tile(x, x, spec, out=(strided, None), ntk=False)
+    assert rel_err(nngp, fc_tile(x, x, spec, native=False)[0]) < 1e-13
+    if kernel_path == "native":
+        with pytest.raises(RuntimeError, match="native=True"):
+            fc_tile(x, x, spec, out=(strided, None), ntk=False, native=True)
+        assert native.status() == "native C kernel"
+    else:
+        assert native.status() == "torch path (NTKIT_NATIVE=0)"
+        with pytest.raises(RuntimeError, match="NTKIT_NATIVE=0"):
+            fc_tile(x, x, spec, native=True)

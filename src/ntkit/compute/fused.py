@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch
 
 from ntkit._validation import check_choice, check_dtype, check_float, check_int, check_pair
 from ntkit.activations import ABReLU, Activation, Erf, Identity, get_activation
+from ntkit.compute import native as _native
 from ntkit.infinite import fc_recursion
 
 Tensor = torch.Tensor
@@ -282,10 +284,18 @@ def input_variances(x: Tensor, spec: FCSpec) -> Tensor:
     return (spec.w_std**2 / x.shape[1]) * (x * x).sum(-1) + spec.beta**2
 
 
-def fc_diag(x: Tensor, spec: FCSpec, *, ntk: bool = True) -> tuple[Tensor, Tensor | None]:
-    """Diagonals ``(Sigma(L)(x, x), Theta(L)(x, x))`` of shape (N,), per row, without any N x N work."""
+def fc_diag(
+    x: Tensor, spec: FCSpec, *, ntk: bool = True, native: bool | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """Diagonals ``(Sigma(L)(x, x), Theta(L)(x, x))`` of shape (N,), per row, without any N x N work.
+
+    ``native``: use the compiled ABReLU kernel of :mod:`ntkit.compute.native` (None: when available;
+    the diagonal then equals the diagonal entries of :func:`fc_tile`'s native tiles bit for bit).
+    """
     var = input_variances(x, spec)
     kind = spec.fused_kind
+    if kind == "abrelu" and _use_native(native, var):
+        return _native.abrelu_diag(var, spec, ntk=ntk)
     if kind == "generic":
         return _generic_diag(spec, var, var.clone() if ntk else None)
     shape = (var.shape[0],)
@@ -318,6 +328,7 @@ def fc_tile(
     var: tuple[Tensor, Tensor] | None = None,
     out: tuple[Tensor, Tensor | None] | None = None,
     upper: bool = False,
+    native: bool | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """NNGP and NTK of one tile: ``(Sigma(L)(x1, x2), Theta(L)(x1, x2))`` of shape (t1, t2).
 
@@ -343,6 +354,10 @@ def fc_tile(
     upper : bool
         ``x1`` and ``x2`` are the same rows (a diagonal tile of a symmetric kernel): only the upper
         triangle ``(a, b), b >= a`` is guaranteed (less work); the caller mirrors it.
+    native : bool or None
+        ABReLU activations on the CPU: run all layers in the compiled kernel of
+        :mod:`ntkit.compute.native` (None: whenever it is available; False: the torch code below;
+        True: require it). The two paths agree to rounding; each is tiling-invariant on its own.
     """
     if ids is None:
         ids = row_ids(x1, x2)
@@ -363,6 +378,9 @@ def fc_tile(
         nngp_out.copy_(k.nngp)
         if ntk_out is not None and k.ntk is not None:
             ntk_out.copy_(k.ntk)
+        return nngp_out, ntk_out if ntk else None
+    if kind == "abrelu" and _use_native(native, x1, nngp_out, ntk_out):
+        _native_tile(x1, x2, spec, ids, (v1, v2), (nngp_out, ntk_out), upper)
         return nngp_out, ntk_out if ntk else None
     gram = block_gram(x1, x2, out=nngp_out)  # raw x1.x2; each strip is scaled in its padded buffer
     vars1, vars2 = [v1], [v2]  # the variances feeding each layer, by the same arithmetic as the entries
@@ -386,6 +404,50 @@ def fc_tile(
         if ntk_out is not None and th is not None:
             ntk_out[r0:r1, c0:] = _view(th, shape)
     return nngp_out, ntk_out if ntk else None
+
+
+def _use_native(native: bool | None, *tensors: Tensor | None) -> bool:
+    if native is False:
+        return False
+    ok = _native.usable(*tensors)
+    if native and not ok:
+        raise RuntimeError(f"native=True: the compiled kernel cannot be used here ({_native.status()})")
+    return ok
+
+
+#: Entries of a tile above which the native kernel splits its rows over torch's intra-op threads.
+NATIVE_SPLIT = 1 << 18
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _native_tile(
+    x1: Tensor, x2: Tensor, spec: FCSpec, ids: tuple[Tensor, Tensor], var: tuple[Tensor, Tensor],
+    out: tuple[Tensor, Tensor | None], upper: bool,
+) -> None:
+    """:func:`fc_tile` by the compiled kernel: Gram matrix by BLAS, then every layer per entry in C."""
+    nngp_out, ntk_out = out
+    t1, t2 = x1.shape[0], x2.shape[0]
+    block_gram(x1, x2, out=nngp_out)
+    vars1 = _native.layer_variances(var[0].contiguous(), spec)
+    vars2 = _native.layer_variances(var[1].contiguous(), spec, pad=_native.LANES)
+    id1, id2 = ids[0].to(torch.int64).contiguous(), ids[1].to(torch.int64).contiguous()
+    dup = torch.isin(id1, id2).to(torch.uint8)
+
+    def rows(r0: int, r1: int) -> None:
+        _native.abrelu_tile(
+            nngp_out, ntk_out, (r0, r1), t2, upper=upper, vars1=vars1, vars2=vars2, dup=dup, id1=id1, id2=id2,
+            spec=spec, scale_in=spec.w_std**2 / x1.shape[1],
+        )
+
+    threads = torch.get_num_threads()
+    if threads <= 1 or t1 * t2 < NATIVE_SPLIT or t1 < 2:
+        rows(0, t1)
+        return
+    step = max(1, min(64, t1 // (4 * threads)))  # interleaved row blocks balance a triangle too
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="ntkit-native"))
+    list(pool.map(lambda r0: rows(r0, min(r0 + step, t1)), range(0, t1, step)))
 
 
 def kernel_tile_fn(

@@ -1,0 +1,289 @@
+"""The native ABReLU layer loop: a small C kernel compiled on first use, loaded with ctypes.
+
+The fused torch code of :mod:`ntkit.compute.fused` makes about ten elementwise passes per layer
+over each cache-sized strip of a tile, and on a CPU its per-call overhead is a large part of the
+time. ``_fc_native.c`` runs all layers of the recursion for a block of 64 entries in registers
+(one read of the Gram matrix, one write of each kernel), with the vector ``atan2`` / ``sqrt`` of
+the C library (glibc's libmvec). On the 2-core machine this project is measured on it evaluates a
+2,048 x 2,048 depth-3 ReLU NNGP + NTK tile 2.2x (float32) and 2.6x (float64) faster than the torch
+path, Gram matrix included.
+
+The kernel is compiled once per source, compiler and CPU with the system C compiler (``$CC``, else
+``cc``/``gcc``) into a cache directory (``$NTKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ntkit``, else
+``~/.cache/ntkit``), then checked against the torch path on a small tile. Without a compiler, on a
+failed build or check, on other devices than the CPU, or with ``NTKIT_NATIVE=0`` in the
+environment, :func:`library` returns None and the torch path is used: results agree to rounding
+(about 1e-15 relative in float64), each path being bitwise tiling-invariant on its own.
+:func:`status` says which path is active and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+#: Flags of the build; ``-ffp-contract=off`` keeps ``v1 v2 - c^2`` of a duplicated input exactly 0.
+FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared"]
+#: Tried in order: the host's vector ISA first, then the compiler's default target.
+TARGETS = [["-march=native"], []]
+LIBS = ["-lmvec", "-lm"]
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {"loaded": False, "lib": None, "reason": "not loaded yet"}
+
+
+def _enabled_by_env() -> bool:
+    return os.environ.get("NTKIT_NATIVE", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("NTKIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "ntkit"
+
+
+def _cpu_signature() -> str:
+    """Machine and CPU feature flags (``-march=native`` code is specific to them)."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()} {flags}"
+
+
+def _compiler() -> str | None:
+    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cand and shutil.which(cand):
+            return cand
+    return None
+
+
+def _build(source: bytes, cc: str) -> tuple[Path | None, str]:
+    """Compile ``source`` into the cache (atomically); (path, "") or (None, why not)."""
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        return None, f"{cc} --version failed: {err}"
+    errors = []
+    for target in TARGETS:
+        key = hashlib.sha256(
+            b"\0".join([source, " ".join(FLAGS + target + LIBS).encode(), version.encode(), _cpu_signature().encode()])
+        ).hexdigest()[:24]
+        user = os.getuid() if hasattr(os, "getuid") else 0
+        for cache in (_cache_dir(), Path(tempfile.gettempdir()) / f"ntkit-{user}"):
+            path = cache / f"fc_native_{key}.so"
+            if path.exists():
+                return path, ""
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+                os.close(fd)
+            except OSError:
+                continue  # not writable: the next cache directory
+            src = Path(tmp).with_suffix(".c")
+            try:
+                src.write_bytes(source)
+                proc = subprocess.run(
+                    [cc, *FLAGS, *target, "-o", tmp, str(src), *LIBS], capture_output=True, text=True, timeout=180
+                )
+                if proc.returncode == 0:
+                    os.replace(tmp, path)  # another process may have won the race: same bytes
+                    return path, ""
+                errors.append(f"{' '.join(target) or 'default target'}: {proc.stderr.strip()[-300:]}")
+            except (OSError, subprocess.SubprocessError) as err:
+                errors.append(str(err))
+            finally:
+                for p in (src, Path(tmp)):
+                    if p.exists():
+                        p.unlink()
+            break
+    return None, "; ".join(errors) or "no writable cache directory"
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    P, I64, I, D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+    for sfx in ("f32", "f64"):
+        getattr(lib, f"ntk_abrelu_vars_{sfx}").argtypes = [P, I64, I, P]
+        getattr(lib, f"ntk_abrelu_diag_{sfx}").argtypes = [P, I64, I, P, P, P]
+        getattr(lib, f"ntk_abrelu_tile_{sfx}").argtypes = [
+            P, I64, P, I64, I64, I64, I64, I, P, I64, P, I64, P, P, P, I, D, P,
+        ]
+        for name in ("vars", "diag", "tile"):
+            getattr(lib, f"ntk_abrelu_{name}_{sfx}").restype = None
+
+
+def _self_check() -> str:
+    """Compare the native tile and diagonal with the torch path on random data; "" if they agree."""
+    from ntkit.activations import ABReLU
+    from ntkit.compute.fused import FCSpec, fc_diag, fc_tile
+
+    gen = torch.Generator().manual_seed(0)
+    for spec in (FCSpec.make(3, "relu"), FCSpec.make(2, ABReLU(a=-0.3, b=1.2), beta=0.4, w_std=1.3)):
+        x = torch.randn(70, 9, generator=gen, dtype=torch.float64)
+        y = torch.cat([x[:5], torch.randn(60, 9, generator=gen, dtype=torch.float64)])
+        for native in (True, False):
+            got = fc_tile(x, y, spec, native=native)
+            diag = fc_diag(x, spec, native=native)
+            if native:
+                first, first_diag = got, diag
+        for a, b in ((first, got), (first_diag, diag)):
+            for u, v in zip(a, b, strict=True):
+                assert u is not None and v is not None
+                err = float((u - v).abs().max() / v.abs().max())
+                if not err < 1e-12:
+                    return f"self-check failed: native and torch paths differ by {err:.1e} (relative)"
+    return ""
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded native library, or None when the torch path must be used (see :func:`status`)."""
+    if not _enabled_by_env():
+        return None
+    if _state["loaded"] or _state.get("checker") == threading.get_ident():
+        return _state["lib"]  # (the thread running the self-check sees the library under test)
+    with _lock:
+        if _state["loaded"]:
+            return _state["lib"]
+        lib, reason = None, ""
+        cc = _compiler()
+        if cc is None:
+            reason = "no C compiler found ($CC, cc, gcc, clang)"
+        else:
+            source = resources.files("ntkit.compute").joinpath("_fc_native.c").read_bytes()
+            path, reason = _build(source, cc)
+            if path is not None:
+                try:
+                    lib = ctypes.CDLL(str(path))
+                    _declare(lib)
+                except (OSError, AttributeError) as err:
+                    lib, reason = None, f"loading {path} failed: {err}"
+        if lib is not None:
+            _state.update(lib=lib, checker=threading.get_ident())
+            try:
+                reason = _self_check()
+            finally:
+                _state["checker"] = None
+            if reason:
+                lib = None
+        _state.update(loaded=True, lib=lib, reason=reason)
+        return lib
+
+
+def status() -> str:
+    """One line: which layer loop ABReLU kernels use, and why."""
+    if not _enabled_by_env():
+        return "torch path (NTKIT_NATIVE=0)"
+    lib = library()
+    return "native C kernel" if lib is not None else f"torch path ({_state['reason']})"
+
+
+# --- calls ----------------------------------------------------------------------------------------
+
+LANES = 64  # entries per block of the C code (vars2 is padded to a multiple of it)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _consts(spec: Any) -> Any:
+    """The seven constants (k1, k2, b2, ka, kb, kc, ks) of ``_fc_native.c`` for an ABReLU spec."""
+    import math
+
+    act = spec.activation
+    a, b = float(act.a), float(act.b)
+    d = b - a
+    w2, b2 = spec.w_std**2, spec.beta**2
+    k1, k2 = w2 * d * d / (2 * math.pi), w2 * a * b
+    if a == 0.0:
+        ka, kb, kc, ks = 1.0, 0.0, 0.0, w2 * d * d / (2 * math.pi)
+    else:
+        ka, kb, kc, ks = d * d / (2 * math.pi), 0.5 * a * d, a * a, w2
+    return (ctypes.c_double * 7)(k1, k2, b2, ka, kb, kc, ks)
+
+
+def usable(*tensors: Tensor | None) -> bool:
+    """Whether the native kernel can serve these tensors (CPU, float32/float64, unit column stride)."""
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+            return False
+        if t.dim() == 2 and t.stride(1) != 1:
+            return False
+        if t.dim() == 1 and t.stride(0) != 1:
+            return False
+    return library() is not None
+
+
+def _sfx(t: Tensor) -> str:
+    return "f32" if t.dtype == torch.float32 else "f64"
+
+
+def layer_variances(v0: Tensor, spec: Any, *, pad: int = 1) -> Tensor:
+    """Per-row variances feeding each layer: (max(depth, 1), n padded to ``pad``), row 0 = ``v0``.
+
+    Padding columns hold 1 (a harmless value; never read back).
+    """
+    lib = library()
+    assert lib is not None
+    n = v0.shape[0]
+    npad = -(-n // pad) * pad
+    out = torch.ones(max(spec.depth, 1), npad, dtype=v0.dtype)
+    out[0, :n] = v0
+    getattr(lib, f"ntk_abrelu_vars_{_sfx(v0)}")(out.data_ptr(), npad, spec.depth, _consts(spec))
+    return out
+
+
+def abrelu_diag(v0: Tensor, spec: Any, *, ntk: bool) -> tuple[Tensor, Tensor | None]:
+    """NNGP and NTK of the output on the diagonal from the layer-1 variances ``v0`` (n,)."""
+    lib = library()
+    assert lib is not None
+    v0 = v0.contiguous()
+    nngp = torch.empty_like(v0)
+    th = torch.empty_like(v0) if ntk else None
+    getattr(lib, f"ntk_abrelu_diag_{_sfx(v0)}")(v0.data_ptr(), v0.shape[0], spec.depth, _consts(spec),
+                                                 nngp.data_ptr(), _ptr(th))
+    return nngp, th
+
+
+def abrelu_tile(
+    nngp: Tensor, ntk: Tensor | None, rows: tuple[int, int], n2: int, *, upper: bool, vars1: Tensor, vars2: Tensor,
+    dup: Tensor, id1: Tensor, id2: Tensor, spec: Any, scale_in: float,
+) -> None:
+    """Rows ``rows`` of a tile in place: ``nngp`` holds ``x1 . x2`` (unscaled) on entry, the NNGP on exit.
+
+    Shapes: ``nngp``, ``ntk`` (t1, n2) with unit column stride; ``vars1`` (depth, t1) contiguous;
+    ``vars2`` (depth, n2 padded to :data:`LANES`); ``dup`` uint8 (t1,); ``id1`` int64 (t1,),
+    ``id2`` int64 (n2,). Releases the GIL (ctypes), so row ranges may run on several threads.
+    """
+    lib = library()
+    assert lib is not None
+    getattr(lib, f"ntk_abrelu_tile_{_sfx(nngp)}")(
+        nngp.data_ptr(), nngp.stride(0), _ptr(ntk), 0 if ntk is None else ntk.stride(0), rows[0], rows[1], n2,
+        int(upper), vars1.data_ptr(), vars1.stride(0), vars2.data_ptr(), vars2.stride(0), dup.data_ptr(),
+        id1.data_ptr(), id2.data_ptr(), spec.depth, float(scale_in), _consts(spec),
+    )
+
+
+__all__ = ["LANES", "abrelu_diag", "abrelu_tile", "layer_variances", "library", "status", "usable"]
