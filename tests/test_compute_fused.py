@@ -7,8 +7,7 @@ import torch
 
 import ntkit
 from ntkit.activations import ABReLU, Erf
-from ntkit.compute import FCSpec, fc_diag, fc_tile, kernel_tile_fn
-from ntkit.compute import native
+from ntkit.compute import FCSpec, fc_diag, fc_tile, kernel_tile_fn, native
 from ntkit.compute.fused import GRAM_BLOCK, block_gram, fused_kind
 from tests.conftest import TOL, rel_err
 
