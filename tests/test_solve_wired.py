@@ -220,3 +220,40 @@ def test_bad_input(problem: tuple[torch.Tensor, ...]) -> None:
         KernelSystem(KernelOperator(x, xt), y, diag_reg=REG)
     with pytest.raises(ValueError, match=r"y_train: expected shape \(120,\)"):
         KernelSystem(k, y[:5], diag_reg=REG)
+
+
+def test_operator_cholesky_retries_a_near_singular_kernel_with_jitter() -> None:
+    """Duplicated inputs and no ridge: the in-place factorisation of the operator's matrix fails,
+    is recomputed with a jitter (warned), and agrees with the stored-matrix path."""
+    from ntkit.solve.linalg import JitterWarning
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    x = torch.cat([x, x[:10]])  # ten duplicated rows: K is singular
+    y = torch.randn(40, generator=g, dtype=torch.float64)
+    y = torch.cat([y, y[:10]])  # (consistent targets: an interpolant exists)
+    calls = {"n": 0}
+    tiles = FusedTiles(depth=2, which="nngp")
+
+    def counted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return tiles(a, b)
+
+    with pytest.warns(JitterWarning, match="near-singular"):
+        system = KernelSystem(KernelOperator(x, tile_fn=counted), y, diag_reg=0.0, solver="cholesky")
+    assert system.jitter > 0 and calls["n"] >= 2  # the matrix was computed again for the retry
+    k = ntkit.fc_kernel(x, depth=2).nngp
+    with pytest.warns(JitterWarning):
+        stored = KernelSystem(k, y, diag_reg=0.0, solver="cholesky")
+    assert system.jitter == pytest.approx(stored.jitter, rel=0, abs=stored.jitter * 10)
+    fitted = k @ system.alpha
+    assert rel_err(fitted, y) < 1e-6  # interpolation up to the jitter
+    xt = torch.randn(7, 3, generator=g, dtype=torch.float64)  # (alpha is not unique; predictions are)
+    kt = ntkit.fc_kernel(xt, x, depth=2).nngp
+    assert rel_err(kt @ system.alpha, kt @ stored.alpha) < 1e-4
+
+    def negative(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return -torch.ones(a.shape[0], b.shape[0], dtype=a.dtype)
+
+    with pytest.raises(ValueError, match=r"increase it.*jitter up to"):
+        KernelSystem(KernelOperator(x[:3], tile_fn=negative), y[:3], diag_reg=0.0, solver="cholesky")

@@ -46,32 +46,64 @@ def choose_solver(n: int, *, memory_bytes: int = 4 * 1024**3, cg_max_n: int = 50
     return "cg" if n <= cg_max_n else "nystrom"
 
 
-def dense_cho_factor(k: Tensor, diag_reg: float) -> tuple[np.ndarray, bool]:
-    """Cholesky factor of ``k + diag_reg I`` computed in place in ``k`` (LAPACK), for ``scipy.linalg.cho_solve``.
+def dense_cho_factor(
+    k: Tensor | Callable[[], Tensor], diag_reg: float, *, max_tries: int = 8, warn: bool = True
+) -> tuple[tuple[np.ndarray, bool], float]:
+    """Cholesky factor of ``k + (diag_reg + jitter) I`` computed in place (LAPACK), for ``scipy.linalg.cho_solve``.
 
-    ``k`` of shape (N, N) is overwritten (converted to float64 first if needed): peak memory is one
-    N x N float64 matrix. Raises ``ValueError`` if ``k + diag_reg I`` is not numerically positive
-    definite (use a larger ``diag_reg``).
+    ``k`` of shape (N, N) -- or a function that computes it -- is overwritten (converted to
+    float64 first if needed): peak memory is one N x N float64 matrix. When the plain factorisation
+    fails (a near-singular kernel: duplicated inputs without a ridge), the matrix is computed again
+    and factored with a jitter ``10 eps mean(diag K) * 10^i`` (``i < max_tries``; a
+    :class:`ntkit.solve.linalg.JitterWarning` says which), as :func:`ntkit.solve.linalg.robust_cholesky`
+    does for a stored matrix. A plain matrix cannot be recomputed, so it gets no retry.
+
+    Returns ``((factor, lower), jitter)``. Raises ``ValueError`` if no jitter helped (increase
+    ``diag_reg``; the kernel may not be positive semi-definite).
     """
-    k = k.to(torch.float64)
-    k.diagonal().add_(diag_reg)
-    arr = k.numpy().T  # Fortran-ordered view of the symmetric matrix: LAPACK factors it in place
-    try:
-        c, low = scipy.linalg.cho_factor(arr, lower=True, overwrite_a=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        raise ValueError(
-            f"diag_reg: expected a ridge making K + diag_reg I positive definite, got {diag_reg} (increase it)"
-        ) from None
-    return c, low
+    from ntkit.solve.linalg import JitterWarning
+
+    make = k if callable(k) else None
+    first = k() if callable(k) else k
+    tries = max_tries if make is not None else 0
+    jitter, scale = 0.0, 0.0
+    mat = first
+    for attempt in range(tries + 1):
+        mat = mat.to(torch.float64)
+        if attempt == 0:
+            scale = float(mat.diagonal().abs().mean()) or 1.0
+        mat.diagonal().add_(diag_reg + jitter)
+        arr = mat.numpy().T  # Fortran-ordered view of the symmetric matrix: LAPACK factors it in place
+        try:
+            c, low = scipy.linalg.cho_factor(arr, lower=True, overwrite_a=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            if attempt == tries:
+                break
+            jitter = 10 * torch.finfo(torch.float64).eps * scale * 10**attempt
+            assert make is not None
+            mat = make()
+            continue
+        if jitter and warn:
+            warnings.warn(
+                f"kernel matrix is near-singular: added jitter {jitter:.3g} to its diagonal "
+                f"(relative {jitter / scale:.3g}); consider a ridge diag_reg > 0",
+                JitterWarning,
+                stacklevel=2,
+            )
+        return (c, low), jitter
+    tried = f"; jitter up to {jitter:.3g} did not help" if tries else ""
+    raise ValueError(
+        f"diag_reg: expected a ridge making K + diag_reg I positive definite, got {diag_reg} (increase it){tried}"
+    )
 
 
 def exact_solve(op: KernelOperator, y: Tensor, *, diag_reg: float) -> Tensor:
     """``(K + diag_reg I)^{-1} y`` by a dense Cholesky factorisation computed in place (float64).
 
-    Peak memory is one N x N float64 matrix. Raises ``ValueError`` if ``K + diag_reg I`` is not
-    numerically positive definite (use a larger ``diag_reg``).
+    Peak memory is one N x N float64 matrix; a near-singular kernel is retried with a jitter
+    (:func:`dense_cho_factor`). Raises ``ValueError`` if ``K + diag_reg I`` cannot be factored.
     """
-    factor = dense_cho_factor(op.dense(), diag_reg)
+    factor, _ = dense_cho_factor(op.dense, diag_reg)
     sol = scipy.linalg.cho_solve(factor, y.numpy(), check_finite=False)
     return torch.from_numpy(np.ascontiguousarray(sol))
 

@@ -142,7 +142,8 @@ class KernelSystem:
     centre_idx : Tensor of shape (M,) or None
         Indices of the Nystrom centres in the training set.
     jitter : float
-        Diagonal jitter the dense Cholesky needed (stored matrices; 0 almost always).
+        Diagonal jitter the dense Cholesky needed (0 almost always; a near-singular kernel without
+        a ridge, e.g. duplicated inputs, is refactored with the smallest jitter that works).
 
     Examples
     --------
@@ -228,7 +229,7 @@ class KernelSystem:
             if self.matrix is not None:
                 self._factor, self.jitter = robust_cholesky(self.matrix, diag_reg=self.diag_reg)
             else:
-                self._factor = dense_cho_factor(self.op.dense(), self.diag_reg)
+                self._factor, self.jitter = dense_cho_factor(self.op.dense, self.diag_reg)
         elif self.solver == "cg" and self.precond != "none":
             rank = min(DEFAULT_PRECOND_RANK, self.n) if self.precond_rank is None else self.precond_rank
             op64 = self._op64()
