@@ -31,6 +31,7 @@ the tiling: tiled, one-shot and distributed results are bitwise identical.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -420,7 +421,7 @@ def _use_native(native: bool | None, *tensors: Tensor | None) -> bool:
 
 #: Entries of a tile above which the native kernel splits its rows over torch's intra-op threads.
 NATIVE_SPLIT = 1 << 18
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _native_tile(
@@ -447,9 +448,10 @@ def _native_tile(
         rows(0, t1)
         return
     step = max(1, min(64, t1 // (4 * threads)))  # interleaved row blocks balance a triangle too
-    pool = _pools.get(threads)
+    key = (os.getpid(), threads)  # a forked child must not use its parent's (thread-less) pool
+    pool = _pools.get(key)
     if pool is None:
-        pool = _pools.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="ntkit-native"))
+        pool = _pools.setdefault(key, ThreadPoolExecutor(threads, thread_name_prefix="ntkit-native"))
     list(pool.map(lambda r0: rows(r0, min(r0 + step, t1)), range(0, t1, step)))
 
 
