@@ -57,8 +57,9 @@ NT_PYTHON = Path(
             "/work/nt-venv/bin/python")
 )
 NT_WORKER = Path(__file__).with_name("_nt_worker.py")
-#: Rounds of alternate timing (ntkit, then neural-tangents); each side's best is reported.
-ROUNDS = 3
+#: Rounds of alternate timing (ntkit, then neural-tangents); each side's best is reported. Five rounds
+#: give both sides several chances at a quiet moment on a shared machine (the allocator also settles).
+ROUNDS = 5
 
 
 def best_of(fn: Callable[[], object], repeat: int, warm: bool = True) -> float:

@@ -73,6 +73,8 @@ def test_paths_agree_with_brute_force(
 ) -> None:
     if setting == "chunks":
         monkeypatch.setattr(st, "CHUNK_BYTES", 1)  # one output per vectorised pass
+        monkeypatch.setattr(st, "TRACE_CHUNK_BYTES", 1)
+        monkeypatch.setattr(st, "TRACE_CHUNK_MIN", 1)
     elif setting == "plain passes":
         monkeypatch.setattr(st, "VECTORISE", False)
     elif setting == "row blocks":
@@ -90,6 +92,9 @@ def test_vectorised_chunks_follow_the_budget(cases: dict, monkeypatch: pytest.Mo
     assert engine._chunk(7, 8) == 2
     monkeypatch.setattr(st, "CHUNK_BYTES", 1)
     assert engine._chunk(7, 8) == 1
+    assert engine._chunk(7, 8, 7 * 12 * 8 * 2) == 2  # an explicit limit (trace Grams) wins
+    assert engine._chunk(7, 8, 1, 2) == 2  # and a least number of outputs
+    assert engine._chunk(7, 8, 1, 5) == 3  # but never more than k
 
 
 class Scaled(nn.Module):

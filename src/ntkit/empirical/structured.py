@@ -69,6 +69,13 @@ from ntkit.empirical.jacobian import JacobianEngine
 VECTORISE = True
 #: Bytes of the largest activation-sized temporary of one vectorised backward pass (outputs in chunks).
 CHUNK_BYTES = 8 << 20
+#: The same in trace mode with ``x1`` and ``x2`` in one pass, where dense layers' cotangents go straight
+#: into their trace Gram and are never stored: smaller chunks keep the call's peak of temporaries, which
+#: the C allocator hands back to the system after every call and must fault in again, small (the
+#: first chunk's temporaries are reused by the next ones). At least :data:`TRACE_CHUNK_MIN` outputs
+#: per chunk keep the Gram GEMMs' inner dimension large.
+TRACE_CHUNK_BYTES = 2 << 20
+TRACE_CHUNK_MIN = 2
 
 
 @dataclass
@@ -302,15 +309,16 @@ class StructuredEngine(Engine):
                 pass
         return self._capture_once(x, False, trace_rows)
 
-    def _chunk(self, n: int, itemsize: int) -> int:
-        """Outputs per vectorised backward pass: its largest temporaries stay under ``CHUNK_BYTES``.
+    def _chunk(self, n: int, itemsize: int, limit: int | None = None, least: int = 1) -> int:
+        """Outputs per vectorised backward pass: its largest temporaries stay under ``limit`` bytes
+        (default :data:`CHUNK_BYTES`), with at least ``least`` outputs (at most ``k``).
 
         (Larger blocks come from fresh memory pages at every allocation, which costs more than the
         larger GEMMs gain.)
         """
         per_output = n * self.act_max * itemsize
-        chunks = max(1, -(-int(per_output * self.k) // CHUNK_BYTES))
-        return -(-self.k // chunks)
+        chunks = max(1, -(-int(per_output * self.k) // (CHUNK_BYTES if limit is None else limit)))
+        return min(self.k, max(least, -(-self.k // chunks)))
 
     def _capture_once(self, x: Tensor, vectorised: bool, trace_rows: int | None) -> list[Any]:
         n, k = x.shape[0], self.k
@@ -411,7 +419,11 @@ class StructuredEngine(Engine):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*performance drop.*")
                 warnings.filterwarnings("ignore", message=".*batching rule.*")
-                torch.func.vmap(pull, chunk_size=self._chunk(n, x.element_size()))(eye[:, None, :].expand(k, n, k))
+                if trace_rows is not None:
+                    chunk = self._chunk(n, x.element_size(), TRACE_CHUNK_BYTES, TRACE_CHUNK_MIN)
+                else:
+                    chunk = self._chunk(n, x.element_size())
+                torch.func.vmap(pull, chunk_size=chunk)(eye[:, None, :].expand(k, n, k))
         elif out.requires_grad:
             for c in range(k):
                 counter[0] = c
