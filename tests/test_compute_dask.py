@@ -23,7 +23,8 @@ distributed = pytest.importorskip("dask.distributed")  # in the test extra; skip
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", scheduler_port=0,
+        silence_logs=50,  # free ports: two xdist workers may each run a cluster
     ) as cl:
         yield cl
 
