@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from ntkit._progress import Progress
-from ntkit._validation import as_tensor, check_choice, check_dtype, check_float, check_int
-from ntkit.activations import Activation, get_activation
+from ntkit._validation import as_tensor, check_choice, check_dtype, check_int
+from ntkit.activations import Activation
 from ntkit.activations.closed_form import ABReLU
 
 Tensor = torch.Tensor
@@ -42,6 +42,14 @@ def _slice_stats(stats: Any, r0: int | slice | Tensor, r1: int | None = None) ->
     if isinstance(stats, tuple):
         return tuple(s[idx] for s in stats)
     return stats[idx]
+
+
+def _check_which(which: str, activation: Activation) -> str:
+    """``which`` in {"ntk", "nngp"}; the NTK needs the activation's derivative map."""
+    which = check_choice(which, "which", ("ntk", "nngp"))
+    if which == "ntk" and not activation.has_derivative_map:
+        raise ValueError(f"which: the ntk of activation {activation.name!r} is undefined; use 'nngp'")
+    return which
 
 
 class FCTiles:
@@ -78,13 +86,11 @@ class FCTiles:
         w_std: float = 1.0,
         which: str = "ntk",
     ) -> None:
-        self.depth = check_int(depth, "depth", minimum=0)
-        self.activation = get_activation(activation)
-        self.beta = check_float(beta, "beta", minimum=0.0)
-        self.w_std = check_float(w_std, "w_std", minimum=0.0, strict=True)
-        self.which = check_choice(which, "which", ("ntk", "nngp"))
-        if self.which == "ntk" and not self.activation.has_derivative_map:
-            raise ValueError(f"which: the ntk of activation {self.activation.name!r} is undefined; use 'nngp'")
+        from ntkit.compute.fused import FCSpec
+
+        spec = FCSpec.make(depth, activation, beta, w_std)
+        self.depth, self.activation, self.beta, self.w_std = spec.depth, spec.activation, spec.beta, spec.w_std
+        self.which = _check_which(which, spec.activation)
         act = self.activation
         self._relu = isinstance(act, ABReLU) and act.a == 0.0 and act.b > 0
 
@@ -214,9 +220,7 @@ class FusedTiles:
         from ntkit.compute.fused import FCSpec
 
         self.spec = FCSpec.make(depth, activation, beta, w_std)
-        self.which = check_choice(which, "which", ("ntk", "nngp"))
-        if self.which == "ntk" and not self.spec.activation.has_derivative_map:
-            raise ValueError(f"which: the ntk of activation {self.spec.activation.name!r} is undefined; use 'nngp'")
+        self.which = _check_which(which, self.spec.activation)
 
     def __repr__(self) -> str:
         s = self.spec
