@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -85,13 +86,13 @@ def _build(source: bytes, cc: str) -> tuple[Path | None, str]:
     except (OSError, subprocess.SubprocessError) as err:
         return None, f"{cc} --version failed: {err}"
     errors = []
+    cpu = _cpu_signature().encode()
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    caches = (_cache_dir(), Path(tempfile.gettempdir()) / f"ntkit-{user}")
     for target in TARGETS:
-        key = hashlib.sha256(
-            b"\0".join([source, " ".join(FLAGS + target + LIBS).encode(), version.encode(), _cpu_signature().encode()])
-        ).hexdigest()[:24]
-        user = os.getuid() if hasattr(os, "getuid") else 0
-        for cache in (_cache_dir(), Path(tempfile.gettempdir()) / f"ntkit-{user}"):
-            path = cache / f"fc_native_{key}.so"
+        key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS + target + LIBS).encode(), version.encode(), cpu]))
+        for cache in caches:
+            path = cache / f"fc_native_{key.hexdigest()[:24]}.so"
             if path.exists():
                 return path, ""
             try:
@@ -141,17 +142,15 @@ def _self_check() -> str:
     for spec in (FCSpec.make(3, "relu"), FCSpec.make(2, ABReLU(a=-0.3, b=1.2), beta=0.4, w_std=1.3)):
         x = torch.randn(70, 9, generator=gen, dtype=torch.float64)
         y = torch.cat([x[:5], torch.randn(60, 9, generator=gen, dtype=torch.float64)])
-        for native in (True, False):
-            got = fc_tile(x, y, spec, native=native)
-            diag = fc_diag(x, spec, native=native)
-            if native:
-                first, first_diag = got, diag
-        for a, b in ((first, got), (first_diag, diag)):
-            for u, v in zip(a, b, strict=True):
-                assert u is not None and v is not None
-                err = float((u - v).abs().max() / v.abs().max())
-                if not err < 1e-12:
-                    return f"self-check failed: native and torch paths differ by {err:.1e} (relative)"
+        pairs = [
+            *zip(fc_tile(x, y, spec, native=True), fc_tile(x, y, spec, native=False), strict=True),
+            *zip(fc_diag(x, spec, native=True), fc_diag(x, spec, native=False), strict=True),
+        ]
+        for got, ref in pairs:
+            assert got is not None and ref is not None
+            err = float((got - ref).abs().max() / ref.abs().max())
+            if not err < 1e-12:
+                return f"self-check failed: native and torch paths differ by {err:.1e} (relative)"
     return ""
 
 
@@ -208,8 +207,6 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def _consts(spec: Any) -> Any:
     """The seven constants (k1, k2, b2, ka, kb, kc, ks) of ``_fc_native.c`` for an ABReLU spec."""
-    import math
-
     act = spec.activation
     a, b = float(act.a), float(act.b)
     d = b - a

@@ -23,6 +23,19 @@ class NotPSDError(ValueError):
     """The kernel matrix is not positive semi-definite (beyond rounding)."""
 
 
+def warn_jitter(jitter: float, scale: float, *, stacklevel: int = 2) -> None:
+    """Warn (:class:`JitterWarning`) that ``jitter`` was added to a diagonal of mean ``scale``.
+
+    ``stacklevel`` as the caller would pass it to :func:`warnings.warn`.
+    """
+    warnings.warn(
+        f"kernel matrix is near-singular: added jitter {jitter:.3g} to its diagonal "
+        f"(relative {jitter / scale:.3g}); consider a ridge diag_reg > 0",
+        JitterWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def robust_cholesky(
     k: Tensor,
     *,
@@ -72,12 +85,7 @@ def robust_cholesky(
         chol, info = torch.linalg.cholesky_ex(base + jitter * eye)
         if int(info) == 0:
             if warn:
-                warnings.warn(
-                    f"kernel matrix is near-singular: added jitter {jitter:.3g} to its diagonal "
-                    f"(relative {jitter / scale:.3g}); consider a ridge diag_reg > 0",
-                    JitterWarning,
-                    stacklevel=2,
-                )
+                warn_jitter(jitter, scale, stacklevel=2)
             return chol, jitter
         jitter *= 10
     min_eig = float(torch.linalg.eigvalsh(base)[0])

@@ -61,7 +61,7 @@ def dense_cho_factor(
     Returns ``((factor, lower), jitter)``. Raises ``ValueError`` if no jitter helped (increase
     ``diag_reg``; the kernel may not be positive semi-definite).
     """
-    from ntkit.solve.linalg import JitterWarning
+    from ntkit.solve.linalg import warn_jitter
 
     make = k if callable(k) else None
     first = k() if callable(k) else k
@@ -84,12 +84,7 @@ def dense_cho_factor(
             mat = make()
             continue
         if jitter and warn:
-            warnings.warn(
-                f"kernel matrix is near-singular: added jitter {jitter:.3g} to its diagonal "
-                f"(relative {jitter / scale:.3g}); consider a ridge diag_reg > 0",
-                JitterWarning,
-                stacklevel=2,
-            )
+            warn_jitter(jitter, scale, stacklevel=2)
         return (c, low), jitter
     tried = f"; jitter up to {jitter:.3g} did not help" if tries else ""
     raise ValueError(
