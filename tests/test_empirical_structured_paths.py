@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import ntkit
+import ntkit.empirical._structured_products as products
 import ntkit.empirical.structured as st
 from ntkit.empirical._common import select_parameters
 from tests._empirical_models import brute_force_ntk, make, reduce, single_thread  # noqa: F401
@@ -78,7 +79,7 @@ def test_paths_agree_with_brute_force(
     elif setting == "plain passes":
         monkeypatch.setattr(st, "VECTORISE", False)
     elif setting == "row blocks":
-        monkeypatch.setattr(st, "_FULL_BLOCK_BYTES", 1)  # one row per block, mirrored when symmetric
+        monkeypatch.setattr(products, "FULL_BLOCK_BYTES", 1)  # one row per block, mirrored when symmetric
     check_all(*cases[name])
     assert strict and all(v == (setting != "plain passes") for v in strict)
 

@@ -14,12 +14,12 @@ from ntkit.solve import (
     NotConvergedWarning,
     cg_kernel_solve,
     cho_solve,
-    choose_solver,
     conjugate_gradient,
     kernel_regression,
     nystrom_preconditioner,
     pivoted_cholesky,
     pivoted_cholesky_preconditioner,
+    resolve_solver,
     robust_cholesky,
 )
 from tests.conftest import rel_err
@@ -169,8 +169,8 @@ def test_refinement_reaches_float64_accuracy(problem: tuple[torch.Tensor, ...]) 
     assert rel_err(refined, exact) < 1e-8 < rel_err(only32, exact)
 
 
-def test_choose_solver() -> None:
-    assert choose_solver(1_000) == "cholesky"
-    assert choose_solver(40_000) == "cg"
-    assert choose_solver(1_000_000) == "nystrom"
-    assert choose_solver(20_000, memory_bytes=1024**3) == "cg"
+def test_auto_solver_by_size() -> None:
+    assert resolve_solver("auto", 1_000) == "cholesky"
+    assert resolve_solver("auto", 40_000) == "cg"
+    assert resolve_solver("auto", 1_000_000) == "nystrom"
+    assert resolve_solver("auto", 20_000, memory_bytes=1024**3) == "cg"

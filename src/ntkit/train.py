@@ -241,13 +241,14 @@ def train_gd(
         generator = torch.Generator().manual_seed(check_int(seed, "seed"))
     if check_learning_rate and bs == n:
         from ntkit.empirical import empirical_ntk
-        from ntkit.predict import _warn_lr
+        from ntkit.predict.learning_rate import warn_unstable_learning_rate
         from ntkit.solve.eigen import psd_eigh
 
         theta = empirical_ntk(model, x, mode="full")
         k = theta.shape[2]
         mat = theta.permute(0, 2, 1, 3).reshape(n * k, n * k).to(torch.float64)
-        _warn_lr(learning_rate, psd_eigh(mat, name="empirical NTK").lambda_max, n * k, stacklevel=3)
+        lambda_max = psd_eigh(mat, name="empirical NTK").lambda_max
+        warn_unstable_learning_rate(learning_rate, lambda_max, n * k, stacklevel=3)
     if implementation == "lowrank" and not isinstance(model, FCNetwork):
         raise ValueError(f"implementation: 'lowrank' needs an ntkit.FCNetwork, got {type(model).__name__}")
     use_lowrank = isinstance(model, FCNetwork) and (

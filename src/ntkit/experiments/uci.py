@@ -16,6 +16,7 @@ Small-data Tasks", ICLR 2020 (arXiv:1910.01663), Sec. 4, reproduced with their p
 
 Results are saved per data set as they finish (``OUT/datasets/<name>.json``) so an interrupted run
 resumes where it stopped; ``OUT/results.csv`` and ``OUT/summary.json`` hold the table and average.
+The data sets are read by :mod:`ntkit.experiments.uci_data`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,205 +40,22 @@ import torch
 from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
 from ntkit._validation import check_int
+from ntkit.experiments.uci_data import (
+    DEFAULT_DATA,
+    UCIDataset,
+    UCIFormatError,
+    dataset_size,
+    list_uci_datasets,
+    load_uci_dataset,
+)
+from ntkit.layerwise import iter_arora_kernels
 
 #: ``C`` grid of Arora et al.
 C_GRID: tuple[float, ...] = (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4)
 #: Paper averages (Arora et al. 2020, Table 1): NTK-SVM and random forests (Fernández-Delgado et al.).
 PAPER_NTK = 81.95
 PAPER_RF = 81.56
-#: Default location: ``../shared/data/uci`` next to the checkout, or ``$NTKIT_UCI_DATA``.
-DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "uci"
 RESULT_VERSION = 1
-
-
-class UCIFormatError(ValueError):
-    """A UCI data file is malformed; the message names the file and the line."""
-
-
-@dataclass(frozen=True)
-class UCIDataset:
-    """One data set in the Fernández-Delgado et al. format.
-
-    Attributes
-    ----------
-    name : str
-    x : ndarray of shape (n, d), float64
-        Standardised features.
-    y : ndarray of shape (n,), int64
-        Class labels in ``0..n_classes-1``.
-    n_classes : int
-        From the metadata (some classes may have no sample).
-    hp_train, hp_val : ndarray of int64
-        Hyper-parameter selection halves (line 1 and 2 of ``conxuntos.dat``).
-    folds : list of (train, test) ndarray pairs
-        The 4 pairs of ``conxuntos_kfold.dat``.
-    """
-
-    name: str
-    x: np.ndarray
-    y: np.ndarray
-    n_classes: int
-    hp_train: np.ndarray
-    hp_val: np.ndarray
-    folds: list[tuple[np.ndarray, np.ndarray]]
-
-    @property
-    def n(self) -> int:
-        return int(self.x.shape[0])
-
-
-# ----------------------------------------------------------------------------------------- loading
-
-
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected this file of the UCI data set, got a missing file")
-    try:
-        return path.read_text().splitlines()
-    except UnicodeDecodeError as err:
-        raise UCIFormatError(f"{path}: expected a text file, got undecodable bytes ({err})") from None
-
-
-def _read_meta(path: Path) -> dict[str, str]:
-    meta: dict[str, str] = {}
-    for i, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        if "=" not in line:
-            raise UCIFormatError(f"{path}, line {i}: expected 'key= value', got {line.strip()[:60]!r}")
-        key, value = line.split("=", 1)
-        meta[key.strip()] = value.strip()
-    return meta
-
-
-def _meta_int(meta: dict[str, str], key: str, path: Path) -> int:
-    if key not in meta:
-        raise UCIFormatError(f"{path}: expected a line '{key}= <integer>', got none")
-    try:
-        return int(meta[key])
-    except ValueError:
-        raise UCIFormatError(f"{path}: expected an integer for '{key}', got {meta[key]!r}") from None
-
-
-def _read_data(path: Path, n_features: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    lines = _read_lines(path)
-    if not lines:
-        raise UCIFormatError(f"{path}, line 1: expected a header line, got an empty file")
-    header = lines[0].split()
-    names = header[:n_features] if len(header) >= n_features else [f"f{j + 1}" for j in range(n_features)]
-    rows: list[list[float]] = []
-    labels: list[int] = []
-    for i, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) != n_features + 2:
-            raise UCIFormatError(
-                f"{path}, line {i}: expected {n_features + 2} tab-separated fields (row id, {n_features} "
-                f"features, label), got {len(fields)}"
-            )
-        values: list[float] = []
-        for j, text in enumerate(fields[1:-1]):
-            try:
-                v = float(text)
-            except ValueError:
-                raise UCIFormatError(
-                    f"{path}, line {i}, column {j + 2} ({names[j]}): expected a number, got {text!r}"
-                ) from None
-            if not math.isfinite(v):
-                raise UCIFormatError(
-                    f"{path}, line {i}, column {j + 2} ({names[j]}): expected a finite number, got {text!r}"
-                )
-            values.append(v)
-        text = fields[-1]
-        try:
-            label = int(text)
-        except ValueError:
-            raise UCIFormatError(
-                f"{path}, line {i}, last column: expected an integer class label in 0..{n_classes - 1}, got {text!r}"
-            ) from None
-        if not 0 <= label < n_classes:
-            raise UCIFormatError(
-                f"{path}, line {i}, last column: expected a class label in 0..{n_classes - 1}, got {label}"
-            )
-        rows.append(values)
-        labels.append(label)
-    if not rows:
-        raise UCIFormatError(f"{path}: expected data rows after the header, got none")
-    return np.asarray(rows, dtype=np.float64), np.asarray(labels, dtype=np.int64)
-
-
-def _read_index_lines(path: Path, n_lines: int, n: int) -> list[np.ndarray]:
-    lines = [line for line in _read_lines(path)]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if len(lines) != n_lines:
-        raise UCIFormatError(f"{path}: expected {n_lines} lines of row indices, got {len(lines)}")
-    out = []
-    for i, line in enumerate(lines, start=1):
-        try:
-            idx = np.asarray([int(t) for t in line.split()], dtype=np.int64)
-        except ValueError:
-            bad = next(t for t in line.split() if not t.lstrip("-").isdigit())
-            raise UCIFormatError(f"{path}, line {i}: expected integer row indices, got {bad!r}") from None
-        if idx.size == 0:
-            raise UCIFormatError(f"{path}, line {i}: expected row indices, got an empty line")
-        if idx.min() < 0 or idx.max() >= n:
-            bad_i = int(idx[(idx < 0) | (idx >= n)][0])
-            raise UCIFormatError(f"{path}, line {i}: expected 0-based row indices in 0..{n - 1}, got {bad_i}")
-        out.append(idx)
-    return out
-
-
-def load_uci_dataset(folder: str | os.PathLike[str]) -> UCIDataset:
-    """Load one data set folder ``<d>/`` (``<d>.txt``, ``<d>_R.dat``, ``conxuntos.dat``, ``conxuntos_kfold.dat``).
-
-    Raises
-    ------
-    FileNotFoundError
-        A file is missing (the message names it).
-    UCIFormatError (a ValueError)
-        Non-numeric or non-finite features, non-integer or out-of-range labels, bad index files:
-        the message names the file, the line and, for features, the column.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: expected a UCI data set folder, got no such directory")
-    name = folder.name
-    meta_path = folder / f"{name}.txt"
-    meta = _read_meta(meta_path)
-    d = _meta_int(meta, "n_entradas", meta_path)
-    c = _meta_int(meta, "n_clases", meta_path)
-    n_meta = _meta_int(meta, "n_patrons1", meta_path)
-    data_path = folder / meta.get("fich1", f"{name}_R.dat")
-    x, y = _read_data(data_path, d, c)
-    if x.shape[0] != n_meta:
-        raise UCIFormatError(
-            f"{data_path}: expected {n_meta} data rows (n_patrons1 in {meta_path.name}), got {x.shape[0]}"
-        )
-    n = x.shape[0]
-    hp_train, hp_val = _read_index_lines(folder / "conxuntos.dat", 2, n)
-    kf = _read_index_lines(folder / "conxuntos_kfold.dat", 8, n)
-    folds = [(kf[2 * r], kf[2 * r + 1]) for r in range(4)]
-    train_sets = [("conxuntos.dat", 1, hp_train)] + [("conxuntos_kfold.dat", 2 * r + 1, kf[2 * r]) for r in range(4)]
-    for fname, line, idx in train_sets:
-        if len(np.unique(y[idx])) < 2:
-            raise UCIFormatError(
-                f"{folder / fname}, line {line}: expected training rows of at least 2 classes, "
-                f"got only class {y[idx][0]}"
-            )
-    return UCIDataset(name=name, x=x, y=y, n_classes=c, hp_train=hp_train, hp_val=hp_val, folds=folds)
-
-
-def list_uci_datasets(data_dir: str | os.PathLike[str]) -> list[str]:
-    """Sorted names of the data set folders in ``data_dir`` (those holding ``<name>.txt``)."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: expected the UCI data folder (see --data), got no such directory")
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / f"{p.name}.txt").is_file())
-    if not names:
-        raise FileNotFoundError(f"{root}: expected data set folders '<name>/<name>.txt', got none")
-    return names
 
 
 # -------------------------------------------------------------------------------------- evaluation
@@ -270,8 +89,6 @@ def svc_fit(
     ``max_iter`` caps libsvm's SMO iterations (their runs had no cap: on the rank-``d`` linear kernel
     with ``C >= 100`` libsvm can need 10^8 iterations and minutes per fit). Capped fits are flagged.
     """
-    import warnings
-
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import SVC
 
@@ -316,8 +133,6 @@ def evaluate_dataset(
     refitting. Fits stopped by ``max_iter`` are counted in ``capped_fits`` (and ``capped_selected``
     says whether the selected configuration was one).
     """
-    from ntkit.layerwise import iter_arora_kernels
-
     start = time.perf_counter()
     kernel_s = 0.0
     tr, va = ds.hp_train, ds.hp_val
@@ -465,7 +280,7 @@ def run_uci_benchmark(
             ):
                 results[name] = rec
     todo = [n for n in names if n not in results]
-    sizes = {n: _dataset_size(Path(data_dir) / n) for n in todo}
+    sizes = {n: dataset_size(Path(data_dir) / n) for n in todo}
     todo.sort(key=lambda n: sizes[n])  # small first: early results, resumable
     n_fits = _fits(max_dep, len(c_grid))
     bar = Progress(sum(float(s) ** 2 for s in sizes.values()) or 1.0, "uci", enabled=progress, show_counts=False)
@@ -493,8 +308,6 @@ def run_uci_benchmark(
                 save(rec)
                 bar.update(0, note=f"{name}: {100 * rec['test_acc']:.2f}%")
         else:
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
             with ProcessPoolExecutor(max_workers=jobs) as pool:
                 futs = {pool.submit(_worker, (str(Path(data_dir) / n), max_dep, c_grid, max_iter)): n for n in todo}
                 try:
@@ -518,11 +331,6 @@ def run_uci_benchmark(
     summary = summarize(results, names, seconds=time.perf_counter() - start, complete=complete)
     write_outputs(summary, out)
     return summary
-
-
-def _dataset_size(folder: Path) -> int:
-    meta_path = folder / f"{folder.name}.txt"
-    return _meta_int(_read_meta(meta_path), "n_patrons1", meta_path)
 
 
 def summarize(
@@ -627,3 +435,28 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'summary.json'}")
     return 0 if summary["complete"] else 130
+
+
+__all__ = [
+    "CSV_FIELDS",
+    "C_GRID",
+    "DEFAULT_DATA",
+    "DEFAULT_MAX_ITER",
+    "PAPER_NTK",
+    "PAPER_RF",
+    "RESULT_VERSION",
+    "SVCFit",
+    "UCIDataset",
+    "UCIFormatError",
+    "add_arguments",
+    "evaluate_dataset",
+    "format_table",
+    "list_uci_datasets",
+    "load_uci_dataset",
+    "main",
+    "run_uci_benchmark",
+    "summarize",
+    "svc_accuracy",
+    "svc_fit",
+    "write_outputs",
+]

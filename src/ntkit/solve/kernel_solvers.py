@@ -1,0 +1,177 @@
+"""Solvers of ``(K + diag_reg I) alpha = y`` on a kernel operator, and the choice among them.
+
+* :func:`resolve_solver`: the one place where ``solver="auto"`` is resolved (``"cholesky"`` when
+  the dense N x N float64 matrix fits ``memory_bytes``, ``"cg"`` up to ``N = 50k``, ``"nystrom"``
+  beyond), for :class:`~ntkit.solve.KernelSystem`, :mod:`ntkit.predict` and :mod:`ntkit.sklearn`;
+* :func:`dense_cho_factor` / :func:`exact_solve`: the exact dense solve (``8 N^2`` bytes, O(N^3)),
+  factored in place, retried with a jitter for a near-singular kernel;
+* :func:`cg_kernel_solve`: preconditioned conjugate gradients on the operator (``K`` never stored),
+  optionally with float64 iterative refinement of float32-tile products.
+
+The Nystrom solver is :func:`ntkit.solve.nystrom_krr`; :class:`~ntkit.solve.KernelSystem` runs
+whichever is chosen.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from ntkit._validation import check_choice, check_int
+from ntkit.solve.cg import NotConvergedWarning, conjugate_gradient
+from ntkit.solve.linalg import warn_jitter
+from ntkit.solve.operator import KernelOperator
+
+Tensor = torch.Tensor
+
+#: Names accepted by ``solver=``.
+SOLVERS = ("auto", "cholesky", "cg", "nystrom")
+#: Budget of ``"auto"`` for the dense N x N float64 matrix (4 GiB: N <= 23,170).
+DEFAULT_MEMORY_BYTES = 4 * 1024**3
+
+
+def resolve_solver(solver: str, n: int, *, memory_bytes: int = DEFAULT_MEMORY_BYTES, cg_max_n: int = 50_000) -> str:
+    """The solver that runs for ``solver`` and ``n`` training points (``"auto"`` resolved).
+
+    ``"auto"``: ``"cholesky"`` if the dense N x N float64 matrix fits (``8 n^2 <= memory_bytes``),
+    else ``"cg"`` if ``n <= cg_max_n``, else ``"nystrom"``. Other names are returned unchanged.
+
+    Parameters
+    ----------
+    solver : {"auto", "cholesky", "cg", "nystrom"}
+    n : int
+        Training points (``>= 1``).
+    memory_bytes : int
+        Budget for the dense matrix (default 4 GiB, i.e. ``n <= 23,170``).
+    cg_max_n : int
+        Largest ``n`` for which ``"auto"`` picks ``"cg"`` over ``"nystrom"``.
+
+    Returns
+    -------
+    str
+        One of ``"cholesky"``, ``"cg"``, ``"nystrom"``.
+
+    Examples
+    --------
+    >>> resolve_solver("auto", 10_000), resolve_solver("auto", 30_000), resolve_solver("auto", 10**6)
+    ('cholesky', 'cg', 'nystrom')
+    >>> resolve_solver("cg", 10)
+    'cg'
+    """
+    solver = check_choice(solver, "solver", SOLVERS)
+    if solver != "auto":
+        return solver
+    n = check_int(n, "n", minimum=1)
+    memory_bytes = check_int(memory_bytes, "memory_bytes", minimum=1)
+    cg_max_n = check_int(cg_max_n, "cg_max_n", minimum=0)
+    if 8 * n * n <= memory_bytes:
+        return "cholesky"
+    return "cg" if n <= cg_max_n else "nystrom"
+
+
+def dense_cho_factor(
+    k: Tensor | Callable[[], Tensor], diag_reg: float, *, max_tries: int = 8, warn: bool = True
+) -> tuple[tuple[np.ndarray, bool], float]:
+    """Cholesky factor of ``k + (diag_reg + jitter) I`` computed in place (LAPACK), for ``scipy.linalg.cho_solve``.
+
+    ``k`` of shape (N, N) -- or a function that computes it -- is overwritten (converted to
+    float64 first if needed): peak memory is one N x N float64 matrix. When the plain factorisation
+    fails (a near-singular kernel: duplicated inputs without a ridge), the matrix is computed again
+    and factored with a jitter ``10 eps mean(diag K) * 10^i`` (``i < max_tries``; a
+    :class:`ntkit.solve.linalg.JitterWarning` says which), as :func:`ntkit.solve.linalg.robust_cholesky`
+    does for a stored matrix. A plain matrix cannot be recomputed, so it gets no retry.
+
+    Returns ``((factor, lower), jitter)``. Raises ``ValueError`` if no jitter helped (increase
+    ``diag_reg``; the kernel may not be positive semi-definite).
+    """
+    make = k if callable(k) else None
+    first = k() if callable(k) else k
+    tries = max_tries if make is not None else 0
+    jitter, scale = 0.0, 0.0
+    mat = first
+    for attempt in range(tries + 1):
+        mat = mat.to(torch.float64)
+        if attempt == 0:
+            scale = float(mat.diagonal().abs().mean()) or 1.0
+        mat.diagonal().add_(diag_reg + jitter)
+        arr = mat.numpy().T  # Fortran-ordered view of the symmetric matrix: LAPACK factors it in place
+        try:
+            c, low = scipy.linalg.cho_factor(arr, lower=True, overwrite_a=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            if attempt == tries:
+                break
+            jitter = 10 * torch.finfo(torch.float64).eps * scale * 10**attempt
+            assert make is not None
+            mat = make()
+            continue
+        if jitter and warn:
+            warn_jitter(jitter, scale, stacklevel=2)
+        return (c, low), jitter
+    tried = f"; jitter up to {jitter:.3g} did not help" if tries else ""
+    raise ValueError(
+        f"diag_reg: expected a ridge making K + diag_reg I positive definite, got {diag_reg} (increase it){tried}"
+    )
+
+
+def exact_solve(op: KernelOperator, y: Tensor, *, diag_reg: float) -> Tensor:
+    """``(K + diag_reg I)^{-1} y`` by a dense Cholesky factorisation computed in place (float64).
+
+    Peak memory is one N x N float64 matrix; a near-singular kernel is retried with a jitter
+    (:func:`dense_cho_factor`). Raises ``ValueError`` if ``K + diag_reg I`` cannot be factored.
+    """
+    factor, _ = dense_cho_factor(op.dense, diag_reg)
+    sol = scipy.linalg.cho_solve(factor, y.numpy(), check_finite=False)
+    return torch.from_numpy(np.ascontiguousarray(sol))
+
+
+def cg_kernel_solve(
+    op: KernelOperator,
+    y: Tensor,
+    *,
+    diag_reg: float,
+    precond: Callable[[Tensor], Tensor] | None = None,
+    tol: float = 1e-8,
+    max_iter: int = 500,
+    reference_op: KernelOperator | None = None,
+    inner_tol: float = 1e-4,
+    max_refine: int = 30,
+    progress: bool = False,
+) -> Tensor:
+    """``(K + diag_reg I)^{-1} y`` by preconditioned CG, optionally with mixed-precision refinement.
+
+    With ``reference_op`` (the same kernel with float64 tiles) and a low-precision ``op`` (float32
+    tiles), the solve is classical iterative refinement (Wilkinson 1963; Carson & Higham 2018):
+    ``r = y - (K_64 + diag_reg I) x`` in float64, ``d ~ (K_32 + diag_reg I)^{-1} r`` by CG to
+    ``inner_tol``, ``x += d``, until ``||r|| / ||y|| <= tol``. Most kernel work is done in float32,
+    yet the answer is the float64 one.
+    """
+
+    def matvec(v: Tensor) -> Tensor:
+        return op @ v + diag_reg * v
+
+    if reference_op is None:
+        return conjugate_gradient(matvec, y, precond=precond, tol=tol, max_iter=max_iter, progress=progress).x
+    x = torch.zeros_like(y)
+    y_norm = float(y.norm()) or 1.0
+    rel = 1.0
+    for _ in range(max_refine):
+        r = y - (reference_op @ x + diag_reg * x) if bool(x.any()) else y.clone()
+        rel = float(r.norm()) / y_norm
+        if progress:
+            print(f"refinement: relative residual {rel:.3e}", file=sys.stderr)
+        if rel <= tol:
+            return x
+        inner = max(inner_tol, 0.5 * tol / rel)
+        x = x + conjugate_gradient(matvec, r, precond=precond, tol=inner, max_iter=max_iter, progress=progress).x
+    warnings.warn(
+        f"iterative refinement did not reach the relative residual {tol:.1e} in {max_refine} steps "
+        f"(reached {rel:.3e}); returning the last iterate",
+        NotConvergedWarning,
+        stacklevel=2,
+    )
+    return x
