@@ -67,6 +67,10 @@ class Activation:
     #: ``None`` (unknown) and ``True`` let ``"auto"`` use the Mehler expansion, whose bound falls back
     #: to quadrature entry by entry where the expansion converges too slowly.
     smooth: bool | None = None
+    #: ``k`` where ``sigma(s x) = s^k sigma(x)`` for every ``s > 0`` (ReLU family: 1), else None. Networks
+    #: built from such activations and bias-free weight layers have kernels ``K(s x, t x') = (s t)^k K(x, x')``,
+    #: which lets :func:`ntkit.infinite_kernel` evaluate inputs whose squared norms overflow the dtype.
+    homogeneous_degree: int | None = None
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -205,6 +209,19 @@ class Activation:
             nngp, deriv = self._general(var1, cov, var2, "both")
             return nngp, deriv
         return self.expect(var1, cov, var2), self.expect_derivative(var1, cov, var2)
+
+    def mean(self, var: Tensor) -> Tensor:
+        """``E[sigma(u)]`` for ``u ~ N(0, var)``, elementwise (the mean of a channel after this activation).
+
+        General path: one-dimensional split composite Gauss-Legendre quadrature (exact at the
+        :attr:`breakpoints`); closed-form activations override it. Needed where a layer norm follows
+        the activation (it subtracts the channel mean).
+        """
+        from ntkit.activations.quadrature import gaussian_expectation_1d
+
+        return gaussian_expectation_1d(
+            self.forward, var, breakpoints=self.breakpoints, nodes=self.quadrature_nodes, name=self.name
+        )
 
     def expect_diag(self, var: Tensor) -> Tensor:
         """``E[sigma(u)^2]`` for ``u ~ N(0, var)``: the diagonal of :meth:`expect`.

@@ -36,6 +36,7 @@ class Identity(Activation):
 
     name = "identity"
     closed_form = True
+    homogeneous_degree = 1
 
     def forward(self, x: Tensor) -> Tensor:
         return x
@@ -49,6 +50,9 @@ class Identity(Activation):
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         return torch.ones_like(torch.broadcast_tensors(cov, var1, var2)[0])
 
+    def mean(self, var: Tensor) -> Tensor:
+        return torch.zeros_like(var)
+
 
 class ABReLU(Activation):
     """``sigma(x) = a min(x, 0) + b max(x, 0)``: ReLU (a=0, b=1), leaky ReLU (a=alpha, b=1), abs (a=-1, b=1).
@@ -59,10 +63,12 @@ class ABReLU(Activation):
     * ``E[sigma'(u) sigma'(v)] = a^2 + a (b - a) (p1 + p2) + (b - a)^2 p12`` where
       ``p = P(u > 0) = 1/2`` (0 for a zero variance) and ``p12 = P(u > 0, v > 0) = (pi - theta) / (2 pi)``.
 
-    The zero-variance convention (``step(0) = 0``) matches PyTorch's derivative at 0.
+    The zero-variance convention (``step(0) = 0``) matches PyTorch's derivative at 0. Mean:
+    ``E[sigma(u)] = (b - a) sqrt(v / (2 pi))``.
     """
 
     closed_form = True
+    homogeneous_degree = 1
 
     def __init__(self, a: float = 0.0, b: float = 1.0) -> None:
         self.a = check_float(a, "a")
@@ -88,6 +94,9 @@ class ABReLU(Activation):
         p12 = (math.pi - arccos_angle(var1, cov, var2)) / (2 * math.pi) * pos1 * pos2
         a, d = self.a, self.b - self.a
         return a * a + a * d * 0.5 * (pos1 + pos2) + d * d * p12
+
+    def mean(self, var: Tensor) -> Tensor:
+        return (self.b - self.a) * (var.clamp_min(0) / (2 * math.pi)).sqrt()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(a={self.a}, b={self.b})"
@@ -152,6 +161,9 @@ class Step(Activation):
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         raise ValueError(f"activation {self.name!r}: its derivative is a Dirac delta (no NTK map)")
 
+    def mean(self, var: Tensor) -> Tensor:
+        return 0.5 * (var > 0).to(var.dtype)
+
 
 class Sign(Step):
     """``sigma(x) = sign(x)``: ``E[sign(u) sign(v)] = 1 - 2 theta / pi`` (0 for a zero variance); NNGP only."""
@@ -165,6 +177,9 @@ class Sign(Step):
         var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
         pos = ((var1 > 0) & (var2 > 0)).to(var1.dtype)
         return (1 - 2 * arccos_angle(var1, cov, var2) / math.pi) * pos
+
+    def mean(self, var: Tensor) -> Tensor:
+        return torch.zeros_like(var)
 
 
 def _half_moment(k: int) -> float:
@@ -230,6 +245,7 @@ class RectifiedMonomial(Activation):
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
             raise ValueError(f"degree: expected an integer >= 1, got {degree!r}")
         self.degree = degree
+        self.homogeneous_degree = degree
         self.name = f"rectified_monomial{degree}"
 
     def forward(self, x: Tensor) -> Tensor:
@@ -257,6 +273,9 @@ class RectifiedMonomial(Activation):
 
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         return self.degree**2 * self._map(var1, cov, var2, self.degree - 1)
+
+    def mean(self, var: Tensor) -> Tensor:
+        return _half_moment(self.degree) * var.clamp_min(0) ** (self.degree / 2)
 
     def __repr__(self) -> str:
         return f"RectifiedMonomial(degree={self.degree})"
@@ -299,6 +318,9 @@ class Erf(Activation):
         det = (var1 * var2 - cov * cov).clamp_min(0)
         q = 1 + 2 * b2 * (var1 + var2) + 4 * b2 * b2 * det
         return (4 * self.a**2 * b2 / math.pi) / q.sqrt()
+
+    def mean(self, var: Tensor) -> Tensor:
+        return torch.full_like(var, self.c)  # erf is odd
 
     def __repr__(self) -> str:
         return f"Erf(a={self.a}, b={self.b}, c={self.c})"

@@ -67,6 +67,10 @@ class Gelu(Activation):
         v1, c, v2, _, d, root, p = self._parts(var1, cov, var2)
         return p + c * (1 / (1 + v1) + 1 / (1 + v2)) / (2 * math.pi * root) + c / (2 * math.pi * d * root)
 
+    def mean(self, var: Tensor) -> Tensor:
+        v = var.clamp_min(0)
+        return v / (2 * math.pi * (1 + v)).sqrt()  # E[u Phi(u)] = v E[phi(u)] (Stein)
+
     def __repr__(self) -> str:
         return "Gelu()"
 
@@ -109,6 +113,11 @@ class Sin(Activation):
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         minus, plus = self._exps(var1, cov, var2)
         return (self.a * self.b) ** 2 * 0.5 * (minus + self._phase_sign * math.cos(2 * self.c) * plus)
+
+    def mean(self, var: Tensor) -> Tensor:
+        damp = torch.exp(-0.5 * self.b * self.b * var.clamp_min(0))  # E[e^{i b u}]
+        phase = math.sin(self.c) if self._phase_sign > 0 else math.cos(self.c)
+        return self.a * phase * damp
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(a={self.a}, b={self.b}, c={self.c})"
@@ -292,6 +301,7 @@ class Monomial(Polynomial):
             raise ValueError(f"degree: expected an integer >= 0, got {degree!r}")
         super().__init__([0.0] * degree + [1.0], name=f"monomial{degree}")
         self.degree = degree
+        self.homogeneous_degree = degree
 
     def __repr__(self) -> str:
         return f"Monomial(degree={self.degree})"

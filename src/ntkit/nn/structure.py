@@ -1,0 +1,126 @@
+"""Parameter-free building blocks of :mod:`ntkit.nn`: activations, residual blocks, layer norm, global pooling.
+
+* :class:`Activation` applies an :class:`ntkit.activations.Activation` (a name such as ``"erf"``, an
+  object such as ``RectifiedMonomial(2)``, or any elementwise callable) pointwise. Every torch
+  activation module with a Gaussian dual map (``nn.ReLU``, ``nn.Tanh``, ``nn.GELU``, ...) can be used
+  directly instead.
+* :class:`Residual` computes ``x + scale * block(x)``.
+* :class:`LayerNorm` normalises over the feature / channel axis (axis 1): per example and, for
+  images, per pixel; no learned gain or bias.
+* :class:`GlobalAvgPool` averages over every spatial axis: ``(N, C, *S) -> (N, C)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ntkit._validation import check_float, describe
+from ntkit.activations import Activation as ActivationFn
+from ntkit.activations import get_activation
+
+Tensor = torch.Tensor
+
+
+class Activation(nn.Module):
+    """Pointwise nonlinearity from an ntkit activation (name, object or callable).
+
+    Parameters
+    ----------
+    activation : str, ntkit.activations.Activation or callable
+        Resolved by :func:`ntkit.activations.get_activation`: closed-form dual maps for ~20 named
+        activations, the general (Mehler / quadrature) path for any other callable.
+
+    Examples
+    --------
+    >>> import torch
+    >>> Activation("erf")(torch.zeros(2)).tolist()
+    [0.0, 0.0]
+    """
+
+    def __init__(self, activation: str | ActivationFn | Any = "relu") -> None:
+        super().__init__()
+        self.activation = get_activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(x)
+
+    def extra_repr(self) -> str:
+        return repr(self.activation)
+
+
+class Residual(nn.Module):
+    """``x + scale * block(x)``; the block must keep the shape of its input.
+
+    Parameters
+    ----------
+    *block : nn.Module
+        One module, or several applied in sequence (wrapped in ``nn.Sequential``).
+    scale : float
+        Multiplies the block's output (``1``: the plain residual connection of He et al. 2016).
+
+    In the infinite-width limit the two branches are independent when the block ends with a weight
+    layer, so their kernels add: ``K = K_x + scale^2 K_block`` (NNGP and NTK alike).
+    """
+
+    def __init__(self, *block: nn.Module, scale: float = 1.0) -> None:
+        super().__init__()
+        if not block:
+            raise ValueError("Residual: expected at least one module for the block, got none")
+        for i, m in enumerate(block):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"Residual: expected torch.nn.Module blocks, got {describe(m)} at position {i}")
+        self.block = block[0] if len(block) == 1 else nn.Sequential(*block)
+        self.scale = check_float(scale, "scale")
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.block(x)
+        if out.shape != x.shape:
+            raise ValueError(
+                f"Residual: expected the block to keep the input's shape {tuple(x.shape)}, got {tuple(out.shape)}"
+            )
+        return x + self.scale * out if self.scale != 1.0 else x + out
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}" if self.scale != 1.0 else ""
+
+
+class LayerNorm(nn.Module):
+    """``(x - mean) / sqrt(var + eps)`` over axis 1 (features, or channels at each pixel); no parameters.
+
+    Parameters
+    ----------
+    eps : float
+        Added to the (biased) variance over the axis.
+
+    In the infinite-width limit the mean and variance over the channels become deterministic:
+    the kernels of a centred Gaussian input are divided by ``sqrt((v1 + eps)(v2 + eps))``.
+    """
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = check_float(eps, "eps", minimum=0.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 2:
+            raise ValueError(f"LayerNorm: expected an input of shape (N, C, ...), got {describe(x)}")
+        mean = x.mean(dim=1, keepdim=True)
+        var = (x - mean).pow(2).mean(dim=1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over every spatial axis: ``(N, C, *S) -> (N, C)``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 3:
+            raise ValueError(f"GlobalAvgPool: expected an input of shape (N, C, *spatial), got {describe(x)}")
+        return x.mean(dim=tuple(range(2, x.ndim)))
+
+
+__all__ = ["Activation", "GlobalAvgPool", "LayerNorm", "Residual"]
