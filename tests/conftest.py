@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ntkit.compute.tile_task import single_threaded
+
 #: Relative tolerances used across the suite, by dtype and kind of comparison.
 TOL = {
     torch.float64: {"exact": 1e-12, "closed_form": 1e-10, "quadrature_smooth": 1e-8, "quadrature_kinked": 1e-6},
@@ -37,7 +39,18 @@ def single_thread() -> Iterator[None]:
     on few cores, where each worker's default thread pool oversubscribes the CPUs and small
     matrix products of training loops slow down many times over. Use with
     ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
-    from ntkit.compute.api import _single_threaded
-
-    with _single_threaded():
+    with single_threaded():
         yield
+
+
+def reference_fc(
+    x1: torch.Tensor, x2: torch.Tensor | None = None, *, depth: int, activation: object = "relu", beta: float = 0.0,
+    w_std: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(nngp, ntk)`` of the fully connected network by the reference evaluator alone (no fast path)."""
+    from ntkit.infinite.reference import reference_kernel
+    from ntkit.infinite.walk import describe_model, fc_model
+
+    arch = describe_model(fc_model(x1.shape[1], depth=depth, activation=activation, beta=beta, w_std=w_std),
+                          (x1.shape[1],))
+    return reference_kernel(arch, x1, x2, ntk=arch.has_ntk)

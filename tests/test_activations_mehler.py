@@ -19,7 +19,6 @@ import ntkit
 from ntkit.activations import Activation, CallableActivation, get_activation
 from ntkit.activations.mehler import hermite_expansions, mehler_expectations
 from ntkit.activations.quadrature import gaussian_expectation
-from ntkit.infinite import input_kernel
 from tests.activation_reference import fc_reference, scipy_expect
 from tests.conftest import TOL, rel_err
 
@@ -32,9 +31,18 @@ def _mehler_twin(act: Activation, method: str = "mehler") -> CallableActivation:
     return CallableActivation(act.forward, derivative=act.derivative, name=f"{act.name}_{method}", method=method)
 
 
+def _input_kernel(x: torch.Tensor, *, beta: float, w_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer-1 variances (N,) and covariances (N, N), the diagonal set to the variances exactly."""
+    scale = w_std**2 / x.shape[1]
+    var = scale * (x * x).sum(-1) + beta**2
+    cov = scale * (x @ x.T) + beta**2
+    cov[torch.arange(len(x)), torch.arange(len(x))] = var
+    return var, cov
+
+
 def _by_depth(act: Activation, x: torch.Tensor, depth: int, *, beta: float, w_std: float) -> list[tuple]:
     """``[(nngp, ntk)]`` after 1..depth layers (the recursion of ``fc_kernel``, upper triangle only)."""
-    var, cov, _ = input_kernel(x, x, beta=beta, w_std=w_std)
+    var, cov = _input_kernel(x, beta=beta, w_std=w_std)
     n = x.shape[0]
     iu = torch.triu_indices(n, n)
     c, ntk = cov[iu[0], iu[1]], cov[iu[0], iu[1]]

@@ -1,4 +1,4 @@
-"""The fused per-tile recursion against the eager reference fc_kernel (ntkit.compute.fused)."""
+"""The fused fully connected fast path (ntkit.infinite.fused, native loop) against the reference evaluator."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import pytest
 import torch
 
 import ntkit
+from ntkit import kernel_tile_fn
 from ntkit.activations import ABReLU, Erf
-from ntkit.compute import FCSpec, fc_diag, fc_tile, kernel_tile_fn, native
-from ntkit.compute.fused import GRAM_BLOCK, block_gram, fused_kind
-from tests.conftest import TOL, rel_err
+from ntkit.infinite import fused, native
+from ntkit.infinite.fused import GRAM_BLOCK, FCSpec, block_gram, fc_diag, fc_tile, fused_kind
+from ntkit.infinite.tiles import KernelTiles
+from ntkit.infinite.walk import describe_model, fc_model
+from tests.conftest import TOL, reference_fc, rel_err
 
 ACTIVATIONS = ["relu", "leaky_relu", "abs", ABReLU(0.3, -0.7), "erf", Erf(1.3, 0.7, 0.2), "identity"]
 
@@ -45,20 +48,20 @@ def test_fused_tile_matches_fc_kernel_float64(gen: torch.Generator, activation: 
     x = _data(gen)
     spec = FCSpec.make(3, activation, beta, 1.3)
     assert fused_kind(spec.activation) != "generic"
-    ref = ntkit.fc_kernel(x, x[:100], depth=3, activation=activation, beta=beta, w_std=1.3)
+    ref_nngp, ref_ntk = reference_fc(x, x[:100], depth=3, activation=activation, beta=beta, w_std=1.3)
     nngp, ntk = fc_tile(x, x[:100], spec)
-    assert ntk is not None
+    assert ntk is not None and ref_ntk is not None
     # entrywise relative error, not only relative to the largest entry
-    assert float(((nngp - ref.nngp).abs() / ref.nngp.abs().clamp_min(1e-300)).max()) < 1e-12 or rel_err(
-        nngp, ref.nngp
+    assert float(((nngp - ref_nngp).abs() / ref_nngp.abs().clamp_min(1e-300)).max()) < 1e-12 or rel_err(
+        nngp, ref_nngp
     ) < TOL[torch.float64]["exact"]
-    assert rel_err(nngp, ref.nngp) < TOL[torch.float64]["exact"]
-    assert rel_err(ntk, ref.ntk) < TOL[torch.float64]["exact"]
+    assert rel_err(nngp, ref_nngp) < TOL[torch.float64]["exact"]
+    assert rel_err(ntk, ref_ntk) < TOL[torch.float64]["exact"]
     dn, dt = fc_diag(x, spec)
-    full = ntkit.fc_kernel(x, depth=3, activation=activation, beta=beta, w_std=1.3)
-    assert dt is not None
-    assert rel_err(dn, full.nngp.diagonal()) < TOL[torch.float64]["exact"]
-    assert rel_err(dt, full.ntk.diagonal()) < TOL[torch.float64]["exact"]
+    full_nngp, full_ntk = reference_fc(x, depth=3, activation=activation, beta=beta, w_std=1.3)
+    assert dt is not None and full_ntk is not None
+    assert rel_err(dn, full_nngp.diagonal()) < TOL[torch.float64]["exact"]
+    assert rel_err(dt, full_ntk.diagonal()) < TOL[torch.float64]["exact"]
 
 
 def test_duplicates_keep_angle_zero(gen: torch.Generator) -> None:
@@ -72,22 +75,26 @@ def test_duplicates_keep_angle_zero(gen: torch.Generator) -> None:
 
 def test_float32_matches_fc_kernel(gen: torch.Generator) -> None:
     x = _data(gen, dtype=torch.float32)
-    ref = ntkit.fc_kernel(x, depth=3, dtype=torch.float32)
+    ref_nngp, ref_ntk = reference_fc(x, depth=3)
     nngp, ntk = fc_tile(x, x, FCSpec.make(3, "relu"))
-    assert nngp.dtype == torch.float32 and ntk is not None
-    assert rel_err(ntk, ref.ntk) < TOL[torch.float32]["closed_form"]
-    assert rel_err(nngp, ref.nngp) < TOL[torch.float32]["closed_form"]
+    assert nngp.dtype == torch.float32 and ntk is not None and ref_ntk is not None
+    assert rel_err(ntk, ref_ntk) < TOL[torch.float32]["closed_form"]
+    assert rel_err(nngp, ref_nngp) < TOL[torch.float32]["closed_form"]
 
 
-def test_generic_activation_falls_back(gen: torch.Generator) -> None:
+def test_generic_activation_runs_on_the_reference_path(gen: torch.Generator) -> None:
     x = _data(gen, n=40, d=3)
     spec = FCSpec.make(2, "tanh", 0.2)
     assert spec.fused_kind == "generic"
-    ref = ntkit.fc_kernel(x, depth=2, activation="tanh", beta=0.2)
-    nngp, ntk = fc_tile(x, x, spec)
-    assert ntk is not None
-    assert rel_err(nngp, ref.nngp) < TOL[torch.float64]["exact"]
-    assert rel_err(ntk, ref.ntk) < TOL[torch.float64]["exact"]
+    with pytest.raises(ValueError, match="no fused recursion"):
+        fc_tile(x, x, spec)
+    arch = describe_model(fc_model(3, depth=2, activation="tanh", beta=0.2), (3,))
+    assert KernelTiles(arch).path == "reference"
+    assert KernelTiles(describe_model(fc_model(3, depth=2, activation="erf"), (3,))).path == "fused"
+    ref_nngp, ref_ntk = reference_fc(x, depth=2, activation="tanh", beta=0.2)
+    k = ntkit.fc_kernel(x, depth=2, activation="tanh", beta=0.2)
+    assert ref_ntk is not None and k.ntk is not None
+    assert rel_err(k.nngp, ref_nngp) < 1e-14 and rel_err(k.ntk, ref_ntk) < 1e-14
 
 
 def test_block_gram_is_tiling_invariant(gen: torch.Generator) -> None:
@@ -100,10 +107,10 @@ def test_block_gram_is_tiling_invariant(gen: torch.Generator) -> None:
 def test_kernel_tile_fn(gen: torch.Generator) -> None:
     x = _data(gen)
     tile_fn = kernel_tile_fn(depth=3, activation="erf", beta=0.1, which="ntk")
-    ref = ntkit.fc_kernel(x, depth=3, activation="erf", beta=0.1)
+    _, ref_ntk = reference_fc(x, depth=3, activation="erf", beta=0.1)
     out = tile_fn(x[:30], x[40:])
-    assert out.shape == (30, x.shape[0] - 40)
-    assert rel_err(out, ref.ntk[:30, 40:]) < TOL[torch.float64]["exact"]
+    assert out.shape == (30, x.shape[0] - 40) and ref_ntk is not None
+    assert rel_err(out, ref_ntk[:30, 40:]) < TOL[torch.float64]["exact"]
     nngp_fn = kernel_tile_fn(depth=3, which="nngp", dtype=torch.float32)
     assert nngp_fn(x[:4].numpy(), x[:5].numpy()).dtype == torch.float32
 
@@ -124,8 +131,6 @@ def test_cache_strips_do_not_change_a_bit(
     gen: torch.Generator, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, activation: object
 ) -> None:
     """The CPU layer loop runs over row strips; the strip height must not change any entry."""
-    from ntkit.compute import fused
-
     x = _data(gen, n=150, dtype=dtype)
     spec = FCSpec.make(3, activation, 0.2, 1.1)
     results = []
@@ -138,8 +143,6 @@ def test_cache_strips_do_not_change_a_bit(
 
 
 def test_upper_only_diagonal_tile_matches_the_full_tile(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ntkit.compute import fused
-
     monkeypatch.setattr(fused, "CHUNK_BYTES", 5 * 150 * 8)  # strips of 5 rows
     x = _data(gen, n=150)
     spec = FCSpec.make(3, "relu", 0.1, 1.0)
@@ -176,8 +179,6 @@ def test_native_entries_do_not_depend_on_their_place(
     """Blocks of 64 entries with padded tails, row ranges on threads: no entry changes by a bit."""
     if kernel_path == "torch":
         return
-    from ntkit.compute import fused
-
     # inputs on a grid of 1/8: every Gram entry is exact whatever BLAS kernel computes it, so any
     # difference below would come from the layer loop
     x = (_data(gen, n=300, dtype=dtype) * 8).round() / 8

@@ -74,10 +74,15 @@ def test_infinite_kernel_uses_the_same_description() -> None:
     x = torch.randn(4, 3, dtype=torch.float64)
     k = net.infinite_kernel(x)
     ref = ntkit.fc_kernel(x, depth=3, activation="erf", beta=0.2, w_std=1.1)
-    assert torch.equal(k.ntk, ref.ntk)
-    std = ntkit.FCNetwork(3, [10], 1, parameterization="standard")
-    with pytest.raises(ValueError, match="parameterization"):
-        std.infinite_kernel(x)
+    assert torch.equal(k.ntk, ref.ntk) and torch.equal(k.nngp, ref.nngp)
+    assert torch.equal(ntkit.infinite_kernel(net, x, which="ntk"), ref.ntk)
+    # standard parameterization: the same NNGP; an NTK that grows with the widths (fan_in K + ...)
+    std = ntkit.FCNetwork(3, [10, 20], 1, parameterization="standard", beta=0.3)
+    ntk_net = ntkit.FCNetwork(3, [10, 20], 1, beta=0.3)
+    ks, kn = std.infinite_kernel(x), ntk_net.infinite_kernel(x)
+    torch.testing.assert_close(ks.nngp, kn.nngp, rtol=1e-14, atol=0)
+    wide = ntkit.FCNetwork(3, [10, 2000], 1, parameterization="standard", beta=0.3).infinite_kernel(x)
+    assert bool((wide.ntk > 10 * ks.ntk).all())
 
 
 def test_ntk_linear_scales() -> None:

@@ -122,14 +122,14 @@ def test_ntk_kernel_in_gp_gridsearch_and_pipeline(gen: torch.Generator) -> None:
     best_kernel = grid.best_estimator_[-1].kernel_
     assert isinstance(best_kernel, NTKKernel)
     assert best_kernel.activation == grid.best_params_["gaussianprocessregressor__kernel__activation"]
-    reg_grid = GridSearchCV(NTKRegressor(), {"depth": [0, 2], "kernel": ["ntk", "nngp"]}, cv=3).fit(x, y)
+    reg_grid = GridSearchCV(NTKRegressor(), {"depth": [0, 2], "which": ["ntk", "nngp"]}, cv=3).fit(x, y)
     assert clone(reg_grid.best_estimator_).get_params()["depth"] in (0, 2)
 
 
 def test_bad_parameters_and_inputs(gen: torch.Generator) -> None:
     x, y = _data(gen, n=10)
-    with pytest.raises(ValueError, match="kernel: expected one of"):
-        NTKRegressor(kernel="gp").fit(x, y)
+    with pytest.raises(ValueError, match="which: expected one of"):
+        NTKRegressor(which="gp").fit(x, y)
     with pytest.raises(ValueError, match="solver: expected one of"):
         NTKRegressor(solver="cg-magic").fit(x, y)
     with pytest.raises(ValueError, match="activation: expected one of"):
@@ -144,8 +144,8 @@ def test_bad_parameters_and_inputs(gen: torch.Generator) -> None:
         NTKRegressor().fit(np.where(x > 1, np.nan, x), y)
     with pytest.raises(ValueError, match="features"):
         NTKRegressor().fit(x, y).predict(x[:, :2])
-    with pytest.raises(ValueError, match="kind: expected one of"):
-        NTKKernel(kind="gp")(x)
+    with pytest.raises(ValueError, match="which: expected one of"):
+        NTKKernel(which="gp")(x)
 
 
 def test_import_ntkit_does_not_import_sklearn() -> None:

@@ -101,7 +101,7 @@ def test_bad_input() -> None:
         op @ torch.ones(9, dtype=F64)
     with pytest.raises(ValueError, match="finite"):
         op @ torch.full((10,), float("nan"), dtype=F64)
-    with pytest.raises(ValueError, match="same number of features"):
+    with pytest.raises(ValueError, match="same feature shape"):
         KernelOperator(x, _x(3, d=5), depth=1)
     with pytest.raises(TypeError, match="callable"):
         KernelOperator(x, tile_fn=3)  # type: ignore[arg-type]

@@ -49,9 +49,10 @@ def test_fused_tiles_match_fc_kernel_with_duplicates_and_collisions(problem: tup
     assert rel_err(op32 @ v, k @ v) < 1e-5
     # forced hash collisions between different rows fall back to exact row ids
     tiles = FusedTiles(**KW)  # type: ignore[arg-type]
-    (va, _), (vb, _) = tiles.row_stats(x[:10]), tiles.row_stats(x[10:30])
-    same = torch.zeros(10, dtype=torch.int64), torch.zeros(20, dtype=torch.int64)
-    assert rel_err(tiles.tile(x[:10], x[10:30], (va, same[0]), (vb, same[1])), k[:10, 10:30]) < 1e-12
+    sa, sb = tiles.row_stats(x[:10]), tiles.row_stats(x[10:30])
+    collide_a = (*sa[:3], torch.zeros(10, dtype=torch.int64))
+    collide_b = (*sb[:3], torch.zeros(20, dtype=torch.int64))
+    assert rel_err(tiles.tile(x[:10], x[10:30], collide_a, collide_b), k[:10, 10:30]) < 1e-12
     nngp = FusedTiles(depth=2, activation="erf", which="nngp")(x, x[:7])
     assert rel_err(nngp, ntkit.fc_kernel(x, x[:7], depth=2, activation="erf").nngp) < TOL[F64]["closed_form"]
 

@@ -1,18 +1,19 @@
 """ntkit: Neural Tangent Kernels made practical.
 
-Finite networks (:class:`FCNetwork`), their empirical kernels (:func:`empirical_ntk`,
-:func:`empirical_nngp`), the exact infinite-width limits (:func:`fc_kernel`), and the experiments
-that tie them together (:func:`ntkit.experiments.converge.run_convergence`).
+One description of a network -- a torch model built from :mod:`ntkit.nn` -- gives its finite
+empirical kernels (:func:`empirical_ntk`, :func:`empirical_nngp`) and its exact infinite-width
+NNGP / NTK (:func:`infinite_kernel`; :func:`fc_kernel` for the fully connected shortcut), at scale
+(:func:`compute_kernel`, :mod:`ntkit.solve`), with the experiments that tie them together
+(:func:`ntkit.experiments.converge.run_convergence`).
 
 Importing ntkit imports torch, numpy and scipy only; optional extras (matplotlib, dask,
 scikit-learn) are imported by the functions that need them.
 """
 
-from ntkit import activations, predict
+from ntkit import activations, nn, predict
 from ntkit.activations import Activation, get_activation
-from ntkit.compute import compute_kernel, kernel_tile_fn
+from ntkit.compute import compute_kernel, fc_kernel, infinite_kernel, kernel_tile_fn
 from ntkit.empirical import empirical_nngp, empirical_ntk
-from ntkit.infinite import fc_kernel
 from ntkit.kernel import Kernel
 from ntkit.networks import FCNetwork, NTKLinear
 from ntkit.train import linearize
@@ -31,7 +32,9 @@ __all__ = [
     "empirical_ntk",
     "fc_kernel",
     "get_activation",
+    "infinite_kernel",
     "kernel_tile_fn",
     "linearize",
+    "nn",
     "predict",
 ]

@@ -42,7 +42,11 @@ import torch
 
 from ntkit._validation import check_dtype, check_float, check_int, check_pair
 from ntkit.activations import Activation, get_activation
-from ntkit.infinite import input_kernel
+from ntkit.infinite.ops import Dense, Pointwise
+from ntkit.infinite.reference import distinct_rows, iter_layers
+from ntkit.infinite.tiles import KernelTiles
+from ntkit.infinite.walk import Architecture, describe_model
+from ntkit.nn import fc
 
 Tensor = torch.Tensor
 
@@ -107,7 +111,12 @@ def _layer_stream(
     dtype: torch.dtype,
     device: torch.device | str | None,
 ) -> Iterator[tuple[Tensor, Tensor | None, Tensor, Tensor]]:
-    """Yield ``(Sigma(h+1), SigmaDot(h+1) or None for h = 0, var1, var2)`` for ``h = 0..depth``."""
+    """Yield ``(Sigma(h+1), SigmaDot(h+1) or None for h = 0, var1, var2)`` for ``h = 0..depth``.
+
+    One pass of the reference evaluator (:func:`ntkit.infinite.reference.iter_layers`) over the model
+    of :func:`ntkit.nn.fc`: ``Sigma(h+1)`` after each weight layer, ``SigmaDot(h+1) = w_std^2
+    E[sigma'(u) sigma'(v)]`` from each activation.
+    """
     depth = check_int(depth, "depth", minimum=0)
     beta = check_float(beta, "beta", minimum=0.0)
     w_std = check_float(w_std, "w_std", minimum=0.0, strict=True)
@@ -116,16 +125,28 @@ def _layer_stream(
     if depth > 0 and not act.has_derivative_map:
         raise ValueError(f"activation: expected an activation with a derivative map for the NTK, got {act.name!r}")
     t1, t2 = check_pair(x1, x2, dtype=dtype, device=device)
-    var1, cov, var2 = input_kernel(t1, t1 if t2 is None else t2, beta=beta, w_std=w_std)
-    yield cov, None, var1, var2
-    w2, b2 = w_std**2, beta**2
-    for _ in range(depth):
-        v1, v2 = var1[:, None], var2[None, :]
-        sdot = w2 * act.expect_derivative(v1, cov, v2)
-        cov = w2 * act.expect(v1, cov, v2) + b2
-        var1 = w2 * act.expect_diag(var1) + b2
-        var2 = w2 * act.expect_diag(var2) + b2
-        yield cov, sdot, var1, var2
+    b = t1 if t2 is None else t2
+    arch = _fc_architecture(t1.shape[1], depth, act, beta, w_std)
+    ids = _row_ids(t1, b)
+    _, left, right = distinct_rows(t1, b, *ids)
+    w2 = w_std**2
+    dot: Tensor | None = None
+    for op, rows, cross, derivative in iter_layers(arch, t1, b, *ids, ntk=depth > 0):
+        if isinstance(op, Pointwise):
+            dot = derivative
+        elif isinstance(op, Dense):
+            sdot = None if dot is None else w2 * dot
+            yield cross.nngp, sdot, rows.nngp[left], rows.nngp[right]
+
+
+def _fc_architecture(n0: int, depth: int, act: Activation, beta: float, w_std: float) -> Architecture:
+    return describe_model(fc(n0, 1, depth=depth, activation=act, w_std=w_std, b_std=beta, device="meta"), (n0,))
+
+
+def _row_ids(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    both = torch.cat([a, b])
+    _, ids = torch.unique(both.reshape(both.shape[0], -1), dim=0, return_inverse=True)
+    return ids[: a.shape[0]], ids[a.shape[0] :]
 
 
 def layer_kernels(
@@ -252,9 +273,10 @@ def fc_kernel_diag(
 ) -> Tensor:
     """The diagonal ``k(x, x)`` of :func:`ntkit.fc_kernel` (``ntk`` or ``nngp``) in O(N) memory.
 
-    Runs the recursion on the variances only: ``Sigma(h+1)(x, x) = w_std^2 E[sigma(u)^2] + beta^2``,
+    Evaluates each input with itself only (the self batch of the reference evaluator, or the fused
+    fully connected path): ``Sigma(h+1)(x, x) = w_std^2 E[sigma(u)^2] + beta^2``,
     ``SigmaDot(h+1)(x, x) = w_std^2 E[sigma'(u)^2]`` with ``u ~ N(0, Sigma(h)(x, x))``, and
-    ``Theta(h+1) = Theta(h) SigmaDot(h+1) + Sigma(h+1)``.
+    ``Theta(h+1) = Theta(h) SigmaDot(h+1) + Sigma(h+1)``; equal to the diagonal of the full kernel.
 
     Returns
     -------
@@ -270,15 +292,11 @@ def fc_kernel_diag(
     if which == "ntk" and not act.has_derivative_map:
         raise ValueError(f"which: the ntk of activation {act.name!r} is undefined (no derivative map); use 'nngp'")
     t, _ = check_pair(x, None, dtype=dtype, device=device)
-    w2, b2 = w_std**2, beta**2
-    var = w2 * (t * t).sum(-1) / t.shape[1] + b2
-    theta = var.clone()
-    for _ in range(depth):
-        if which == "ntk":
-            theta = theta * (w2 * act.expect_derivative(var, var, var))
-        var = w2 * act.expect_diag(var) + b2
-        theta = theta + var
-    return theta if which == "ntk" else var
+    tiles = KernelTiles(_fc_architecture(t.shape[1], depth, act, beta, w_std))
+    nngp, ntk = tiles.diag(tiles.prepare(t), _row_ids(t, t[:0])[0], ntk=which == "ntk")
+    out = ntk if which == "ntk" else nngp
+    assert out is not None
+    return out
 
 
 def _arora_kwargs(t1: Tensor, max_dep: int, dtype: torch.dtype, device: torch.device | str | None) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Finite fully connected networks in NTK or standard parameterization.
+"""The fully connected network of Jacot et al. (2018) as a ready-made model of :mod:`ntkit.nn` layers.
+
+:class:`FCNetwork` builds ``[NTKLinear, Activation] * depth + [NTKLinear]`` (an ``nn.Sequential`` in
+``net.layers``) from the four parameters of the theory; the model is the description:
+``ntkit.empirical_ntk(net, x)`` and ``ntkit.infinite_kernel(net, x)`` (or ``net.infinite_kernel(x)``)
+both read it.
 
 The network of Jacot et al. (2018), with ``L = depth + 1`` weight layers::
 
@@ -10,67 +15,32 @@ The network of Jacot et al. (2018), with ``L = depth + 1`` weight layers::
 
 Both parameterizations define the same function distribution at initialisation, hence the same
 NNGP kernel. In NTK parameterization the empirical NTK converges to the deterministic
-:func:`ntkit.fc_kernel` limit. ``init="orthogonal"`` draws each ``W(l)`` as a scaled random
-(semi-)orthogonal matrix whose entries have the same variance as the Gaussian ones; its
+:func:`ntkit.infinite_kernel` limit (:func:`ntkit.fc_kernel` for short). ``init="orthogonal"`` draws
+each ``W(l)`` as a scaled random (semi-)orthogonal matrix whose entries have the same variance as the Gaussian ones; its
 infinite-width kernels coincide with the Gaussian ones (Huang et al. 2020).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ntkit._validation import check_choice, check_dtype, check_float, check_int, describe
-from ntkit.activations import Activation, get_activation
-from ntkit.kernel import Kernel
+from ntkit.activations import get_activation
+from ntkit.compute.model_kernels import infinite_kernel
+from ntkit.nn import Activation, Linear, orthogonal_
+from ntkit.nn._init import INITS, PARAMETERIZATIONS
 
 Tensor = torch.Tensor
 
-PARAMETERIZATIONS = ("ntk", "standard")
-INITS = ("gaussian", "orthogonal")
+class NTKLinear(Linear):
+    """:class:`ntkit.nn.Linear` with the bias scale called ``beta`` and float64 parameters by default.
 
-
-def orthogonal_(weight: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Fill ``weight`` (out, in) with a Haar-random semi-orthogonal matrix scaled to unit-variance entries.
-
-    The rows (if ``out <= in``) or columns are orthonormal, multiplied by ``sqrt(max(out, in))`` so
-    that ``E[W_ij^2] = 1`` as for the Gaussian draw. Sign-corrected QR of a Gaussian matrix gives the
-    Haar measure (Mezzadri 2007).
-    """
-    rows, cols = weight.shape
-    big, small = max(rows, cols), min(rows, cols)
-    g = torch.randn(big, small, generator=generator, dtype=torch.float64, device=weight.device)
-    q, r = torch.linalg.qr(g)
-    q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(1, dtype=q.dtype, device=q.device))
-    if rows < cols:
-        q = q.T
-    with torch.no_grad():
-        weight.copy_(q * math.sqrt(big))
-    return weight
-
-
-class ActivationLayer(nn.Module):
-    """``nn.Module`` wrapper applying an :class:`~ntkit.activations.Activation` elementwise."""
-
-    def __init__(self, activation: Activation) -> None:
-        super().__init__()
-        self.activation = activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.activation(x)
-
-    def extra_repr(self) -> str:
-        return repr(self.activation)
-
-
-class NTKLinear(nn.Module):
-    """Affine layer ``z = w_std W a / sqrt(n_in) + beta b`` (ntk) or ``z = W a + b`` (standard).
-
-    Parameters ``weight`` of shape (out_features, in_features) and ``bias`` of shape (out_features,).
+    ``z = w_std W a / sqrt(n_in) + beta b`` (ntk) or ``z = W a + b`` (standard). Parameters ``weight``
+    of shape (out_features, in_features) and ``bias`` of shape (out_features,).
     """
 
     def __init__(
@@ -86,50 +56,19 @@ class NTKLinear(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float64,
     ) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.w_std = w_std
-        self.beta = beta
-        self.parameterization = parameterization
-        self.init = init
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
-        self.reset_parameters(generator)
+        if isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta < 0:
+            raise ValueError(f"beta: expected a number >= 0, got {beta}")
+        super().__init__(in_features, out_features, w_std=w_std, b_std=beta, parameterization=parameterization,
+                         init=init, generator=generator, device=device, dtype=dtype)
 
     @property
-    def weight_scale(self) -> float:
-        """Factor applied to ``W a`` in the forward pass (``w_std / sqrt(n_in)`` in ntk, 1 otherwise)."""
-        return self.w_std / math.sqrt(self.in_features) if self.parameterization == "ntk" else 1.0
+    def beta(self) -> float:
+        """The bias scale (``b_std``)."""
+        return self.b_std
 
-    @property
-    def bias_scale(self) -> float:
-        """Factor applied to ``b`` in the forward pass (``beta`` in ntk, 1 otherwise)."""
-        return self.beta if self.parameterization == "ntk" else 1.0
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Draw the parameters afresh (deterministic given ``generator``'s state)."""
-        with torch.no_grad():
-            if self.init == "orthogonal":
-                orthogonal_(self.weight, generator)
-            else:
-                w = torch.randn(self.weight.shape, generator=generator, dtype=torch.float64, device=self.weight.device)
-                self.weight.copy_(w)
-            b = torch.randn(self.bias.shape, generator=generator, dtype=torch.float64, device=self.bias.device)
-            self.bias.copy_(b)
-            if self.parameterization == "standard":
-                self.weight.mul_(self.w_std / math.sqrt(self.in_features))
-                self.bias.mul_(self.beta)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.nn.functional.linear(x, self.weight) * self.weight_scale
-        return out + self.bias_scale * self.bias
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, w_std={self.w_std}, "
-            f"beta={self.beta}, parameterization={self.parameterization!r}, init={self.init!r}"
-        )
+#: The activation module of :class:`FCNetwork` (an alias of :class:`ntkit.nn.Activation`).
+ActivationLayer = Activation
 
 
 class FCNetwork(nn.Module):
@@ -202,25 +141,7 @@ class FCNetwork(nn.Module):
             generator = torch.Generator(device="cpu" if device is None else device).manual_seed(
                 check_int(seed, "seed")
             )
-        widths = (self.in_features, *self.hidden, self.out_features)
-        layers: list[nn.Module] = []
-        for i in range(len(widths) - 1):
-            layers.append(
-                NTKLinear(
-                    widths[i],
-                    widths[i + 1],
-                    w_std=self.w_std,
-                    beta=self.beta,
-                    parameterization=self.parameterization,
-                    init=self.init,
-                    generator=generator,
-                    device=device,
-                    dtype=dtype,
-                )
-            )
-            if i < len(widths) - 2:
-                layers.append(ActivationLayer(self.activation))
-        self.layers = nn.Sequential(*layers)
+        self.layers = _fc_layers(self, generator, device, dtype)
 
     @property
     def depth(self) -> int:
@@ -228,26 +149,44 @@ class FCNetwork(nn.Module):
         return len(self.hidden)
 
     @property
-    def linears(self) -> list[NTKLinear]:
+    def linears(self) -> list[Linear]:
         """The affine layers, input to output."""
-        return [m for m in self.layers if isinstance(m, NTKLinear)]
+        return [m for m in self.layers if isinstance(m, Linear)]
+
+    def kernel_layers(self) -> Iterator[tuple[str, nn.Module]]:
+        """The layers in order, for :func:`ntkit.infinite_kernel` (the model is ``self.layers``)."""
+        yield "layers", self.layers
 
     def forward(self, x: Tensor) -> Tensor:
         """``f(x)`` for ``x`` of shape (N, in_features); returns (N, out_features)."""
         return self.layers(x)
 
-    def infinite_kernel(self, x1: Any, x2: Any | None = None, *, dtype: torch.dtype = torch.float64) -> Kernel:
-        """The infinite-width NNGP / NTK of this architecture (see :func:`ntkit.fc_kernel`)."""
-        from ntkit.infinite import fc_kernel
+    def infinite_kernel(
+        self, x1: Any, x2: Any | None = None, *, which: str = "both", dtype: torch.dtype = torch.float64
+    ) -> Any:
+        """The infinite-width NNGP / NTK of this architecture: :func:`ntkit.infinite_kernel` of ``self``.
 
-        if self.parameterization != "ntk":
-            raise ValueError(
-                "parameterization: the infinite-width NTK is defined here for 'ntk'; got "
-                f"{self.parameterization!r} (its NNGP equals the 'ntk' one: use fc_kernel(...).nngp)"
-            )
-        return fc_kernel(
-            x1, x2, depth=self.depth, activation=self.activation, beta=self.beta, w_std=self.w_std, dtype=dtype
-        )
+        In ``"standard"`` parameterization the NTK depends on the hidden widths (see
+        :func:`ntkit.infinite_kernel`); the NNGP does not.
+        """
+        return infinite_kernel(self, x1, x2, which=which, dtype=dtype)
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, activation={self.activation!r}"
+
+
+def _fc_layers(net: FCNetwork, generator: torch.Generator | None, device: torch.device | str | None,
+               dtype: torch.dtype) -> nn.Sequential:
+    """The layers of :class:`FCNetwork` (``NTKLinear`` weight layers) as :func:`ntkit.nn.fc` builds them."""
+    widths = (net.in_features, *net.hidden, net.out_features)
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(NTKLinear(widths[i], widths[i + 1], w_std=net.w_std, beta=net.beta,
+                                parameterization=net.parameterization, init=net.init, generator=generator,
+                                device=device, dtype=dtype))
+        if i < len(widths) - 2:
+            layers.append(Activation(net.activation))
+    return nn.Sequential(*layers)
+
+
+__all__ = ["ActivationLayer", "FCNetwork", "NTKLinear", "orthogonal_"]

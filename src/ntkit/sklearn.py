@@ -13,6 +13,11 @@
   and pipelines (``beta`` and ``w_std`` are optimised in log space, ``depth`` and ``activation`` are
   fixed hyperparameters chosen by grid search).
 
+Every estimator takes the architecture as a model (``model=ntkit.nn.cntk(...)``, any model
+:func:`ntkit.infinite_kernel` understands; scikit-learn's ``X`` is then flattened and
+``input_shape`` gives each example's shape, e.g. ``(1, 8, 8)`` for images), or as the fully connected
+shortcut ``depth, activation, beta, w_std``. ``which="ntk" | "nngp"`` chooses the kernel.
+
 scikit-learn is an optional extra (``pip install 'ntkit[sklearn]'``); importing :mod:`ntkit` never
 imports it, importing this module does.
 
@@ -41,42 +46,59 @@ try:
 except ImportError as _err:  # pragma: no cover - depends on the environment
     raise ImportError("ntkit.sklearn needs scikit-learn >= 1.6: pip install 'ntkit[sklearn]'") from _err
 
-from ntkit._validation import check_choice, check_float, check_int
+from torch import nn
+
+from ntkit._validation import check_choice, check_float, check_int, describe
 from ntkit.activations import Activation, get_activation
-from ntkit.infinite import fc_kernel
-from ntkit.layerwise import fc_kernel_diag
+from ntkit.compute import infinite_kernel
+from ntkit.infinite.walk import fc_model
+from ntkit.solve.kernel_solvers import SOLVERS as _SOLVERS
 from ntkit.solve.linalg import cho_solve, robust_cholesky
-from ntkit.solve.operator import FusedTiles, KernelOperator
+from ntkit.solve.operator import KernelOperator, ModelTiles
 from ntkit.solve.system import KernelSystem, resolve_solver
 
 __all__ = ["NTKClassifier", "NTKKernel", "NTKRegressor"]
 
-SOLVERS = ("auto", "cholesky", "cg", "nystrom")
-KERNELS = ("ntk", "nngp")
+SOLVERS = ("auto", *_SOLVERS)
+WHICH = ("ntk", "nngp")
 
 
-def _kernel_matrix(
-    x1: np.ndarray, x2: np.ndarray | None, *, depth: int, activation: Any, beta: float, w_std: float, kernel: str
-) -> torch.Tensor:
-    """``ntk`` or ``nngp`` of :func:`ntkit.fc_kernel` in float64 between the rows of ``x1`` and ``x2``."""
-    k = fc_kernel(
-        torch.from_numpy(np.array(x1, dtype=np.float64, order="C")),
-        None if x2 is None else torch.from_numpy(np.array(x2, dtype=np.float64, order="C")),
-        depth=depth,
-        activation=activation,
-        beta=beta,
-        w_std=w_std,
-        dtype=torch.float64,
-    )
-    return k.get(kernel)
+def _model(model: nn.Module | None, n_features: int, depth: int, activation: Any, beta: float, w_std: float
+           ) -> nn.Module:
+    """``model``, or the fully connected model of the shortcut (on ``meta``)."""
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {describe(model)}")
+        return model
+    return fc_model(n_features, depth=depth, activation=activation, beta=beta, w_std=w_std)
+
+
+def _rows(x: np.ndarray, input_shape: tuple[int, ...] | None) -> torch.Tensor:
+    """scikit-learn's 2-D ``X`` as model inputs: float64 rows reshaped to ``(n, *input_shape)``."""
+    t = torch.from_numpy(np.array(x, dtype=np.float64, order="C"))
+    if input_shape is None:
+        return t
+    shape = tuple(int(n) for n in input_shape)
+    if int(np.prod(shape)) != t.shape[1]:
+        raise ValueError(f"input_shape: expected a shape with {t.shape[1]} entries (X's features), got {shape}")
+    return t.reshape(t.shape[0], *shape)
 
 
 def _check_params(est: Any) -> None:
-    check_int(est.depth, "depth", minimum=0)
-    check_float(est.beta, "beta", minimum=0.0)
-    check_float(est.w_std, "w_std", minimum=0.0, strict=True)
+    if est.model is None:
+        check_int(est.depth, "depth", minimum=0)
+        check_float(est.beta, "beta", minimum=0.0)
+        check_float(est.w_std, "w_std", minimum=0.0, strict=True)
+        get_activation(est.activation)
+    elif not isinstance(est.model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {describe(est.model)}")
+    if est.input_shape is not None and (
+        not isinstance(est.input_shape, (tuple, list)) or not all(isinstance(n, int) and n > 0 for n in est.input_shape)
+    ):
+        raise ValueError(f"input_shape: expected a tuple of positive integers such as (1, 8, 8), got "
+                         f"{describe(est.input_shape)}")
     check_float(est.diag_reg, "diag_reg", minimum=0.0)
-    check_choice(est.kernel, "kernel", KERNELS)
+    check_choice(est.which, "which", WHICH)
     check_choice(est.solver, "solver", SOLVERS)
     check_float(est.tol, "tol", minimum=0.0, strict=True)
     if est.n_centres is not None:
@@ -87,31 +109,38 @@ def _check_params(est: Any) -> None:
 class _KernelRidge:
     """Shared kernel-ridge core: ``alpha = (K + diag_reg * mean(diag K) * I)^{-1} (Y - mean Y)``.
 
-    ``"cholesky"`` factors the dense kernel of :func:`ntkit.fc_kernel`; ``"cg"`` and ``"nystrom"``
-    run :class:`ntkit.solve.KernelSystem` on a :class:`ntkit.solve.KernelOperator` (fused tiles,
-    the kernel is never stored), and predict through the operator too.
+    ``"cholesky"`` factors the dense kernel of :func:`ntkit.infinite_kernel`; ``"cg"`` and
+    ``"nystrom"`` run :class:`ntkit.solve.KernelSystem` on a :class:`ntkit.solve.KernelOperator` (the
+    kernel is never stored), and predict through the operator too.
     """
 
+    model: nn.Module | None
+    input_shape: tuple[int, ...] | None
     depth: int
     activation: str | Activation
     beta: float
     w_std: float
-    kernel: str
+    which: str
     diag_reg: float
     solver: str
     tol: float
     n_centres: int | None
     random_state: Any
 
-    def _k(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
-        return _kernel_matrix(
-            x1, x2, depth=self.depth, activation=self.activation, beta=self.beta, w_std=self.w_std, kernel=self.kernel
-        )
+    def _arch_model(self, n_features: int) -> nn.Module:
+        return _model(self.model, n_features, self.depth, self.activation, self.beta, self.w_std)
 
-    def _tiles(self) -> FusedTiles:
-        return FusedTiles(
-            depth=self.depth, activation=self.activation, beta=self.beta, w_std=self.w_std, which=self.kernel
-        )
+    def _k(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
+        a = _rows(x1, self.input_shape)
+        b = None if x2 is None else _rows(x2, self.input_shape)
+        out = infinite_kernel(self._arch_model(x1.shape[1]), a, b, which=self.which)
+        assert isinstance(out, torch.Tensor)
+        return out
+
+    def _operator(self, x1: np.ndarray, x2: np.ndarray | None = None) -> KernelOperator:
+        model = self._arch_model(x1.shape[1])
+        return KernelOperator(_rows(x1, self.input_shape), None if x2 is None else _rows(x2, self.input_shape),
+                              tile_fn=ModelTiles(model, which=self.which))
 
     def _fit_targets(self, x: np.ndarray, targets: np.ndarray) -> None:
         from sklearn.utils import check_random_state
@@ -128,7 +157,7 @@ class _KernelRidge:
             self.dual_coef_ = cho_solve(chol, rhs).numpy()
             self.jitter_ = jitter
             return
-        op = KernelOperator(torch.from_numpy(np.array(x, dtype=np.float64, order="C")), tile_fn=self._tiles())
+        op = self._operator(x)
         scale = float(op.diag().abs().mean()) or 1.0
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         system = KernelSystem(
@@ -144,11 +173,7 @@ class _KernelRidge:
         if self.solver_ == "cholesky":
             k_test_train = self._k(x, self.centres_).numpy()
             return np.asarray(k_test_train @ self.dual_coef_ + self.y_mean_)
-        cross = KernelOperator(
-            torch.from_numpy(np.array(x, dtype=np.float64, order="C")),
-            torch.from_numpy(np.array(self.centres_, dtype=np.float64, order="C")),
-            tile_fn=self._tiles(),
-        )
+        cross = self._operator(x, self.centres_)
         return np.asarray((cross @ torch.from_numpy(self.dual_coef_)).numpy() + self.y_mean_)
 
 
@@ -156,20 +181,26 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
     """Kernel ridge regression / GP posterior mean with the infinite-width NTK or NNGP.
 
     ``f(x) = k(x, X) (k(X, X) + diag_reg * mean(diag k(X, X)) I)^{-1} (y - mean y) + mean y`` where ``k``
-    is ``fc_kernel(..., depth, activation, beta, w_std).ntk`` (or ``.nngp``). With the NTK this is the
+    is ``ntkit.infinite_kernel(model, ...)``'s NTK (or NNGP). With the NTK this is the
     mean output of an infinitely wide network trained by gradient flow on the MSE to convergence
     (Jacot et al. 2018, Lee et al. 2019); with the NNGP it is the exact Bayesian posterior mean
     (Lee et al. 2018) with noise variance ``diag_reg * mean(diag k)``.
 
     Parameters
     ----------
+    model : torch.nn.Module, optional
+        The architecture (any model :func:`ntkit.infinite_kernel` understands, e.g.
+        ``ntkit.nn.cntk(1, depth=3, device="meta")``). Default: the fully connected shortcut below.
+    input_shape : tuple of int, optional
+        Shape of one example for ``model`` (``X`` rows are reshaped to it, e.g. ``(1, 8, 8)``);
+        default: the rows as vectors.
     depth : int
-        Hidden layers of the network (``>= 0``).
+        Without ``model``: hidden layers of the fully connected network (``>= 0``).
     activation : str or Activation
         Any name of :func:`ntkit.get_activation`.
     beta, w_std : float
         Bias and weight scales (NTK parameterization, as :func:`ntkit.fc_kernel`).
-    kernel : {"ntk", "nngp"}
+    which : {"ntk", "nngp"}
     diag_reg : float
         Ridge relative to the mean of the kernel's diagonal (``>= 0``; ``> 0`` for ``"cg"`` and
         ``"nystrom"``).
@@ -204,22 +235,26 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
+        model: nn.Module | None = None,
+        input_shape: tuple[int, ...] | None = None,
         depth: int = 1,
         activation: str | Activation = "relu",
         beta: float = 0.1,
         w_std: float = 1.0,
-        kernel: str = "ntk",
+        which: str = "ntk",
         diag_reg: float = 1e-6,
         solver: str = "auto",
         tol: float = 1e-8,
         n_centres: int | None = None,
         random_state: Any = None,
     ) -> None:
+        self.model = model
+        self.input_shape = input_shape
         self.depth = depth
         self.activation = activation
         self.beta = beta
         self.w_std = w_std
-        self.kernel = kernel
+        self.which = which
         self.diag_reg = diag_reg
         self.solver = solver
         self.tol = tol
@@ -262,7 +297,7 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    depth, activation, beta, w_std, kernel, diag_reg, solver, tol, n_centres, random_state
+    model, input_shape, depth, activation, beta, w_std, which, diag_reg, solver, tol, n_centres, random_state
         As in :class:`NTKRegressor` (``diag_reg`` and the solver options are used by ``"regression"``).
     method : {"regression", "svc"}
     C : float
@@ -281,11 +316,13 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
+        model: nn.Module | None = None,
+        input_shape: tuple[int, ...] | None = None,
         depth: int = 1,
         activation: str | Activation = "relu",
         beta: float = 0.1,
         w_std: float = 1.0,
-        kernel: str = "ntk",
+        which: str = "ntk",
         method: str = "regression",
         C: float = 1.0,
         diag_reg: float = 1e-6,
@@ -294,11 +331,13 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         n_centres: int | None = None,
         random_state: Any = None,
     ) -> None:
+        self.model = model
+        self.input_shape = input_shape
         self.depth = depth
         self.activation = activation
         self.beta = beta
         self.w_std = w_std
-        self.kernel = kernel
+        self.which = which
         self.method = method
         self.C = C
         self.diag_reg = diag_reg
@@ -349,12 +388,14 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
 
 
 class NTKKernel(_SKKernel):
-    """The infinite-width NTK (or NNGP) of a fully connected network as a scikit-learn GP kernel.
+    """The infinite-width NTK (or NNGP) of a network as a scikit-learn GP kernel.
 
-    ``k(x, x') = fc_kernel(x, x', depth, activation, beta, w_std).ntk``. ``beta`` and ``w_std`` are
+    ``k(x, x') = ntkit.infinite_kernel(model, x, x', which=which)``; by default the fully connected
+    shortcut ``fc_kernel(x, x', depth, activation, beta, w_std)``, whose ``beta`` and ``w_std`` are
     continuous hyperparameters (``theta = log([beta, w_std])``, the gradient by central finite
     differences in log space, step ``1e-5``: relative error ~1e-10); ``depth`` and ``activation`` are
-    fixed hyperparameters (choose them with ``GridSearchCV`` over ``kernel__depth``). Combine with
+    fixed hyperparameters (choose them with ``GridSearchCV`` over ``kernel__depth``). With a
+    ``model`` every hyperparameter lives in the model (``theta`` is empty). Combine with
     ``WhiteKernel`` / ``ConstantKernel`` as usual. Non-stationary.
 
     Parameters
@@ -364,8 +405,12 @@ class NTKKernel(_SKKernel):
     beta : float
         ``> 0`` unless ``beta_bounds="fixed"`` (log space).
     w_std : float
-    kind : {"ntk", "nngp"}
+    which : {"ntk", "nngp"}
     beta_bounds, w_std_bounds : pair of float or "fixed"
+    model : torch.nn.Module, optional
+        Any model :func:`ntkit.infinite_kernel` understands (then ``beta``, ``w_std`` are unused).
+    input_shape : tuple of int, optional
+        Shape of one example for ``model`` (rows are reshaped to it).
     """
 
     _FD_STEP = 1e-5
@@ -376,17 +421,21 @@ class NTKKernel(_SKKernel):
         activation: str = "relu",
         beta: float = 0.1,
         w_std: float = 1.0,
-        kind: str = "ntk",
+        which: str = "ntk",
         beta_bounds: tuple[float, float] | str = (1e-5, 1e5),
         w_std_bounds: tuple[float, float] | str = (1e-3, 1e3),
+        model: nn.Module | None = None,
+        input_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.depth = depth
         self.activation = activation
         self.beta = beta
         self.w_std = w_std
-        self.kind = kind
+        self.which = which
         self.beta_bounds = beta_bounds
         self.w_std_bounds = w_std_bounds
+        self.model = model
+        self.input_shape = input_shape
 
     @property
     def hyperparameter_depth(self) -> Hyperparameter:
@@ -398,22 +447,26 @@ class NTKKernel(_SKKernel):
 
     @property
     def hyperparameter_beta(self) -> Hyperparameter:
-        return Hyperparameter("beta", "numeric", self.beta_bounds)
+        return Hyperparameter("beta", "numeric", "fixed" if self.model is not None else self.beta_bounds)
 
     @property
     def hyperparameter_w_std(self) -> Hyperparameter:
-        return Hyperparameter("w_std", "numeric", self.w_std_bounds)
+        return Hyperparameter("w_std", "numeric", "fixed" if self.model is not None else self.w_std_bounds)
 
     # depth / activation are fixed: scikit-learn looks these attributes up by name.
     depth_bounds = "fixed"
     activation_bounds = "fixed"
 
+    def _model(self, n_features: int, beta: float, w_std: float) -> nn.Module:
+        check_choice(self.which, "which", WHICH)
+        depth = check_int(self.depth, "depth", minimum=0) if self.model is None else 0
+        return _model(self.model, n_features, depth, self.activation, beta, w_std)
+
     def _matrix(self, x1: np.ndarray, x2: np.ndarray | None, beta: float, w_std: float) -> np.ndarray:
-        check_choice(self.kind, "kind", KERNELS)
-        depth = check_int(self.depth, "depth", minimum=0)
-        return np.asarray(
-            _kernel_matrix(x1, x2, depth=depth, activation=self.activation, beta=beta, w_std=w_std, kernel=self.kind)
-        )
+        model = self._model(x1.shape[1], beta, w_std)
+        out = infinite_kernel(model, _rows(x1, self.input_shape), None if x2 is None else _rows(x2, self.input_shape),
+                              which=self.which)
+        return np.asarray(out)
 
     def __call__(self, X: Any, Y: Any | None = None, eval_gradient: bool = False) -> Any:
         """Kernel matrix of shape (n_X, n_Y); with ``eval_gradient`` also its gradient (n_X, n_X, n_theta)."""
@@ -426,8 +479,8 @@ class NTKKernel(_SKKernel):
             return k
         grads = []
         h = self._FD_STEP
-        for name, bounds in (("beta", self.beta_bounds), ("w_std", self.w_std_bounds)):
-            if isinstance(bounds, str) and bounds == "fixed":
+        for name in ("beta", "w_std"):
+            if getattr(self, f"hyperparameter_{name}").fixed:
                 continue
             params = {"beta": self.beta, "w_std": self.w_std}
             up, down = dict(params), dict(params)
@@ -440,15 +493,9 @@ class NTKKernel(_SKKernel):
     def diag(self, X: Any) -> np.ndarray:
         """``k(x, x)`` for each row, shape (n_X,), without forming the matrix."""
         x = np.atleast_2d(np.asarray(X, dtype=np.float64))
-        check_choice(self.kind, "kind", KERNELS)
-        return fc_kernel_diag(
-            torch.from_numpy(x),
-            depth=check_int(self.depth, "depth", minimum=0),
-            activation=self.activation,
-            beta=self.beta,
-            w_std=self.w_std,
-            which=self.kind,
-        ).numpy()
+        model = self._model(x.shape[1], self.beta, self.w_std)
+        tiles = ModelTiles(model, which=self.which)
+        return tiles.diag(_rows(x, self.input_shape)).numpy()
 
     def is_stationary(self) -> bool:
         """``False``: the NTK depends on the norms of the inputs, not only on their difference."""
@@ -459,7 +506,9 @@ class NTKKernel(_SKKernel):
         return True
 
     def __repr__(self) -> str:
+        if self.model is not None:
+            return f"NTKKernel(model={type(self.model).__name__}, which={self.which!r})"
         return (
             f"NTKKernel(depth={self.depth}, activation={self.activation!r}, beta={self.beta:.3g}, "
-            f"w_std={self.w_std:.3g}, kind={self.kind!r})"
+            f"w_std={self.w_std:.3g}, which={self.which!r})"
         )

@@ -1,11 +1,13 @@
-"""Analytic kernels at scale: fused per-tile recursion, tiling under a memory budget, resumable
-on-disk outputs (``.npy``, zarr) and distribution over Dask.
+"""Analytic kernels at scale: tiling under a memory budget, resumable on-disk outputs (``.npy``,
+zarr) and distribution over Dask, for any model :func:`ntkit.infinite_kernel` understands.
 
-Public API: :func:`compute_kernel` (whole kernels) and :func:`kernel_tile_fn` (one block at a time,
-for iterative solvers). Importing this package imports neither dask nor zarr.
+Public API: :func:`compute_kernel` (whole kernels, in memory or on disk), :func:`infinite_kernel`
+and :func:`fc_kernel` (in memory), :func:`kernel_tile_fn` (one block at a time, for iterative
+solvers). The kernel maths lives in :mod:`ntkit.infinite`. Importing this package imports neither
+dask nor zarr.
 """
 
-from ntkit.compute.api import KernelResult, compute_kernel
-from ntkit.compute.fused import FCSpec, fc_diag, fc_tile, kernel_tile_fn
+from ntkit.compute.api import KernelResult, architecture, compute_kernel
+from ntkit.compute.model_kernels import fc_kernel, infinite_kernel, kernel_tile_fn
 
-__all__ = ["FCSpec", "KernelResult", "compute_kernel", "fc_diag", "fc_tile", "kernel_tile_fn"]
+__all__ = ["KernelResult", "architecture", "compute_kernel", "fc_kernel", "infinite_kernel", "kernel_tile_fn"]

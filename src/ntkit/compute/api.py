@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ntkit._progress import Progress
 from ntkit._validation import check_choice, check_dtype, check_int, check_pair
-from ntkit.compute.fused import FCSpec, fc_diag, fc_tile, input_variances, row_ids
+from ntkit.activations import get_activation
+from ntkit.compute.distributed import get_client, run_on_dask
 from ntkit.compute.storage import Ledger, Output, data_digest, open_output
+from ntkit.compute.tile_task import TileTask, run_tile, single_threaded
 from ntkit.compute.tiling import DEFAULT_BUDGET, TilePlan, choose_tile, parse_budget
+from ntkit.infinite.fused import GRAM_BLOCK, row_ids
+from ntkit.infinite.tiles import KernelTiles
+from ntkit.infinite.walk import Architecture, describe_model, fc_model
 
 Tensor = torch.Tensor
 
@@ -53,77 +58,6 @@ class KernelResult:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class TileTask:
-    """Everything one tile evaluation needs (picklable: sent to Dask workers once)."""
-
-    x1: Tensor
-    x2: Tensor
-    ids1: Tensor
-    ids2: Tensor
-    var1: Tensor
-    var2: Tensor
-    spec: FCSpec
-    which: tuple[str, ...]
-    plan: TilePlan
-
-    def __call__(self, i: int, j: int) -> Tensor:
-        """The stacked requested kernels of tile ``(i, j)``: shape (k, h, w) (or (k, h) on a diagonal).
-
-        On a diagonal tile of a symmetric plan the lower triangle is the mirror of the upper one,
-        so every entry ``(a, b)``, ``a > b``, is the value computed for ``(b, a)``.
-        """
-        plan, want_ntk = self.plan, "ntk" in self.which
-        r = plan.rows(i)
-        if plan.diag:
-            nngp, ntk = fc_diag(self.x1[r], self.spec, ntk=want_ntk)
-            parts = [nngp if w == "nngp" else ntk for w in self.which]
-            block = torch.stack([p for p in parts if p is not None])
-        else:
-            c = plan.cols(j)
-            x1, x2 = self.x1[r], self.x2[c]
-            block = torch.empty(len(self.which), x1.shape[0], x2.shape[0], dtype=x1.dtype, device=x1.device)
-            views = dict(zip(self.which, block, strict=True))
-            nngp_out = views["nngp"] if "nngp" in views else torch.empty_like(block[0])  # NTK only: scratch
-            fc_tile(
-                x1, x2, self.spec, ntk=want_ntk, ids=(self.ids1[r], self.ids2[c]), var=(self.var1[r], self.var2[c]),
-                out=(nngp_out, views.get("ntk")), upper=plan.symmetric and i == j,
-            )
-        if plan.symmetric and i == j:
-            _mirror_upper(block)
-        return block
-
-
-def _mirror_upper(block: Tensor, step: int = 128) -> None:
-    """Copy the upper triangle of each square ``block[k]`` onto its lower triangle, in place, in strips."""
-    h = block.shape[1]
-    for r0 in range(0, h, step):
-        r1 = min(r0 + step, h)
-        block[:, r0:r1, :r0] = block[:, :r0, r0:r1].transpose(1, 2)
-        sq = block[:, r0:r1, r0:r1]
-        upper = sq.triu(1)
-        sq.copy_(upper + upper.transpose(1, 2) + torch.diag_embed(sq.diagonal(dim1=1, dim2=2)))
-
-
-def run_tile(task: TileTask, i: int, j: int) -> np.ndarray:
-    """Module-level entry point for Dask workers: tile ``(i, j)`` as a numpy array (k, h, w).
-
-    Runs with single-threaded torch operations (a Dask worker's threads are its parallelism).
-    """
-    with _single_threaded():
-        return task(i, j).cpu().numpy()
-
-
-@contextlib.contextmanager
-def _single_threaded() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _check_threads(threads: Any, device: torch.device) -> int:
     if threads is None:
         return 1 if device.type != "cpu" else max(1, torch.get_num_threads())
@@ -153,16 +87,16 @@ def run_threaded(
         store(i, j, block)
         return None
 
-    if task.x1.device.type != "cpu":
+    if task.device.type != "cpu":
         for i, j in todo:
             finish(i, j, work(i, j))
         return
     if threads <= 1 or len(todo) <= 1:
-        with _single_threaded():
+        with single_threaded():
             for i, j in todo:
                 finish(i, j, work(i, j))
         return
-    with _single_threaded(), ThreadPoolExecutor(threads) as pool:
+    with single_threaded(), ThreadPoolExecutor(threads) as pool:
         pending = list(todo)[::-1]
         running: dict[Future[Tensor | None], tuple[int, int]] = {}
         failure: BaseException | None = None
@@ -208,7 +142,8 @@ def compute_kernel(
     x1: Any,
     x2: Any | None = None,
     *,
-    depth: int,
+    model: nn.Module | None = None,
+    depth: int | None = None,
     activation: Any = "relu",
     beta: float = 0.0,
     w_std: float = 1.0,
@@ -224,22 +159,27 @@ def compute_kernel(
     progress: bool = False,
     threads: int | None = None,
 ) -> KernelResult:
-    """Infinite-width NNGP / NTK of :func:`ntkit.fc_kernel`, tiled, fused, on disk or on a Dask cluster.
+    """Infinite-width NNGP / NTK of a model, tiled, on disk or on Dask (:func:`ntkit.infinite_kernel` at scale).
 
     The kernel matrix is cut into tiles (:mod:`ntkit.compute.tiling`) whose working memory fits
-    ``budget``; each tile runs the fused recursion of :func:`ntkit.compute.fused.fc_tile`
-    (Jacot et al. 2018; Lee et al. 2018; closed forms of Cho & Saul 2009 and Williams 1997), and
-    is written to memory, a ``.npy`` file or a zarr array. On disk the run is resumable: called
-    again with the same arguments it evaluates only the tiles missing from the ledger. Results do
-    not depend on the tiling nor on where tiles ran (bitwise).
+    ``budget``; each tile is evaluated by the architecture's :class:`~ntkit.infinite.tiles.KernelTiles`
+    (the fused fully connected recursion and its native loop where the model is that pattern --
+    Jacot et al. 2018; Lee et al. 2018; closed forms of Cho & Saul 2009 and Williams 1997 --, the
+    reference evaluator otherwise), and is written to memory, a ``.npy`` file or a zarr array. On disk
+    the run is resumable: called again with the same arguments it evaluates only the tiles missing
+    from the ledger. On the fused path results do not depend on the tiling nor on where tiles ran
+    (bitwise); on the reference path they agree to rounding.
 
     Parameters
     ----------
-    x1 : array-like of shape (N1, d)
-    x2 : array-like of shape (N2, d), optional
+    x1 : array-like of shape (N1, *input_shape)
+        Vectors ``(N1, d)`` or images ``(N1, C, H, W)`` / ``(N1, C, L)``.
+    x2 : array-like of shape (N2, *input_shape), optional
         Defaults to ``x1`` (then only the upper half of the tiles is evaluated and mirrored).
+    model : torch.nn.Module, optional
+        The architecture (see :func:`ntkit.infinite_kernel`); may live on the ``meta`` device.
     depth, activation, beta, w_std
-        The network, as in :func:`ntkit.fc_kernel`.
+        Instead of ``model``: the fully connected network of :func:`ntkit.nn.fc` (``beta`` its ``b_std``).
     which : {"both", "nngp", "ntk"}
     diag : bool
         Only the diagonal ``K(x_i, x_i)`` (shape (N1,)); needs ``x2`` None.
@@ -248,9 +188,12 @@ def compute_kernel(
     out : path ending in .npy or .zarr, optional
         None keeps the result in memory (peak memory: the result plus ``budget``).
     budget : int or str
-        Working memory per tile in bytes (``"512M"`` accepted); at least one tile row.
+        Working memory per tile in bytes (``"512M"`` accepted); at least one tile row. A pair of
+        images costs ``8 x pixels^2`` entries on a pooled convolutional network (``8 x pixels`` with a
+        flattening read-out): tiles shrink so that it fits, and a budget below one pair is an error.
     tile : int, optional
-        Tile edge (a multiple of 128); by default the largest that fits ``budget`` (at most 1024).
+        Tile edge (a multiple of 128 for vector inputs); by default the largest that fits ``budget``
+        (at most 1024).
     scheduler : dask.distributed.Client or str, optional
         A client or a scheduler address: tiles run on its workers, results are gathered here.
     overwrite : bool
@@ -269,7 +212,8 @@ def compute_kernel(
     Raises
     ------
     ValueError
-        Bad arguments, a budget below one tile row, an existing output with other parameters.
+        Bad arguments, a model without an infinite-width kernel (the message names the module), a
+        budget below one tile row, an existing output with other parameters.
     OSError
         Writing failed (e.g. a full disk): the finished tiles stay recorded, rerun to resume.
     ConnectionError
@@ -277,62 +221,66 @@ def compute_kernel(
 
     Examples
     --------
-    >>> import torch
+    >>> import torch, ntkit
     >>> from ntkit.compute import compute_kernel
     >>> x = torch.randn(300, 10, dtype=torch.float64)
-    >>> res = compute_kernel(x, depth=3, activation="relu", tile=128)
+    >>> res = compute_kernel(x, model=ntkit.nn.fc(10, depth=3, device="meta"), tile=128)
     >>> res.ntk.shape, res.tiles_total
     (torch.Size([300, 300]), 6)
     """
     start = time.perf_counter()
-    spec = FCSpec.make(depth, activation, beta, w_std)
     check_choice(which, "which", tuple(_WHICH))
     wanted = _WHICH[which]
-    if "ntk" in wanted and not spec.activation.has_derivative_map:
-        raise ValueError(f"which: the NTK of {spec.activation!r} is undefined (no derivative map); use 'nngp'")
     check_dtype(dtype)
     if not isinstance(diag, bool):
         raise TypeError(f"diag: expected a bool, got {type(diag).__name__}")
-    t1, t2 = check_pair(x1, x2, dtype=dtype, device=device)
+    t1, t2 = check_pair(x1, x2, dtype=dtype, device=device, ndim=None)
     if diag and t2 is not None:
         raise ValueError("diag: expected x2 = None (the diagonal of K(x1, x1)), got an x2")
+    if t2 is not None and t2.shape == t1.shape and torch.equal(t1, t2):
+        t2 = None  # K(x, x) is K(x): evaluate it as the exactly symmetric kernel
+    arch = architecture(model, tuple(t1.shape[1:]), depth=depth, activation=activation, beta=beta, w_std=w_std)
+    if "ntk" in wanted and not arch.has_ntk:
+        raise ValueError("which: the NTK of this model is undefined (an activation has no derivative map, e.g. "
+                         "step or sign); use 'nngp'")
     symmetric = t2 is None and not diag
     tx2 = t1 if t2 is None else t2
     budget_bytes = parse_budget(budget)
     n1, n2 = t1.shape[0], tx2.shape[0]
     itemsize = t1.element_size()
     threads = _check_threads(threads, t1.device)
+    sizing: dict[str, Any] = {"itemsize": itemsize, "tile": tile, "diag": diag, "features": t1[0].numel(),
+              "pair_entries": arch.pair_entries, "align": GRAM_BLOCK if arch.pair_entries == 1 else 1}
     try:  # one tile per thread, each with 1/threads of the budget (else fewer threads)
-        edge = choose_tile(n1, n2, itemsize=itemsize, budget=budget_bytes // threads, tile=tile, diag=diag,
-                           features=t1.shape[1])
+        edge = choose_tile(n1, n2, budget=budget_bytes // threads, **sizing)
     except ValueError:
         threads = 1
-        edge = choose_tile(n1, n2, itemsize=itemsize, budget=budget_bytes, tile=tile, diag=diag,
-                           features=t1.shape[1])
+        edge = choose_tile(n1, n2, budget=budget_bytes, **sizing)
     client, owned = None, False
     if scheduler is not None:  # connect first: an unreachable scheduler must not leave a new output behind
-        from ntkit.compute.distributed import get_client
-
         client, owned = get_client(scheduler)
     try:
-        return _run(t1, t2, tx2, spec, wanted, diag, symmetric, dtype, out, edge, overwrite, client, progress, start,
-                    threads)
+        described = arch.describe() if model is not None else {
+            "depth": depth, "activation": repr(get_activation(activation)), "beta": beta, "w_std": w_std,
+        }  # the shortcut keeps the parameters of the fully connected network (and its older ledgers)
+        return _run(t1, t2, tx2, KernelTiles(arch), described, wanted, diag, symmetric, dtype, out, edge, overwrite,
+                    client, progress, start, threads)
     finally:
         if owned and client is not None:
             client.close()
 
 
 def _run(
-    t1: Tensor, t2: Tensor | None, tx2: Tensor, spec: FCSpec, wanted: tuple[str, ...], diag: bool, symmetric: bool,
-    dtype: torch.dtype, out: str | os.PathLike[str] | None, edge: int, overwrite: bool, client: Any, progress: bool,
-    start: float, threads: int,
+    t1: Tensor, t2: Tensor | None, tx2: Tensor, tiles: KernelTiles, described: dict[str, Any],
+    wanted: tuple[str, ...], diag: bool, symmetric: bool, dtype: torch.dtype, out: str | os.PathLike[str] | None,
+    edge: int, overwrite: bool, client: Any, progress: bool, start: float, threads: int,
 ) -> KernelResult:
     n1, n2 = t1.shape[0], tx2.shape[0]
     k = len(wanted)
     base_shape: tuple[int, ...] = (n1,) if diag else (n1, n2)
     shape = base_shape if k == 1 else (k, *base_shape)
     params: dict[str, Any] = {
-        **spec.describe(), "which": list(wanted), "diag": diag, "dtype": str(dtype), "shape": list(shape),
+        **described, "which": list(wanted), "diag": diag, "dtype": str(dtype), "shape": list(shape),
         "x1": data_digest(t1), "x2": None if t2 is None else data_digest(t2),
     }
     chunks_2d = (edge,) if diag else (edge, edge)
@@ -348,9 +296,8 @@ def _run(
         ids1 = ids2 = ids[0]
     else:
         ids1, ids2 = row_ids(t1, t2)
-    var1 = input_variances(t1, spec)
-    task = TileTask(t1, tx2, ids1, ids2, var1, input_variances(tx2, spec) if t2 is not None else var1,
-                    spec, wanted, plan)
+    rows1 = tiles.prepare(t1)
+    task = TileTask(tiles, rows1, rows1 if t2 is None else tiles.prepare(tx2), ids1, ids2, wanted, plan)
     bar = Progress(len(todo), desc=f"kernel {n1}x{n2} tiles", enabled=progress)
     if len(done):
         bar.note = f"(resumed: {len(done)} of {len(plan)} tiles already done)"
@@ -380,8 +327,6 @@ def _run(
 
     try:
         if client is not None and todo:
-            from ntkit.compute.distributed import run_on_dask
-
             run_on_dask(client, task, todo, finish)
         else:
             run_threaded(task, todo, finish, threads, store=store if output.concurrent_writes else None)
@@ -400,4 +345,29 @@ def _run(
     )
 
 
-__all__ = ["KernelResult", "Ledger", "TileTask", "compute_kernel", "run_tile", "write_tile"]
+__all__ = ["KernelResult", "Ledger", "TileTask", "architecture", "compute_kernel", "run_tile", "write_tile"]
+
+
+def architecture(
+    model: nn.Module | None, input_shape: tuple[int, ...], *, depth: int | None = None, activation: Any = "relu",
+    beta: float = 0.0, w_std: float = 1.0,
+) -> Architecture:
+    """The :class:`Architecture` of ``model``, or of the fully connected shortcut ``depth, activation, beta, w_std``.
+
+    Raises
+    ------
+    ValueError
+        Both or neither of ``model`` and ``depth`` given; a model without a kernel transform.
+    """
+    if model is not None and depth is not None:
+        raise ValueError("model and depth: expected one of them (depth, activation, beta and w_std describe the "
+                         "fully connected model of ntkit.nn.fc), got both")
+    if model is None:
+        if depth is None:
+            raise ValueError("model: expected a model (e.g. built from ntkit.nn) or the fully connected shortcut "
+                             "depth=..., got neither")
+        if len(input_shape) != 1:
+            raise ValueError(f"x1: expected vectors (N, d) for the fully connected shortcut (depth=...), got inputs "
+                             f"of shape (N, {', '.join(map(str, input_shape))}); pass model= for images")
+        model = fc_model(input_shape[0], depth=depth, activation=activation, beta=beta, w_std=w_std)
+    return describe_model(model, input_shape)

@@ -1,6 +1,6 @@
 """Spreading kernel tiles over a Dask cluster (``dask.distributed``; the ``dask`` extra).
 
-The data and the tile recipe (:class:`ntkit.compute.api.TileTask`) are scattered to every worker
+The data and the tile recipe (:class:`ntkit.compute.tile_task.TileTask`) are scattered to every worker
 once; each tile is a task returning its block, gathered here as it completes and written by the
 caller (so the output, its ledger and resumption behave exactly as in a local run). At most a few
 tiles per worker are in flight, which bounds the memory of this process. Dask reruns the tasks of
@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ntkit.compute.tile_task import TileTask, run_tile
 
 #: Seconds to wait for a scheduler given by address.
 CONNECT_TIMEOUT = 10.0
@@ -44,7 +46,7 @@ def get_client(scheduler: Any, *, timeout: float | None = None) -> tuple[Any, bo
 
 def run_on_dask(
     client: Any,
-    task: Any,
+    task: TileTask,
     todo: Sequence[tuple[int, int]],
     finish: Callable[[int, int, np.ndarray], None],
     *,
@@ -52,8 +54,6 @@ def run_on_dask(
 ) -> None:
     """Evaluate ``task(i, j)`` for every tile of ``todo`` on the cluster of ``client``, calling ``finish`` on each."""
     from dask.distributed import as_completed
-
-    from ntkit.compute.api import run_tile
 
     futures = as_completed(loop=client.loop)
     where: dict[Any, tuple[int, int]] = {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ntkit._validation import check_int, describe
-from ntkit.compute.fused import GRAM_BLOCK
+from ntkit.infinite.fused import GRAM_BLOCK
 
 #: Tile-sized arrays alive at once while a tile is evaluated and written (cov, ntk, 2 temporaries,
 #: the stacked result and its mirrored copy, and slack).
@@ -88,36 +88,44 @@ class TilePlan:
 
 
 def choose_tile(n1: int, n2: int, *, itemsize: int, budget: int, tile: int | None = None, diag: bool = False,
-                features: int = 1) -> int:
+                features: int = 1, pair_entries: int = 1, align: int = GRAM_BLOCK) -> int:
     """The tile edge for an ``n1 x n2`` kernel whose working memory must fit ``budget`` bytes.
 
-    Raises ``ValueError`` when the budget cannot hold the smallest tile (``GRAM_BLOCK`` rows of
-    ``GRAM_BLOCK`` columns, or the whole kernel when smaller), or when ``tile`` is not a multiple
-    of ``GRAM_BLOCK`` (the grid that makes tilings bitwise identical).
+    A pair of inputs costs ``WORK_ARRAYS * pair_entries * itemsize`` bytes (``pair_entries``: the
+    covariance entries one pair carries, pixels squared for a pooled convolutional network). Tile
+    edges are multiples of ``align`` (:data:`GRAM_BLOCK` for the fused path, whose results are then
+    bitwise independent of the tiling) unless the kernel is smaller.
+
+    Raises ``ValueError`` when the budget cannot hold the smallest tile (``align`` rows of ``align``
+    columns, or the whole kernel when smaller; one row for a diagonal), or when ``tile`` is not a
+    multiple of ``align``.
     """
-    per_entry = WORK_ARRAYS * itemsize
+    per_entry = WORK_ARRAYS * itemsize * pair_entries
     if diag:  # row chunks: per row the input row and a few vectors
-        per_row = (features + WORK_ARRAYS) * itemsize
+        per_row = (features + WORK_ARRAYS * pair_entries) * itemsize
         if tile is None:
-            tile = max(GRAM_BLOCK, (budget // per_row) // GRAM_BLOCK * GRAM_BLOCK)
-            return min(tile, max(GRAM_BLOCK, n1))
+            rows = budget // per_row
+            if rows < 1:
+                raise ValueError(f"budget: expected at least {per_row} bytes (one row's working memory), got {budget}")
+            tile = max(align, rows // align * align) if rows >= align else rows
+            return min(tile, max(align, n1))
         need = min(tile, n1) * per_row
     else:
-        smallest = min(n1, GRAM_BLOCK) * min(n2, GRAM_BLOCK) * per_entry
+        smallest = min(n1, align) * min(n2, align) * per_entry
         if budget < smallest:
             raise ValueError(
                 f"budget: expected at least {smallest} bytes, the working memory of one tile row "
-                f"({min(n1, GRAM_BLOCK)} x {min(n2, GRAM_BLOCK)} entries x {WORK_ARRAYS} arrays x {itemsize} bytes), "
-                f"got {budget}"
+                f"({min(n1, align)} x {min(n2, align)} pairs x {WORK_ARRAYS} arrays x {pair_entries} entries x "
+                f"{itemsize} bytes), got {budget}"
             )
         if tile is None:
-            edge = math.isqrt(budget // per_entry) // GRAM_BLOCK * GRAM_BLOCK
-            edge = max(GRAM_BLOCK, min(edge, MAX_TILE))
+            edge = math.isqrt(budget // per_entry) // align * align
+            edge = max(align, min(edge, MAX_TILE))
             return min(edge, max(n1, n2)) if max(n1, n2) < edge else edge
         need = min(tile, n1) * min(tile, n2) * per_entry
     tile = check_int(tile, "tile", minimum=1)
-    if tile % GRAM_BLOCK and tile < max(n1, n2):
-        raise ValueError(f"tile: expected a multiple of {GRAM_BLOCK} (or >= the kernel size), got {describe(tile)}")
+    if tile % align and tile < max(n1, n2):
+        raise ValueError(f"tile: expected a multiple of {align} (or >= the kernel size), got {describe(tile)}")
     if need > budget:
         raise ValueError(f"tile: expected a tile whose working memory ({need} bytes) fits the budget, "
                          f"got tile={tile} with budget={budget}")

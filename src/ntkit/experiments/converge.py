@@ -29,9 +29,9 @@ from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_float, check_int, describe
 from ntkit.activations import get_activation
+from ntkit.compute import fc_kernel
 from ntkit.data import circle_inputs, load_array
 from ntkit.empirical import empirical_ntk
-from ntkit.infinite import fc_kernel
 from ntkit.networks import FCNetwork
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)

@@ -46,11 +46,11 @@ from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
 from ntkit._validation import check_float, check_int, describe
 from ntkit.activations import get_activation
+from ntkit.compute import fc_kernel
 from ntkit.data import circle_inputs
 from ntkit.empirical import empirical_ntk
 from ntkit.experiments.converge import fit_loglog_slope
 from ntkit.experiments.movement import MovementAnalysis, mean_slope, movement_vs_width
-from ntkit.infinite import fc_kernel
 from ntkit.networks import FCNetwork
 from ntkit.predict import LearningRateWarning, gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate
 from ntkit.train import kernel_movement, train_gd

@@ -1,4 +1,4 @@
-/* Native ABReLU layer loop of ntkit.compute.fused (compiled on first use by ntkit.compute.native).
+/* Native ABReLU layer loop of ntkit.infinite.fused (compiled on first use by ntkit.infinite.native).
  *
  * For a centred bivariate Gaussian with variances (v1, v2) and covariance c, the ABReLU activation
  * sigma(u) = a u (u < 0), b u (u >= 0), d = b - a, gives (Cho & Saul 2009)

@@ -1,6 +1,7 @@
-"""Fused per-tile evaluation of the fully connected NNGP / NTK recursion.
+"""Fast path: fused per-tile evaluation of the fully connected NNGP / NTK recursion.
 
-For a tile of inputs ``x1`` (t1 rows) and ``x2`` (t2 rows) the recursion of :mod:`ntkit.infinite`
+For a tile of inputs ``x1`` (t1 rows) and ``x2`` (t2 rows) the recursion of a fully connected
+network in NTK parameterization (the architecture of :func:`ntkit.nn.fc`)
 
     Sigma(1)      = w_std^2 x.x' / n0 + beta^2
     Sigma(l+1)    = w_std^2 E[sigma(u) sigma(v)] + beta^2,      SigmaDot(l+1) = w_std^2 E[sigma'(u) sigma'(v)]
@@ -12,14 +13,16 @@ the closed forms allow:
 * everything that depends on one input only (the variances ``Sigma(l)(x, x)``, ``1/sqrt(1 + 2 b^2 v)``
   for erf, the positivity masks of ABReLU) is computed once per row, as a vector, by the *same*
   elementwise code applied to ``(v, v, v)`` -- so a duplicated input gives ``cov == var`` bit for
-  bit at every layer and its angle stays exactly 0, as in :func:`ntkit.fc_kernel`;
+  bit at every layer and its angle stays exactly 0, as in the reference evaluator;
 * NNGP and NTK are advanced in one pass per layer, with in-place operations on at most four
   tile-sized buffers (``cov``, ``ntk``, and two temporaries);
 * for ABReLU (ReLU, leaky ReLU, abs; Cho & Saul 2009) the angle is ``theta = atan2(sqrt(det), c)``
   with ``det = v1 v2 - c^2`` clipped at 0; for erf (Williams 1997) the ``arcsin`` form.
 
-Any other activation falls back to :func:`ntkit.infinite.fc_recursion` on the tile (exact, slower).
-On a CPU, ABReLU tiles and diagonals run instead in the compiled loop of :mod:`ntkit.compute.native`
+Any other activation, and any architecture that is not this plain fully connected stack, is
+evaluated by the reference evaluator (:mod:`ntkit.infinite.reference`), which is also the
+definition this fast path is tested against (:func:`match_fc` recognises the pattern).
+On a CPU, ABReLU tiles and diagonals run instead in the compiled loop of :mod:`ntkit.infinite.native`
 when it is available (all layers per entry in registers; 2-2.6x faster per tile): the torch code
 below is its fallback and its reference.
 
@@ -32,17 +35,17 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ntkit._validation import check_choice, check_dtype, check_float, check_int, check_pair
+from ntkit._validation import check_float, check_int
 from ntkit.activations import ABReLU, Activation, Erf, Identity, get_activation
-from ntkit.compute import native as _native
-from ntkit.infinite import fc_recursion
+from ntkit.infinite import native as _native
+from ntkit.infinite.ops import Dense, Pointwise
+from ntkit.infinite.walk import Architecture
 
 Tensor = torch.Tensor
 
@@ -85,7 +88,7 @@ class FCSpec:
 
     @property
     def fused_kind(self) -> str:
-        """``"abrelu"``, ``"erf"``, ``"identity"`` (hand-fused closed forms) or ``"generic"``."""
+        """``"abrelu"``, ``"erf"``, ``"identity"`` (hand-fused closed forms) or ``"generic"`` (none)."""
         return fused_kind(self.activation)
 
     def describe(self) -> dict[str, Any]:
@@ -98,7 +101,7 @@ def _not_overridden(act: Activation, cls: type, *names: str) -> bool:
 
 
 def fused_kind(activation: Activation) -> str:
-    """Which hand-fused recursion serves ``activation`` (``"generic"``: per-tile fc_recursion)."""
+    """Which hand-fused recursion serves ``activation`` (``"generic"``: none, the reference evaluator does)."""
     names = ("expect", "expect_derivative", "expect_diag")
     if isinstance(activation, ABReLU) and _not_overridden(activation, ABReLU, *names):
         return "abrelu"
@@ -271,18 +274,6 @@ def _next_var(spec: FCSpec, kind: str, v: Tensor) -> Tensor:
     return _view(_layer(spec, kind, v, v, c, None, shape)[0], shape)
 
 
-def _generic_diag(spec: FCSpec, var: Tensor, ntk: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    w2, b2 = spec.w_std**2, spec.beta**2
-    act = spec.activation
-    for _ in range(spec.depth):
-        if ntk is not None:
-            sdot = w2 * act.expect_derivative(var, var, var)
-        var = w2 * act.expect_diag(var) + b2
-        if ntk is not None:
-            ntk = ntk * sdot + var
-    return var, ntk
-
-
 def input_variances(x: Tensor, spec: FCSpec) -> Tensor:
     """``Sigma(1)(x, x) = w_std^2 |x|^2 / n0 + beta^2`` per row (same arithmetic as fc_kernel)."""
     return (spec.w_std**2 / x.shape[1]) * (x * x).sum(-1) + spec.beta**2
@@ -293,7 +284,7 @@ def fc_diag(
 ) -> tuple[Tensor, Tensor | None]:
     """Diagonals ``(Sigma(L)(x, x), Theta(L)(x, x))`` of shape (N,), per row, without any N x N work.
 
-    ``native``: use the compiled ABReLU kernel of :mod:`ntkit.compute.native` (None: when available;
+    ``native``: use the compiled ABReLU kernel of :mod:`ntkit.infinite.native` (None: when available;
     the diagonal then equals the diagonal entries of :func:`fc_tile`'s native tiles bit for bit).
     """
     var = input_variances(x, spec)
@@ -301,7 +292,7 @@ def fc_diag(
     if kind == "abrelu" and _use_native(native, var):
         return _native.abrelu_diag(var, spec, ntk=ntk)
     if kind == "generic":
-        return _generic_diag(spec, var, var.clone() if ntk else None)
+        raise ValueError(f"fc_diag: no fused recursion for activation {spec.activation!r} (use the reference path)")
     shape = (var.shape[0],)
     v = var
     c = padded_empty(shape, var)
@@ -360,7 +351,7 @@ def fc_tile(
         triangle ``(a, b), b >= a`` is guaranteed (less work); the caller mirrors it.
     native : bool or None
         ABReLU activations on the CPU: run all layers in the compiled kernel of
-        :mod:`ntkit.compute.native` (None: whenever it is available; False: the torch code below;
+        :mod:`ntkit.infinite.native` (None: whenever it is available; False: the torch code below;
         True: require it). The two paths agree to rounding; each is tiling-invariant on its own.
     """
     if ids is None:
@@ -373,16 +364,7 @@ def fc_tile(
                torch.empty(t1, t2, dtype=x1.dtype, device=x1.device) if ntk else None)
     nngp_out, ntk_out = out
     if kind == "generic":
-        cov = block_gram(x1, x2).mul_(spec.w_std**2 / x1.shape[1]).add_(spec.beta**2)
-        _apply_duplicates(cov, v1, ids[0], ids[1])
-        k = fc_recursion(
-            v1, cov, v2, depth=spec.depth, activation=spec.activation, beta=spec.beta, w_std=spec.w_std,
-            compute_ntk=ntk,
-        )
-        nngp_out.copy_(k.nngp)
-        if ntk_out is not None and k.ntk is not None:
-            ntk_out.copy_(k.ntk)
-        return nngp_out, ntk_out if ntk else None
+        raise ValueError(f"fc_tile: no fused recursion for activation {spec.activation!r} (use the reference path)")
     if kind == "abrelu" and _use_native(native, x1, nngp_out, ntk_out):
         _native_tile(x1, x2, spec, ids, (v1, v2), (nngp_out, ntk_out), upper)
         return nngp_out, ntk_out if ntk else None
@@ -455,44 +437,54 @@ def _native_tile(
     list(pool.map(lambda r0: rows(r0, min(r0 + step, t1)), range(0, t1, step)))
 
 
-def kernel_tile_fn(
-    *,
-    depth: int,
-    activation: str | Activation | Any = "relu",
-    beta: float = 0.0,
-    w_std: float = 1.0,
-    which: str = "ntk",
-    dtype: torch.dtype | None = None,
-) -> Callable[[Any, Any], Tensor]:
-    """A function ``tile_fn(x1_tile, x2_tile) -> Tensor`` of shape (t1, t2): one kernel block.
+def match_fc(arch: Architecture) -> FCSpec | None:
+    """The :class:`FCSpec` of ``arch`` if it is a plain fully connected stack with a fused recursion, else None.
 
-    The returned function evaluates the fused recursion of :func:`fc_tile` for the network of
-    :func:`ntkit.fc_kernel` (same parameters) and returns its NNGP or NTK block; it is what
-    iterative solvers call to stream ``K(x_i, x_j)`` without ever forming the whole matrix.
-    Inputs follow their own device; ``dtype`` (default: the input's) is the computation dtype.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from ntkit.compute import kernel_tile_fn
-    >>> tile_fn = kernel_tile_fn(depth=3, activation="relu", which="ntk")
-    >>> x = torch.randn(5, 3, dtype=torch.float64)
-    >>> tile_fn(x[:2], x).shape
-    torch.Size([2, 5])
+    The pattern: ``Dense, (Pointwise, Dense) * depth`` on vector inputs, every weight layer in NTK
+    parameterization with the same ``w_std`` and bias variance, one activation of a fused kind
+    (ABReLU family, erf, identity) throughout. Anything else runs on the reference evaluator.
     """
-    spec = FCSpec.make(depth, activation, beta, w_std)
-    check_choice(which, "which", ("nngp", "ntk"))
-    if dtype is not None:
-        check_dtype(dtype)
-    if which == "ntk" and not spec.activation.has_derivative_map:
-        raise ValueError(f"which: the NTK of {spec.activation!r} is undefined (no derivative map); use 'nngp'")
+    ops = arch.ops
+    if arch.input_mode != "none" or len(ops) % 2 == 0:
+        return None
+    dense = ops[0::2]
+    acts = ops[1::2]
+    if not all(isinstance(op, Dense) and type(op) is Dense for op in dense):
+        return None
+    if not all(isinstance(op, Pointwise) for op in acts):
+        return None
+    first = dense[0]
+    assert isinstance(first, Dense)
+    for op in dense:
+        assert isinstance(op, Dense)
+        if op.parameterization != "ntk" or op.w_std != first.w_std or op.b2 != first.b2:
+            return None
+    activation: Activation = acts[0].fn if acts else Identity()  # type: ignore[attr-defined]
+    if acts and fused_kind(activation) == "generic":
+        return None
+    for op in acts:
+        fn = op.fn  # type: ignore[attr-defined]
+        if fn is not activation and (type(fn) is not type(activation) or repr(fn) != repr(activation)):
+            return None
+    return FCSpec(depth=len(acts), activation=activation, beta=first.b_std if first.bias else 0.0, w_std=first.w_std)
 
-    def tile_fn(x1_tile: Any, x2_tile: Any) -> Tensor:
-        t1, t2 = check_pair(x1_tile, x2_tile, dtype=dtype)
-        assert t2 is not None
-        nngp, ntk = fc_tile(t1, t2, spec, ntk=which == "ntk")
-        out = ntk if which == "ntk" else nngp
-        assert out is not None
-        return out
 
-    return tile_fn
+def _native_self_check() -> str:
+    """Compare the native tile and diagonal with the torch path on random data; "" if they agree."""
+    gen = torch.Generator().manual_seed(0)
+    for spec in (FCSpec.make(3, "relu"), FCSpec.make(2, ABReLU(a=-0.3, b=1.2), beta=0.4, w_std=1.3)):
+        x = torch.randn(70, 9, generator=gen, dtype=torch.float64)
+        y = torch.cat([x[:5], torch.randn(60, 9, generator=gen, dtype=torch.float64)])
+        pairs = [
+            *zip(fc_tile(x, y, spec, native=True), fc_tile(x, y, spec, native=False), strict=True),
+            *zip(fc_diag(x, spec, native=True), fc_diag(x, spec, native=False), strict=True),
+        ]
+        for got, ref in pairs:
+            assert got is not None and ref is not None
+            err = float((got - ref).abs().max() / ref.abs().max())
+            if not err < 1e-12:
+                return f"self-check failed: native and torch paths differ by {err:.1e} (relative)"
+    return ""
+
+
+_native.set_self_check(_native_self_check)

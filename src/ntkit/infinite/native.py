@@ -1,6 +1,6 @@
 """The native ABReLU layer loop: a small C kernel compiled on first use, loaded with ctypes.
 
-The fused torch code of :mod:`ntkit.compute.fused` makes about ten elementwise passes per layer
+The fused torch code of :mod:`ntkit.infinite.fused` makes about ten elementwise passes per layer
 over each cache-sized strip of a tile, and on a CPU its per-call overhead is a large part of the
 time. ``_fc_native.c`` runs all layers of the recursion for a block of 64 entries in registers
 (one read of the Gram matrix, one write of each kernel), with the vector ``atan2`` / ``sqrt`` of
@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ LIBS = ["-lmvec", "-lm"]
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"loaded": False, "lib": None, "reason": "not loaded yet"}
+_checks: list[Callable[[], str]] = []
 
 
 def _enabled_by_env() -> bool:
@@ -133,25 +135,17 @@ def _declare(lib: ctypes.CDLL) -> None:
             getattr(lib, f"ntk_abrelu_{name}_{sfx}").restype = None
 
 
-def _self_check() -> str:
-    """Compare the native tile and diagonal with the torch path on random data; "" if they agree."""
-    from ntkit.activations import ABReLU
-    from ntkit.compute.fused import FCSpec, fc_diag, fc_tile
+def set_self_check(check: Callable[[], str]) -> None:
+    """Register the check run once after loading (compares with the torch path; "" means it passed).
 
-    gen = torch.Generator().manual_seed(0)
-    for spec in (FCSpec.make(3, "relu"), FCSpec.make(2, ABReLU(a=-0.3, b=1.2), beta=0.4, w_std=1.3)):
-        x = torch.randn(70, 9, generator=gen, dtype=torch.float64)
-        y = torch.cat([x[:5], torch.randn(60, 9, generator=gen, dtype=torch.float64)])
-        pairs = [
-            *zip(fc_tile(x, y, spec, native=True), fc_tile(x, y, spec, native=False), strict=True),
-            *zip(fc_diag(x, spec, native=True), fc_diag(x, spec, native=False), strict=True),
-        ]
-        for got, ref in pairs:
-            assert got is not None and ref is not None
-            err = float((got - ref).abs().max() / ref.abs().max())
-            if not err < 1e-12:
-                return f"self-check failed: native and torch paths differ by {err:.1e} (relative)"
-    return ""
+    :mod:`ntkit.infinite.fused`, which holds the torch path, registers it when imported; this
+    module does not import it (the torch path is the caller, not a dependency).
+    """
+    _checks[:] = [check]
+
+
+def _self_check() -> str:
+    return _checks[0]() if _checks else ""
 
 
 def library() -> ctypes.CDLL | None:
@@ -168,7 +162,7 @@ def library() -> ctypes.CDLL | None:
         if cc is None:
             reason = "no C compiler found ($CC, cc, gcc, clang)"
         else:
-            source = resources.files("ntkit.compute").joinpath("_fc_native.c").read_bytes()
+            source = resources.files("ntkit.infinite").joinpath("_fc_native.c").read_bytes()
             path, reason = _build(source, cc)
             if path is not None:
                 try:

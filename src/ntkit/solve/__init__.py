@@ -2,31 +2,34 @@
 
 from ntkit.layerwise import fc_kernel_diag
 from ntkit.solve.cg import CGResult, NotConvergedWarning, conjugate_gradient
+from ntkit.solve.distributed import DaskKernelOperator  # imports dask only when one is created
+from ntkit.solve.kernel_solvers import cg_kernel_solve, exact_solve, resolve_solver
 from ntkit.solve.linalg import JitterWarning, NotPSDError, cho_solve, robust_cholesky
 from ntkit.solve.nystrom import NystromModel, nystrom_krr
-from ntkit.solve.operator import FCTiles, FusedTiles, KernelOperator
+from ntkit.solve.operator import FCTiles, FusedTiles, KernelOperator, ModelTiles
 from ntkit.solve.precond import (
     LowRankPreconditioner,
     nystrom_preconditioner,
     pivoted_cholesky,
     pivoted_cholesky_preconditioner,
 )
-from ntkit.solve.regression import cg_kernel_solve, choose_solver, exact_solve, kernel_regression
-from ntkit.solve.system import KernelSystem, MatrixTiles, resolve_solver
+from ntkit.solve.regression import kernel_regression
+from ntkit.solve.system import KernelSystem, MatrixTiles
 
 __all__ = ["JitterWarning", "NotPSDError", "cho_solve", "robust_cholesky"]
 __all__ += [
     "CGResult",
+    "DaskKernelOperator",
     "FCTiles",
     "FusedTiles",
     "KernelOperator",
     "KernelSystem",
     "LowRankPreconditioner",
     "MatrixTiles",
+    "ModelTiles",
     "NotConvergedWarning",
     "NystromModel",
     "cg_kernel_solve",
-    "choose_solver",
     "conjugate_gradient",
     "exact_solve",
     "fc_kernel_diag",
@@ -37,12 +40,3 @@ __all__ += [
     "pivoted_cholesky_preconditioner",
     "resolve_solver",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # the Dask operator is imported lazily (optional extra)
-    if name == "DaskKernelOperator":
-        from ntkit.solve.distributed import DaskKernelOperator
-
-        return DaskKernelOperator
-    raise AttributeError(f"module 'ntkit.solve' has no attribute {name!r}")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_choice, check_dtype, check_float, check_int
@@ -144,8 +145,9 @@ def nystrom_krr(
     *,
     n_centres: int,
     diag_reg: float,
+    model: nn.Module | None = None,
     tile_fn: TileFn | None = None,
-    depth: int = 1,
+    depth: int | None = None,
     activation: Any = "relu",
     beta: float = 0.0,
     w_std: float = 1.0,
@@ -176,7 +178,7 @@ def nystrom_krr(
     diag_reg : float
         Ridge ``> 0`` in ``H = K_nm^T K_nm + diag_reg K_mm`` (the same scale as the exact solve
         ``(K + diag_reg I) alpha = y``, which it reproduces for ``M = N``).
-    tile_fn, depth, activation, beta, w_std, which
+    model, tile_fn, depth, activation, beta, w_std, which
         The kernel, as in :class:`~ntkit.solve.KernelOperator`.
     centres : array-like of shape (M, n0), optional
         Explicit centres (then ``n_centres`` must equal ``M``).
@@ -218,7 +220,7 @@ def nystrom_krr(
     >>> model.predict(x[:3]).shape
     torch.Size([3])
     """
-    x = as_tensor(x_train, "x_train", dtype=torch.float64)
+    x = as_tensor(x_train, "x_train", dtype=torch.float64, ndim=None)
     n = x.shape[0]
     y = as_tensor(y_train, "y_train", dtype=torch.float64, ndim=None)
     if y.ndim > 2 or y.shape[0] != n:
@@ -231,15 +233,16 @@ def nystrom_krr(
         idx = torch.randperm(n, generator=generator)[:m].sort().values
         c = x[idx]
     else:
-        c = as_tensor(centres, "centres", dtype=torch.float64)
-        if c.shape != (m, x.shape[1]):
-            raise ValueError(f"centres: expected shape ({m}, {x.shape[1]}), got {tuple(c.shape)}")
+        c = as_tensor(centres, "centres", dtype=torch.float64, ndim=None)
+        if c.shape != (m, *x.shape[1:]):
+            raise ValueError(f"centres: expected shape {(m, *x.shape[1:])}, got {tuple(c.shape)}")
     tdt = check_dtype(tile_dtype) if tile_dtype is not None else torch.float64
     kwargs: dict[str, Any] = dict(
-        tile_fn=tile_fn, depth=depth, activation=activation, beta=beta, w_std=w_std, which=which, tile_dtype=tdt
+        model=model, tile_fn=tile_fn, depth=depth, activation=activation, beta=beta, w_std=w_std, which=which,
+        tile_dtype=tdt,
     )
     op_nm = KernelOperator(x, c, **kwargs)
-    kwargs["tile_fn"] = op_nm.tile_fn  # share one tile function (and its configuration)
+    kwargs.update(tile_fn=op_nm.tile_fn, model=None)  # share one tile function (and its configuration)
     k_mm = KernelOperator(c, **{**kwargs, "tile_dtype": torch.float64}).dense()
     k_mm = 0.5 * (k_mm + k_mm.T)
     lam = diag_reg / n

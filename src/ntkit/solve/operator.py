@@ -4,29 +4,30 @@ The NTK / NNGP matrix of ``N`` points needs ``8 N^2`` bytes in float64 (3.2 GB a
 N = 1M). :class:`KernelOperator` multiplies it by a vector or a block of vectors by recomputing it
 tile by tile (``O(tile_rows * tile_cols)`` memory), as GPyTorch's lazy kernels (Gardner et al.
 2018) and Falkon (Meanti et al. 2020) do. Tiles come from a pluggable ``tile_fn(a, b) -> K(a, b)``;
-the default, :class:`FCTiles`, evaluates the NNGP/NTK recursion of :func:`ntkit.fc_kernel` with the
-per-row quantities (the layer variances ``Sigma(l)(x, x)``) computed once per row instead of once per
-tile, and a fused closed form for ReLU. :class:`FusedTiles` streams tiles through the fused recursion
-of :mod:`ntkit.compute.fused` instead (about 3x faster in float32 for ReLU networks).
+the default, :class:`ModelTiles`, evaluates the kernel of a model (any architecture
+:func:`ntkit.infinite_kernel` understands) with the per-row work (the model's prelude, the fast
+path's layer-1 variances, a hash that finds identical rows) done once per row. This module does no
+kernel maths: it calls :mod:`ntkit.infinite`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_choice, check_dtype, check_int
 from ntkit.activations import Activation
-from ntkit.activations.closed_form import ABReLU
+from ntkit.compute import architecture
+from ntkit.infinite.fused import row_ids
+from ntkit.infinite.tiles import KernelTiles, Rows
+from ntkit.infinite.walk import fc_model
 
 Tensor = torch.Tensor
 TileFn = Callable[[Tensor, Tensor], Tensor]
-
-_INV_2PI = 1.0 / (2.0 * math.pi)
 
 
 def _cast_stats(stats: Any, dtype: torch.dtype) -> Any:
@@ -44,122 +45,6 @@ def _slice_stats(stats: Any, r0: int | slice | Tensor, r1: int | None = None) ->
     return stats[idx]
 
 
-def _check_which(which: str, activation: Activation) -> str:
-    """``which`` in {"ntk", "nngp"}; the NTK needs the activation's derivative map."""
-    which = check_choice(which, "which", ("ntk", "nngp"))
-    if which == "ntk" and not activation.has_derivative_map:
-        raise ValueError(f"which: the ntk of activation {activation.name!r} is undefined; use 'nngp'")
-    return which
-
-
-class FCTiles:
-    """Tiles of the infinite-width NNGP or NTK of a fully connected network (see :func:`ntkit.fc_kernel`).
-
-    ``tiles(a, b)`` equals ``fc_kernel(a, b, depth=..., ...).ntk`` (or ``.nngp``) up to rounding.
-    Duplicate rows are not detected by comparing inputs; in the fused ReLU path a correlation within
-    ``16 eps`` of 1 is snapped to 1 (angle 0), which gives duplicates their exact kernel value (else
-    the angle ``acos(1 - O(eps))`` would carry an ``O(sqrt(eps))`` error).
-
-    Per-row statistics ``Sigma(l)(x, x)`` for ``l = 1 .. depth+1`` (:meth:`row_stats`) are computed
-    in O(N depth) and passed to :meth:`tile` so that a tile costs one GEMM plus ``depth`` elementwise
-    layer updates. For ReLU (and any ``a min(x,0) + b max(x,0)`` with ``a = 0``) the layer update is
-    fused in terms of the correlation ``rho = c / sqrt(v1 v2)`` (Cho & Saul 2009):
-
-        Sigma(l+1)    = w^2 sqrt(v1 v2) (sqrt(1 - rho^2) + (pi - acos rho) rho) / (2 pi) + beta^2
-        SigmaDot(l+1) = w^2 (pi - acos rho) / (2 pi)
-
-    Other activations use their ``expect`` / ``expect_derivative`` maps.
-
-    Parameters
-    ----------
-    depth, activation, beta, w_std
-        As in :func:`ntkit.fc_kernel`.
-    which : {"ntk", "nngp"}
-    """
-
-    def __init__(
-        self,
-        *,
-        depth: int,
-        activation: str | Activation | Any = "relu",
-        beta: float = 0.0,
-        w_std: float = 1.0,
-        which: str = "ntk",
-    ) -> None:
-        from ntkit.compute.fused import FCSpec
-
-        spec = FCSpec.make(depth, activation, beta, w_std)
-        self.depth, self.activation, self.beta, self.w_std = spec.depth, spec.activation, spec.beta, spec.w_std
-        self.which = _check_which(which, spec.activation)
-        act = self.activation
-        self._relu = isinstance(act, ABReLU) and act.a == 0.0 and act.b > 0
-
-    def __repr__(self) -> str:
-        return (
-            f"FCTiles(depth={self.depth}, activation={self.activation!r}, beta={self.beta}, "
-            f"w_std={self.w_std}, which={self.which!r})"
-        )
-
-    def row_stats(self, x: Tensor) -> Tensor:
-        """``Sigma(l)(x, x)`` for ``l = 1 .. depth + 1``: a tensor of shape (N, depth + 1)."""
-        w2, b2 = self.w_std**2, self.beta**2
-        var = w2 / x.shape[1] * (x * x).sum(-1) + b2
-        out = [var]
-        for _ in range(self.depth):
-            var = w2 * self.activation.expect_diag(var) + b2
-            out.append(var)
-        return torch.stack(out, dim=1)
-
-    def diag(self, x: Tensor) -> Tensor:
-        """The diagonal ``K(x_i, x_i)`` of shape (N,) in O(N depth) (no N x N work)."""
-        stats = self.row_stats(x)
-        if self.which == "nngp":
-            return stats[:, -1]
-        w2 = self.w_std**2
-        ntk = stats[:, 0]
-        for layer in range(self.depth):
-            v = stats[:, layer]
-            sdot = w2 * self.activation.expect_derivative(v, v, v)
-            ntk = ntk * sdot + stats[:, layer + 1]
-        return ntk
-
-    def tile(self, a: Tensor, b: Tensor, stats_a: Tensor, stats_b: Tensor) -> Tensor:
-        """``K(a, b)`` of shape (len(a), len(b)) from precomputed :meth:`row_stats`."""
-        w2, b2 = self.w_std**2, self.beta**2
-        cov = (a @ b.T).mul_(w2 / a.shape[1]).add_(b2)
-        if self._relu and bool((stats_a[:, : self.depth] > 0).all()) and bool((stats_b[:, : self.depth] > 0).all()):
-            return self._relu_tile(cov, stats_a, stats_b)
-        ntk: Tensor | None = cov.clone() if self.which == "ntk" else None
-        for layer in range(self.depth):
-            v1, v2 = stats_a[:, layer, None], stats_b[None, :, layer]
-            if ntk is not None:
-                sdot = w2 * self.activation.expect_derivative(v1, cov, v2)
-            cov = w2 * self.activation.expect(v1, cov, v2) + b2
-            if ntk is not None:
-                ntk = ntk * sdot + cov
-        return ntk if ntk is not None else cov
-
-    def _relu_tile(self, cov: Tensor, stats_a: Tensor, stats_b: Tensor) -> Tensor:
-        # sigma = b relu: E[sigma sigma] = b^2 J1, E[sigma' sigma'] = b^2 (pi - theta) / (2 pi).
-        scale = self.w_std**2 * self.activation.b**2  # type: ignore[attr-defined]
-        b2 = self.beta**2
-        snap = 1.0 - 16 * torch.finfo(cov.dtype).eps
-        ntk: Tensor | None = cov.clone() if self.which == "ntk" else None
-        for layer in range(self.depth):
-            s = stats_a[:, layer, None].sqrt() * stats_b[None, :, layer].sqrt()
-            rho = cov.div_(s).clamp_(-1.0, 1.0)
-            rho.masked_fill_(rho > snap, 1.0)  # (near-)duplicates: angle exactly 0, as fc_kernel's
-            pm = torch.acos(rho).neg_().add_(math.pi)  # pi - theta
-            cov = (1.0 - rho * rho).clamp_(min=0.0).sqrt_().add_(rho.mul_(pm)).mul_(s).mul_(scale * _INV_2PI).add_(b2)
-            if ntk is not None:
-                ntk.mul_(pm.mul_(scale * _INV_2PI)).add_(cov)
-        return ntk if ntk is not None else cov
-
-    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
-        """``K(a, b)`` (computes the row statistics of both blocks)."""
-        return self.tile(a, b, self.row_stats(a), self.row_stats(b))
-
-
 _MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9 as a signed int64 (splitmix64 finaliser)
 _MIX2 = -7723592293110705685  # 0x94D049BB133111EB
 
@@ -168,87 +53,117 @@ def _row_hashes(x: Tensor) -> Tensor:
     """A 64-bit hash of each row's float64 bits, shape (N,): identical rows hash identically.
 
     Exact integer arithmetic (wrapping), so the value depends only on the row's contents, never on
-    its position or on the batch. Different rows may collide (rarely); :meth:`FusedTiles.tile` checks.
+    its position or on the batch. Different rows may collide (rarely); :meth:`ModelTiles.tile` checks.
     """
-    bits = (x.to(torch.float64) + 0.0).contiguous().view(torch.int64)  # + 0.0 maps -0.0 to 0.0
+    flat = x.reshape(x.shape[0], -1)
+    bits = (flat.to(torch.float64) + 0.0).contiguous().view(torch.int64)  # + 0.0 maps -0.0 to 0.0
     g = torch.Generator().manual_seed(0x5EED)
-    mult = torch.randint(-(2**62), 2**62, (x.shape[1],), generator=g, dtype=torch.int64) * 2 + 1
+    mult = torch.randint(-(2**62), 2**62, (flat.shape[1],), generator=g, dtype=torch.int64) * 2 + 1
     h = torch.empty(x.shape[0], dtype=torch.int64)
     for r0 in range(0, x.shape[0], 65536):  # row blocks: int64 temporaries stay small
         b = bits[r0 : r0 + 65536]
         b = b ^ (b >> 31)
         b = b * _MIX1
         b = b ^ (b >> 29)
-        h[r0 : r0 + 65536] = (b * mult).sum(1)
+        h[r0 : r0 + 65536] = (b * mult.to(b.device)).sum(1).cpu()
     return h
 
 
-class FusedTiles:
-    """Tiles of the fully connected NNGP or NTK by the fused recursion of :func:`ntkit.compute.fc_tile`.
+class ModelTiles:
+    """Tiles of the infinite-width NNGP or NTK of a model: the default ``tile_fn`` of :class:`KernelOperator`.
 
-    The same kernel as :class:`FCTiles` (and :func:`ntkit.fc_kernel`), evaluated with the in-place,
-    hand-fused layer updates of :mod:`ntkit.compute.fused` (``atan2`` form for ReLU-like
-    activations, ``arcsin`` form for erf; other activations through the generic recursion). Per-row
-    statistics (:meth:`row_stats`) are the layer-1 variances and a 64-bit hash of the row; a tile
-    gives identical rows of ``a`` and ``b`` (equal hashes, confirmed bitwise) their exact
-    covariance, as :func:`ntkit.compute.compute_kernel` does with its global row ids.
+    ``tiles(a, b)`` equals ``ntkit.infinite_kernel(model, a, b, which=which)`` (to rounding): the same
+    :class:`~ntkit.infinite.tiles.KernelTiles` (the fused fully connected path where it applies,
+    the reference evaluator otherwise). Per-row statistics (:meth:`row_stats`: the prepared rows and
+    a 64-bit hash of each input) are computed once per row; a tile gives identical rows of ``a`` and
+    ``b`` (equal hashes, confirmed bitwise) their exact kernel, as :func:`ntkit.compute_kernel` does
+    with its global row ids.
 
     Parameters
     ----------
+    model : torch.nn.Module, optional
+        The architecture (see :func:`ntkit.infinite_kernel`), read when the first rows arrive.
     depth, activation, beta, w_std
-        As in :func:`ntkit.fc_kernel`.
+        Instead of ``model``: the fully connected network of :func:`ntkit.nn.fc`.
     which : {"ntk", "nngp"}
 
     Examples
     --------
     >>> import torch, ntkit
     >>> x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    >>> tiles = FusedTiles(depth=2)
+    >>> tiles = ModelTiles(ntkit.nn.fc(3, depth=2, device="meta"))
     >>> bool(torch.allclose(tiles(x, x), ntkit.fc_kernel(x, depth=2).ntk))
     True
     """
 
     def __init__(
         self,
+        model: nn.Module | None = None,
         *,
-        depth: int,
+        depth: int | None = None,
         activation: str | Activation | Any = "relu",
         beta: float = 0.0,
         w_std: float = 1.0,
         which: str = "ntk",
     ) -> None:
-        from ntkit.compute.fused import FCSpec
+        self.which = check_choice(which, "which", ("ntk", "nngp"))
+        if model is None:  # the shortcut: validate (and describe) it now
+            model = fc_model(1, depth=1 if depth is None else depth, activation=activation, beta=beta, w_std=w_std)
+            self._shortcut: dict[str, Any] | None = {"depth": 1 if depth is None else depth, "activation": activation,
+                                                     "beta": beta, "w_std": w_std}
+        elif depth is not None:
+            raise ValueError("model and depth: expected one of them, got both")
+        else:
+            self._shortcut = None
+        self.model = model
+        self._tiles: dict[tuple[int, ...], KernelTiles] = {}
 
-        self.spec = FCSpec.make(depth, activation, beta, w_std)
-        self.which = _check_which(which, self.spec.activation)
+    def tiles_for(self, shape: tuple[int, ...]) -> KernelTiles:
+        """The :class:`KernelTiles` of inputs of shape ``shape`` (one example)."""
+        if shape not in self._tiles:
+            arch = architecture(None if self._shortcut else self.model, shape, **(self._shortcut or {}))
+            if self.which == "ntk" and not arch.has_ntk:
+                raise ValueError("which: the ntk of this model is undefined (an activation has no derivative map); "
+                                 "use 'nngp'")
+            self._tiles[shape] = KernelTiles(arch)
+        return self._tiles[shape]
 
     def __repr__(self) -> str:
-        s = self.spec
-        return (
-            f"FusedTiles(depth={s.depth}, activation={s.activation!r}, beta={s.beta}, w_std={s.w_std}, "
-            f"which={self.which!r})"
-        )
+        what = type(self.model).__name__
+        if self._shortcut:
+            what = ", ".join(f"{k}={v!r}" for k, v in self._shortcut.items())
+        return f"{type(self).__name__}({what}, which={self.which!r})"
 
-    def row_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(Sigma(1)(x, x) of shape (N,), row hashes int64 of shape (N,))``."""
-        from ntkit.compute.fused import input_variances
+    def row_stats(self, x: Tensor) -> tuple[Tensor, ...]:
+        """``(data, exponents, variances, hashes)``: the rows prepared for tiles, shape (N, ...) each.
 
-        return input_variances(x, self.spec), _row_hashes(x)
+        ``exponents`` (int64; zeros when no row is rescaled) and ``variances`` (the fast path's
+        layer-1 variances; zeros on the reference path) keep the tuple all-tensor.
+        """
+        tiles = self.tiles_for(tuple(x.shape[1:]))
+        rows = tiles.prepare(x)
+        n = x.shape[0]
+        exps = rows.exponents if rows.exponents is not None else torch.zeros(n, dtype=torch.int64, device=x.device)
+        var = rows.variances if rows.variances is not None else torch.zeros(n, dtype=x.dtype, device=x.device)
+        return rows.data, exps, var, _row_hashes(x).to(x.device)
+
+    def _rows(self, stats: tuple[Tensor, ...], tiles: KernelTiles) -> Rows:
+        data, exps, var, _ = stats
+        return Rows(data, exps if bool(exps.any()) else None, var if tiles.spec is not None else None)
 
     def diag(self, x: Tensor) -> Tensor:
         """The diagonal ``K(x_i, x_i)`` of shape (N,) (no N x N work)."""
-        from ntkit.compute.fused import fc_diag
-
-        nngp, ntk = fc_diag(x, self.spec, ntk=self.which == "ntk")
+        tiles = self.tiles_for(tuple(x.shape[1:]))
+        stats = self.row_stats(x)
+        nngp, ntk = tiles.diag(self._rows(stats, tiles), stats[3], ntk=self.which == "ntk")
         out = ntk if self.which == "ntk" else nngp
         assert out is not None
         return out
 
-    def tile(self, a: Tensor, b: Tensor, stats_a: tuple[Tensor, Tensor], stats_b: tuple[Tensor, Tensor]) -> Tensor:
+    def tile(self, a: Tensor, b: Tensor, stats_a: tuple[Tensor, ...], stats_b: tuple[Tensor, ...]) -> Tensor:
         """``K(a, b)`` of shape (len(a), len(b)) from precomputed :meth:`row_stats`."""
-        from ntkit.compute.fused import fc_tile, row_ids
-
-        (va, ha), (vb, hb) = stats_a, stats_b
+        tiles = self.tiles_for(tuple(a.shape[1:]))
+        ha, hb = stats_a[3], stats_b[3]
         ids = (ha, hb)
         hit = torch.isin(ha, hb)
         if bool(hit.any()):
@@ -256,7 +171,8 @@ class FusedTiles:
             ra, cb = torch.nonzero(ha[:, None] == hb[None, :], as_tuple=True)
             if not bool((a[ra] == b[cb]).all()):
                 ids = row_ids(a, b)
-        nngp, ntk = fc_tile(a, b, self.spec, ntk=self.which == "ntk", ids=ids, var=(va, vb))
+        nngp, ntk = tiles.tile(self._rows(stats_a, tiles), self._rows(stats_b, tiles), ids[0], ids[1],
+                               ntk=self.which == "ntk")
         out = ntk if self.which == "ntk" else nngp
         assert out is not None
         return out
@@ -264,6 +180,26 @@ class FusedTiles:
     def __call__(self, a: Tensor, b: Tensor) -> Tensor:
         """``K(a, b)`` (computes the row statistics of both blocks)."""
         return self.tile(a, b, self.row_stats(a), self.row_stats(b))
+
+
+class FusedTiles(ModelTiles):
+    """:class:`ModelTiles` of the fully connected shortcut (``depth``, ``activation``, ``beta``, ``w_std``).
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> bool(torch.allclose(FusedTiles(depth=2)(x, x), ntkit.fc_kernel(x, depth=2).ntk))
+    True
+    """
+
+    def __init__(self, *, depth: int, activation: str | Activation | Any = "relu", beta: float = 0.0,
+                 w_std: float = 1.0, which: str = "ntk") -> None:
+        super().__init__(depth=depth, activation=activation, beta=beta, w_std=w_std, which=which)
+
+
+#: The former name of :class:`FusedTiles` (one implementation serves both).
+FCTiles = FusedTiles
 
 
 class KernelOperator:
@@ -276,16 +212,20 @@ class KernelOperator:
 
     Parameters
     ----------
-    x1 : array-like of shape (N1, n0)
-    x2 : array-like of shape (N2, n0), optional
+    x1 : array-like of shape (N1, *input_shape)
+    x2 : array-like of shape (N2, *input_shape), optional
         Defaults to ``x1`` (symmetric operator).
+    model : torch.nn.Module, optional
+        The architecture whose kernel this is (see :func:`ntkit.infinite_kernel`): tiles come from
+        :class:`ModelTiles` of it.
     tile_fn : callable ``(a, b) -> Tensor of shape (len(a), len(b))``, optional
-        Any kernel tile function (for instance a fused one from :mod:`ntkit.compute`). Defaults to
-        :class:`FCTiles` built from ``depth``, ``activation``, ``beta``, ``w_std`` and ``which``.
-        Objects with ``row_stats`` / ``tile`` / ``diag`` methods (as :class:`FCTiles`) get the
-        per-row precomputation and the cheap diagonal.
-    depth, activation, beta, w_std, which
-        The fully connected network (see :func:`ntkit.fc_kernel`) when ``tile_fn`` is omitted.
+        Any kernel tile function instead (for instance :func:`ntkit.kernel_tile_fn`). Objects with
+        ``row_stats`` / ``tile`` / ``diag`` methods (as :class:`ModelTiles`) get the per-row
+        precomputation and the cheap diagonal.
+    depth, activation, beta, w_std
+        Without ``model`` and ``tile_fn``: the fully connected shortcut (:func:`ntkit.nn.fc`; ``depth``
+        1 by default).
+    which : {"ntk", "nngp"}
     dtype : torch.dtype
         Accumulation and result dtype (float64 reference).
     tile_dtype : torch.dtype, optional
@@ -313,8 +253,9 @@ class KernelOperator:
         x1: Any,
         x2: Any | None = None,
         *,
+        model: nn.Module | None = None,
         tile_fn: TileFn | None = None,
-        depth: int = 1,
+        depth: int | None = None,
         activation: str | Activation | Any = "relu",
         beta: float = 0.0,
         w_std: float = 1.0,
@@ -327,15 +268,21 @@ class KernelOperator:
     ) -> None:
         self.dtype = check_dtype(dtype)
         self.tile_dtype = check_dtype(tile_dtype) if tile_dtype is not None else self.dtype
-        self.x1 = as_tensor(x1, "x1", dtype=self.dtype)
+        self.x1 = as_tensor(x1, "x1", dtype=self.dtype, ndim=None)
         self.symmetric = x2 is None
-        self.x2 = self.x1 if x2 is None else as_tensor(x2, "x2", dtype=self.dtype, device=self.x1.device)
-        if self.x1.shape[1] != self.x2.shape[1]:
+        self.x2 = self.x1 if x2 is None else as_tensor(x2, "x2", dtype=self.dtype, device=self.x1.device, ndim=None)
+        if self.x1.shape[1:] != self.x2.shape[1:]:
             raise ValueError(
-                f"x1 and x2: expected the same number of features, got {self.x1.shape[1]} and {self.x2.shape[1]}"
+                f"x1 and x2: expected the same feature shape, got {tuple(self.x1.shape[1:])} and "
+                f"{tuple(self.x2.shape[1:])}"
             )
         if tile_fn is None:
-            tile_fn = FCTiles(depth=depth, activation=activation, beta=beta, w_std=w_std, which=which)
+            if model is not None:
+                tile_fn = ModelTiles(model, which=which)
+            else:
+                tile_fn = ModelTiles(depth=depth, activation=activation, beta=beta, w_std=w_std, which=which)
+        elif model is not None:
+            raise ValueError("model and tile_fn: expected one of them, got both")
         elif not callable(tile_fn):
             raise TypeError(f"tile_fn: expected a callable (a, b) -> Tensor, got {type(tile_fn).__name__}")
         self.tile_fn = tile_fn

@@ -17,9 +17,9 @@ where the basis ``B`` is the training set (exact and CG solvers) or ``M`` Nystro
 * ``"nystrom"``: Nystrom kernel ridge regression with ``n_centres`` uniformly sampled training points
   (:func:`~ntkit.solve.nystrom_krr`, Falkon-preconditioned CG), ``alpha`` of shape (M, k)
   minimising ``||K_nm alpha - Y||^2 + diag_reg alpha^T K_mm alpha``; exact for ``M = N``.
-* ``"auto"`` (:func:`resolve_solver`): ``"cholesky"`` when the N x N float64 matrix takes at most
-  ``memory_bytes`` (default 4 GiB, i.e. N <= 23,170), else ``"cg"`` up to ``cg_max_n`` = 50,000
-  points, else ``"nystrom"``.
+* ``"auto"`` (:func:`~ntkit.solve.resolve_solver`): ``"cholesky"`` when the N x N float64 matrix
+  takes at most ``memory_bytes`` (default 4 GiB, i.e. N <= 23,170), else ``"cg"`` up to
+  ``cg_max_n`` = 50,000 points, else ``"nystrom"``.
 
 Iterative solvers need ``diag_reg > 0``. A stored matrix is handed to the operator-based
 preconditioners and to Nystrom through :class:`MatrixTiles` (tiles by row index), so the CG and
@@ -35,38 +35,22 @@ import scipy.linalg
 import torch
 
 from ntkit._validation import as_tensor, check_choice, check_float, check_int, describe
+from ntkit.solve.kernel_solvers import (
+    DEFAULT_MEMORY_BYTES,
+    SOLVERS,
+    cg_kernel_solve,
+    dense_cho_factor,
+    resolve_solver,
+)
 from ntkit.solve.linalg import cho_solve, robust_cholesky
 from ntkit.solve.nystrom import nystrom_krr
 from ntkit.solve.operator import KernelOperator
 from ntkit.solve.precond import nystrom_preconditioner, pivoted_cholesky_preconditioner
-from ntkit.solve.regression import SOLVERS, cg_kernel_solve, choose_solver, dense_cho_factor
 
 Tensor = torch.Tensor
 
-DEFAULT_MEMORY_BYTES = 4 * 1024**3
 DEFAULT_CENTRES = 5_000
 DEFAULT_PRECOND_RANK = 1_000
-
-
-def resolve_solver(solver: str, n: int, *, memory_bytes: int = DEFAULT_MEMORY_BYTES, cg_max_n: int = 50_000) -> str:
-    """The solver that runs for ``solver`` and ``n`` training points (``"auto"`` resolved).
-
-    ``"auto"``: ``"cholesky"`` if ``8 n^2 <= memory_bytes``, else ``"cg"`` if ``n <= cg_max_n``,
-    else ``"nystrom"`` (:func:`~ntkit.solve.choose_solver`). Other names are returned unchanged.
-
-    Examples
-    --------
-    >>> resolve_solver("auto", 10_000), resolve_solver("auto", 30_000), resolve_solver("auto", 10**6)
-    ('cholesky', 'cg', 'nystrom')
-    """
-    solver = check_choice(solver, "solver", SOLVERS)
-    if solver != "auto":
-        return solver
-    return choose_solver(
-        check_int(n, "n", minimum=1),
-        memory_bytes=check_int(memory_bytes, "memory_bytes", minimum=1),
-        cg_max_n=check_int(cg_max_n, "cg_max_n", minimum=0),
-    )
 
 
 class MatrixTiles:
@@ -324,9 +308,10 @@ class KernelSystem:
         if self.matrix is not None:
             raise ValueError("x_test: the system was built from a kernel matrix; pass k_test_train instead")
         op = self.op
-        xt = as_tensor(x_test, "x_test", dtype=op.dtype)
-        if xt.shape[1] != op.x1.shape[1]:
-            raise ValueError(f"x_test: expected {op.x1.shape[1]} features like the training inputs, got {xt.shape[1]}")
+        xt = as_tensor(x_test, "x_test", dtype=op.dtype, ndim=None)
+        if xt.shape[1:] != op.x1.shape[1:]:
+            raise ValueError(f"x_test: expected examples of shape {tuple(op.x1.shape[1:])} like the training inputs, "
+                             f"got {tuple(xt.shape[1:])}")
         basis = op.x1 if self.centre_idx is None else op.x1[self.centre_idx]
         cross = KernelOperator(
             xt, basis, tile_fn=op.tile_fn, dtype=op.dtype, tile_rows=op.tile_rows, tile_cols=op.tile_cols,

@@ -1,0 +1,143 @@
+"""One block of a kernel matrix at a time: the unit of work of every evaluation of an architecture.
+
+:class:`KernelTiles` is what :mod:`ntkit.compute` (tiled, on disk, on Dask) and
+:mod:`ntkit.solve` (kernel operators, solvers) call. It prepares the rows once
+(:meth:`KernelTiles.prepare`: the prelude, a power-of-two rescaling of rows whose norms overflow,
+and the per-row quantities of the fast path) and then evaluates any block ``K(a, b)`` by
+
+* the fused fully connected recursion of :mod:`ntkit.infinite.fused` (and its native loop) when
+  the architecture is that pattern (:func:`ntkit.infinite.fused.match_fc`), or
+* the reference evaluator (:mod:`ntkit.infinite.reference`) otherwise.
+
+Both give identical pairs (equal row ids) their exact kernel, and both are exact on the diagonal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ntkit.infinite import fused, reference
+from ntkit.infinite.fused import FCSpec, match_fc
+from ntkit.infinite.scaling import row_exponents, scale_rows, unscale
+from ntkit.infinite.walk import Architecture
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Inputs ready for tiles: the data after the prelude, rescaled, with per-row quantities.
+
+    Attributes
+    ----------
+    data : Tensor of shape (N, *data_shape)
+    exponents : int64 Tensor of shape (N,) or None
+        Row ``i`` was divided by ``2^exponents[i]`` (None: not rescaled).
+    variances : Tensor of shape (N,) or None
+        Layer-1 variances of the fully connected fast path.
+    """
+
+    data: Tensor
+    exponents: Tensor | None
+    variances: Tensor | None
+
+    def __getitem__(self, index: slice | Tensor) -> Rows:
+        return Rows(
+            self.data[index],
+            None if self.exponents is None else self.exponents[index],
+            None if self.variances is None else self.variances[index],
+        )
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+
+class KernelTiles:
+    """Blocks of the infinite-width kernels of an architecture.
+
+    Parameters
+    ----------
+    arch : Architecture
+        From :func:`ntkit.infinite.walk.describe_model`.
+    native : bool or None
+        Fast path only: use the compiled loop (None: when available).
+
+    Attributes
+    ----------
+    spec : FCSpec or None
+        The fully connected fast path's description, or None (reference evaluator).
+    """
+
+    def __init__(self, arch: Architecture, *, native: bool | None = None) -> None:
+        self.arch = arch
+        self.spec: FCSpec | None = match_fc(arch)
+        self.native = native
+
+    @property
+    def path(self) -> str:
+        """``"fused"`` (fully connected fast path) or ``"reference"``."""
+        return "fused" if self.spec is not None else "reference"
+
+    def prepare(self, x: Tensor) -> Rows:
+        """The rows of ``x`` (shape (N, *input_shape), already validated) ready for :meth:`tile`."""
+        data = self.arch.prepare(x)
+        exps = row_exponents(self.arch, data)
+        data = scale_rows(data, exps)
+        var = fused.input_variances(data, self.spec) if self.spec is not None else None
+        return Rows(data, exps, var)
+
+    def tile(
+        self, a: Rows, b: Rows, ids_a: Tensor, ids_b: Tensor, *, ntk: bool, symmetric: bool = False,
+        out: tuple[Tensor, Tensor | None] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """NNGP and NTK (None unless ``ntk``) of the block ``K(a, b)``, shape (len(a), len(b)).
+
+        ``ids_a`` / ``ids_b`` mark identical rows (equal ids over the whole data). ``symmetric``:
+        ``b`` is ``a`` (a diagonal block): exactly symmetric, and only its upper triangle is
+        guaranteed on the fast path until mirrored (the result here is mirrored). ``out``: where to
+        write (fast path; else copied into).
+        """
+        if self.spec is not None:
+            assert a.variances is not None and b.variances is not None
+            nngp, th = fused.fc_tile(a.data, b.data, self.spec, ntk=ntk, ids=(ids_a, ids_b),
+                                     var=(a.variances, b.variances), out=out, upper=symmetric, native=self.native)
+            if symmetric:
+                nngp = _mirror_upper(nngp)
+                th = None if th is None else _mirror_upper(th)
+        else:
+            nngp, th, *_ = reference.evaluate(self.arch, a.data, b.data, ids_a, ids_b, ntk=ntk, symmetric=symmetric)
+            if out is not None:
+                out[0].copy_(nngp)
+                nngp = out[0]
+                if th is not None and out[1] is not None:
+                    out[1].copy_(th)
+                    th = out[1]
+        deg = self.arch.degree or 0
+        if a.exponents is not None or b.exponents is not None:
+            nngp = unscale(nngp, deg, a.exponents, b.exponents)
+            th = None if th is None else unscale(th, deg, a.exponents, b.exponents)
+        return nngp, th
+
+    def diag(self, a: Rows, ids: Tensor, *, ntk: bool) -> tuple[Tensor, Tensor | None]:
+        """``K(a_i, a_i)`` (NNGP and NTK or None), shape (len(a),), in O(len(a)) work."""
+        if self.spec is not None:
+            nngp, th = fused.fc_diag(a.data, self.spec, ntk=ntk, native=self.native)
+        else:
+            nngp, th = reference.evaluate_diagonal(self.arch, a.data, ids, ntk=ntk)
+        if a.exponents is not None:
+            deg = self.arch.degree or 0
+            nngp = unscale(nngp, deg, a.exponents, None)
+            th = None if th is None else unscale(th, deg, a.exponents, None)
+        return nngp, th
+
+
+def _mirror_upper(t: Tensor) -> Tensor:
+    """Copy the upper triangle of the square ``t`` onto its lower triangle, in place."""
+    idx = torch.tril_indices(t.shape[0], t.shape[1], -1, device=t.device)
+    t[idx[0], idx[1]] = t[idx[1], idx[0]]
+    return t
+
+
+__all__ = ["KernelTiles", "Rows"]
