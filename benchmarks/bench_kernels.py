@@ -1,14 +1,18 @@
-"""Depth-3 ReLU NNGP + NTK on a CPU: ntkit fused/tiled vs neural-tangents vs the eager recursion.
+"""Depth-3 ReLU NNGP + NTK on a CPU: ntkit's entry points vs neural-tangents vs the reference evaluator.
 
-Each measurement runs in a fresh subprocess (so its peak RSS is its own), alternatives side by
-side for every size and dtype, and the ratios are printed. Usage::
+Columns: ``compute_kernel`` (tiled, in memory), ``fc_kernel`` (the fully connected shortcut) and
+``infinite_kernel`` of an ``ntkit.nn`` model (the same fast path, found by recognising the model's
+pattern), neural-tangents 0.6.5 (jit), and ntkit's reference evaluator alone (``reference``: one
+readable torch recursion over the whole matrix, what a plain eager implementation costs). Each
+measurement runs in a fresh subprocess (so its peak RSS is its own), alternatives side by side for
+every size and dtype, and the ratios are printed. Usage::
 
     PYTHONPATH=src python benchmarks/bench_kernels.py --sizes 2000 4000 8000 16000
     PYTHONPATH=src python benchmarks/bench_kernels.py --sizes 8000 --skip-eager-above 8000
     PYTHONPATH=src python benchmarks/bench_kernels.py --sizes --out-of-core 50000 --ooc-dir /tmp/k
 
 neural-tangents (jit, its own batching) runs in its own environment, ``--nt-python``
-(default /work/ntbench-venv/bin/python); when that is missing its column is skipped.
+(default /work/nt-venv/bin/python); when that is missing its column is skipped.
 """
 
 from __future__ import annotations
@@ -27,29 +31,30 @@ D = 100
 DEPTH = 3
 
 NTKIT = r"""
-import json, resource, sys, time, torch
+import json, resource, sys, time, torch, ntkit
 from ntkit.compute import compute_kernel
+from ntkit.infinite.reference import reference_kernel
+from ntkit.infinite.walk import describe_model
 import numpy as np
 x = torch.from_numpy(np.load(sys.argv[1])).to(getattr(torch, sys.argv[2]))
+entry = sys.argv[4]
+model = ntkit.nn.fc(x.shape[1], depth=DEPTH_, activation="relu", device="meta")
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t0 = time.perf_counter()
-res = compute_kernel(x, depth=DEPTH_, activation="relu", dtype=x.dtype, budget=int(sys.argv[3]))
+if entry == "compute_kernel":
+    ntk = compute_kernel(x, depth=DEPTH_, activation="relu", dtype=x.dtype, budget=int(sys.argv[3])).ntk
+elif entry == "fc_kernel":
+    ntk = ntkit.fc_kernel(x, depth=DEPTH_, activation="relu", dtype=x.dtype).ntk
+elif entry == "infinite_kernel":
+    ntk = ntkit.infinite_kernel(model, x, dtype=x.dtype).ntk
+else:
+    ntk = reference_kernel(describe_model(model, (x.shape[1],)), x)[1]
 t = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"seconds": t, "peak": peak, "base": rss0, "check": float(res.ntk[0, 1])}))
+print(json.dumps({"seconds": t, "peak": peak, "base": rss0, "check": float(ntk[0, 1])}))
 """.replace("DEPTH_", str(DEPTH))
 
-EAGER = r"""
-import json, resource, sys, time, torch, ntkit
-import numpy as np
-x = torch.from_numpy(np.load(sys.argv[1])).to(getattr(torch, sys.argv[2]))
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-t0 = time.perf_counter()
-k = ntkit.fc_kernel(x, depth=DEPTH_, activation="relu", dtype=x.dtype)
-t = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"seconds": t, "peak": peak, "base": rss0, "check": float(k.ntk[0, 1])}))
-""".replace("DEPTH_", str(DEPTH))
+ENTRIES = ("compute_kernel", "fc_kernel", "infinite_kernel", "reference")
 
 NT = r"""
 import json, resource, sys, time
@@ -101,9 +106,9 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="*", default=[2000, 4000, 8000, 16000])
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     p.add_argument("--budget", type=int, default=256 * 2**20)
-    p.add_argument("--nt-python", default="/work/ntbench-venv/bin/python")
+    p.add_argument("--nt-python", default="/work/nt-venv/bin/python")
     p.add_argument("--nt-batch", type=int, default=0, help="nt.batch size for N above it (default 0: plain jit)")
-    p.add_argument("--skip-eager-above", type=int, default=8000)
+    p.add_argument("--skip-reference-above", type=int, default=8000)
     p.add_argument("--skip-nt-above", type=int, default=16000)
     p.add_argument("--out-of-core", type=int, nargs="*", default=[])
     p.add_argument("--ooc-dir", default=tempfile.gettempdir())
@@ -118,30 +123,34 @@ def main() -> None:
         np.save(xfile, np.random.default_rng(0).standard_normal((n, D)))
         for dtype in args.dtypes:
             print(f"N={n} {dtype}", flush=True)
-            fused = run(sys.executable, NTKIT, str(xfile), dtype, str(args.budget))
-            nt_res = (run(args.nt_python, NT, str(xfile), dtype, str(args.nt_batch))
-                      if have_nt and n <= args.skip_nt_above else None)
-            eager = run(sys.executable, EAGER, str(xfile), dtype) if n <= args.skip_eager_above else None
-            rows.append((n, dtype, fused, nt_res, eager))
-            for name, r in (("ntkit", fused), ("neural-tangents", nt_res), ("eager fc_kernel", eager)):
+            res: dict[str, dict[str, float] | None] = {}
+            for entry in ENTRIES:
+                if entry == "reference" and n > args.skip_reference_above:
+                    res[entry] = None
+                    continue
+                res[entry] = run(sys.executable, NTKIT, str(xfile), dtype, str(args.budget), entry)
+            res["nt"] = (run(args.nt_python, NT, str(xfile), dtype, str(args.nt_batch))
+                         if have_nt and n <= args.skip_nt_above else None)
+            rows.append((n, dtype, res))
+            for name, r in res.items():
                 if r is not None:
                     print(f"  {name:16s} {r['seconds']:8.2f} s  peak RSS {gib(r['peak'])} "
                           f"(+{gib(r['peak'] - r['base'])} over start)  K[0,1]={r['check']:.6g}", flush=True)
+            fused = res["compute_kernel"]
             if fused is not None:
                 out_bytes = 2 * n * n * (4 if dtype == "float32" else 8)
                 grow = fused["peak"] - fused["base"]
-                print(f"  ntkit RSS growth {gib(grow)} vs output + budget {gib(out_bytes + args.budget)}: "
+                print(f"  compute_kernel RSS growth {gib(grow)} vs output + budget {gib(out_bytes + args.budget)}: "
                       f"{'OK' if grow <= out_bytes + args.budget else 'OVER'}")
-                for name, r in (("neural-tangents", nt_res), ("eager", eager)):
-                    if r is not None:
-                        print(f"  speed-up vs {name}: {r['seconds'] / fused['seconds']:.2f}x")
-    print("\nsummary (seconds; ratio = other / ntkit)")
-    print(f"{'N':>7} {'dtype':>8} {'ntkit':>8} {'nt':>8} {'eager':>8} {'nt/ntkit':>9} {'eager/ntkit':>11}")
-    for n, dtype, fused, nt_res, eager in rows:
-        f = fused["seconds"] if fused else float("nan")
-        t_nt = nt_res["seconds"] if nt_res else float("nan")
-        t_e = eager["seconds"] if eager else float("nan")
-        print(f"{n:>7} {dtype:>8} {f:8.2f} {t_nt:8.2f} {t_e:8.2f} {t_nt / f:9.2f} {t_e / f:11.2f}")
+    print("\nsummary (seconds; ratio = other / compute_kernel)")
+    head = " ".join(f"{name[:15]:>15}" for name in (*ENTRIES, "nt"))
+    print(f"{'N':>7} {'dtype':>8} {head} {'fc/ck':>6} {'inf/ck':>6} {'nt/ck':>6} {'ref/ck':>6}")
+    for n, dtype, res in rows:
+        t = {name: (r["seconds"] if r else float("nan")) for name, r in res.items()}
+        base = t["compute_kernel"]
+        cells = " ".join(f"{t[name]:15.2f}" for name in (*ENTRIES, "nt"))
+        print(f"{n:>7} {dtype:>8} {cells} {t['fc_kernel'] / base:6.2f} {t['infinite_kernel'] / base:6.2f} "
+              f"{t['nt'] / base:6.2f} {t['reference'] / base:6.2f}")
     for n in args.out_of_core:
         xfile = tmp / f"x{n}.npy"
         np.save(xfile, np.random.default_rng(0).standard_normal((n, D)))

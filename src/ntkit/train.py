@@ -33,6 +33,10 @@ from torch.func import functional_call, jvp
 
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_choice, check_float, check_int, describe
+from ntkit.empirical import empirical_ntk
+from ntkit.networks import FCNetwork
+from ntkit.predict.learning_rate import warn_unstable_learning_rate
+from ntkit.solve.eigen import psd_eigh
 
 Tensor = torch.Tensor
 
@@ -212,8 +216,6 @@ def train_gd(
     -------
     TrainHistory
     """
-    from ntkit.networks import FCNetwork
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -240,10 +242,6 @@ def train_gd(
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(check_int(seed, "seed"))
     if check_learning_rate and bs == n:
-        from ntkit.empirical import empirical_ntk
-        from ntkit.predict.learning_rate import warn_unstable_learning_rate
-        from ntkit.solve.eigen import psd_eigh
-
         theta = empirical_ntk(model, x, mode="full")
         k = theta.shape[2]
         mat = theta.permute(0, 2, 1, 3).reshape(n * k, n * k).to(torch.float64)

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from ntkit.activations.mehler import MehlerInfo
+from ntkit.activations.mehler import MAX_TERMS, MehlerInfo, gaussian_norms, mehler_expectations, tolerance
+from ntkit.activations.quadrature import _checked, gaussian_dual, gaussian_expectation, gaussian_expectation_1d
 
 Tensor = torch.Tensor
 #: The general-path methods (see :meth:`Activation.general_method`).
@@ -132,8 +131,6 @@ class Activation:
         return method
 
     def _evaluator(self, which: str) -> Callable[[Tensor], tuple[Tensor, ...]]:
-        from ntkit.activations.quadrature import _checked
-
         name = self.name
         if which == "value":
             return lambda t: _checked(self.forward, t, name)
@@ -142,8 +139,6 @@ class Activation:
         return lambda t: _checked(self.value_and_derivative, t, name)
 
     def _quadrature(self, var1: Tensor, cov: Tensor, var2: Tensor, which: str) -> tuple[Tensor, ...]:
-        from ntkit.activations.quadrature import gaussian_dual, gaussian_expectation
-
         opts = {"breakpoints": self.breakpoints, "nodes": self.quadrature_nodes, "name": self.name}
         if which == "value":
             out = gaussian_expectation(self.forward, var1, cov, var2, **opts)  # type: ignore[arg-type]
@@ -162,8 +157,6 @@ class Activation:
         ``tol`` / ``max_terms`` as in :func:`ntkit.activations.mehler.mehler_expectations`; entries the
         truncation bound cannot certify are computed by quadrature.
         """
-        from ntkit.activations.mehler import MAX_TERMS, mehler_expectations
-
         if which not in ("value", "derivative", "both"):
             raise ValueError(f"which: expected 'value', 'derivative' or 'both', got {which!r}")
         if which != "value" and not self.has_derivative_map:
@@ -217,8 +210,6 @@ class Activation:
         :attr:`breakpoints`); closed-form activations override it. Needed where a layer norm follows
         the activation (it subtracts the channel mean).
         """
-        from ntkit.activations.quadrature import gaussian_expectation_1d
-
         return gaussian_expectation_1d(
             self.forward, var, breakpoints=self.breakpoints, nodes=self.quadrature_nodes, name=self.name
         )
@@ -230,7 +221,6 @@ class Activation:
         :meth:`dual` at ``(q, q, q)`` returns exactly this value).
         """
         if type(self).expect is Activation.expect:
-            from ntkit.activations.quadrature import gaussian_expectation_1d
 
             def square(x: Tensor) -> Tensor:
                 y = self.forward(x)
@@ -242,8 +232,6 @@ class Activation:
                 )
 
             if self.general_method() == "mehler":
-                from ntkit.activations.mehler import gaussian_norms, tolerance
-
                 ((norm2, err),) = gaussian_norms(self._evaluator("value"), var)
                 bad = ~(err <= tolerance(var.dtype))
                 if bool(bad.any()):

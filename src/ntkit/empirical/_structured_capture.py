@@ -21,6 +21,7 @@ from ntkit.empirical._common import Tensor, check_output
 from ntkit.empirical._cotangents import LinearCotangent, LinearCotangentOf, ProbeCotangent, Recorder
 from ntkit.empirical._gemm import matmul_t
 from ntkit.empirical._structured_layers import Layer, conv_patches, scale_factors
+from ntkit.nn.linear import _ConvNd
 
 
 def capture_layers(
@@ -184,7 +185,7 @@ def layer_tensors(layer: Layer, inp: Tensor, grad: Tensor, n: int, k: int) -> tu
         g = grad.reshape(k, n, -1, d_out).transpose(2, 3).unsqueeze(2)
         return a, g
     module = layer.module
-    assert isinstance(module, (nn.Conv1d, nn.Conv2d))
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d, _ConvNd))
     patches = conv_patches(module, inp)  # (N, C_in K, P)
     a = patches.reshape(n, groups, -1, patches.shape[-1])
     g = grad.reshape(k, n, groups, -1, patches.shape[-1])

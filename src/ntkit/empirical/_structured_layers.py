@@ -1,11 +1,12 @@
 """The layers the structured engine factors: which they are, their scales, shapes and input patches.
 
-A layer is recognised only by its exact type (``nn.Linear``, :class:`ntkit.NTKLinear`,
-``nn.Conv1d``, ``nn.Conv2d``) and only for parameters that no other module shares
-(:func:`find_layers`). One probe row through the model (:func:`probe_layers`) tells which layers are
-called, their positions per example (summed over calls) and per-group sizes, and the activation sizes
-that bound the memory of a backward pass. A convolution's inputs enter the factored formula as its
-unfolded patches (:func:`conv_patches`).
+A layer is recognised only by its exact type (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``) or as one
+of the weight layers of :mod:`ntkit.nn` (:class:`ntkit.nn.Linear` and its subclass
+:class:`ntkit.NTKLinear`, :class:`ntkit.nn.Conv1d`, :class:`ntkit.nn.Conv2d`), and only for
+parameters that no other module shares (:func:`find_layers`). One probe row through the model
+(:func:`probe_layers`) tells which layers are called, their positions per example (summed over
+calls) and per-group sizes, and the activation sizes that bound the memory of a backward pass. A
+convolution's inputs enter the factored formula as its unfolded patches (:func:`conv_patches`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkit.empirical._common import Tensor
-from ntkit.networks import NTKLinear
+from ntkit.nn.linear import Linear, _ConvNd
+
+ConvModule = nn.Conv1d | nn.Conv2d | _ConvNd
 
 
 @dataclass
@@ -43,17 +46,17 @@ class Layer:
 
 
 def scale_factors(module: nn.Module) -> tuple[float, float]:
-    """``(s_w, s_b)`` of a linear layer ``z = s_w W a + s_b b`` (1, 1 but for NTKLinear)."""
-    if isinstance(module, NTKLinear):
+    """``(s_w, s_b)`` of a linear layer ``z = s_w W a + s_b b`` (1, 1 but for the layers of ntkit.nn)."""
+    if isinstance(module, (Linear, _ConvNd)):
         return float(module.weight_scale), float(module.bias_scale)
     return 1.0, 1.0
 
 
 def layer_kind(module: nn.Module) -> str | None:
     """``"linear"`` or ``"conv"`` for a recognised layer (by exact type), else None."""
-    if type(module) in (nn.Linear, NTKLinear):
+    if type(module) is nn.Linear or isinstance(module, Linear):
         return "linear"
-    if type(module) in (nn.Conv1d, nn.Conv2d):
+    if type(module) in (nn.Conv1d, nn.Conv2d) or isinstance(module, _ConvNd):
         return "conv"
     return None
 
@@ -129,7 +132,7 @@ def call_shape(layer: Layer, inp: Tensor, output: Tensor) -> tuple[int, int, int
     if layer.kind == "linear":
         return inp.numel() // inp.shape[-1], inp.shape[-1], output.shape[-1]
     module = layer.module
-    assert isinstance(module, (nn.Conv1d, nn.Conv2d))
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d, _ConvNd))
     kernel = 1
     for s in module.kernel_size:
         kernel *= s
@@ -137,8 +140,13 @@ def call_shape(layer: Layer, inp: Tensor, output: Tensor) -> tuple[int, int, int
     return positions, module.in_channels // layer.groups * kernel, module.out_channels // layer.groups
 
 
-def conv_patches(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
+def conv_patches(module: ConvModule, x: Tensor) -> Tensor:
     """Unfolded input patches (N, C_in * prod(kernel), P) matching ``weight.flatten(1)``'s order."""
+    if isinstance(module, _ConvNd):  # ntkit.nn: its own padding (same / valid / circular), no dilation
+        x = module.pad(x)
+        if module.ndim == 1:
+            return F.unfold(x.unsqueeze(2), (1, module.kernel_size[0]), stride=(1, module.stride[0]))
+        return F.unfold(x, module.kernel_size, stride=module.stride)
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
     pad = list(module._reversed_padding_repeated_twice)
     if any(pad):

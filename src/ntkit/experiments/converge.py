@@ -29,10 +29,12 @@ from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_float, check_int, describe
 from ntkit.activations import get_activation
-from ntkit.compute import fc_kernel
+from ntkit.compute import fc_kernel, infinite_kernel
 from ntkit.data import circle_inputs, load_array
 from ntkit.empirical import empirical_ntk
+from ntkit.kernel import Kernel
 from ntkit.networks import FCNetwork
+from ntkit.nn.arch_spec import ArchSpec, load_arch
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -101,6 +103,7 @@ def run_convergence(
     curve_seeds: int = 10,
     progress: bool = True,
     on_width: Any | None = None,
+    arch: str | ArchSpec | None = None,
 ) -> ConvergenceResult:
     """Sample networks over a width sweep and measure their NTK's distance to the limit.
 
@@ -117,6 +120,12 @@ def run_convergence(
         (``x0`` is the input at index ``N // 2``) for plotting.
     on_width : callable, optional
         Called as ``on_width(partial_result)`` after each finished width (used to save progress).
+    arch : str or ArchSpec, optional
+        Any architecture instead of the fully connected one (text such as
+        ``"dense residual(relu, dense, relu, dense) relu dense"`` or a ``.py`` file, see
+        :mod:`ntkit.nn.arch_spec`): ``depth``, ``activation`` and ``init`` are then unused, ``beta`` and
+        ``w_std`` are the default scales of its weight layers. The limit is
+        :func:`ntkit.infinite_kernel` of the same model.
     progress : bool
         Print progress with an ETA to stderr.
 
@@ -138,7 +147,20 @@ def run_convergence(
     depth = check_int(depth, "depth", minimum=0)
     check_float(beta, "beta", minimum=0.0)
     act = get_activation(activation)
-    limit = fc_kernel(x_t, depth=depth, activation=act, beta=beta, w_std=w_std, dtype=dtype)
+    spec = load_arch(arch) if isinstance(arch, str) else arch
+    in_shape = tuple(int(n) for n in x_t.shape[1:])
+
+    def network(width: int, gen: torch.Generator) -> torch.nn.Module:
+        if spec is not None:
+            return spec.build(width, in_shape, out_features, w_std=w_std, b_std=beta, generator=gen, dtype=dtype)
+        return FCNetwork(x_t.shape[1], [width] * depth, out_features, activation=act, beta=beta, w_std=w_std,
+                         init=init, generator=gen, dtype=dtype)
+
+    if spec is None:
+        limit = fc_kernel(x_t, depth=depth, activation=act, beta=beta, w_std=w_std, dtype=dtype)
+    else:  # the widths do not enter the (NTK-parameterized) limit: any width describes it
+        limit = infinite_kernel(network(8, torch.Generator().manual_seed(0)), x_t, dtype=dtype)
+        assert isinstance(limit, Kernel)
     limit_blocks = limit.blocks(out_features)
     i0 = x_t.shape[0] // 2
     config = {
@@ -146,6 +168,7 @@ def run_convergence(
         "n0": int(x_t.shape[1]),
         "depth": depth,
         "activation": act.name,
+        "arch": None if spec is None else spec.source,
         "beta": beta,
         "w_std": w_std,
         "out_features": out_features,
@@ -166,17 +189,7 @@ def run_convergence(
             rows: list[list[float]] = []
             for s in range(n_seeds):
                 gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + width * 1009 + s)
-                net = FCNetwork(
-                    x_t.shape[1],
-                    [width] * depth,
-                    out_features,
-                    activation=act,
-                    beta=beta,
-                    w_std=w_std,
-                    init=init,
-                    generator=gen,
-                    dtype=dtype,
-                ).to(x_t.device)
+                net = network(width, gen).to(x_t.device)
                 theta = empirical_ntk(net, x_t, mode="full")
                 dists.append(relative_distance(theta, limit_blocks))
                 if width in keep_curves and s < curve_seeds:
@@ -231,7 +244,9 @@ def plot_convergence(result: ConvergenceResult, path: str | Path, *, circle: boo
     ax1.plot(xs, limit[order], "k--", lw=2, label=r"$\Theta_\infty$")
     ax1.set_xlabel(xlabel)
     ax1.set_ylabel(r"$\Theta(x_0, x)$")
-    ax1.set_title(f"NTK at initialisation, depth {result.config['depth']}, {result.config['activation']}")
+    arch_text = result.config.get("arch")
+    what = arch_text if arch_text else f"depth {result.config['depth']}, {result.config['activation']}"
+    ax1.set_title(f"NTK at initialisation, {what}")
     ax1.legend()
     w = np.asarray(result.widths, float)
     mean, std = np.asarray(result.mean), np.asarray(result.std)
@@ -257,6 +272,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help=".npy or .csv file of inputs (rows); default: 64 points on the unit circle")
     parser.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS), help="hidden widths to sweep")
     parser.add_argument("--seeds", type=int, default=10, help="networks per width (default 10)")
+    parser.add_argument("--arch", help="any architecture instead of the fully connected one: text such as "
+                        "'dense residual(relu, dense, relu, dense) relu dense' or a .py file defining "
+                        "build(width, in_shape, out_features) (see ntkit.nn.arch_spec)")
     parser.add_argument("--depth", type=int, default=3, help="hidden layers (default 3, i.e. L = 4)")
     parser.add_argument("--activation", default="relu", help="activation name (default relu)")
     parser.add_argument("--beta", type=float, default=0.1, help="bias scale (default 0.1)")
@@ -293,6 +311,7 @@ def main(args: argparse.Namespace) -> int:
         dtype=torch.float32 if args.float32 else torch.float64,
         progress=not args.quiet,
         on_width=save,
+        arch=args.arch,
     )
     save(result)
     print(f"{'width':>8} {'mean rel. dist':>15} {'std':>10}")

@@ -23,8 +23,9 @@ from ntkit.infinite.walk import Architecture
 
 Tensor = torch.Tensor
 
-#: Safety factor between the largest squared norm allowed and the dtype's range (layer scales, sums).
-MARGIN = 1e8
+#: Safety factor between the largest (smallest) squared norm allowed and the square root of the
+#: dtype's largest (smallest normal) number: the dual maps multiply two variances (``v1 v2 - c^2``).
+MARGIN = 1e4
 
 
 def row_exponents(arch: Architecture, x: Tensor) -> Tensor | None:
@@ -41,8 +42,8 @@ def row_exponents(arch: Architecture, x: Tensor) -> Tensor | None:
     numel = math.prod(x.shape[1:])
     info = torch.finfo(x.dtype)
     sq = m * m * numel
-    huge = sq > info.max / MARGIN
-    tiny = (m > 0) & (sq < info.tiny * MARGIN)
+    huge = sq > math.sqrt(info.max) / MARGIN
+    tiny = (m > 0) & (sq < math.sqrt(info.tiny) * MARGIN)
     if not bool(huge.any()) and not bool(tiny.any()):
         return None
     if arch.degree is None:
@@ -62,7 +63,8 @@ def scale_rows(x: Tensor, exponents: Tensor | None) -> Tensor:
     if exponents is None:
         return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    return torch.ldexp(x, (-exponents).reshape(shape).to(x.device))
+    power = (-exponents).reshape(shape).to(device=x.device, dtype=torch.float64)  # 2^e exact in float64
+    return torch.ldexp(x.to(torch.float64), power).to(x.dtype)
 
 
 def unscale(k: Tensor, degree: int, e1: Tensor | None, e2: Tensor | None) -> Tensor:

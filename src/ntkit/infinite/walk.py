@@ -399,6 +399,9 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
     items = list(_leaves(model, ""))
     first = next((i for i, (_, m) in enumerate(items) if _has_weights(m)), None)
     if first is None:
+        for name, module in items:  # a module without a transform explains more than "no weight layer"
+            if not is_pass_through(module):
+                _check_prelude_module(name, module)
         raise ArchitectureError(
             "infinite_kernel: expected a model with at least one weight layer (ntkit.nn.Linear / Conv1d / Conv2d), "
             f"got {type(model).__name__} without one"
