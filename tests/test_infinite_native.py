@@ -15,7 +15,7 @@ from tests.conftest import reference_fc, rel_err
 @pytest.fixture
 def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A not-yet-loaded native module state with its own cache directory."""
-    monkeypatch.setattr(native, "_state", {"loaded": False, "lib": None, "reason": "not loaded yet"})
+    monkeypatch.setitem(native._states, "fc", {"loaded": False, "lib": None, "reason": "not loaded yet"})
     monkeypatch.setenv("NTKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("NTKIT_NATIVE", raising=False)
     return tmp_path / "cache"
@@ -28,7 +28,7 @@ def test_builds_into_the_cache_once(fresh: Path, monkeypatch: pytest.MonkeyPatch
     built = sorted(fresh.glob("fc_native_*.so"))
     assert len(built) == 1 and not list(fresh.glob("*.c"))  # no leftovers of the build
     stamp = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(native, "_state", {"loaded": False, "lib": None, "reason": "not loaded yet"})
+    monkeypatch.setitem(native._states, "fc", {"loaded": False, "lib": None, "reason": "not loaded yet"})
     assert native.library() is not None
     assert built[0].stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
     assert native.status() == "native C kernel"

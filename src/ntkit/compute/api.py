@@ -91,7 +91,11 @@ def run_threaded(
         for i, j in todo:
             finish(i, j, work(i, j))
         return
-    if threads <= 1 or len(todo) <= 1:
+    if len(todo) <= 1 and threads > 1:  # one tile: its own operations use the threads
+        for i, j in todo:
+            finish(i, j, work(i, j))
+        return
+    if threads <= 1:
         with single_threaded():
             for i, j in todo:
                 finish(i, j, work(i, j))
@@ -249,8 +253,10 @@ def compute_kernel(
     n1, n2 = t1.shape[0], tx2.shape[0]
     itemsize = t1.element_size()
     threads = _check_threads(threads, t1.device)
+    tiles = KernelTiles(arch)
     sizing: dict[str, Any] = {"itemsize": itemsize, "tile": tile, "diag": diag, "features": t1[0].numel(),
-              "pair_entries": arch.pair_entries, "align": GRAM_BLOCK if arch.pair_entries == 1 else 1}
+                              "pair_entries": tiles.pair_entries(t1),
+                              "align": GRAM_BLOCK if arch.pair_entries == 1 else 1}
     try:  # one tile per thread, each with 1/threads of the budget (else fewer threads)
         edge = choose_tile(n1, n2, budget=budget_bytes // threads, **sizing)
     except ValueError:
@@ -263,7 +269,7 @@ def compute_kernel(
         described = arch.describe() if model is not None else {
             "depth": depth, "activation": repr(get_activation(activation)), "beta": beta, "w_std": w_std,
         }  # the shortcut keeps the parameters of the fully connected network (and its older ledgers)
-        return _run(t1, t2, tx2, KernelTiles(arch), described, wanted, diag, symmetric, dtype, out, edge, overwrite,
+        return _run(t1, t2, tx2, tiles, described, wanted, diag, symmetric, dtype, out, edge, overwrite,
                     client, progress, start, threads)
     finally:
         if owned and client is not None:

@@ -487,4 +487,4 @@ def _native_self_check() -> str:
     return ""
 
 
-_native.set_self_check(_native_self_check)
+_native.set_self_check(_native_self_check, "fc")

@@ -1,4 +1,8 @@
-"""The native ABReLU layer loop: a small C kernel compiled on first use, loaded with ctypes.
+"""Native layer loops: small C kernels compiled on first use, loaded with ctypes.
+
+Two libraries (:data:`SOURCES`): ``"fc"``, the ABReLU layer loop of the fully connected fast path
+(this module also holds its calls), and ``"spatial"``, the convolutional kernels of
+:mod:`ntkit.infinite.conv_fast`.
 
 The fused torch code of :mod:`ntkit.infinite.fused` makes about ten elementwise passes per layer
 over each cache-sized strip of a tile, and on a CPU its per-call overhead is a large part of the
@@ -43,9 +47,14 @@ FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-
 TARGETS = [["-march=native"], []]
 LIBS = ["-lmvec", "-lm"]
 
+#: The native libraries: name -> C source file of this package.
+SOURCES = {"fc": "_fc_native.c", "spatial": "_cntk_native.c"}
+
 _lock = threading.Lock()
-_state: dict[str, Any] = {"loaded": False, "lib": None, "reason": "not loaded yet"}
-_checks: list[Callable[[], str]] = []
+_states: dict[str, dict[str, Any]] = {
+    name: {"loaded": False, "lib": None, "reason": "not loaded yet"} for name in SOURCES
+}
+_checks: dict[str, Callable[[], str]] = {}
 
 
 def _enabled_by_env() -> bool:
@@ -81,7 +90,7 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(source: bytes, cc: str) -> tuple[Path | None, str]:
+def _build(source: bytes, cc: str, stem: str = "fc_native") -> tuple[Path | None, str]:
     """Compile ``source`` into the cache (atomically); (path, "") or (None, why not)."""
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -94,7 +103,7 @@ def _build(source: bytes, cc: str) -> tuple[Path | None, str]:
     for target in TARGETS:
         key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS + target + LIBS).encode(), version.encode(), cpu]))
         for cache in caches:
-            path = cache / f"fc_native_{key.hexdigest()[:24]}.so"
+            path = cache / f"{stem}_{key.hexdigest()[:24]}.so"
             if path.exists():
                 return path, ""
             try:
@@ -123,7 +132,7 @@ def _build(source: bytes, cc: str) -> tuple[Path | None, str]:
     return None, "; ".join(errors) or "no writable cache directory"
 
 
-def _declare(lib: ctypes.CDLL) -> None:
+def _declare_fc(lib: ctypes.CDLL) -> None:
     P, I64, I, D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
     for sfx in ("f32", "f64"):
         getattr(lib, f"ntk_abrelu_vars_{sfx}").argtypes = [P, I64, I, P]
@@ -135,59 +144,69 @@ def _declare(lib: ctypes.CDLL) -> None:
             getattr(lib, f"ntk_abrelu_{name}_{sfx}").restype = None
 
 
-def set_self_check(check: Callable[[], str]) -> None:
-    """Register the check run once after loading (compares with the torch path; "" means it passed).
+def _declare_spatial(lib: ctypes.CDLL) -> None:
+    P, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for sfx in ("f32", "f64"):
+        fn = getattr(lib, f"ntk_spatial_pairs_{sfx}")
+        fn.argtypes = [P, I, I, I, I, I64, P, P, P, P, P, I, I64, P, I64, P, P]
+        fn.restype = I
 
-    :mod:`ntkit.infinite.fused`, which holds the torch path, registers it when imported; this
-    module does not import it (the torch path is the caller, not a dependency).
+
+_DECLARE: dict[str, Callable[[ctypes.CDLL], None]] = {"fc": _declare_fc, "spatial": _declare_spatial}
+
+
+def set_self_check(check: Callable[[], str], name: str = "fc") -> None:
+    """Register the check run once after loading library ``name`` ("" means it passed).
+
+    The module that holds the torch path a library replaces (:mod:`ntkit.infinite.fused`,
+    :mod:`ntkit.infinite.conv_fast`) registers it when imported; this module does not import it.
     """
-    _checks[:] = [check]
+    _checks[name] = check
 
 
-def _self_check() -> str:
-    return _checks[0]() if _checks else ""
-
-
-def library() -> ctypes.CDLL | None:
-    """The loaded native library, or None when the torch path must be used (see :func:`status`)."""
+def library(name: str = "fc") -> ctypes.CDLL | None:
+    """The loaded native library ``name`` (see :data:`SOURCES`), or None when the torch path must be used."""
     if not _enabled_by_env():
         return None
-    if _state["loaded"] or _state.get("checker") == threading.get_ident():
-        return _state["lib"]  # (the thread running the self-check sees the library under test)
+    state = _states[name]
+    if state["loaded"] or state.get("checker") == threading.get_ident():
+        return state["lib"]  # (the thread running the self-check sees the library under test)
     with _lock:
-        if _state["loaded"]:
-            return _state["lib"]
+        if state["loaded"]:
+            return state["lib"]
         lib, reason = None, ""
         cc = _compiler()
         if cc is None:
             reason = "no C compiler found ($CC, cc, gcc, clang)"
         else:
-            source = resources.files("ntkit.infinite").joinpath("_fc_native.c").read_bytes()
-            path, reason = _build(source, cc)
+            source = resources.files("ntkit.infinite").joinpath(SOURCES[name]).read_bytes()
+            path, reason = _build(source, cc, stem=SOURCES[name].strip("_").removesuffix(".c"))
             if path is not None:
                 try:
                     lib = ctypes.CDLL(str(path))
-                    _declare(lib)
+                    _DECLARE[name](lib)
                 except (OSError, AttributeError) as err:
                     lib, reason = None, f"loading {path} failed: {err}"
         if lib is not None:
-            _state.update(lib=lib, checker=threading.get_ident())
+            state.update(lib=lib, checker=threading.get_ident())
             try:
-                reason = _self_check()
+                check = _checks.get(name)
+                reason = check() if check is not None else ""
             finally:
-                _state["checker"] = None
+                state["checker"] = None
             if reason:
                 lib = None
-        _state.update(loaded=True, lib=lib, reason=reason)
+        state.update(loaded=True, lib=lib, reason=reason)
         return lib
 
 
-def status() -> str:
-    """One line: which layer loop ABReLU kernels use, and why."""
+def status(name: str = "fc") -> str:
+    """One line: whether library ``name`` (``"fc"``: the ABReLU layer loop, ``"spatial"``: convolutional
+    kernels) runs natively, and why not."""
     if not _enabled_by_env():
         return "torch path (NTKIT_NATIVE=0)"
-    lib = library()
-    return "native C kernel" if lib is not None else f"torch path ({_state['reason']})"
+    lib = library(name)
+    return "native C kernel" if lib is not None else f"torch path ({_states[name]['reason']})"
 
 
 # --- calls ----------------------------------------------------------------------------------------

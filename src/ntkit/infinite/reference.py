@@ -68,7 +68,7 @@ def input_pairs(a: Tensor, b: Tensor | None, layout: Layout, ntk: bool) -> Pairs
     return Pairs(nngp, torch.zeros_like(nngp) if ntk else None, layout, 1 if b is None else 2)
 
 
-def _snap(cross: Pairs, rows: Pairs, dup: tuple[Tensor, Tensor, Tensor]) -> Pairs:
+def snap_duplicates(cross: Pairs, rows: Pairs, dup: tuple[Tensor, Tensor, Tensor]) -> Pairs:
     """Give identical pairs the values of the self batch (see the module notes)."""
     r, c, u = dup
     if r.numel() == 0:
@@ -103,7 +103,7 @@ def _walk(
             else:
                 cross = op.apply(cross, Context(rows, left, right), ntk)
             rows = new_rows
-        cross = _snap(cross, rows, dup)
+        cross = snap_duplicates(cross, rows, dup)
         state[:] = [rows, cross]
         yield op, rows, cross, dot
 
@@ -172,7 +172,7 @@ def _start(
     cross = input_pairs(a, b, layout, ntk)
     r, c = torch.nonzero(left[:, None] == right[None, :], as_tuple=True)
     dup = (r, c, left[r])
-    return [rows, _snap(cross, rows, dup)], left, right, dup
+    return [rows, snap_duplicates(cross, rows, dup)], left, right, dup
 
 
 def iter_layers(arch: Architecture, a: Tensor, b: Tensor, ids_a: Tensor, ids_b: Tensor, *, ntk: bool) -> Iterator[Step]:
@@ -222,5 +222,5 @@ def _mirror(t: Tensor) -> Tensor:
 
 __all__ = [
     "Step", "distinct_rows", "evaluate", "evaluate_diagonal", "input_pairs", "iter_layers", "reference_kernel",
-    "run_ops",
+    "run_ops", "snap_duplicates",
 ]

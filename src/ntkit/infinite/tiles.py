@@ -6,7 +6,10 @@
 and the per-row quantities of the fast path) and then evaluates any block ``K(a, b)`` by
 
 * the fused fully connected recursion of :mod:`ntkit.infinite.fused` (and its native loop) when
-  the architecture is that pattern (:func:`ntkit.infinite.fused.match_fc`), or
+  the architecture is that pattern (:func:`ntkit.infinite.fused.match_fc`),
+* the native spatial loop of :mod:`ntkit.infinite.conv_fast` for the convolutional prefix of a CNN
+  (convolutions, ReLU-family activations, pooling, a global-pooling or flattening read-out) on a
+  CPU, the vector tail on the reference evaluator, or
 * the reference evaluator (:mod:`ntkit.infinite.reference`) otherwise.
 
 Both give identical pairs (equal row ids) their exact kernel, and both are exact on the diagonal.
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ntkit.infinite import fused, reference
+from ntkit.infinite import conv_fast, fused, reference
+from ntkit.infinite.conv_fast import SpatialProgram, match_spatial
 from ntkit.infinite.fused import FCSpec, match_fc
 from ntkit.infinite.scaling import row_exponents, scale_rows, unscale
 from ntkit.infinite.walk import Architecture
@@ -67,18 +71,37 @@ class KernelTiles:
     Attributes
     ----------
     spec : FCSpec or None
-        The fully connected fast path's description, or None (reference evaluator).
+        The fully connected fast path's description, or None.
+    program : SpatialProgram or None
+        The convolutional fast path's compiled prefix, or None.
     """
 
     def __init__(self, arch: Architecture, *, native: bool | None = None) -> None:
         self.arch = arch
         self.spec: FCSpec | None = match_fc(arch)
+        self.program: SpatialProgram | None = None if self.spec is not None else match_spatial(arch)
         self.native = native
+
+    def _spatial(self, x: Tensor) -> bool:
+        return self.program is not None and self.native is not False and conv_fast.usable(x)
+
+    def path_for(self, x: Tensor) -> str:
+        """``"fused"`` (fully connected), ``"spatial"`` (convolutional prefix, native) or ``"reference"``."""
+        if self.spec is not None:
+            return "fused"
+        return "spatial" if self._spatial(x) else "reference"
 
     @property
     def path(self) -> str:
-        """``"fused"`` (fully connected fast path) or ``"reference"``."""
-        return "fused" if self.spec is not None else "reference"
+        """The path of float64 CPU inputs (see :meth:`path_for`)."""
+        return self.path_for(torch.zeros(1, dtype=torch.float64))
+
+    def pair_entries(self, x: Tensor) -> int:
+        """Covariance entries one pair holds in a tile (the memory a tile of pairs costs per pair).
+
+        The fast paths hold only the pair's outputs (their per-pair work lives in a fixed workspace).
+        """
+        return 1 if self.path_for(x) != "reference" else self.arch.pair_entries
 
     def prepare(self, x: Tensor) -> Rows:
         """The rows of ``x`` (shape (N, *input_shape), already validated) ready for :meth:`tile`."""
@@ -107,7 +130,13 @@ class KernelTiles:
                 nngp = _mirror_upper(nngp)
                 th = None if th is None else _mirror_upper(th)
         else:
-            nngp, th, *_ = reference.evaluate(self.arch, a.data, b.data, ids_a, ids_b, ntk=ntk, symmetric=symmetric)
+            if self._spatial(a.data):
+                assert self.program is not None
+                nngp, th, *_ = conv_fast.evaluate_spatial(self.arch, self.program, a.data, b.data, ids_a, ids_b,
+                                                          ntk=ntk, symmetric=symmetric)
+            else:
+                nngp, th, *_ = reference.evaluate(self.arch, a.data, b.data, ids_a, ids_b, ntk=ntk,
+                                                  symmetric=symmetric)
             if out is not None:
                 out[0].copy_(nngp)
                 nngp = out[0]
@@ -124,6 +153,9 @@ class KernelTiles:
         """``K(a_i, a_i)`` (NNGP and NTK or None), shape (len(a),), in O(len(a)) work."""
         if self.spec is not None:
             nngp, th = fused.fc_diag(a.data, self.spec, ntk=ntk, native=self.native)
+        elif self._spatial(a.data):
+            assert self.program is not None
+            nngp, th = conv_fast.evaluate_spatial_diagonal(self.program, a.data, ids, ntk=ntk)
         else:
             nngp, th = reference.evaluate_diagonal(self.arch, a.data, ids, ntk=ntk)
         if a.exponents is not None:
