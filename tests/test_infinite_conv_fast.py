@@ -114,3 +114,13 @@ def test_diagonal_and_cross_blocks() -> None:
     ref = reference_kernel(arch, x[:4], x[2:])
     assert rel_err(cross.nngp, ref[0]) < 1e-13
     assert np.isfinite(cross.ntk.numpy()).all()
+
+
+def test_the_budget_holds_whatever_the_image_size() -> None:
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float32, generator=torch.Generator().manual_seed(3))
+    model = ntkit.nn.cntk(3, 2, device="meta")
+    with pytest.raises(ValueError, match=r"budget: expected at least \d+ bytes: one pair of these images needs"):
+        ntkit.compute_kernel(x, model=model, dtype=torch.float32, budget="256M")
+    with pytest.raises(ValueError, match="budget"):  # the reference path: a tile of one pair is 8 x 64 MB
+        ntkit.compute_kernel(x.double(), model=nn.Sequential(*model[:2], ntkit.nn.LayerNorm(), *model[2:]),
+                             budget="256M")

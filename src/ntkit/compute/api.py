@@ -257,6 +257,15 @@ def compute_kernel(
     sizing: dict[str, Any] = {"itemsize": itemsize, "tile": tile, "diag": diag, "features": t1[0].numel(),
                               "pair_entries": tiles.pair_entries(t1),
                               "align": GRAM_BLOCK if arch.pair_entries == 1 else 1}
+    workspace = tiles.workspace_bytes(t1)  # per thread of a native path: one pair at a time
+    if workspace * threads > budget_bytes // 2:
+        threads = max(1, min(threads, budget_bytes // 2 // max(workspace, 1)))
+    if workspace > budget_bytes // 2:
+        raise ValueError(
+            f"budget: expected at least {2 * workspace} bytes: one pair of these images needs a {workspace}-byte "
+            f"workspace (its pixel-pair covariances), got {budget_bytes}"
+        )
+    budget_bytes -= workspace * threads
     try:  # one tile per thread, each with 1/threads of the budget (else fewer threads)
         edge = choose_tile(n1, n2, budget=budget_bytes // threads, **sizing)
     except ValueError:

@@ -148,6 +148,11 @@ def match_spatial(arch: Architecture) -> SpatialProgram | None:
     return None
 
 
+def workspace_entries(prog: SpatialProgram) -> int:
+    """Entries the native loop allocates per call (six covariance buffers and a variance row)."""
+    return 6 * prog.max_size + 2 * prog.height * prog.width
+
+
 def usable(x: Tensor) -> bool:
     """Whether the native loop can serve inputs ``x`` (CPU, float32/float64) and is built."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
@@ -188,7 +193,7 @@ def spatial_pairs(
             out_n.data_ptr() + 8 * p0, 0 if out_t is None else out_t.data_ptr() + 8 * p0,
         )
         if code != 0:
-            raise MemoryError(f"spatial kernel: could not allocate its workspace ({6 * prog.max_size} entries)")
+            raise MemoryError(f"spatial kernel: could not allocate its workspace ({workspace_entries(prog)} entries)")
 
     threads = max(1, torch.get_num_threads())
     if threads == 1 or n < 2:
@@ -261,7 +266,7 @@ def evaluate_spatial_diagonal(
 
 
 __all__ = ["SpatialProgram", "evaluate_spatial", "evaluate_spatial_diagonal", "match_spatial", "spatial_pairs",
-           "usable"]
+           "usable", "workspace_entries"]
 
 
 def _check_models() -> list[tuple[nn.Module, tuple[int, ...]]]:

@@ -81,8 +81,8 @@ def unscale(k: Tensor, degree: int, e1: Tensor | None, e2: Tensor | None) -> Ten
         assert e1 is not None
         total = 2 * degree * e1
     else:
-        a = torch.zeros(k.shape[0], dtype=torch.int64) if e1 is None else e1
-        b = torch.zeros(k.shape[1], dtype=torch.int64) if e2 is None else e2
+        a = torch.zeros(k.shape[0], dtype=torch.int64, device=k.device) if e1 is None else e1.to(k.device)
+        b = torch.zeros(k.shape[1], dtype=torch.int64, device=k.device) if e2 is None else e2.to(k.device)
         total = degree * (a[:, None] + b[None, :])
     total = total.to(k.device)
     half = torch.div(total, 2, rounding_mode="floor")  # two exact steps: 2^total alone may over/underflow

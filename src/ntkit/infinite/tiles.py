@@ -103,6 +103,13 @@ class KernelTiles:
         """
         return 1 if self.path_for(x) != "reference" else self.arch.pair_entries
 
+    def workspace_bytes(self, x: Tensor) -> int:
+        """Memory of one thread of the native spatial path (its per-pair workspace), else 0."""
+        if self.path_for(x) != "spatial":
+            return 0
+        assert self.program is not None
+        return conv_fast.workspace_entries(self.program) * x.element_size()
+
     def prepare(self, x: Tensor) -> Rows:
         """The rows of ``x`` (shape (N, *input_shape), already validated) ready for :meth:`tile`."""
         data = self.arch.prepare(x)
