@@ -206,39 +206,58 @@ static void diagonal_##SFX(const T *n, T *out, int H, int W) {                  
 /* Full layout: one output block (q, q2) (Wo x Wo entries) of a convolution, the sum over the filter taps \
    in a fixed order (rows, then columns), scaled: K' = scale sum + b2, T' = scale sum_T + K'. */          \
 static void conv_block_##SFX(const T *in_n, const T *in_t, T *on, T *ot, int H, int W, int Wo, int q,   \
-                             int q2, const int *ip, T scale, T b2) {                                     \
+                             int q2, const int *ip, T scale, T b2, T *save) {                            \
     const int kh = ip[1], kw = ip[2], sh = ip[3], sw = ip[4], ph = ip[5], pw = ip[6];                     \
     const int64_t ob = (int64_t)Wo * Wo, ib = (int64_t)W * W;                                             \
-    for (int64_t e = 0; e < ob; e++) on[e] = 0;                                                           \
-    if (ot) for (int64_t e = 0; e < ob; e++) ot[e] = 0;                                                   \
-    for (int th = 0; th < kh; th++) {                                                                     \
-        const int hi = q * sh + th - ph, hi2 = q2 * sh + th - ph;                                         \
-        if (hi < 0 || hi >= H || hi2 < 0 || hi2 >= H) continue;                                           \
-        const T *sn = in_n + ((int64_t)hi * H + hi2) * ib;                                                \
-        const T *st = in_t ? in_t + ((int64_t)hi * H + hi2) * ib : 0;                                     \
-        for (int tw = 0; tw < kw; tw++) {                                                                 \
-            int r0 = 0, r1 = Wo;                                                                          \
-            while (r0 < Wo && r0 * sw + tw - pw < 0) r0++;                                                \
-            while (r1 > r0 && (r1 - 1) * sw + tw - pw >= W) r1--;                                         \
-            for (int r = r0; r < r1; r++) {                                                               \
-                const int64_t src = (int64_t)(r * sw + tw - pw) * W + tw - pw;                            \
-                T *dn = on + (int64_t)r * Wo;                                                             \
-                if (sw == 1) {                                                                            \
-                    const T *a = sn + src;                                                                \
-                    _Pragma("omp simd")                                                                   \
-                    for (int r2 = r0; r2 < r1; r2++) dn[r2] += a[r2];                                     \
-                    if (st) {                                                                             \
-                        const T *b = st + src;                                                            \
-                        T *dt = ot + (int64_t)r * Wo;                                                     \
-                        _Pragma("omp simd")                                                               \
-                        for (int r2 = r0; r2 < r1; r2++) dt[r2] += b[r2];                                 \
-                    }                                                                                     \
-                } else {                                                                                  \
-                    for (int r2 = r0; r2 < r1; r2++) dn[r2] += sn[src + (int64_t)r2 * sw];                \
-                    if (st) {                                                                             \
-                        T *dt = ot + (int64_t)r * Wo;                                                     \
-                        for (int r2 = r0; r2 < r1; r2++) dt[r2] += st[src + (int64_t)r2 * sw];            \
-                    }                                                                                     \
+    const int fast = sw == 1 && Wo == W; /* stride 1, same size: taps are flat shifts of one block */     \
+    for (int arr = 0; arr < (ot ? 2 : 1); arr++) {                                                        \
+        const T *in = arr ? in_t : in_n;                                                                  \
+        T *o = arr ? ot : on;                                                                             \
+        T *acc = save + ib; /* save: W x |shift| entries; acc: the sum of the source blocks over th */     \
+        for (int64_t e = 0; e < ob; e++) o[e] = 0;                                                        \
+        if (fast) {                                                                                       \
+            for (int64_t e = 0; e < ib; e++) acc[e] = 0;                                                  \
+            for (int th = 0; th < kh; th++) {                                                             \
+                const int hi = q * sh + th - ph, hi2 = q2 * sh + th - ph;                                 \
+                if (hi < 0 || hi >= H || hi2 < 0 || hi2 >= H) continue;                                   \
+                const T *src = in + ((int64_t)hi * H + hi2) * ib;                                         \
+                _Pragma("omp simd")                                                                       \
+                for (int64_t e = 0; e < ib; e++) acc[e] += src[e];                                        \
+            }                                                                                             \
+            for (int tw = 0; tw < kw; tw++) {                                                             \
+                const int sft = tw - pw; /* out[r][r2] += acc[r + sft][r2 + sft] where both in range */   \
+                const int r_lo = sft < 0 ? -sft : 0, r_hi = sft > 0 ? W - sft : W;                        \
+                if (r_hi <= r_lo) continue;                                                               \
+                const int c_lo = sft < 0 ? 0 : W - sft, c_hi = sft < 0 ? -sft : W; /* columns to keep */  \
+                for (int r = r_lo; r < r_hi; r++)                                                         \
+                    for (int c = c_lo; c < c_hi; c++) save[(r - r_lo) * (c_hi - c_lo) + c - c_lo] = 0;    \
+                if (sft != 0)                                                                             \
+                    for (int r = r_lo; r < r_hi; r++)                                                     \
+                        for (int c = c_lo; c < c_hi; c++)                                                 \
+                            save[(r - r_lo) * (c_hi - c_lo) + c - c_lo] = o[(int64_t)r * W + c];           \
+                const int64_t e0 = (int64_t)r_lo * W, e1 = (int64_t)r_hi * W, shift = (int64_t)sft * (W + 1); \
+                const T *a = acc + shift;                                                                 \
+                _Pragma("omp simd")                                                                       \
+                for (int64_t e = e0; e < e1; e++) o[e] += a[e];                                           \
+                if (sft != 0) /* columns whose source left the row: back to their value before the tap */ \
+                    for (int r = r_lo; r < r_hi; r++)                                                     \
+                        for (int c = c_lo; c < c_hi; c++)                                                 \
+                            o[(int64_t)r * W + c] = save[(r - r_lo) * (c_hi - c_lo) + c - c_lo];           \
+            }                                                                                             \
+            continue;                                                                                     \
+        }                                                                                                 \
+        for (int th = 0; th < kh; th++) {                                                                 \
+            const int hi = q * sh + th - ph, hi2 = q2 * sh + th - ph;                                     \
+            if (hi < 0 || hi >= H || hi2 < 0 || hi2 >= H) continue;                                       \
+            const T *src = in + ((int64_t)hi * H + hi2) * ib;                                             \
+            for (int tw = 0; tw < kw; tw++) {                                                             \
+                int r0 = 0, r1 = Wo;                                                                      \
+                while (r0 < Wo && r0 * sw + tw - pw < 0) r0++;                                            \
+                while (r1 > r0 && (r1 - 1) * sw + tw - pw >= W) r1--;                                     \
+                for (int r = r0; r < r1; r++) {                                                           \
+                    const int64_t at = (int64_t)(r * sw + tw - pw) * W + tw - pw;                         \
+                    T *d = o + (int64_t)r * Wo;                                                           \
+                    for (int r2 = r0; r2 < r1; r2++) d[r2] += src[at + (int64_t)r2 * sw];                 \
                 }                                                                                         \
             }                                                                                             \
         }                                                                                                 \
@@ -256,14 +275,15 @@ static void conv_block_##SFX(const T *in_n, const T *in_t, T *on, T *ot, int H, 
    computes the diagonal blocks, stores their same-pixel entries (its variances) in self_row, then the \
    rest. */                                                                                               \
 static void conv_full_##SFX(const T *in_n, const T *in_t, T *on, T *ot, int H, int W, const int *ip,   \
-                            const double *d, const double *ad, const T *va, const T *vb, T *self_row) {   \
+                            const double *d, const double *ad, const T *va, const T *vb, T *self_row,     \
+                            T *save) {                                                                    \
     const int Ho = ip[7], Wo = ip[8];                                                                     \
     const int64_t ob = (int64_t)Wo * Wo;                                                                  \
     const T scale = (T)(d[0] / (double)(ip[1] * ip[2])), b2 = (T)d[1];                                    \
     if (self_row) {                                                                                       \
         for (int q = 0; q < Ho; q++) {                                                                    \
             const int64_t off = ((int64_t)q * Ho + q) * ob;                                               \
-            conv_block_##SFX(in_n, in_t, on + off, ot ? ot + off : 0, H, W, Wo, q, q, ip, scale, b2);    \
+            conv_block_##SFX(in_n, in_t, on + off, ot ? ot + off : 0, H, W, Wo, q, q, ip, scale, b2, save);    \
             for (int r = 0; r < Wo; r++) self_row[q * Wo + r] = on[off + (int64_t)r * Wo + r];            \
         }                                                                                                 \
         va = self_row; vb = self_row;                                                                     \
@@ -272,7 +292,7 @@ static void conv_full_##SFX(const T *in_n, const T *in_t, T *on, T *ot, int H, i
         for (int q2 = 0; q2 < Ho; q2++) {                                                                 \
             const int64_t off = ((int64_t)q * Ho + q2) * ob;                                              \
             if (!self_row || q != q2)                                                                     \
-                conv_block_##SFX(in_n, in_t, on + off, ot ? ot + off : 0, H, W, Wo, q, q2, ip, scale, b2); \
+                conv_block_##SFX(in_n, in_t, on + off, ot ? ot + off : 0, H, W, Wo, q, q2, ip, scale, b2, save); \
             if (ad)                                                                                       \
                 for (int r = 0; r < Wo; r++)                                                              \
                     act_block_##SFX(on + off + (int64_t)r * Wo, ot ? ot + off + (int64_t)r * Wo : 0,      \
@@ -287,11 +307,12 @@ int ntk_spatial_pairs_##SFX(const T *images, int C, int H0, int W0, int full0, i
                             const int64_t *ia, const int64_t *ib, const uint8_t *self, const int *ops,   \
                             const double *dps, int n_ops, int64_t max_size, T *vars, int64_t var_len,     \
                             double *out_n, double *out_t) {                                               \
-    T *buf = (T *)malloc((size_t)(6 * max_size + 2 * (int64_t)H0 * W0) * sizeof(T));                     \
+    T *buf = (T *)malloc((size_t)(6 * max_size + 2 * (int64_t)H0 * W0 + 2 * (int64_t)W0 * W0) * sizeof(T)); \
     if (!buf) return -1;                                                                                  \
     T *n = buf, *t = buf + max_size, *tn = buf + 2 * max_size, *tt = buf + 3 * max_size;                  \
     T *un = buf + 4 * max_size, *ut = buf + 5 * max_size;                                                 \
     T *dg = buf + 6 * max_size;                                                                           \
+    T *sv = dg + 2 * (int64_t)H0 * W0; /* conv_block scratch: saved columns and one block */              \
     const int64_t img = (int64_t)C * H0 * W0;                                                             \
     const int with_ntk = out_t != 0;                                                                      \
     for (int64_t p = 0; p < n_pairs; p++) {                                                               \
@@ -311,7 +332,7 @@ int ntk_spatial_pairs_##SFX(const T *images, int C, int H0, int W0, int full0, i
                     if (self[p]) self_row = vars + ia[p] * var_len + nx[1];                               \
                     else { va = vars + ia[p] * var_len + nx[1]; vb = vars + ib[p] * var_len + nx[1]; }    \
                 }                                                                                         \
-                conv_full_##SFX(n, with_ntk ? t : 0, un, with_ntk ? ut : 0, H, W, ip, d, ad, va, vb, self_row); \
+                conv_full_##SFX(n, with_ntk ? t : 0, un, with_ntk ? ut : 0, H, W, ip, d, ad, va, vb, self_row, sv); \
                 T *sw_n = n; n = un; un = sw_n;                                                           \
                 T *sw_t = t; t = ut; ut = sw_t;                                                           \
                 H = ip[7]; W = ip[8];                                                                     \

@@ -150,7 +150,7 @@ def match_spatial(arch: Architecture) -> SpatialProgram | None:
 
 def workspace_entries(prog: SpatialProgram) -> int:
     """Entries the native loop allocates per call (six covariance buffers and a variance row)."""
-    return 6 * prog.max_size + 2 * prog.height * prog.width
+    return 6 * prog.max_size + 2 * prog.height * prog.width + 2 * prog.width * prog.width
 
 
 def usable(x: Tensor) -> bool:
