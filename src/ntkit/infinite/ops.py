@@ -22,6 +22,7 @@ Layers never mutate their input. ``ntk=False`` skips the NTK (the NNGP alone).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -192,14 +193,20 @@ class Flatten(KernelOp):
         lay = p.layout
         if lay.mode == "none":
             return p
-        axes = tuple(range(p.batch_ndim, p.batch_ndim + len(lay.spatial)))
+        return _reduce_space(p, ntk, lambda t: lay.pixel_diagonal(t, p.batch_ndim))
 
-        def reduce(t: Tensor) -> Tensor:
-            return lay.pixel_diagonal(t, p.batch_ndim).mean(dim=axes)
 
-        mean = None if p.mean is None else p.mean.mean(dim=tuple(range(1, p.mean.ndim)))
-        return p.replace(nngp=reduce(p.nngp), ntk=reduce(p.ntk) if ntk and p.ntk is not None else None,
-                         layout=Layout((), "none"), mean=mean)
+def _reduce_space(p: Pairs, ntk: bool, select: Callable[[Tensor], Tensor]) -> Pairs:
+    """The vector state after a read-out: the mean over the spatial axes of ``select(kernel)``."""
+
+    def reduce(t: Tensor) -> Tensor:
+        t = select(t)
+        axes = tuple(range(p.batch_ndim, t.ndim))
+        return t.mean(dim=axes) if axes else t
+
+    mean = None if p.mean is None else p.mean.mean(dim=tuple(range(1, p.mean.ndim)))
+    return p.replace(nngp=reduce(p.nngp), ntk=reduce(p.ntk) if ntk and p.ntk is not None else None,
+                     layout=Layout((), "none"), mean=mean)
 
 
 @dataclass(frozen=True)
@@ -213,16 +220,8 @@ class GlobalPool(KernelOp):
         return "none"
 
     def apply(self, p: Pairs, ctx: Context, ntk: bool) -> Pairs:
-        lay = p.layout
-        axes = tuple(range(p.batch_ndim, p.nngp.ndim))
-        mean = None if p.mean is None else p.mean.mean(dim=tuple(range(1, p.mean.ndim)))
-
-        def reduce(t: Tensor) -> Tensor:
-            return t.mean(dim=axes) if axes else t
-
-        assert lay.mode == "full"
-        return p.replace(nngp=reduce(p.nngp), ntk=reduce(p.ntk) if ntk and p.ntk is not None else None,
-                         layout=Layout((), "none"), mean=mean)
+        assert p.layout.mode == "full"
+        return _reduce_space(p, ntk, lambda t: t)
 
 
 @dataclass(frozen=True)

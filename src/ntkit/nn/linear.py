@@ -47,7 +47,41 @@ def conv_output_size(n: int, f: int, s: int, padding: str) -> tuple[int, int, in
     return out, total // 2, total - total // 2
 
 
-class Linear(nn.Module):
+class _WeightLayer(nn.Module):
+    """What every weight layer shares: the scales of its forward pass and its initialisation.
+
+    Subclasses set ``w_std``, ``b_std``, ``parameterization``, ``init``, ``weight`` and ``bias`` and
+    define :attr:`fan_in`.
+    """
+
+    w_std: float
+    b_std: float
+    parameterization: str
+    init: str
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    @property
+    def fan_in(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def weight_scale(self) -> float:
+        """Factor applied to ``W * a`` in the forward pass (``w_std / sqrt(fan_in)`` in ntk, 1 otherwise)."""
+        return self.w_std / math.sqrt(self.fan_in) if self.parameterization == "ntk" else 1.0
+
+    @property
+    def bias_scale(self) -> float:
+        """Factor applied to ``b`` in the forward pass (``b_std`` in ntk, 1 otherwise)."""
+        return self.b_std if self.parameterization == "ntk" else 1.0
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw the parameters afresh (deterministic given ``generator``'s state; nothing on ``meta``)."""
+        draw_(self.weight, self.bias, fan_in=self.fan_in, w_std=self.w_std, b_std=self.b_std,
+              parameterization=self.parameterization, init=self.init, generator=generator)
+
+
+class Linear(_WeightLayer):
     """Affine layer ``z = w_std W a / sqrt(in_features) + b_std b`` (``"ntk"``) or ``z = W a + b`` (``"standard"``).
 
     Parameters
@@ -108,21 +142,6 @@ class Linear(nn.Module):
         """Inputs per output unit (``in_features``)."""
         return self.in_features
 
-    @property
-    def weight_scale(self) -> float:
-        """Factor applied to ``W a`` in the forward pass (``w_std / sqrt(fan_in)`` in ntk, 1 otherwise)."""
-        return self.w_std / math.sqrt(self.fan_in) if self.parameterization == "ntk" else 1.0
-
-    @property
-    def bias_scale(self) -> float:
-        """Factor applied to ``b`` in the forward pass (``b_std`` in ntk, 1 otherwise)."""
-        return self.b_std if self.parameterization == "ntk" else 1.0
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Draw the parameters afresh (deterministic given ``generator``'s state; nothing on ``meta``)."""
-        draw_(self.weight, self.bias, fan_in=self.fan_in, w_std=self.w_std, b_std=self.b_std,
-              parameterization=self.parameterization, init=self.init, generator=generator)
-
     def forward(self, x: Tensor) -> Tensor:
         out = F.linear(x, self.weight) * self.weight_scale
         return out if self.bias is None else out + self.bias_scale * self.bias
@@ -143,7 +162,7 @@ def _tuple(value: Any, n: int, name: str) -> tuple[int, ...]:
     return tuple(check_int(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(value))
 
 
-class _ConvNd(nn.Module):
+class _ConvNd(_WeightLayer):
     """Convolution over ``ndim`` spatial axes in NTK or standard parameterization (see the module notes)."""
 
     ndim: int = 2
@@ -183,21 +202,6 @@ class _ConvNd(nn.Module):
     def fan_in(self) -> int:
         """Inputs per output unit: ``in_channels * prod(kernel_size)``."""
         return self.in_channels * math.prod(self.kernel_size)
-
-    @property
-    def weight_scale(self) -> float:
-        """Factor applied to the convolution in the forward pass (``w_std / sqrt(fan_in)`` in ntk)."""
-        return self.w_std / math.sqrt(self.fan_in) if self.parameterization == "ntk" else 1.0
-
-    @property
-    def bias_scale(self) -> float:
-        """Factor applied to ``b`` in the forward pass (``b_std`` in ntk, 1 otherwise)."""
-        return self.b_std if self.parameterization == "ntk" else 1.0
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Draw the parameters afresh (deterministic given ``generator``'s state; nothing on ``meta``)."""
-        draw_(self.weight, self.bias, fan_in=self.fan_in, w_std=self.w_std, b_std=self.b_std,
-              parameterization=self.parameterization, init=self.init, generator=generator)
 
     def output_shape(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """Spatial output shape for an input of spatial shape ``spatial``.
