@@ -6,7 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$root"
 bash scripts/bootstrap.sh
 venv="${NTKIT_VENV:-$root/.venv}"
-echo "== ruff" && "$venv/bin/ruff" check src tests benchmarks
+echo "== ruff" && "$venv/bin/ruff" check src tests benchmarks docs
 echo "== mypy" && "$venv/bin/mypy"
 echo "== pytest"
 "$venv/bin/python" -m pytest -n 2 -p no:cacheprovider "$@"

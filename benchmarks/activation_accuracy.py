@@ -1,4 +1,4 @@
-"""Accuracy and speed of every registered activation's dual maps; writes docs/activations.md.
+"""Accuracy and speed of every registered activation's dual maps; writes docs/user_guide/activations_accuracy.md.
 
 For each activation: the method (closed form, or the general path: the Mehler / Hermite expansion
 by default, quadrature for kinked activations), the maximum relative error of the NNGP and
@@ -12,7 +12,7 @@ References: closed forms -> mpmath, 20 digits, integrating closed-form condition
 (tests/activation_reference.py); general-path activations -> nested adaptive QUADPACK
 (``scipy.integrate.quad``, epsabs 1e-14). Errors are ``max |got - ref| / max |ref|`` per map.
 
-Run:  PYTHONPATH=src python benchmarks/activation_accuracy.py [--out docs/activations.md]
+Run:  PYTHONPATH=src python benchmarks/activation_accuracy.py [--out docs/user_guide/activations_accuracy.md]
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ FOOTER = """
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "docs" / "activations.md"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "user_guide" / "activations_accuracy.md"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     names = [n for n in available_activations() if n not in ALIASES]

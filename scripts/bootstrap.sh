@@ -34,7 +34,9 @@ if ! "$py" -c 'import torch' >/dev/null 2>&1; then
     fi
 fi
 
-stamp="$venv/.ntkit-installed"
+# one stamp per set of extras, so that ./test.sh (test,plot) and ./docs.sh (docs) do not reinstall
+# each other's; a changed pyproject.toml reinstalls
+stamp="$venv/.ntkit-installed-${extras//,/-}"
 want="$(cat pyproject.toml | sha256sum | cut -c1-16) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "bootstrap: installing ntkit[$extras] into $venv" >&2

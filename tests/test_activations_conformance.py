@@ -82,7 +82,7 @@ def test_float32_matches_float64(name: str) -> None:
     k64 = ntkit.fc_kernel(x, **kw)
     k32 = ntkit.fc_kernel(x.float(), dtype=torch.float32, **kw)
     assert k32.nngp.dtype == torch.float32
-    # documented in docs/activations.md: 2e-5 for closed forms, 1e-4 for the general path and for
+    # documented in docs/user_guide/activations_accuracy.md: 2e-5 for closed forms, 1e-4 for the general path and for
     # sign / step (whose maps are steep near correlation 1)
     tol = 2e-5 if act.closed_form and name not in {"sign", "step"} else TOL[torch.float32]["quadrature_smooth"]
     assert rel_err(k32.nngp.double(), k64.nngp) < tol

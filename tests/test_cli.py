@@ -53,3 +53,19 @@ def test_errors_are_clear(tmp_path: Path, capsys) -> None:  # type: ignore[no-un
 def test_console_script_help() -> None:
     done = subprocess.run([sys.executable, "-m", "ntkit.cli", "converge", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--widths" in done.stdout
+
+
+def test_converge_quick(tmp_path: Path) -> None:
+    out = tmp_path / "quick"
+    assert main(["converge", "--quick", "--seeds", "2", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["widths"] == [64, 256, 1024] and len(summary["distances"][0]) == 2  # --seeds given wins
+
+
+def test_python_dash_m_ntkit() -> None:
+    import ntkit
+
+    done = subprocess.run([sys.executable, "-m", "ntkit", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"ntkit {ntkit.__version__}"
+    done = subprocess.run([sys.executable, "-m", "ntkit"], capture_output=True, text=True)
+    assert done.returncode == 2 and "converge" in done.stdout

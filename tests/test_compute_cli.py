@@ -12,14 +12,17 @@ from ntkit.cli import main
 from ntkit.compute import compute_kernel
 
 
-def test_kernel_command_npy_and_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_kernel_command_npy_and_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NTKIT_PROGRESS", "1")  # captured stderr is not a terminal: ask for the bar
     x = np.random.default_rng(0).standard_normal((200, 4))
     np.save(tmp_path / "x.npy", x)
     np.savetxt(tmp_path / "x.csv", x, delimiter=",", header="a,b,c,d", comments="")
     assert main(["kernel", str(tmp_path / "x.npy"), "--depth", "2", "--activation", "erf",
                  "--out", str(tmp_path / "k.npy"), "--tile", "128"]) == 0
     captured = capsys.readouterr()
-    assert "eta" in captured.err and "wrote" in captured.out
+    assert "tiles" in captured.err and "100%" in captured.err and "wrote" in captured.out
     ref = compute_kernel(torch.from_numpy(x), depth=2, activation="erf")
     assert np.array_equal(np.load(tmp_path / "k.npy")[1], ref.ntk.numpy())
     assert main(["kernel", str(tmp_path / "x.csv"), "--depth", "2", "--activation", "erf", "--which", "ntk",

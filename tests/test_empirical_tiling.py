@@ -25,7 +25,10 @@ def one_tile_need(model: nn.Module, x: torch.Tensor, **kwargs: object) -> int:
 
 @pytest.mark.parametrize("impl", ["structured", "jacobian", "ntvp"])
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
-def test_tiled_equals_untiled(impl: str, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tiled_equals_untiled(
+    impl: str, name: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NTKIT_PROGRESS", "1")  # captured stderr is not a terminal: ask for the bar
     model, d = make(name)
     x1 = torch.randn(11, d, dtype=torch.float64)
     x2 = torch.randn(7, d, dtype=torch.float64)

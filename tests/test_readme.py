@@ -41,7 +41,7 @@ def _data(block: str) -> dict[str, object]:
 
 
 def test_readme_has_examples() -> None:
-    assert len(BLOCKS) >= 4
+    assert len(BLOCKS) >= 1  # the rest of the examples live on the documentation site (tests/test_docs_examples.py)
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))

@@ -1,34 +1,87 @@
-"""A minimal progress reporter (stderr, throttled, with an ETA) shared by long-running work."""
+"""Progress of long-running work, shown where the user is: a tqdm bar in a terminal, a widget in Jupyter.
+
+:class:`Progress` is what ntkit's long-running functions use (kernel tiles, width sweeps, solvers,
+training). With ``enabled=True`` it shows
+
+* a tqdm progress bar with elapsed time and ETA when its stream (stderr) is a terminal;
+* the notebook widget (``tqdm.auto``) inside a Jupyter kernel;
+* nothing otherwise (output redirected to a file, a pipe, a CI log) -- unless asked for with the
+  environment variable ``NTKIT_PROGRESS=1`` (``always``), which writes the bar to the stream anyway;
+  ``NTKIT_PROGRESS=0`` (``never``) silences every bar.
+
+``enabled=False`` (the ``progress=False`` / ``--quiet`` of the callers) is always silent.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
+
+ENV = "NTKIT_PROGRESS"
+_ALWAYS = {"1", "always", "true", "yes", "on"}
+_NEVER = {"0", "never", "false", "no", "off"}
 
 
-def _fmt(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:4.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+def _env_mode() -> str:
+    """``"always"``, ``"never"`` or ``"auto"`` from ``$NTKIT_PROGRESS``."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in _ALWAYS:
+        return "always"
+    if value in _NEVER:
+        return "never"
+    return "auto"
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _as_count(value: float) -> float | int:
+    """Whole amounts as ``int`` (tqdm prints ``3/10``, not ``3.0/10.0``)."""
+    return int(value) if float(value).is_integer() else float(value)
 
 
 class Progress:
-    """Report ``done / total`` with elapsed time and ETA, at most every ``interval`` seconds.
+    """Report ``done / total`` with elapsed time and ETA (a tqdm bar), where the user can see it.
 
     Parameters
     ----------
     total : float
         Amount of work (any unit, e.g. networks or kernel tiles).
+    desc : str
+        Label printed before the bar.
+    enabled : bool
+        ``False`` makes every method a no-op (quiet mode). ``True`` shows the bar in a terminal or
+        a notebook, and elsewhere only when ``NTKIT_PROGRESS=1`` asks for it.
+    stream : file-like, optional
+        Where the bar goes (default: ``sys.stderr`` at construction).
+    interval : float
+        Minimum seconds between two refreshes.
     show_counts : bool
         Print ``done/total`` besides the percentage (off for abstract cost units).
-    desc : str
-        Label printed before the counter.
-    enabled : bool
-        ``False`` makes every method a no-op (quiet mode).
+
+    Attributes
+    ----------
+    done : float
+        Work reported so far.
+    note : str
+        Trailing status text (settable; shown after the bar).
+    shown : bool
+        Whether a bar is actually drawn (enabled, and a terminal, a notebook or asked for).
+
+    Examples
+    --------
+    >>> bar = Progress(3, "work", enabled=False)
+    >>> for _ in range(3):
+    ...     bar.update(1, note="step")
+    >>> bar.done, bar.shown
+    (3.0, False)
+    >>> bar.close()
     """
 
     def __init__(
@@ -46,36 +99,67 @@ class Progress:
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
+        self.show_counts = show_counts
         self.done = 0.0
         self.start = time.perf_counter()
-        self._last = 0.0
-        self.note = ""
-        self.show_counts = show_counts
+        self._note = ""
+        self._bar: Any = None
+        if enabled:
+            self._bar = self._make_bar(explicit_stream=stream is not None)
+
+    def _make_bar(self, *, explicit_stream: bool) -> Any:
+        mode = _env_mode()
+        if mode == "never":
+            return None
+        from tqdm.auto import tqdm as auto_tqdm
+        from tqdm.std import tqdm as std_tqdm
+
+        notebook = any(c.__module__ == "tqdm.notebook" for c in auto_tqdm.__mro__)
+        if notebook and not explicit_stream:
+            cls: Any = auto_tqdm  # inside a Jupyter kernel (with ipywidgets): the notebook widget
+        elif mode == "always" or _isatty(self.stream):
+            cls = std_tqdm
+        else:
+            return None  # not a terminal and not asked for: stay silent
+        fmt = None
+        if not self.show_counts:
+            fmt = "{desc}: {percentage:5.1f}%|{bar}| [{elapsed}<{remaining}] {postfix}"
+        return cls(
+            total=_as_count(self.total),
+            desc=self.desc,
+            file=self.stream,
+            mininterval=self.interval,
+            bar_format=fmt,
+            dynamic_ncols=True,
+            leave=True,
+        )
+
+    @property
+    def shown(self) -> bool:
+        """True when a bar is drawn."""
+        return self._bar is not None
+
+    @property
+    def note(self) -> str:
+        """The trailing status text."""
+        return self._note
+
+    @note.setter
+    def note(self, text: str) -> None:
+        self._note = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
 
     def update(self, amount: float = 1.0, note: str | None = None) -> None:
         """Add ``amount`` of finished work; ``note`` replaces the trailing status text."""
         self.done += amount
         if note is not None:
             self.note = note
-        now = time.perf_counter()
-        if self.enabled and (now - self._last >= self.interval or self.done >= self.total):
-            self._last = now
-            self._print(now)
-
-    def _print(self, now: float) -> None:
-        elapsed = now - self.start
-        frac = self.done / self.total if self.total > 0 else 1.0
-        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
-        eta_text = _fmt(eta) if frac > 0 else "?"
-        counts = f"{self.done:.0f}/{self.total:.0f} " if self.show_counts else ""
-        line = f"\r{self.desc} {counts}{100 * frac:5.1f}% elapsed {_fmt(elapsed)} eta {eta_text} {self.note}"
-
-        self.stream.write(line.ljust(100)[:160])
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.update(_as_count(amount))
 
     def close(self) -> None:
-        """Finish the line."""
-        if self.enabled:
-            self._print(time.perf_counter())
-            self.stream.write("\n")
-            self.stream.flush()
+        """Finish the bar (it stays on screen with the final count)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -17,6 +17,29 @@ def circle_inputs(n: int = 64, *, dtype: torch.dtype = torch.float64) -> tuple[T
     Returns ``(x, gamma)`` with ``x`` of shape (n, 2) = ``(cos gamma, sin gamma)``; the first point
     that the converge experiment uses as ``x0`` is ``gamma = 0``, i.e. ``(1, 0)``, placed at index
     ``n // 2``. This is the input set of Jacot et al. (2018), Fig. 1.
+
+    Parameters
+    ----------
+    n : int
+        Number of points (``>= 2``).
+    dtype : torch.dtype
+
+    Returns
+    -------
+    x : Tensor of shape (n, 2)
+    gamma : Tensor of shape (n,)
+
+    Raises
+    ------
+    ValueError
+        ``n < 2``.
+
+    Examples
+    --------
+    >>> from ntkit.data import circle_inputs
+    >>> x, gamma = circle_inputs(8)
+    >>> x.shape, x[4].tolist()  # x0 = (1, 0) at index n // 2
+    (torch.Size([8, 2]), [1.0, 0.0])
     """
     if n < 2:
         raise ValueError(f"n: expected at least 2 points, got {n}")
@@ -30,6 +53,32 @@ def load_array(path: str | Path) -> np.ndarray:
 
     Raises ``ValueError`` naming the file (and for CSV the line) of any non-numeric or non-finite
     entry, and ``FileNotFoundError`` for a missing file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.npy`` file holding a 2-D numeric array, or a ``.csv`` file of numbers (one row per input).
+
+    Returns
+    -------
+    ndarray of shape (N, d), float64
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        Another suffix, a non-numeric or non-finite entry (the message names the file and, for CSV,
+        the line), a ragged CSV, an array that is not 2-D, a file without rows.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from ntkit.data import load_array
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.csv"
+    >>> _ = path.write_text("a,b\\n1,2\\n3,4\\n")
+    >>> load_array(path).tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
     """
     p = Path(path)
     if not p.exists():
@@ -82,3 +131,9 @@ def _is_float(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+__all__ = [
+    "circle_inputs",
+    "load_array",
+]

@@ -74,6 +74,15 @@ class LayerKernels:
         ``sigma_dot[h-1] = SigmaDot(h+1)`` for ``h = 1..depth``.
     var1, var2 : list of Tensor of shapes (N1,) and (N2,), length ``depth + 1``
         The diagonals ``Sigma(h+1)(x, x)`` of the rows of ``x1`` and ``x2``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.layerwise import layer_kernels
+    >>> x = torch.randn(4, 3, dtype=torch.float64)
+    >>> lk = layer_kernels(x, depth=2)
+    >>> len(lk.sigma), len(lk.sigma_dot), lk.ntk().shape
+    (3, 2, torch.Size([4, 4]))
     """
 
     sigma: list[Tensor]
@@ -218,6 +227,35 @@ def iter_fixed_layer_ntks(
     One pass of the recursion; at most ``depth + 3`` matrices of shape (N1, N2) are alive at a time
     (the caller must not modify the yielded tensors, which are updated in place afterwards; clone
     one to keep it). This is the memory-lean form of :func:`fixed_layer_ntks`.
+
+    Parameters
+    ----------
+    x1 : array-like of shape (N1, n0)
+    x2 : array-like of shape (N2, n0), optional
+        Defaults to ``x1``.
+    depth : int
+        Deepest network: ``dep = 0..depth`` hidden layers.
+    activation, beta, w_std, dtype, device
+        As in :func:`ntkit.fc_kernel`.
+    scale : float
+        Multiplies every kernel (Arora et al.'s ``n0``).
+
+    Yields
+    ------
+    (dep, fix, Tensor of shape (N1, N2))
+
+    Raises
+    ------
+    ValueError
+        ``depth < 0``, ``beta < 0``, ``w_std <= 0``, NaN / inf inputs, inputs of different widths.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.layerwise import iter_fixed_layer_ntks
+    >>> x = torch.randn(3, 2, dtype=torch.float64)
+    >>> [(dep, fix) for dep, fix, _ in iter_fixed_layer_ntks(x, depth=1)]
+    [(0, 0), (1, 0), (1, 1)]
     """
     scale = check_float(scale, "scale", minimum=0.0, strict=True)
     thetas: list[Tensor] = []
@@ -251,6 +289,29 @@ def fixed_layer_ntks(
     -------
     dict mapping (dep, fix) to Tensor of shape (N1, N2)
         ``(depth + 1)(depth + 2) / 2`` kernels (15 for ``depth = 4``).
+
+    Parameters
+    ----------
+    x1 : array-like of shape (N1, n0)
+    x2 : array-like of shape (N2, n0), optional
+        Defaults to ``x1``.
+    depth : int
+        Deepest network: ``dep = 0..depth`` hidden layers.
+    activation, beta, w_std, dtype, device
+        As in :func:`ntkit.fc_kernel`.
+    scale : float
+        Multiplies every kernel (Arora et al.'s ``n0``).
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> from ntkit.layerwise import fixed_layer_ntks
+    >>> x = torch.randn(3, 2, dtype=torch.float64)
+    >>> k = fixed_layer_ntks(x, depth=2, beta=0.1)
+    >>> sorted(k)
+    [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
+    >>> bool(torch.allclose(k[2, 0], ntkit.fc_kernel(x, depth=2, beta=0.1).ntk))  # nothing frozen
+    True
     """
     return {
         (dep, fix): theta.clone()
@@ -281,6 +342,27 @@ def fc_kernel_diag(
     Returns
     -------
     Tensor of shape (N,)
+
+    Parameters
+    ----------
+    x : array-like of shape (N, n0)
+    depth, activation, beta, w_std, dtype, device
+        As in :func:`ntkit.fc_kernel`.
+    which : {"ntk", "nngp"}
+
+    Raises
+    ------
+    ValueError
+        ``depth < 0``, ``beta < 0``, ``w_std <= 0``, an unknown ``which``, NaN / inf inputs, an NTK
+        asked of an activation without a derivative map.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> from ntkit.layerwise import fc_kernel_diag
+    >>> x = torch.randn(5, 3, dtype=torch.float64)
+    >>> bool(torch.allclose(fc_kernel_diag(x, depth=3), ntkit.fc_kernel(x, depth=3).ntk.diagonal()))
+    True
     """
     depth = check_int(depth, "depth", minimum=0)
     beta = check_float(beta, "beta", minimum=0.0)
@@ -335,6 +417,11 @@ def arora_kernels(
     -------
     dict mapping (dep, fix) to Tensor of shape (N1, N2)
 
+    Raises
+    ------
+    ValueError
+        ``max_dep < 0``, NaN / inf inputs, inputs of different widths.
+
     Examples
     --------
     >>> import torch
@@ -356,6 +443,31 @@ def iter_arora_kernels(
     device: torch.device | str | None = None,
 ) -> Iterator[tuple[int, int, Tensor]]:
     """:func:`arora_kernels` as a stream ``(dep, fix, K)`` in the order ``dep -> fix`` (memory-lean;
-    the yielded tensors are updated in place later: clone one to keep it)."""
+    the yielded tensors are updated in place later: clone one to keep it).
+
+    Parameters
+    ----------
+    x1 : array-like of shape (N1, n0)
+    x2 : array-like of shape (N2, n0), optional
+    max_dep : int
+    dtype, device
+
+    Yields
+    ------
+    (dep, fix, Tensor of shape (N1, N2))
+
+    Raises
+    ------
+    ValueError
+        As :func:`arora_kernels`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.layerwise import iter_arora_kernels
+    >>> x = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    >>> [(dep, fix, round(float(k[0, 0]), 6)) for dep, fix, k in iter_arora_kernels(x, max_dep=1)]
+    [(0, 0, 25.0), (1, 0, 25.0), (1, 1, 12.5)]
+    """
     t1, t2 = check_pair(x1, x2, dtype=dtype, device=device)
     return iter_fixed_layer_ntks(t1, t2, **_arora_kwargs(t1, max_dep, dtype, device))

@@ -41,6 +41,32 @@ class NTKLinear(Linear):
 
     ``z = w_std W a / sqrt(n_in) + beta b`` (ntk) or ``z = W a + b`` (standard). Parameters ``weight``
     of shape (out_features, in_features) and ``bias`` of shape (out_features,).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    w_std : float
+        Weight scale (``> 0``).
+    beta : float
+        Bias scale (``>= 0``).
+    parameterization : {"ntk", "standard"}
+    init : {"gaussian", "orthogonal"}
+    generator : torch.Generator, optional
+    device : torch.device or str, optional
+    dtype : torch.dtype
+        float64 by default.
+
+    Raises
+    ------
+    ValueError
+        ``beta < 0``, and whatever :class:`ntkit.nn.Linear` refuses.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> layer = ntkit.NTKLinear(3, 4, beta=0.5, generator=torch.Generator().manual_seed(0))
+    >>> layer.weight.shape, layer.beta, layer.weight.dtype
+    (torch.Size([4, 3]), 0.5, torch.float64)
     """
 
     def __init__(
@@ -95,6 +121,13 @@ class FCNetwork(nn.Module):
     seed : int, optional
     device, dtype
         Where and in what precision the parameters live (float64 by default).
+
+    Raises
+    ------
+    TypeError
+        ``hidden`` is not a sequence of widths, or a parameter has the wrong type.
+    ValueError
+        A width below 1, ``beta < 0``, ``w_std <= 0``, an unknown activation, parameterization or init.
 
     Examples
     --------

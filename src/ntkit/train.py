@@ -44,7 +44,27 @@ IMPLEMENTATIONS = ("auto", "autograd", "lowrank")
 
 
 def mse_loss(fx: Tensor, y: Tensor) -> Tensor:
-    """``1 / (2 * y.numel()) * sum (fx - y)^2`` (the loss of the module docstring)."""
+    """``1 / (2 * y.numel()) * sum (fx - y)^2`` (the loss of the module docstring).
+
+    Parameters
+    ----------
+    fx : Tensor of shape (N, k)
+        Outputs.
+    y : Tensor of shape (N, k)
+        Targets.
+
+    Returns
+    -------
+    Tensor
+        A scalar.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.train import mse_loss
+    >>> float(mse_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([[0.0], [1.0]])))  # (1 + 4) / (2 * 2)
+    1.25
+    """
     return 0.5 * ((fx - y) ** 2).sum() / y.numel()
 
 
@@ -52,7 +72,28 @@ def mse_loss(fx: Tensor, y: Tensor) -> Tensor:
 class TrainHistory:
     """Record of :func:`train_gd`: ``loss[s]`` is the full training loss before step ``s``
     (``loss[-1]`` after the last step, so ``len(loss) == steps + 1`` for full-batch GD; for SGD the
-    batch losses, then the final full-batch loss)."""
+    batch losses, then the final full-batch loss).
+
+    Attributes
+    ----------
+    loss : list of float
+    steps : int
+        Updates made.
+    learning_rate : float
+    batch_size : int
+    implementation : str
+        ``"autograd"`` or ``"lowrank"``.
+    seconds : float
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> net = ntkit.FCNetwork(2, [32], 1, seed=0)
+    >>> x = torch.randn(4, 2, dtype=torch.float64)
+    >>> hist = ntkit.train.train_gd(net, x, x[:, :1], learning_rate=0.5, steps=10)
+    >>> hist.steps, len(hist.loss), hist.loss[-1] < hist.loss[0]
+    (10, 11, True)
+    """
 
     loss: list[float] = field(default_factory=list)
     steps: int = 0
@@ -69,6 +110,19 @@ class LinearizedModel(nn.Module):
     trainable parameters are the displacements ``delta`` (``theta = theta_0 + delta``), so the
     empirical NTK of this model is the constant ``Theta_0`` of the original, and gradient descent on
     it is exactly linear in function space. Built by :func:`linearize`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to expand around its current parameters (copied; the original is not changed).
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> net = ntkit.FCNetwork(2, [16], 1, seed=0)
+    >>> lin = ntkit.train.LinearizedModel(net)
+    >>> [p.shape for p in lin.parameters()][:2]  # the displacements delta, one per parameter
+    [torch.Size([16, 2]), torch.Size([16])]
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -116,6 +170,22 @@ def linearize(model: nn.Module) -> LinearizedModel:
     in ``theta``: train it with :func:`train_gd` to get the linearized dynamics that
     :func:`ntkit.predict.gradient_descent_mse` solves in closed form with the empirical NTK.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module with trainable parameters.
+
+    Returns
+    -------
+    LinearizedModel
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a ``torch.nn.Module``.
+    ValueError
+        ``model`` has no trainable parameter.
+
     Examples
     --------
     >>> import torch, ntkit
@@ -133,7 +203,29 @@ def linearize(model: nn.Module) -> LinearizedModel:
 
 
 def kernel_movement(theta_0: Any, theta_t: Any) -> float:
-    """``||Theta_t - Theta_0||_F / ||Theta_0||_F`` for two empirical NTKs of the same shape."""
+    """``||Theta_t - Theta_0||_F / ||Theta_0||_F`` for two empirical NTKs of the same shape.
+
+    Parameters
+    ----------
+    theta_0, theta_t : Tensor
+        The kernels before and after training, of the same shape.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        Different shapes, or ``theta_0`` all zeros.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.train import kernel_movement
+    >>> kernel_movement(torch.eye(2), 1.1 * torch.eye(2))  # doctest: +ELLIPSIS
+    0.100000...
+    """
     a = as_tensor(theta_0, "theta_0", ndim=None)
     b = as_tensor(theta_t, "theta_t", dtype=a.dtype, device=a.device, ndim=None)
     if a.shape != b.shape:
@@ -145,7 +237,31 @@ def kernel_movement(theta_0: Any, theta_t: Any) -> float:
 
 
 def function_distance(model_a: nn.Module, model_b: nn.Module, x: Any) -> float:
-    """Root-mean-square difference ``sqrt(mean (f_a(x) - f_b(x))^2)`` of two models' outputs on ``x``."""
+    """Root-mean-square difference ``sqrt(mean (f_a(x) - f_b(x))^2)`` of two models' outputs on ``x``.
+
+    Parameters
+    ----------
+    model_a, model_b : torch.nn.Module
+        Models with outputs of the same shape.
+    x : Tensor of shape (N, ...)
+        Inputs (converted to ``model_a``'s dtype and device).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        The outputs have different shapes.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> net = ntkit.FCNetwork(2, [16], 1, seed=0)
+    >>> ntkit.train.function_distance(net, ntkit.linearize(net), torch.randn(4, 2))  # equal at theta_0
+    0.0
+    """
     ref = next(model_a.parameters())
     xt = as_tensor(x, "x", dtype=ref.dtype, device=ref.device, ndim=None)
     with torch.no_grad():
@@ -215,6 +331,29 @@ def train_gd(
     Returns
     -------
     TrainHistory
+
+    Raises
+    ------
+    ValueError
+        ``learning_rate <= 0``, ``steps < 0``, a model without trainable parameters, targets whose
+        shape is not the model's output shape, a model that fails on the inputs, ``"lowrank"`` for a
+        model that is not an :class:`ntkit.FCNetwork`.
+
+    Warns
+    -----
+    LearningRateWarning
+        Full-batch GD with ``learning_rate >= 2 N k / lambda_max`` (diverges).
+    RuntimeWarning
+        The final loss is not finite.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> net = ntkit.FCNetwork(2, [64, 64], 1, beta=0.1, seed=0)
+    >>> x = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> hist = ntkit.train.train_gd(net, x, x[:, :1] * x[:, 1:], learning_rate=1.0, steps=50)
+    >>> hist.loss[-1] < 0.1 * hist.loss[0]
+    True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
@@ -368,3 +507,14 @@ def _train_fc_lowrank(
                 lin.weight.requires_grad_(flag)
         for p in model.parameters():
             p.grad = None
+
+
+__all__ = [
+    "LinearizedModel",
+    "TrainHistory",
+    "function_distance",
+    "kernel_movement",
+    "linearize",
+    "mse_loss",
+    "train_gd",
+]

@@ -74,7 +74,7 @@ _REGISTRY: dict[str, Callable[[], Activation]] = {
     "leaky_relu": LeakyReLU,
     "abs": Abs,
     "erf": Erf,
-    # Closed forms added with the conformance suite (docs/activations.md).
+    # Closed forms added with the conformance suite (docs/user_guide/activations_accuracy.md).
     "ab_relu": lambda: ABReLU(a=-0.3, b=1.2),
     "step": Step,
     "heaviside": Step,
@@ -107,14 +107,41 @@ _REGISTRY: dict[str, Callable[[], Activation]] = {
 
 
 def register_activation(name: str, factory: Callable[[], Activation]) -> None:
-    """Register ``factory`` (a zero-argument callable returning an Activation) under ``name``."""
+    """Register ``factory`` (a zero-argument callable returning an Activation) under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The name (stored lower-case); an existing name is replaced.
+    factory : callable
+        ``factory() -> Activation``, called by each :func:`get_activation` of the name.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a non-empty string.
+
+    Examples
+    --------
+    >>> from ntkit.activations import ABReLU, get_activation, register_activation
+    >>> register_activation("half_relu", lambda: ABReLU(a=0.0, b=0.5))
+    >>> get_activation("half_relu").b
+    0.5
+    """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name: expected a non-empty string, got {name!r}")
     _REGISTRY[name.lower()] = factory
 
 
 def available_activations() -> list[str]:
-    """The names accepted by :func:`get_activation`, sorted."""
+    """The names accepted by :func:`get_activation`, sorted.
+
+    Examples
+    --------
+    >>> from ntkit.activations import available_activations
+    >>> {"relu", "erf", "gelu", "tanh"} <= set(available_activations())
+    True
+    """
     return sorted(_REGISTRY)
 
 
@@ -127,6 +154,26 @@ def get_activation(activation: str | Activation | Callable[[torch.Tensor], torch
         For an unknown name (the message lists the known ones).
     TypeError
         For anything that is neither a string, an Activation nor a callable.
+
+    Parameters
+    ----------
+    activation : str, Activation or callable
+        A registered name (case-insensitive, :func:`available_activations`), an Activation (returned
+        as it is), or an elementwise callable / torch module (wrapped in a
+        :class:`CallableActivation`).
+
+    Returns
+    -------
+    Activation
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import get_activation
+    >>> get_activation("relu")
+    ReLU()
+    >>> get_activation(torch.tanh).name
+    'tanh'
     """
     if isinstance(activation, Activation):
         return activation

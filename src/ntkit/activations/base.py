@@ -50,6 +50,17 @@ class Activation:
     has_derivative_map : bool
         ``False`` for activations whose derivative is a Dirac delta (step, sign): their NTK is
         undefined and :func:`ntkit.fc_kernel` refuses to compute it.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> relu = ntkit.get_activation("relu")
+    >>> relu(torch.tensor([-1.0, 2.0])), relu.derivative(torch.tensor([-1.0, 2.0]))
+    (tensor([0., 2.]), tensor([0., 1.]))
+    >>> v = torch.ones(3, dtype=torch.float64)
+    >>> k, kdot = relu.dual(v, torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64), v)
+    >>> kdot.tolist()  # P(u > 0, v > 0) for correlations 1, 0, -1
+    [0.5, 0.25, 0.0]
     """
 
     name: str = "activation"
@@ -261,12 +272,20 @@ class CallableActivation(Activation):
         are split there, so piecewise-smooth functions converge geometrically.
     nodes : int
         Gauss-Legendre nodes per quadrature panel (default 16: ~1e-9 or better on smooth and kinked
-        activations at unit variance, see docs/activations.md).
+        activations at unit variance, see docs/user_guide/activations_accuracy.md).
     method : {"auto", "mehler", "quadrature"}
         General path: ``"auto"`` (default) uses the Mehler expansion unless ``smooth=False`` or a
         breakpoint is not 0; ``"quadrature"`` forces split composite quadrature everywhere.
     smooth : bool or None
         ``False`` declares a derivative with a jump (ELU, SELU): ``"auto"`` then uses quadrature.
+
+    Raises
+    ------
+    TypeError
+        ``fn`` (or ``derivative``) is not callable, or an option has the wrong type.
+    ValueError
+        An option is out of range; when a kernel is evaluated, a function that returns NaN / inf, a
+        wrong shape or a non-tensor (the message names the activation).
 
     Examples
     --------

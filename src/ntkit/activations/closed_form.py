@@ -32,7 +32,16 @@ def arccos_angle(v1: Tensor, c: Tensor, v2: Tensor) -> Tensor:
 
 
 class Identity(Activation):
-    """``sigma(x) = x``: ``E[uv] = c``, ``E[sigma' sigma'] = 1``."""
+    """``sigma(x) = x``: ``E[uv] = c``, ``E[sigma' sigma'] = 1``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import Identity
+    >>> v, c = torch.tensor(2.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+    >>> float(Identity().expect(v, c, v)), float(Identity().expect_derivative(v, c, v))
+    (0.5, 1.0)
+    """
 
     name = "identity"
     closed_form = True
@@ -65,6 +74,29 @@ class ABReLU(Activation):
 
     The zero-variance convention (``step(0) = 0``) matches PyTorch's derivative at 0. Mean:
     ``E[sigma(u)] = (b - a) sqrt(v / (2 pi))``.
+
+    Parameters
+    ----------
+    a : float
+        Slope for ``x < 0``.
+    b : float
+        Slope for ``x > 0``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``a`` or ``b`` is not a finite real number.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import ABReLU
+    >>> act = ABReLU(a=-0.3, b=1.2)
+    >>> act(torch.tensor([-1.0, 2.0]))
+    tensor([0.3000, 2.4000])
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> round(float(act.expect(one, one, one)), 6)  # E[sigma(u)^2] = (a^2 + b^2) / 2
+    0.765
     """
 
     closed_form = True
@@ -103,7 +135,18 @@ class ABReLU(Activation):
 
 
 class ReLU(ABReLU):
-    """``sigma(x) = max(x, 0)`` (arc-cosine kernel of order 1)."""
+    """``sigma(x) = max(x, 0)`` (arc-cosine kernel of order 1).
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from ntkit.activations import ReLU
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> math.isclose(float(ReLU().expect(one, zero, one)), 1 / (2 * math.pi))  # orthogonal unit inputs
+    True
+    >>> float(ReLU().expect_derivative(one, zero, one))
+    0.25
+    """
 
     def __init__(self) -> None:
         super().__init__(0.0, 1.0)
@@ -114,7 +157,25 @@ class ReLU(ABReLU):
 
 
 class LeakyReLU(ABReLU):
-    """``sigma(x) = max(x, 0) + alpha min(x, 0)``."""
+    """``sigma(x) = max(x, 0) + alpha min(x, 0)``.
+
+    Parameters
+    ----------
+    alpha : float
+        Slope for ``x < 0``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``alpha`` is not a finite real number.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import LeakyReLU
+    >>> LeakyReLU(0.1)(torch.tensor([-2.0, 3.0]))
+    tensor([-0.2000,  3.0000])
+    """
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__(alpha, 1.0)
@@ -126,7 +187,16 @@ class LeakyReLU(ABReLU):
 
 
 class Abs(ABReLU):
-    """``sigma(x) = |x|``."""
+    """``sigma(x) = |x|``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import Abs
+    >>> one = torch.ones((), dtype=torch.float64)
+    >>> float(Abs().expect(one, -one, one))  # E[|u| |v|] for v = -u: E[u^2]
+    1.0
+    """
 
     def __init__(self) -> None:
         super().__init__(-1.0, 1.0)
@@ -141,6 +211,16 @@ class Step(Activation):
 
     The derivative is a Dirac delta, so only the NNGP map exists (``has_derivative_map = False``).
     A zero variance gives 0 (``step(0) = 0``). Arc-cosine kernel of order 0 (Cho & Saul 2009).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import Step
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> float(Step().expect(one, zero, one))  # P(u > 0, v > 0) for independent u, v
+    0.25
+    >>> Step().has_derivative_map
+    False
     """
 
     name = "step"
@@ -166,7 +246,16 @@ class Step(Activation):
 
 
 class Sign(Step):
-    """``sigma(x) = sign(x)``: ``E[sign(u) sign(v)] = 1 - 2 theta / pi`` (0 for a zero variance); NNGP only."""
+    """``sigma(x) = sign(x)``: ``E[sign(u) sign(v)] = 1 - 2 theta / pi`` (0 for a zero variance); NNGP only.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import Sign
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> float(Sign().expect(one, zero, one)), float(Sign().expect(one, one, one))
+    (0.0, 1.0)
+    """
 
     name = "sign"
 
@@ -237,6 +326,24 @@ class RectifiedMonomial(Activation):
     ``E[sigma(u) sigma(v)] = (v1 v2)^(n/2) J_n(theta) / (2 pi)`` (:func:`rectified_moment`) and
     ``E[sigma'(u) sigma'(v)] = n^2 (v1 v2)^((n-1)/2) J_{n-1}(theta) / (2 pi)``; ``n = 1`` is ReLU.
     The angle comes from ``atan2(sqrt(det), c)``; zero variances give 0 (``step(0) = 0``).
+
+    Parameters
+    ----------
+    degree : int
+        ``n >= 1``.
+
+    Raises
+    ------
+    ValueError
+        ``degree`` is not an integer >= 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import RectifiedMonomial
+    >>> one = torch.ones((), dtype=torch.float64)
+    >>> round(float(RectifiedMonomial(2).expect(one, one, one)), 12)  # E[max(u, 0)^4] = 3 / 2
+    1.5
     """
 
     closed_form = True
@@ -289,6 +396,26 @@ class Erf(Activation):
     * ``E[sigma(u) sigma(v)] = a^2 (2/pi) arcsin(2 b^2 c / sqrt(D_1 D_2)) + c0^2``, evaluated as
       ``a^2 (2/pi) atan2(2 b^2 c, sqrt(Q)) + c0^2`` (no cancellation near correlation +-1)
     * ``E[sigma'(u) sigma'(v)] = (4 a^2 b^2 / pi) / sqrt(Q)``
+
+    Parameters
+    ----------
+    a, b, c : float
+        Amplitude, input scale and offset.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter is not a finite real number.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from ntkit.activations import Erf
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> math.isclose(float(Erf().expect(one, one, one)), 2 / math.pi * math.asin(2 / 3))
+    True
+    >>> float(Erf(c=0.5).expect(one, zero, one))  # independent inputs: only the offset remains
+    0.25
     """
 
     closed_form = True
@@ -332,7 +459,21 @@ SIGMOID_LIKE_SCALE = 2.4020563531719796
 
 
 def sigmoid_like() -> Erf:
-    """``sigma(x) = 0.5 erf(x / 2.4020563531719796) + 0.5``, an erf-based stand-in for the logistic sigmoid."""
+    """``sigma(x) = 0.5 erf(x / 2.4020563531719796) + 0.5``, an erf-based stand-in for the logistic sigmoid.
+
+    Returns
+    -------
+    Erf
+        Named ``"sigmoid_like"``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import sigmoid_like
+    >>> act = sigmoid_like()
+    >>> act(torch.tensor([0.0])), act.name
+    (tensor([0.5000]), 'sigmoid_like')
+    """
     act = Erf(a=0.5, b=1 / SIGMOID_LIKE_SCALE, c=0.5)
     act.name = "sigmoid_like"
     return act

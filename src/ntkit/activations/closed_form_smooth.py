@@ -40,6 +40,17 @@ class Gelu(Activation):
     * ``E[sigma'(u) sigma'(v)] = P + c (1 / (1 + v1) + 1 / (1 + v2)) / (2 pi sqrt(D)) + c / (2 pi D^(3/2))``
 
     (``sigma' = Phi(x) + x phi(x)``); Tsuchida et al. (2021).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import Gelu
+    >>> x = torch.tensor([-1.0, 0.0, 1.0])
+    >>> torch.allclose(Gelu()(x), torch.nn.functional.gelu(x))
+    True
+    >>> one = torch.ones((), dtype=torch.float64)
+    >>> round(float(Gelu().expect(one, one, one)), 6)  # E[(u Phi(u))^2]
+    0.425221
     """
 
     name = "gelu"
@@ -82,6 +93,24 @@ class Sin(Activation):
 
     * ``E[sigma(u) sigma(v)] = a^2 (E_- - cos(2 c) E_+) / 2``
     * ``E[sigma'(u) sigma'(v)] = a^2 b^2 (E_- + cos(2 c) E_+) / 2``
+
+    Parameters
+    ----------
+    a, b, c : float
+        Amplitude, frequency and phase.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter is not a finite real number.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from ntkit.activations import Sin
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> math.isclose(float(Sin().expect(one, one, one)), (1 - math.exp(-2)) / 2)  # E[sin(u)^2]
+    True
     """
 
     closed_form = True
@@ -127,6 +156,14 @@ class Cos(Sin):
     """``sigma(x) = a cos(b x + c)``.
 
     ``E = a^2 (E_- + cos(2 c) E_+) / 2`` and ``E' = a^2 b^2 (E_- - cos(2 c) E_+) / 2``.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from ntkit.activations import Cos
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> math.isclose(float(Cos().expect(one, zero, one)), math.exp(-1))  # E[cos u] E[cos v]
+    True
     """
 
     _phase_sign = -1.0
@@ -143,6 +180,26 @@ class Gaussian(Activation):
 
     With ``Q = det(I + 2 b Sigma) = 1 + 2 b (v1 + v2) + 4 b^2 det``:
     ``E[sigma(u) sigma(v)] = a^2 / sqrt(Q)`` and ``E[sigma'(u) sigma'(v)] = 4 a^2 b^2 c / Q^(3/2)``.
+
+    Parameters
+    ----------
+    a : float
+        Amplitude.
+    b : float
+        Inverse width, ``>= 0``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter is not a finite real number, or ``b < 0``.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from ntkit.activations import Gaussian
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> math.isclose(float(Gaussian().expect(one, zero, one)), 1 / 2)  # a^2 / sqrt((1 + 2b)^2)
+    True
     """
 
     closed_form = True
@@ -180,6 +237,24 @@ class Exp(Activation):
 
     The kernel grows like ``exp(variance)``: deep or large-norm recursions overflow exactly where
     the true value exceeds the floating-point range (a property of the function, not the method).
+
+    Parameters
+    ----------
+    a, b : float
+        Amplitude and rate.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter is not a finite real number.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from ntkit.activations import Exp
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> math.isclose(float(Exp().expect(one, zero, one)), math.e)  # E[e^u] E[e^v] = e^(1/2) e^(1/2)
+    True
     """
 
     closed_form = True
@@ -251,6 +326,24 @@ class Polynomial(Activation):
     ----------
     coeffs : sequence of float
         Coefficients in increasing degree (``[0, 0, 1]`` is ``x^2``).
+
+    Raises
+    ------
+    TypeError
+        ``coeffs`` is not a sequence of numbers.
+    ValueError
+        ``coeffs`` is empty or holds a non-finite number.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import Polynomial
+    >>> act = Polynomial([1, 0, 2])  # 1 + 2 x^2
+    >>> act(torch.tensor([0.0, 1.0]))
+    tensor([1., 3.])
+    >>> one = torch.ones((), dtype=torch.float64)
+    >>> float(act.expect(one, one, one))  # E[(1 + 2u^2)^2] = 1 + 4 + 12
+    17.0
     """
 
     closed_form = True
@@ -294,7 +387,26 @@ class Polynomial(Activation):
 
 
 class Monomial(Polynomial):
-    """``sigma(x) = x^n``."""
+    """``sigma(x) = x^n``.
+
+    Parameters
+    ----------
+    degree : int
+        ``n >= 0``.
+
+    Raises
+    ------
+    ValueError
+        ``degree`` is not an integer >= 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import Monomial
+    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    >>> float(Monomial(2).expect(one, zero, one))  # E[u^2] E[v^2]
+    1.0
+    """
 
     def __init__(self, degree: int = 2) -> None:
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
@@ -312,6 +424,26 @@ class Hermite(Polynomial):
 
     For unit-variance inputs ``E[He_n(u) He_n(v)] = n! rho^n``: the normalised ``He_n / sqrt(n!)``
     has the dual ``rho^n`` (Daniely, Frostig & Singer 2016).
+
+    Parameters
+    ----------
+    degree : int
+        ``n >= 0``.
+    normalized : bool
+        Divide by ``sqrt(n!)`` (then the dual map of unit-variance inputs is ``rho^n``).
+
+    Raises
+    ------
+    ValueError
+        ``degree`` is not an integer >= 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.activations import Hermite
+    >>> one, half = torch.ones((), dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+    >>> round(float(Hermite(3, normalized=True).expect(one, half, one)), 12)  # rho^3
+    0.125
     """
 
     def __init__(self, degree: int = 2, *, normalized: bool = False) -> None:

@@ -131,6 +131,15 @@ def empirical_ntk(
     -------
     Tensor in the model's dtype and device, shape as given by ``mode`` and ``pairs``.
 
+    Raises
+    ------
+    TypeError
+        ``model`` is not a ``torch.nn.Module``, or ``progress`` is not a bool or None.
+    ValueError
+        An unknown ``mode``, ``implementation`` or ``pairs``; BatchNorm or Dropout in training mode;
+        a parameter name the model does not have; inputs of different trailing shapes; an ``out`` of
+        the wrong shape; a ``memory_budget`` too small for one 1 x 1 tile.
+
     Examples
     --------
     >>> import torch, ntkit

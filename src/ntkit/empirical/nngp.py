@@ -18,6 +18,35 @@ def empirical_nngp(model: nn.Module, x1: Any, x2: Any | None = None, *, mode: st
     of the NNGP kernel ``Sigma(L)`` when the outputs are i.i.d.; ``"diagonal"`` gives
     ``f_i(x1) f_i(x2)`` of shape (N1, N2, k); ``"full"`` gives ``f_i(x1) f_j(x2)`` of shape
     (N1, N2, k, k).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps a batch (N, ...) to outputs (N, k).
+    x1 : Tensor of shape (N1, ...)
+    x2 : Tensor of shape (N2, ...), optional
+        Defaults to ``x1``.
+    mode : {"trace", "diagonal", "full"}
+
+    Returns
+    -------
+    Tensor
+        (N1, N2), (N1, N2, k) or (N1, N2, k, k) by ``mode``.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a ``torch.nn.Module``.
+    ValueError
+        An unknown ``mode``, inputs of different trailing shapes.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> net = ntkit.FCNetwork(3, [256], 4, seed=0)
+    >>> x = torch.randn(5, 3, dtype=torch.float64)
+    >>> ntkit.empirical_nngp(net, x).shape, ntkit.empirical_nngp(net, x, mode="full").shape
+    (torch.Size([5, 5]), torch.Size([5, 5, 4, 4]))
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")

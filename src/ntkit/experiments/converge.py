@@ -37,6 +37,10 @@ from ntkit.networks import FCNetwork
 from ntkit.nn.arch_spec import ArchSpec, load_arch
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+DEFAULT_SEEDS = 10
+#: ``ntkit converge --quick``: a few widths and seeds (about 5 s on 2 cores)
+QUICK_WIDTHS = (64, 256, 1024)
+QUICK_SEEDS = 4
 
 
 @dataclass
@@ -46,6 +50,29 @@ class ConvergenceResult:
     ``distances[i][s]`` is the relative Frobenius distance of seed ``s`` at ``widths[i]``.
     ``slope`` / ``intercept`` fit ``log d = intercept + slope log n`` to the per-width means
     (``nan`` with fewer than two widths).
+
+    Attributes
+    ----------
+    widths : list of int
+        The finished widths.
+    distances : list of list of float
+    config : dict
+        The settings of the run (inputs, architecture, seeds, dtype).
+    slope, intercept : float
+    seconds : float
+    curves : dict
+        ``"limit"``: the row ``Theta_inf(x0, .)``; ``"rows"``: rows of the narrowest and widest networks.
+    complete : bool
+        False after an interruption.
+
+    Examples
+    --------
+    >>> from ntkit.experiments.converge import run_convergence
+    >>> res = run_convergence(widths=[16, 64], n_seeds=2, progress=False)
+    >>> res.widths, len(res.distances[0]), res.complete
+    ([16, 64], 2, True)
+    >>> sorted(res.to_dict())[:4]
+    ['complete', 'config', 'distances', 'intercept']
     """
 
     widths: list[int]
@@ -74,7 +101,25 @@ class ConvergenceResult:
 
 
 def fit_loglog_slope(widths: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
-    """Least-squares fit ``log v = a + s log w``; returns ``(s, a)``."""
+    """Least-squares fit ``log v = a + s log w``; returns ``(s, a)``.
+
+    Parameters
+    ----------
+    widths, values : sequence of float
+        Positive numbers, one value per width.
+
+    Returns
+    -------
+    (slope, intercept) : float, float
+        NaN with fewer than two widths.
+
+    Examples
+    --------
+    >>> from ntkit.experiments.converge import fit_loglog_slope
+    >>> slope, intercept = fit_loglog_slope([64, 256, 1024], [0.4, 0.2, 0.1])
+    >>> round(slope, 6)
+    -0.5
+    """
     if len(widths) < 2:
         return float("nan"), float("nan")
     s, a = np.polyfit(np.log(np.asarray(widths, float)), np.log(np.asarray(values, float)), 1)
@@ -82,7 +127,26 @@ def fit_loglog_slope(widths: Sequence[float], values: Sequence[float]) -> tuple[
 
 
 def relative_distance(empirical: torch.Tensor, limit_blocks: torch.Tensor) -> float:
-    """``||empirical - limit||_F / ||limit||_F``."""
+    """``||empirical - limit||_F / ||limit||_F``.
+
+    Parameters
+    ----------
+    empirical : Tensor
+        The empirical NTK, e.g. of shape (N, N, k, k).
+    limit_blocks : Tensor
+        The limit of the same shape (:meth:`ntkit.Kernel.blocks`).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.experiments.converge import relative_distance
+    >>> relative_distance(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0]))
+    1.0
+    """
     return float(torch.linalg.vector_norm(empirical - limit_blocks) / torch.linalg.vector_norm(limit_blocks))
 
 
@@ -133,6 +197,23 @@ def run_convergence(
     -------
     ConvergenceResult
         If interrupted (Ctrl-C), the widths finished so far with ``complete=False``.
+
+    Raises
+    ------
+    ValueError
+        An empty or non-positive width list, ``n_seeds < 1``, ``depth < 0``, ``beta < 0``, an unknown
+        activation, inputs that are not a 2-D array of finite numbers, an architecture the limit does
+        not cover.
+
+    Examples
+    --------
+    >>> from ntkit.experiments.converge import run_convergence
+    >>> res = run_convergence(widths=[32, 128, 512], n_seeds=3, progress=False)
+    >>> res.mean[0] > res.mean[-1], -1.0 < res.slope < 0.0  # theory: slope -1/2
+    (True, True)
+    >>> res = run_convergence(widths=[32, 128], n_seeds=2, progress=False, arch="dense layernorm relu dense")
+    >>> res.config["arch"]
+    'dense layernorm relu dense'
     """
     if x is None:
         x_t, _ = circle_inputs(64, dtype=dtype)
@@ -217,7 +298,30 @@ def run_convergence(
 
 def plot_convergence(result: ConvergenceResult, path: str | Path, *, circle: bool = True) -> Path:
     """Write a two-panel PNG: ``Theta(x0, x)`` of narrow and wide networks against the limit, and
-    the distance against width on log-log axes with the fitted slope. Needs matplotlib."""
+    the distance against width on log-log axes with the fitted slope. Needs matplotlib.
+
+    Parameters
+    ----------
+    result : ConvergenceResult
+    path : str or Path
+        Where to write the PNG.
+    circle : bool
+        The inputs are :func:`ntkit.data.circle_inputs` (plot against the angle); otherwise the inputs
+        are sorted by ``Theta_inf(x0, x)``.
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from ntkit.experiments.converge import plot_convergence, run_convergence
+    >>> res = run_convergence(widths=[16, 64], n_seeds=2, progress=False)
+    >>> png = plot_convergence(res, pathlib.Path(tempfile.mkdtemp()) / "ntk.png")
+    >>> png.read_bytes()[:4] == b"\\x89PNG"
+    True
+    """
     try:
         import matplotlib
 
@@ -271,7 +375,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ntkit converge``."""
     parser.add_argument("--data", help=".npy or .csv file of inputs (rows); default: 64 points on the unit circle")
     parser.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS), help="hidden widths to sweep")
-    parser.add_argument("--seeds", type=int, default=10, help="networks per width (default 10)")
+    parser.add_argument(
+        "--seeds", type=int, default=DEFAULT_SEEDS, help=f"networks per width (default {DEFAULT_SEEDS})"
+    )
     parser.add_argument("--arch", help="any architecture instead of the fully connected one: text such as "
                         "'dense residual(relu, dense, relu, dense) relu dense' or a .py file defining "
                         "build(width, in_shape, out_features) (see ntkit.nn.arch_spec)")
@@ -283,12 +389,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default="gaussian", choices=["gaussian", "orthogonal"])
     parser.add_argument("--float32", action="store_true", help="float32 networks (default float64)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"a quick run (seconds): widths {' '.join(map(str, QUICK_WIDTHS))}, {QUICK_SEEDS} seeds (unless given)",
+    )
     parser.add_argument("--out", default="ntkit-output/converge", help="output folder for summary.json and ntk.png")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``ntkit converge``: print the table and slope, write summary.json and ntk.png."""
+    if getattr(args, "quick", False):
+        if args.widths == list(DEFAULT_WIDTHS):
+            args.widths = list(QUICK_WIDTHS)
+        if args.seeds == DEFAULT_SEEDS:
+            args.seeds = QUICK_SEEDS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     x = None if args.data is None else load_array(args.data)
@@ -328,3 +443,18 @@ def main(args: argparse.Namespace) -> int:
         print("interrupted: the summary holds the widths finished so far")
         return 130
     return 0
+
+
+__all__ = [
+    "DEFAULT_SEEDS",
+    "DEFAULT_WIDTHS",
+    "QUICK_SEEDS",
+    "QUICK_WIDTHS",
+    "ConvergenceResult",
+    "add_arguments",
+    "fit_loglog_slope",
+    "main",
+    "plot_convergence",
+    "relative_distance",
+    "run_convergence",
+]

@@ -64,7 +64,30 @@ MEASURES = ("movement", "dist_linearized", "dist_kernel", "init_distance", "fina
 
 @dataclass
 class DynamicsResult:
-    """Outcome of :func:`run_dynamics`; per-width lists hold one value per finished initialisation."""
+    """Outcome of :func:`run_dynamics`; per-width lists hold one value per finished initialisation.
+
+    Attributes
+    ----------
+    widths : list of int
+    config : dict
+        The settings of the run.
+    movement, dist_linearized, dist_kernel, init_distance, final_loss : dict of str to list of float
+        Per width (the key is ``str(width)``), one value per network: the kernel movement
+        ``||Theta_T - Theta_0|| / ||Theta_0||``, the RMS distances of the trained network to its
+        linearization and to the kernel prediction, ``||Theta_0 - Theta_inf|| / ||Theta_inf||``, the
+        final training loss.
+    curves : dict
+        The rows and outputs the figure draws.
+    seconds : float
+    complete : bool
+
+    Examples
+    --------
+    >>> from ntkit.experiments.dynamics import run_dynamics
+    >>> res = run_dynamics(widths=[32, 64], n_inits=2, steps=5, n_test=8, progress=False)
+    >>> res.finished_widths(), len(res.movement["32"]), res.complete
+    ([32, 64], 2, True)
+    """
 
     widths: list[int]
     config: dict[str, Any]
@@ -131,7 +154,23 @@ class DynamicsResult:
 
 
 def target_function(x: torch.Tensor) -> torch.Tensor:
-    """``f*(x) = x1 x2`` as a column (N, 1)."""
+    """``f*(x) = x1 x2`` as a column (N, 1).
+
+    Parameters
+    ----------
+    x : Tensor of shape (N, 2)
+
+    Returns
+    -------
+    Tensor of shape (N, 1)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.experiments.dynamics import target_function
+    >>> target_function(torch.tensor([[2.0, 3.0]]))
+    tensor([[6.]])
+    """
     return (x[:, 0] * x[:, 1])[:, None]
 
 
@@ -174,6 +213,19 @@ def run_dynamics(
     -------
     DynamicsResult
         On Ctrl-C, the networks finished so far with ``complete=False``.
+
+    Raises
+    ------
+    ValueError
+        An empty or non-positive width list, ``n_inits < 1``, ``n_train < 1``, ``n_test < 2``,
+        ``depth < 1``, ``beta < 0``, ``learning_rate <= 0``, ``steps < 0``, an unknown activation.
+
+    Examples
+    --------
+    >>> from ntkit.experiments.dynamics import run_dynamics
+    >>> res = run_dynamics(widths=[32, 128], n_inits=2, steps=20, n_test=8, progress=False)
+    >>> [round(m, 1) for m in res.means("final_loss")] < [1.0, 1.0], len(res.means("movement"))
+    (True, 2)
     """
     if isinstance(widths, (int, str)) or len(widths) == 0:
         raise ValueError(f"widths: expected a non-empty list of positive integers, got {describe(widths)}")
@@ -296,7 +348,27 @@ def run_dynamics(
 
 def plot_dynamics(result: DynamicsResult, path: str | Path) -> Path:
     """Write a three-panel PNG (NTK rows before/after training vs the limit; trained outputs vs the
-    NTK-GP prediction; kernel movement and distances vs width, log-log). Needs matplotlib."""
+    NTK-GP prediction; kernel movement and distances vs width, log-log). Needs matplotlib.
+
+    Parameters
+    ----------
+    result : DynamicsResult
+    path : str or Path
+        Where to write the PNG.
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from ntkit.experiments.dynamics import plot_dynamics, run_dynamics
+    >>> res = run_dynamics(widths=[32, 64], n_inits=2, steps=5, n_test=8, progress=False)
+    >>> png = plot_dynamics(res, pathlib.Path(tempfile.mkdtemp()) / "dynamics.png")
+    >>> png.read_bytes()[:4] == b"\\x89PNG"
+    True
+    """
     try:
         import matplotlib
 
@@ -460,3 +532,14 @@ def main(args: argparse.Namespace) -> int:
         print("interrupted: the summary holds the networks finished so far")
         return 130
     return 0
+
+
+__all__ = [
+    "DEFAULT_WIDTHS",
+    "DynamicsResult",
+    "add_arguments",
+    "main",
+    "plot_dynamics",
+    "run_dynamics",
+    "target_function",
+]

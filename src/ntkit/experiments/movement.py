@@ -56,7 +56,22 @@ PARTS = ("total", "mean", "fluctuation")
 
 @dataclass(frozen=True)
 class MovementParts:
-    """Movement of one width: ``total^2 = mean^2 + fluctuation^2`` (module docstring), over ``n_seeds``."""
+    """Movement of one width: ``total^2 = mean^2 + fluctuation^2`` (module docstring), over ``n_seeds``.
+
+    Attributes
+    ----------
+    total, mean, fluctuation : float
+        Root-mean-square movement, its part shared by the seeds, and the seeds' deviation from it.
+    n_seeds : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntkit.experiments.movement import movement_parts
+    >>> parts = movement_parts(np.array([[0.1, 0.0], [0.1, 0.0]]))  # two seeds moving alike
+    >>> round(parts.mean, 6), round(parts.fluctuation, 6)
+    (0.1, 0.0)
+    """
 
     total: float
     mean: float
@@ -70,7 +85,21 @@ class MovementParts:
 @dataclass(frozen=True)
 class SlopeFit:
     """Log-log slope ``s`` of ``value = exp(a) n^s``, its bootstrap standard error, and how many of
-    the ``n_boot`` resamples gave a finite slope (a resample whose value is 0 at some width has none)."""
+    the ``n_boot`` resamples gave a finite slope (a resample whose value is 0 at some width has none).
+
+    Attributes
+    ----------
+    slope, stderr, intercept : float
+    n_boot, n_used : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntkit.experiments.movement import mean_slope
+    >>> fit = mean_slope({100: [0.1, 0.1], 400: [0.05, 0.05], 1600: [0.025, 0.025]}, n_boot=200)
+    >>> round(fit.slope, 6), round(fit.stderr, 6)
+    (-0.5, 0.0)
+    """
 
     slope: float
     stderr: float
@@ -90,7 +119,24 @@ class SlopeFit:
 
 @dataclass
 class MovementAnalysis:
-    """Result of :func:`movement_vs_width`: parts per width and the slope of each part."""
+    """Result of :func:`movement_vs_width`: parts per width and the slope of each part.
+
+    Attributes
+    ----------
+    widths : list of int
+    parts : dict mapping width to MovementParts
+    slopes : dict mapping "total" | "mean" | "fluctuation" to SlopeFit
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntkit.experiments.movement import movement_vs_width
+    >>> rng = np.random.default_rng(0)
+    >>> changes = {n: 1 / n + rng.standard_normal((4, 3, 3)) / n**0.5 for n in (100, 400, 1600)}
+    >>> analysis = movement_vs_width(changes, n_boot=50)
+    >>> analysis.widths, sorted(analysis.slopes)
+    ([100, 400, 1600], ['fluctuation', 'mean', 'total'])
+    """
 
     widths: list[int]
     parts: dict[int, MovementParts]
@@ -116,6 +162,19 @@ def relative_changes(theta_0: Any, theta_t: Any) -> np.ndarray:
     Returns
     -------
     ndarray of shape (S, ...), float64
+
+    Raises
+    ------
+    ValueError
+        Different shapes, fewer than 1 seed, a ``theta_0`` that is all zeros, non-finite entries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntkit.experiments.movement import relative_changes
+    >>> theta_0 = np.stack([np.eye(2), 2 * np.eye(2)])
+    >>> relative_changes(theta_0, 1.1 * theta_0).round(6)[:, 0, 0].tolist()
+    [0.070711, 0.070711]
     """
     a = _as_stack(theta_0, "theta_0")
     b = _as_stack(theta_t, "theta_t")
@@ -133,6 +192,28 @@ def movement_parts(changes: Any) -> MovementParts:
 
     See the module docstring for the estimators; ``total^2 = mean^2 + fluctuation^2`` holds exactly
     unless the mean part was clipped at 0.
+
+    Parameters
+    ----------
+    changes : array-like of shape (S, ...)
+        Relative changes ``R_s`` of ``S >= 2`` seeds (:func:`relative_changes`).
+
+    Returns
+    -------
+    MovementParts
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 seeds, non-finite entries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntkit.experiments.movement import movement_parts
+    >>> parts = movement_parts(np.array([[0.3, 0.0], [-0.3, 0.0]]))  # opposite moves: no shared part
+    >>> round(parts.mean, 6), parts.fluctuation > 0
+    (0.0, True)
     """
     r = _as_stack(changes, "changes")
     s = r.shape[0]
@@ -152,7 +233,24 @@ def movement_parts(changes: Any) -> MovementParts:
 
 
 def fit_slope(widths: Sequence[float], values: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """Least-squares ``log v = a + s log n``; ``(s, a)``, NaN when fewer than 2 widths or a value <= 0."""
+    """Least-squares ``log v = a + s log n``; ``(s, a)``, NaN when fewer than 2 widths or a value <= 0.
+
+    Parameters
+    ----------
+    widths : sequence of float
+    values : sequence of float
+
+    Returns
+    -------
+    (slope, intercept) : float, float
+
+    Examples
+    --------
+    >>> from ntkit.experiments.movement import fit_slope
+    >>> slope, _ = fit_slope([100, 400, 1600], [0.1, 0.05, 0.025])
+    >>> round(slope, 6)
+    -0.5
+    """
     w = np.asarray(widths, float)
     v = np.asarray(values, float)
     if len(w) < 2 or not np.all(np.isfinite(v)) or np.any(v <= 0):
@@ -187,6 +285,15 @@ def bootstrap_slope(
     SlopeFit
         ``stderr`` is the standard deviation (ddof 1) of the finite resampled slopes (NaN when fewer
         than 2 are finite).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntkit.experiments.movement import bootstrap_slope
+    >>> samples = {n: np.array([1.0, 1.1, 0.9]) / n for n in (10, 100, 1000)}
+    >>> fit = bootstrap_slope(samples, np.mean, n_boot=100)
+    >>> round(fit.slope, 6), fit.n_used
+    (-1.0, 100)
     """
     return _bootstrap(samples, lambda d: (statistic(d),), n_boot=n_boot, seed=seed)[0]
 
@@ -242,6 +349,21 @@ def movement_vs_width(changes: Mapping[int, Any], *, n_boot: int = 1000, seed: i
     -------
     MovementAnalysis
         ``parts[n]`` and ``slopes["total" | "mean" | "fluctuation"]``.
+
+    Raises
+    ------
+    ValueError
+        An empty mapping, fewer than 2 seeds at a width, non-finite entries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntkit.experiments.movement import movement_vs_width
+    >>> rng = np.random.default_rng(0)
+    >>> changes = {n: rng.standard_normal((5, 4)) / n**0.5 for n in (100, 400, 1600)}
+    >>> analysis = movement_vs_width(changes, n_boot=100)
+    >>> -1.0 < analysis.slopes["fluctuation"].slope < 0.0  # about -1/2
+    True
     """
     if not isinstance(changes, Mapping) or not changes:
         raise ValueError(f"changes: expected a non-empty mapping width -> per-seed changes, got {describe(changes)}")
@@ -256,7 +378,26 @@ def movement_vs_width(changes: Mapping[int, Any], *, n_boot: int = 1000, seed: i
 
 def mean_slope(values: Mapping[int, Sequence[float]], *, n_boot: int = 1000, seed: int = 0) -> SlopeFit:
     """Log-log slope of the per-width mean of a scalar measured per seed (e.g. the distance between the
-    trained network and its linearization), with a bootstrap standard error over seeds."""
+    trained network and its linearization), with a bootstrap standard error over seeds.
+
+    Parameters
+    ----------
+    values : mapping width -> sequence of float
+        The scalar of each seed at each width.
+    n_boot, seed
+        Bootstrap over seeds (:func:`bootstrap_slope`).
+
+    Returns
+    -------
+    SlopeFit
+
+    Examples
+    --------
+    >>> from ntkit.experiments.movement import mean_slope
+    >>> fit = mean_slope({250: [0.2, 0.22], 1000: [0.1, 0.11], 4000: [0.05, 0.055]}, n_boot=100)
+    >>> round(fit.slope, 2)
+    -0.5
+    """
     return bootstrap_slope(
         {int(w): np.asarray(v, float) for w, v in values.items()},
         lambda d: float(np.mean(d)),
@@ -275,3 +416,16 @@ def _as_stack(value: Any, name: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
     return arr
+
+
+__all__ = [
+    "MovementAnalysis",
+    "MovementParts",
+    "SlopeFit",
+    "bootstrap_slope",
+    "fit_slope",
+    "mean_slope",
+    "movement_parts",
+    "movement_vs_width",
+    "relative_changes",
+]

@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,24 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / 
 
 
 class UCIFormatError(ValueError):
-    """A UCI data file is malformed; the message names the file and the line."""
+    """A UCI data file is malformed; the message names the file and the line.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from ntkit.experiments.uci import write_uci_dataset
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> x = np.random.default_rng(0).standard_normal((40, 3))
+    >>> _ = write_uci_dataset(root / "toy", x, (x[:, 0] + x[:, 1] > 0).astype(int))
+    >>> from ntkit.experiments.uci import UCIFormatError, load_uci_dataset
+    >>> _ = (root / "toy" / "conxuntos.dat").write_text("0 1\\n2 x\\n")
+    >>> try:
+    ...     load_uci_dataset(root / "toy")
+    ... except UCIFormatError as err:
+    ...     print(str(err).split(": ", 1)[1])
+    expected integer row indices, got 'x'
+    """
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,19 @@ class UCIDataset:
         Hyper-parameter selection halves (line 1 and 2 of ``conxuntos.dat``).
     folds : list of (train, test) ndarray pairs
         The 4 pairs of ``conxuntos_kfold.dat``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from ntkit.experiments.uci import write_uci_dataset
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> x = np.random.default_rng(0).standard_normal((40, 3))
+    >>> _ = write_uci_dataset(root / "toy", x, (x[:, 0] + x[:, 1] > 0).astype(int))
+    >>> from ntkit.experiments.uci import load_uci_dataset
+    >>> ds = load_uci_dataset(root / "toy")
+    >>> ds.n, ds.hp_train.shape[0] + ds.hp_val.shape[0], [len(te) for _, te in ds.folds]
+    (40, 40, [10, 10, 10, 10])
     """
 
     name: str
@@ -167,6 +198,28 @@ def load_uci_dataset(folder: str | os.PathLike[str]) -> UCIDataset:
     UCIFormatError (a ValueError)
         Non-numeric or non-finite features, non-integer or out-of-range labels, bad index files:
         the message names the file, the line and, for features, the column.
+
+    Parameters
+    ----------
+    folder : path
+        ``<data dir>/<name>``.
+
+    Returns
+    -------
+    UCIDataset
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from ntkit.experiments.uci import write_uci_dataset
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> x = np.random.default_rng(0).standard_normal((40, 3))
+    >>> _ = write_uci_dataset(root / "toy", x, (x[:, 0] + x[:, 1] > 0).astype(int))
+    >>> from ntkit.experiments.uci import load_uci_dataset
+    >>> ds = load_uci_dataset(root / "toy")
+    >>> ds.name, ds.x.shape, ds.y[:5].tolist()
+    ('toy', (40, 3), [0, 0, 1, 0, 0])
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -198,7 +251,34 @@ def load_uci_dataset(folder: str | os.PathLike[str]) -> UCIDataset:
 
 
 def list_uci_datasets(data_dir: str | os.PathLike[str]) -> list[str]:
-    """Sorted names of the data set folders in ``data_dir`` (those holding ``<name>.txt``)."""
+    """Sorted names of the data set folders in ``data_dir`` (those holding ``<name>.txt``).
+
+    Parameters
+    ----------
+    data_dir : path
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    FileNotFoundError
+        ``data_dir`` does not exist or holds no data set folder.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from ntkit.experiments.uci import write_uci_dataset
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> x = np.random.default_rng(0).standard_normal((40, 3))
+    >>> _ = write_uci_dataset(root / "toy", x, (x[:, 0] + x[:, 1] > 0).astype(int))
+    >>> from ntkit.experiments.uci import list_uci_datasets
+    >>> _ = write_uci_dataset(root / "other", x, (x[:, 2] > 0).astype(int))
+    >>> list_uci_datasets(root)
+    ['other', 'toy']
+    """
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: expected the UCI data folder (see --data), got no such directory")
@@ -212,3 +292,79 @@ def dataset_size(folder: Path) -> int:
     """Rows of the data set in ``folder`` from its metadata alone (``n_patrons1``)."""
     meta_path = folder / f"{folder.name}.txt"
     return _meta_int(_read_meta(meta_path), "n_patrons1", meta_path)
+
+
+def write_uci_dataset(
+    folder: str | os.PathLike[str], x: Any, y: Any, *, seed: int = 0
+) -> Path:
+    """Write a data set folder in the layout :func:`load_uci_dataset` reads: run the protocol on your data.
+
+    The folder's name is the data set's name. The rows are split at random (``seed``) into the
+    hyper-parameter selection halves of ``conxuntos.dat`` and the 4 train / test folds of
+    ``conxuntos_kfold.dat`` (each row in one test fold).
+
+    Parameters
+    ----------
+    folder : path
+        The data set folder to create (its parent must exist; existing files are replaced).
+    x : array-like of shape (n, d)
+        Features (finite numbers); :func:`load_uci_dataset` standardises them when reading.
+    y : array-like of shape (n,)
+        Integer class labels ``0..n_classes-1``.
+    seed : int
+        Seed of the random splits.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+
+    Raises
+    ------
+    ValueError
+        ``x`` not 2-D or not finite, ``y`` not integer labels >= 0 of the same length, fewer than 8
+        rows.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from ntkit.experiments.uci import load_uci_dataset, write_uci_dataset
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((40, 3))
+    >>> folder = write_uci_dataset(pathlib.Path(tempfile.mkdtemp()) / "toy", x, (x[:, 0] > 0).astype(int))
+    >>> ds = load_uci_dataset(folder)
+    >>> ds.name, ds.x.shape, ds.n_classes, len(ds.folds)
+    ('toy', (40, 3), 2, 4)
+    """
+    folder = Path(folder)
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y)
+    if xa.ndim != 2 or not np.isfinite(xa).all():
+        raise ValueError(f"x: expected a finite 2-D array (n, d), got shape {xa.shape}")
+    n = xa.shape[0]
+    if n < 8:
+        raise ValueError(f"x: expected at least 8 rows, got {n}")
+    if ya.shape != (n,) or not np.issubdtype(ya.dtype, np.integer) or (ya < 0).any():
+        raise ValueError(f"y: expected {n} integer class labels >= 0, got shape {ya.shape}, dtype {ya.dtype}")
+    name = folder.name
+    d, c = xa.shape[1], int(ya.max()) + 1
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    halves = [np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])]
+    parts = np.array_split(rng.permutation(n), 4)
+    folds = [(np.sort(np.concatenate([p for j, p in enumerate(parts) if j != r])), np.sort(parts[r])) for r in range(4)]
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.txt").write_text(
+        f"n_entradas= {d}\nn_clases= {c}\nn_arquivos= 1\nfich1= {name}_R.dat\nn_patrons1= {n}\n"
+    )
+    header = "\t" + "\t".join(f"f{j + 1}" for j in range(d)) + "\tclase\n"
+    rows = "".join(f"{i + 1}\t" + "\t".join(repr(float(v)) for v in xa[i]) + f"\t{int(ya[i])}\n" for i in range(n))
+    (folder / f"{name}_R.dat").write_text(header + rows)
+
+    def line(idx: np.ndarray) -> str:
+        return " ".join(str(int(i)) for i in idx) + "\n"
+
+    (folder / "conxuntos.dat").write_text(line(halves[0]) + line(halves[1]))
+    (folder / "conxuntos_kfold.dat").write_text("".join(line(tr) + line(te) for tr, te in folds))
+    return folder

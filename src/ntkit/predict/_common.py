@@ -18,7 +18,17 @@ Tensor = torch.Tensor
 
 
 class Prediction(NamedTuple):
-    """Outputs at time ``t``: ``train`` of the shape of ``y_train``; ``test`` (M, k) or None."""
+    """Outputs at time ``t``: ``train`` of the shape of ``y_train``; ``test`` (M, k) or None.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.predict import gradient_descent_mse
+    >>> k = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> pred = gradient_descent_mse(k, torch.tensor([[1.0], [-1.0]]))(None)  # t = inf from f_0 = 0
+    >>> pred.train.round(decimals=10).tolist(), pred.test is None
+    ([[1.0], [-1.0]], True)
+    """
 
     train: Tensor
     test: Tensor | None
@@ -26,7 +36,16 @@ class Prediction(NamedTuple):
 
 class GaussianPrediction(NamedTuple):
     """A Gaussian over outputs: ``mean`` of shape (M, k) (or (M,)), ``cov`` of shape (M, M) shared by
-    the ``k`` outputs (or the variances (M,) when only a diagonal was asked for, or None)."""
+    the ``k`` outputs (or the variances (M,) when only a diagonal was asked for, or None).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.predict import gp_inference
+    >>> post = gp_inference(torch.eye(3, dtype=torch.float64), torch.ones(3, 1), diag_reg=1.0)()
+    >>> post.mean.shape, post.cov.shape
+    (torch.Size([3, 1]), torch.Size([3, 3]))
+    """
 
     mean: Tensor
     cov: Tensor | None

@@ -51,6 +51,13 @@ def gradient_descent_mse_ensemble(
         prediction on the test inputs; without them, on the training inputs. ``cov`` is shared by
         the ``k`` outputs (they are independent).
 
+    Raises
+    ------
+    ValueError
+        Training kernels that are not scalar (N, N) kernels, targets with another number of rows,
+        ``learning_rate <= 0``, ``diag_reg < 0``, a negative time, test kernels of the wrong shapes or
+        only some of the three.
+
     Examples
     --------
     >>> import torch, ntkit

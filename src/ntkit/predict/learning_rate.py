@@ -16,7 +16,19 @@ from ntkit.solve.eigen import psd_eigh
 
 
 class LearningRateWarning(UserWarning):
-    """The learning rate exceeds the largest one for which discrete gradient descent converges."""
+    """The learning rate exceeds the largest one for which discrete gradient descent converges.
+
+    Examples
+    --------
+    >>> import warnings, torch
+    >>> from ntkit.predict import LearningRateWarning, gradient_descent_mse
+    >>> k = torch.eye(2, dtype=torch.float64)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = gradient_descent_mse(k, torch.ones(2, 1), learning_rate=10.0, discrete=True)
+    >>> any(issubclass(w.category, LearningRateWarning) for w in caught)  # 10 > 2 N k / lambda_max = 4
+    True
+    """
 
 
 def max_learning_rate(k_train_train: Any, *, n_outputs: int | None = None, dtype: torch.dtype = torch.float64) -> float:
@@ -37,6 +49,12 @@ def max_learning_rate(k_train_train: Any, *, n_outputs: int | None = None, dtype
     -------
     float
         ``2 N k / lambda_max`` (``inf`` for the zero kernel).
+
+    Raises
+    ------
+    ValueError
+        A kernel that is not a square matrix nor an (N, N, k, k) block tensor, ``n_outputs`` < 1, a
+        kernel without a positive eigenvalue.
 
     Examples
     --------

@@ -30,7 +30,19 @@ MatVec = Callable[[Tensor], Tensor]
 
 
 class NotConvergedWarning(UserWarning):
-    """An iterative solver stopped at its iteration limit before reaching its tolerance."""
+    """An iterative solver stopped at its iteration limit before reaching its tolerance.
+
+    Examples
+    --------
+    >>> import warnings, torch
+    >>> from ntkit.solve import NotConvergedWarning, conjugate_gradient
+    >>> a = torch.diag(torch.arange(1.0, 51.0, dtype=torch.float64))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     res = conjugate_gradient(lambda v: a @ v, torch.ones(50, dtype=torch.float64), max_iter=3)
+    >>> res.converged, any(issubclass(w.category, NotConvergedWarning) for w in caught)
+    (False, True)
+    """
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,15 @@ class CGResult:
     converged : bool
     history : list of float
         Largest relative residual over the columns after each iteration.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.solve import conjugate_gradient
+    >>> a = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    >>> res = conjugate_gradient(lambda v: a @ v, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    >>> res.converged, res.n_iter, res.x.round(decimals=10).tolist()
+    (True, 2, [0.2, 0.4])
     """
 
     x: Tensor

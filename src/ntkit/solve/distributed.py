@@ -36,6 +36,13 @@ class DaskKernelOperator:
     n_blocks : int, optional
         Row blocks (tasks) per product; defaults to twice the number of worker threads.
 
+    Raises
+    ------
+    ImportError
+        dask.distributed is not installed.
+    TypeError
+        ``op`` is not a :class:`KernelOperator` or ``client`` not a ``dask.distributed.Client``.
+
     Examples
     --------
     With a two-process local cluster (``tests/test_solve_dask.py`` runs exactly this)::

@@ -20,7 +20,19 @@ Tensor = torch.Tensor
 
 
 class SingularKernelWarning(UserWarning):
-    """A kernel matrix is numerically singular and was inverted on its range only (pseudo-inverse)."""
+    """A kernel matrix is numerically singular and was inverted on its range only (pseudo-inverse).
+
+    Examples
+    --------
+    >>> import warnings, torch
+    >>> from ntkit.predict import SingularKernelWarning, gradient_descent_mse
+    >>> k = torch.ones(2, 2, dtype=torch.float64)  # rank 1
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = gradient_descent_mse(k, torch.tensor([[1.0], [-1.0]]))(None)
+    >>> any(issubclass(w.category, SingularKernelWarning) for w in caught)
+    True
+    """
 
 
 @dataclass(frozen=True)

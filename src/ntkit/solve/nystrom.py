@@ -49,6 +49,15 @@ class NystromModel:
     alpha : Tensor of shape (M,) or (M, k)
     cg : CGResult
         Diagnostics of the solve (iterations, residual).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.solve import nystrom_krr
+    >>> x = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> fit = nystrom_krr(x, x[:, :1], n_centres=50, diag_reg=1e-3, depth=2, generator=torch.Generator().manual_seed(0))
+    >>> fit.centres.shape, fit.alpha.shape, fit.predict(x[:5]).shape
+    (torch.Size([50, 3]), torch.Size([50, 1]), torch.Size([5, 1]))
     """
 
     centres: Tensor
@@ -209,6 +218,13 @@ def nystrom_krr(
     Returns
     -------
     NystromModel
+
+    Raises
+    ------
+    ValueError
+        ``n_centres`` outside ``1..N``, ``diag_reg <= 0``, targets with another number of rows, an
+        unknown ``method``, ``centres`` / ``alpha0`` of the wrong shape, both ``model`` and
+        ``tile_fn``.
 
     Examples
     --------

@@ -87,6 +87,12 @@ class ModelTiles:
         Instead of ``model``: the fully connected network of :func:`ntkit.nn.fc`.
     which : {"ntk", "nngp"}
 
+    Raises
+    ------
+    ValueError
+        Both ``model`` and ``depth``, an unknown ``which``; when the first rows arrive, a model without
+        an infinite-width kernel.
+
     Examples
     --------
     >>> import torch, ntkit
@@ -185,6 +191,15 @@ class ModelTiles:
 class FusedTiles(ModelTiles):
     """:class:`ModelTiles` of the fully connected shortcut (``depth``, ``activation``, ``beta``, ``w_std``).
 
+    Parameters
+    ----------
+    depth : int
+        Hidden layers.
+    activation : str, Activation or callable
+    beta, w_std : float
+        Bias and weight scales.
+    which : {"ntk", "nngp"}
+
     Examples
     --------
     >>> import torch, ntkit
@@ -235,6 +250,14 @@ class KernelOperator:
         Tile shape; memory is ``O(tile_rows * tile_cols)`` (a few temporaries of that size).
     progress : bool
         Report products that take more than a second (stderr).
+
+    Raises
+    ------
+    TypeError
+        ``tile_fn`` is not callable.
+    ValueError
+        Both ``model`` and ``tile_fn``, inputs of different shapes, NaN / inf inputs, a model without an
+        infinite-width kernel (when the first tile is evaluated).
 
     Examples
     --------

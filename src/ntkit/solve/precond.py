@@ -34,6 +34,22 @@ class LowRankPreconditioner:
     factor : Tensor of shape (N, r)
     shift : float
         ``> 0`` (the ridge of the system being preconditioned).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``shift`` is not a number > 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.solve import LowRankPreconditioner
+    >>> factor = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    >>> precond = LowRankPreconditioner(factor, 0.5)
+    >>> p = factor @ factor.T + 0.5 * torch.eye(2, dtype=torch.float64)
+    >>> v = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    >>> bool(torch.allclose(p @ precond(v), v))
+    True
     """
 
     def __init__(self, factor: Tensor, shift: float) -> None:
@@ -83,6 +99,21 @@ def pivoted_cholesky(op: KernelOperator, rank: int, *, rel_tol: float = 0.0) -> 
     -------
     (L, pivots) : Tensor of shape (N, r), Tensor of shape (r,)
         ``r <= rank`` (fewer when the early stop triggers).
+
+    Raises
+    ------
+    ValueError
+        A non-symmetric operator, ``rank`` outside ``1..N``, ``rel_tol < 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.solve import KernelOperator, pivoted_cholesky
+    >>> x = torch.randn(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> op = KernelOperator(x, depth=1)
+    >>> factor, pivots = pivoted_cholesky(op, 40)
+    >>> factor.shape[0], bool(torch.allclose(factor @ factor.T, op @ torch.eye(40, dtype=torch.float64)))
+    (40, True)
     """
     if not op.symmetric:
         raise ValueError("op: expected a symmetric kernel operator (x2 omitted)")
@@ -120,6 +151,11 @@ def pivoted_cholesky_preconditioner(op: KernelOperator, rank: int, *, diag_reg: 
     diag_reg : float
         ``> 0``.
 
+    Raises
+    ------
+    ValueError
+        As :func:`pivoted_cholesky`, and ``diag_reg <= 0``.
+
     Examples
     --------
     >>> import torch
@@ -148,6 +184,27 @@ def nystrom_preconditioner(
         ``> 0``.
     generator : torch.Generator, optional
         Sampling of the columns (seed it for reproducibility).
+
+    Returns
+    -------
+    LowRankPreconditioner
+
+    Raises
+    ------
+    ValueError
+        A non-symmetric operator, ``rank`` outside ``1..N``, ``diag_reg <= 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.solve import KernelOperator, conjugate_gradient, nystrom_preconditioner
+    >>> x = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> op = KernelOperator(x, depth=2)
+    >>> precond = nystrom_preconditioner(op, 50, diag_reg=1e-3, generator=torch.Generator().manual_seed(0))
+    >>> y = torch.ones(200, dtype=torch.float64)
+    >>> res = conjugate_gradient(lambda v: op @ v + 1e-3 * v, y, precond=precond, tol=1e-8)
+    >>> res.converged
+    True
     """
     if not op.symmetric:
         raise ValueError("op: expected a symmetric kernel operator (x2 omitted)")
