@@ -6,6 +6,10 @@ Gaussian with known standard deviation ``--noise`` (0.2). The ridge is the GP-co
 ``diag_reg = noise^2 * mean(diag Theta) / Var(f)``. Test error: MSE against the noiseless ``f`` on
 5,000 fixed test points (so 0 is perfect and 1 is predicting the mean).
 
+``features``: ridge regression on ``m = --centres`` random features of the same NTK
+(:func:`ntkit.features` through ``KernelSystem(solver="features")``): ``O(N m^2)`` like Nystrom's
+``K_nm^T K_nm`` pass, but no kernel tile is ever evaluated.
+
 Each solver runs in its own subprocess, so that its peak resident memory (``ru_maxrss``) is its own;
 predictions are saved and compared in the parent (CG vs exact: relative max difference). Kernel
 tiles are streamed through the fused recursion of :mod:`ntkit.compute.fused`
@@ -18,6 +22,7 @@ Examples
 --------
 python benchmarks/bench_solvers.py --n 20000 --solvers exact,cg,nystrom,nystrom_falkon --centres 5000
 python benchmarks/bench_solvers.py --n 100000 --solvers nystrom --centres 5000
+python benchmarks/bench_solvers.py --n 20000 --solvers exact,features --centres 5000,10000
 nohup python benchmarks/bench_solvers.py --n 1000000 --solvers nystrom --centres 5000 > 1m.log 2>&1 &
 (the 1M run checkpoints its K_nm^T K_nm accumulation in --workdir and resumes when rerun)
 """
@@ -80,6 +85,13 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "exact":
         system = KernelSystem(KernelOperator(x, tile_fn=tiles), y, diag_reg=diag_reg, solver="cholesky")
         pred = system.predict(x_test=xt)
+    elif args.worker == "features":
+        # random features of the same NTK (ntkit.features), ridge on their m x m normal equations
+        op32 = KernelOperator(x, tile_fn=tiles, tile_dtype=torch.float32)
+        system = KernelSystem(op32, y, diag_reg=diag_reg, solver="features", n_features=args.centres,
+                              generator=torch.Generator().manual_seed(3), progress=True)
+        pred = system.predict(x_test=xt)
+        info.update(n_features=args.centres)
     elif args.worker == "cg":
         # float32 tiles in the CG iterations, float64 residuals (iterative refinement) to --tol
         op32 = KernelOperator(x, tile_fn=tiles, tile_dtype=torch.float32, tile_rows=256, tile_cols=8192)
@@ -123,7 +135,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--n-test", type=int, default=5_000)
     p.add_argument("--solvers", default="exact,cg,nystrom")
-    p.add_argument("--centres", default="5000", help="Nystrom centres M, a comma-separated list (one run each)")
+    p.add_argument("--centres", default="5000",
+                   help="Nystrom centres M / random features m, a comma-separated list (one run each)")
     p.add_argument("--method", default="gram", choices=["gram", "falkon"])
     p.add_argument("--rank", type=int, default=500, help="pivoted-Cholesky preconditioner rank (cg)")
     p.add_argument("--tol", type=float, default=1e-9, help="cg relative residual")
@@ -135,14 +148,14 @@ def main() -> None:
     args = p.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.worker:
-        args.centres = int(args.centres.split(",")[-1])  # a Nystrom worker gets its own --centres last
+        args.centres = int(args.centres.split(",")[-1])  # a Nystrom / features worker gets its own --centres last
         worker(args)
         return
     load0 = os.getloadavg()[0]
     results = {}
     runs: list[tuple[str, list[str]]] = []  # (label, worker arguments)
     for solver in args.solvers.split(","):
-        if solver.startswith("nystrom"):
+        if solver.startswith("nystrom") or solver == "features":
             runs += [(f"{solver}_m{m}", ["--worker", solver, "--centres", m]) for m in args.centres.split(",")]
         else:
             runs.append((solver, ["--worker", solver]))

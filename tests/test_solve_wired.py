@@ -258,3 +258,28 @@ def test_operator_cholesky_retries_a_near_singular_kernel_with_jitter() -> None:
 
     with pytest.raises(ValueError, match=r"increase it.*jitter up to"):
         KernelSystem(KernelOperator(x[:3], tile_fn=negative), y[:3], diag_reg=0.0, solver="cholesky")
+
+
+def test_dense_cho_factor_is_in_place_and_exact() -> None:
+    """The factor overwrites the float64 matrix (no second N x N copy), equals torch's Cholesky of
+    K + reg I, and the triangular solves give (K + reg I)^-1 y."""
+    from ntkit.solve.kernel_solvers import dense_cho_factor
+    from ntkit.solve.linalg import cho_solve
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(300, 5, generator=g, dtype=F64)
+    k = ntkit.fc_kernel(x, depth=2).ntk
+    mat = k.clone()
+    chol, jitter = dense_cho_factor(mat, 0.5)
+    assert jitter == 0.0 and chol.data_ptr() == mat.data_ptr()
+    a = k + 0.5 * torch.eye(300, dtype=F64)
+    ref = torch.linalg.cholesky(a)
+    assert rel_err(chol, ref) < 1e-13 and torch.equal(torch.triu(chol, 1), torch.zeros_like(chol))
+    y = torch.randn(300, 3, generator=g, dtype=F64)
+    sol = cho_solve(chol, y)
+    assert rel_err(a @ sol, y) < 1e-12
+    assert rel_err(cho_solve(chol, y[:, 0]), sol[:, 0]) < 1e-15
+    f32 = k.to(torch.float32)  # a float32 matrix is converted (a copy), factored in float64
+    chol32, _ = dense_cho_factor(f32, 0.5)
+    ref32 = torch.linalg.cholesky(f32.double() + 0.5 * torch.eye(300, dtype=F64))
+    assert chol32.dtype == F64 and rel_err(chol32, ref32) < 1e-13

@@ -16,6 +16,7 @@ from ntkit.compute import compute_kernel, fc_kernel, infinite_kernel, kernel_til
 from ntkit.empirical import empirical_nngp, empirical_ntk
 from ntkit.kernel import Kernel
 from ntkit.networks import FCNetwork, NTKLinear
+from ntkit.random_features import features
 from ntkit.train import linearize
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "empirical_nngp",
     "empirical_ntk",
     "fc_kernel",
+    "features",
     "get_activation",
     "infinite_kernel",
     "kernel_tile_fn",

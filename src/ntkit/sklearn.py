@@ -59,18 +59,18 @@ from ntkit.solve.system import KernelSystem, resolve_solver
 
 __all__ = ["NTKClassifier", "NTKKernel", "NTKRegressor"]
 
-SOLVERS = ("auto", *_SOLVERS)
+SOLVERS = _SOLVERS
 WHICH = ("ntk", "nngp")
 
 
-def _model(model: nn.Module | None, n_features: int, depth: int, activation: Any, beta: float, w_std: float
+def _model(model: nn.Module | None, n_inputs: int, depth: int, activation: Any, beta: float, w_std: float
            ) -> nn.Module:
     """``model``, or the fully connected model of the shortcut (on ``meta``)."""
     if model is not None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {describe(model)}")
         return model
-    return fc_model(n_features, depth=depth, activation=activation, beta=beta, w_std=w_std)
+    return fc_model(n_inputs, depth=depth, activation=activation, beta=beta, w_std=w_std)
 
 
 def _rows(x: np.ndarray, input_shape: tuple[int, ...] | None) -> torch.Tensor:
@@ -103,6 +103,8 @@ def _check_params(est: Any) -> None:
     check_float(est.tol, "tol", minimum=0.0, strict=True)
     if est.n_centres is not None:
         check_int(est.n_centres, "n_centres", minimum=1)
+    if est.n_features is not None:
+        check_int(est.n_features, "n_features", minimum=1)
     get_activation(est.activation)
 
 
@@ -125,10 +127,11 @@ class _KernelRidge:
     solver: str
     tol: float
     n_centres: int | None
+    n_features: int | None
     random_state: Any
 
-    def _arch_model(self, n_features: int) -> nn.Module:
-        return _model(self.model, n_features, self.depth, self.activation, self.beta, self.w_std)
+    def _arch_model(self, n_inputs: int) -> nn.Module:
+        return _model(self.model, n_inputs, self.depth, self.activation, self.beta, self.w_std)
 
     def _k(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
         a = _rows(x1, self.input_shape)
@@ -162,14 +165,18 @@ class _KernelRidge:
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         system = KernelSystem(
             op, rhs, diag_reg=self.diag_reg * scale, solver=self.solver_, tol=self.tol, n_centres=self.n_centres,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(seed), n_features=self.n_features,
         )  # fmt: skip
+        self.system_ = system
         self.dual_coef_ = system.alpha.numpy()
         self.jitter_ = 0.0
         if system.centre_idx is not None:
             self.centres_ = x[system.centre_idx.numpy()]
 
     def _predict_targets(self, x: np.ndarray) -> np.ndarray:
+        if self.solver_ == "features":  # the features' weights, not kernel coefficients
+            out = self.system_.predict(x_test=_rows(x, self.input_shape)).numpy()
+            return np.asarray(out + self.y_mean_)
         if self.solver_ == "cholesky":
             k_test_train = self._k(x, self.centres_).numpy()
             return np.asarray(k_test_train @ self.dual_coef_ + self.y_mean_)
@@ -204,8 +211,9 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
     diag_reg : float
         Ridge relative to the mean of the kernel's diagonal (``>= 0``; ``> 0`` for ``"cg"`` and
         ``"nystrom"``).
-    solver : {"auto", "cholesky", "cg", "nystrom"}
-        ``"cholesky"``: dense exact solve. ``"cg"``: the same solution by preconditioned conjugate
+    solver : {"auto", "cholesky", "cg", "nystrom", "features"}
+        ``"features"``: ridge regression on random features (``n_features``; never chosen by
+        ``"auto"``). ``"cholesky"``: dense exact solve. ``"cg"``: the same solution by preconditioned conjugate
         gradients without storing the kernel. ``"nystrom"``: Nystrom kernel ridge regression with
         ``n_centres`` random training points as centres (Falkon; an approximation, exact for
         ``n_centres = n_samples``). ``"auto"``: ``"cholesky"`` up to 23,170 samples (the N x N
@@ -216,14 +224,19 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
     n_centres : int, optional
         Nystrom centres, ``<= n_samples`` (default ``min(n_samples, 5000)``).
     random_state : int, RandomState or None
-        Sampling of the Nystrom centres.
+        Sampling of the Nystrom centres (and of the random features).
+    n_features : int, optional
+        Random features for ``solver="features"``: ridge regression on ``n_features`` random features
+        of the kernel (:mod:`ntkit.random_features`; ``O(N m^2)``, an approximation whose error falls
+        like ``1 / sqrt(m)``; default ``min(n_samples, 4096)``).
 
     Attributes
     ----------
     solver_ : str
         The solver that ran (``"auto"`` resolved).
     dual_coef_ : ndarray of shape (n_basis,) or (n_basis, n_targets)
-        ``f(x) = k(x, centres_) dual_coef_ + y_mean_``.
+        ``f(x) = k(x, centres_) dual_coef_ + y_mean_`` (``solver="features"``: the weights of the
+        ``n_basis = n_features`` random features, ``f(x) = phi(x) dual_coef_ + y_mean_``).
     centres_ : ndarray of shape (n_basis, n_features)
         The training inputs (``n_basis = n_samples``), or the Nystrom centres.
     y_mean_ : float or ndarray of shape (n_targets,)
@@ -231,6 +244,17 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
     jitter_ : float
         Extra diagonal jitter the Cholesky factorisation needed (0 almost always).
     n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntkit.sklearn import NTKRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((60, 3))
+    >>> y = np.sin(x[:, 0]) + x[:, 1] * x[:, 2]
+    >>> reg = NTKRegressor(depth=2, diag_reg=1e-3).fit(x[:50], y[:50])
+    >>> reg.predict(x[50:]).shape, reg.solver_
+    ((10,), 'cholesky')
     """
 
     def __init__(
@@ -247,6 +271,7 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         tol: float = 1e-8,
         n_centres: int | None = None,
         random_state: Any = None,
+        n_features: int | None = None,
     ) -> None:
         self.model = model
         self.input_shape = input_shape
@@ -260,6 +285,7 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         self.tol = tol
         self.n_centres = n_centres
         self.random_state = random_state
+        self.n_features = n_features
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -297,7 +323,9 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    model, input_shape, depth, activation, beta, w_std, which, diag_reg, solver, tol, n_centres, random_state
+    model, input_shape, depth, activation, beta, w_std, which, diag_reg, solver, tol, n_centres
+        As in :class:`NTKRegressor`.
+    random_state, n_features
         As in :class:`NTKRegressor` (``diag_reg`` and the solver options are used by ``"regression"``).
     method : {"regression", "svc"}
     C : float
@@ -312,6 +340,17 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         One-hot regression coefficients (``"regression"`` only).
     solver_, centres_ : str, ndarray of shape (n_basis, n_features)
         As in :class:`NTKRegressor` (``"regression"`` only).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ntkit.sklearn import NTKClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((80, 2))
+    >>> y = (x[:, 0] * x[:, 1] > 0).astype(int)
+    >>> clf = NTKClassifier(depth=3, method="svc", C=10.0).fit(x[:60], y[:60])
+    >>> clf.score(x[60:], y[60:]) > 0.7
+    True
     """
 
     def __init__(
@@ -330,6 +369,7 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         tol: float = 1e-8,
         n_centres: int | None = None,
         random_state: Any = None,
+        n_features: int | None = None,
     ) -> None:
         self.model = model
         self.input_shape = input_shape
@@ -345,6 +385,7 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         self.tol = tol
         self.n_centres = n_centres
         self.random_state = random_state
+        self.n_features = n_features
 
     def fit(self, X: Any, y: Any) -> NTKClassifier:
         """Fit on ``X`` of shape (n_samples, n_features) and labels ``y`` of shape (n_samples,)."""
@@ -411,6 +452,19 @@ class NTKKernel(_SKKernel):
         Any model :func:`ntkit.infinite_kernel` understands (then ``beta``, ``w_std`` are unused).
     input_shape : tuple of int, optional
         Shape of one example for ``model`` (rows are reshaped to it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.gaussian_process import GaussianProcessRegressor
+    >>> from ntkit.sklearn import NTKKernel
+    >>> x = np.random.default_rng(0).standard_normal((30, 2))
+    >>> kernel = NTKKernel(depth=2, beta=0.1)
+    >>> kernel(x[:3]).shape, kernel.diag(x[:3]).shape
+    ((3, 3), (3,))
+    >>> gp = GaussianProcessRegressor(kernel, alpha=1e-2, optimizer=None).fit(x, np.cos(x[:, 0]))
+    >>> gp.predict(x[:2], return_std=True)[1].shape
+    (2,)
     """
 
     _FD_STEP = 1e-5

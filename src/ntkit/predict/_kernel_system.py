@@ -1,4 +1,4 @@
-"""The predictors of :mod:`ntkit.predict` on iterative solvers: ``solver="cg"`` / ``"nystrom"``
+"""The predictors of :mod:`ntkit.predict` on iterative solvers: ``solver="cg"`` / ``"nystrom"`` / ``"features"``
 through :class:`ntkit.solve.KernelSystem` (the training kernel possibly a
 :class:`ntkit.solve.KernelOperator` that is never stored).
 """
@@ -26,6 +26,7 @@ class SolverOptions(NamedTuple):
     n_centres: int | None
     generator: torch.Generator | None
     memory_bytes: int
+    n_features: int | None = None
 
 
 def build_system(
@@ -55,6 +56,7 @@ def build_system(
     system = KernelSystem(
         kernel, layout.y_to_matrix(y2), diag_reg=diag_reg, solver=opts.solver, tol=opts.tol,
         n_centres=opts.n_centres, generator=opts.generator, memory_bytes=opts.memory_bytes,
+        n_features=opts.n_features,
     )  # fmt: skip
     return system, layout, y2
 

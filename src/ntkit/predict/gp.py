@@ -29,6 +29,7 @@ def gp_inference(
     n_centres: int | None = None,
     generator: torch.Generator | None = None,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    n_features: int | None = None,
 ) -> Callable[..., GaussianPrediction]:
     """Exact Gaussian-process posterior with a kernel (the NNGP, or the NTK), Cholesky-cached.
 
@@ -50,12 +51,12 @@ def gp_inference(
     y_train : Tensor of shape (N, k) or (N,)
     diag_reg : float
         Observation-noise variance (``>= 0``, absolute).
-    solver : {"auto", "cholesky", "cg", "nystrom"}
+    solver : {"auto", "cholesky", "cg", "nystrom", "features"}
         ``"cholesky"``: the factorisation above (mean and covariance). ``"cg"`` / ``"nystrom"``
         (:class:`ntkit.solve.KernelSystem`): the posterior mean only, ``diag_reg > 0``, and
         ``k_train_train`` may be a :class:`ntkit.solve.KernelOperator`. ``"auto"``: ``"cholesky"``
         while the matrix fits ``memory_bytes`` (see :mod:`ntkit.predict`).
-    tol, n_centres, generator, memory_bytes
+    tol, n_centres, generator, memory_bytes, n_features
         As in :func:`gradient_descent_mse`.
 
     Returns
@@ -65,6 +66,15 @@ def gp_inference(
         the variances only. Without ``k_test_train`` it returns the posterior on the training
         inputs (``k_test_test`` is then ``k_train_train``). ``x_test`` (M, n0) instead of
         ``k_test_train`` when ``k_train_train`` is a :class:`ntkit.solve.KernelOperator`.
+
+    Raises
+    ------
+    ValueError
+        A kernel that is not (N, N), targets with another number of rows, ``diag_reg < 0``, test kernels
+        of the wrong shape or ``k_test_test`` without ``k_test_train``, ``x_test`` with a stored kernel,
+        ``diag_reg = 0`` for an iterative solver.
+    NotPSDError
+        The training kernel is indefinite (no jitter makes the Cholesky factorisation succeed).
 
     Examples
     --------
@@ -78,7 +88,7 @@ def gp_inference(
     diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0)
     if not isinstance(k_train_train, KernelOperator) and as_tensor(k_train_train, "k_train_train", ndim=None).ndim == 4:
         raise ValueError("k_train_train: gp_inference expects a kernel of shape (N, N) shared by the outputs")
-    opts = SolverOptions(solver, tol, n_centres, generator, memory_bytes)
+    opts = SolverOptions(solver, tol, n_centres, generator, memory_bytes, n_features)
     built = build_system(k_train_train, y_train, dtype, diag_reg, opts, "k_train_train")
     if built is not None:
         return _gp_system(*built)

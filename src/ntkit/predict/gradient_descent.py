@@ -33,6 +33,7 @@ def gradient_descent_mse(
     n_centres: int | None = None,
     generator: torch.Generator | None = None,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    n_features: int | None = None,
 ) -> Callable[..., Prediction]:
     """Closed-form outputs of a (linearized / infinitely wide) network trained on the MSE.
 
@@ -62,7 +63,7 @@ def gradient_descent_mse(
         Discrete gradient descent (``t`` a whole number of steps) instead of gradient flow.
     dtype : torch.dtype
         Computation dtype (float64, the reference).
-    solver : {"auto", "cholesky", "cg", "nystrom"}
+    solver : {"auto", "cholesky", "cg", "nystrom", "features"}
         ``"cholesky"``: the eigendecomposition above (every ``t``). ``"cg"`` / ``"nystrom"``
         (:class:`ntkit.solve.KernelSystem`): ``t = inf`` only, ``diag_reg > 0``, and
         ``k_train_train`` may be a :class:`ntkit.solve.KernelOperator`; ``predict_fn(t, ...)`` then
@@ -77,6 +78,9 @@ def gradient_descent_mse(
         Sampling of the Nystrom centres.
     memory_bytes : int
         Budget of ``"auto"`` for the dense N x N float64 matrix.
+    n_features : int, optional
+        Random features of ``solver="features"`` (ridge on features of the operator's model,
+        :mod:`ntkit.random_features`; default ``min(N, 4096)``; ``t = inf`` only).
 
     Returns
     -------
@@ -86,6 +90,13 @@ def gradient_descent_mse(
         ``fx_train_0`` (shape of ``y_train``) and ``fx_test_0`` (M, k): outputs at initialisation,
         zeros when None. ``k_test_train``: (M, N) or (M, N, k, k). Returns
         ``Prediction(train, test)``; ``test`` is None without ``k_test_train``.
+
+    Raises
+    ------
+    ValueError
+        A kernel that is not (N, N) or (N, N, k, k), targets with another number of rows,
+        ``learning_rate <= 0``, ``diag_reg < 0``, a negative or non-finite time, a finite time with an
+        iterative solver, ``fx_test_0`` without ``k_test_train``.
 
     Examples
     --------
@@ -102,7 +113,7 @@ def gradient_descent_mse(
     """
     learning_rate = check_float(learning_rate, "learning_rate", minimum=0.0, strict=True)
     diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0)
-    opts = SolverOptions(solver, tol, n_centres, generator, memory_bytes)
+    opts = SolverOptions(solver, tol, n_centres, generator, memory_bytes, n_features)
     built = build_system(k_train_train, y_train, dtype, diag_reg, opts, "k_train_train")
     if built is not None:
         return _gradient_descent_system(*built, discrete=bool(discrete))

@@ -18,19 +18,17 @@ import sys
 import warnings
 from collections.abc import Callable
 
-import numpy as np
-import scipy.linalg
 import torch
 
 from ntkit._validation import check_choice, check_int
 from ntkit.solve.cg import NotConvergedWarning, conjugate_gradient
-from ntkit.solve.linalg import warn_jitter
+from ntkit.solve.linalg import cho_solve, warn_jitter
 from ntkit.solve.operator import KernelOperator
 
 Tensor = torch.Tensor
 
 #: Names accepted by ``solver=``.
-SOLVERS = ("auto", "cholesky", "cg", "nystrom")
+SOLVERS = ("auto", "cholesky", "cg", "nystrom", "features")
 #: Budget of ``"auto"`` for the dense N x N float64 matrix (4 GiB: N <= 23,170).
 DEFAULT_MEMORY_BYTES = 4 * 1024**3
 
@@ -43,7 +41,8 @@ def resolve_solver(solver: str, n: int, *, memory_bytes: int = DEFAULT_MEMORY_BY
 
     Parameters
     ----------
-    solver : {"auto", "cholesky", "cg", "nystrom"}
+    solver : {"auto", "cholesky", "cg", "nystrom", "features"}
+        ``"features"`` (random features, :mod:`ntkit.random_features`) is never chosen by ``"auto"``.
     n : int
         Training points (``>= 1``).
     memory_bytes : int
@@ -55,6 +54,11 @@ def resolve_solver(solver: str, n: int, *, memory_bytes: int = DEFAULT_MEMORY_BY
     -------
     str
         One of ``"cholesky"``, ``"cg"``, ``"nystrom"``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``solver``, ``n < 1``.
 
     Examples
     --------
@@ -76,33 +80,40 @@ def resolve_solver(solver: str, n: int, *, memory_bytes: int = DEFAULT_MEMORY_BY
 
 def dense_cho_factor(
     k: Tensor | Callable[[], Tensor], diag_reg: float, *, max_tries: int = 8, warn: bool = True
-) -> tuple[tuple[np.ndarray, bool], float]:
-    """Cholesky factor of ``k + (diag_reg + jitter) I`` computed in place (LAPACK), for ``scipy.linalg.cho_solve``.
+) -> tuple[Tensor, float]:
+    """Lower Cholesky factor ``L`` of ``k + (diag_reg + jitter) I`` computed in place, for :func:`cho_solve`.
 
     ``k`` of shape (N, N) -- or a function that computes it -- is overwritten (converted to
-    float64 first if needed): peak memory is one N x N float64 matrix. When the plain factorisation
+    float64 first if needed): peak memory is one N x N float64 matrix. The factorisation runs on
+    the column-major view ``k.mT`` (equal to ``k``, which is symmetric), so LAPACK writes ``L``
+    into the same storage without the copy a row-major input costs. When the plain factorisation
     fails (a near-singular kernel: duplicated inputs without a ridge), the matrix is computed again
     and factored with a jitter ``10 eps mean(diag K) * 10^i`` (``i < max_tries``; a
     :class:`ntkit.solve.linalg.JitterWarning` says which), as :func:`ntkit.solve.linalg.robust_cholesky`
     does for a stored matrix. A plain matrix cannot be recomputed, so it gets no retry.
 
-    Returns ``((factor, lower), jitter)``. Raises ``ValueError`` if no jitter helped (increase
-    ``diag_reg``; the kernel may not be positive semi-definite).
+    This is PyTorch's LAPACK, not SciPy's: ``scipy.linalg.cho_factor`` crashes the process
+    (segmentation fault in the threaded OpenBLAS ``potrf`` bundled with SciPy) from N of about
+    17,000 once PyTorch is loaded in the same process.
+
+    Returns ``(L, jitter)``: ``L`` of shape (N, N), lower triangular, sharing ``k``'s storage where
+    ``k`` was a float64 tensor. Raises ``ValueError`` if no jitter helped (increase ``diag_reg``;
+    the kernel may not be positive semi-definite).
     """
     make = k if callable(k) else None
     first = k() if callable(k) else k
     tries = max_tries if make is not None else 0
     jitter, scale = 0.0, 0.0
     mat = first
+    info = torch.empty((), dtype=torch.int32, device=mat.device)
     for attempt in range(tries + 1):
         mat = mat.to(torch.float64)
         if attempt == 0:
             scale = float(mat.diagonal().abs().mean()) or 1.0
         mat.diagonal().add_(diag_reg + jitter)
-        arr = mat.numpy().T  # Fortran-ordered view of the symmetric matrix: LAPACK factors it in place
-        try:
-            c, low = scipy.linalg.cho_factor(arr, lower=True, overwrite_a=True, check_finite=False)
-        except np.linalg.LinAlgError:
+        chol = mat.mT  # column-major view of the symmetric matrix: factored in place
+        torch.linalg.cholesky_ex(chol, out=(chol, info))
+        if int(info) != 0:
             if attempt == tries:
                 break
             jitter = 10 * torch.finfo(torch.float64).eps * scale * 10**attempt
@@ -111,7 +122,7 @@ def dense_cho_factor(
             continue
         if jitter and warn:
             warn_jitter(jitter, scale, stacklevel=2)
-        return (c, low), jitter
+        return chol, jitter
     tried = f"; jitter up to {jitter:.3g} did not help" if tries else ""
     raise ValueError(
         f"diag_reg: expected a ridge making K + diag_reg I positive definite, got {diag_reg} (increase it){tried}"
@@ -123,10 +134,32 @@ def exact_solve(op: KernelOperator, y: Tensor, *, diag_reg: float) -> Tensor:
 
     Peak memory is one N x N float64 matrix; a near-singular kernel is retried with a jitter
     (:func:`dense_cho_factor`). Raises ``ValueError`` if ``K + diag_reg I`` cannot be factored.
+
+    Parameters
+    ----------
+    op : KernelOperator
+        The symmetric training kernel ``K``.
+    y : Tensor of shape (N,) or (N, k)
+    diag_reg : float
+        Ridge ``>= 0``.
+
+    Returns
+    -------
+    Tensor of the shape of ``y``
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.solve import KernelOperator, exact_solve
+    >>> x = torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> op = KernelOperator(x, depth=2)
+    >>> y = torch.ones(50, 1, dtype=torch.float64)
+    >>> alpha = exact_solve(op, y, diag_reg=0.1)
+    >>> bool(torch.allclose(op @ alpha + 0.1 * alpha, y))
+    True
     """
     factor, _ = dense_cho_factor(op.dense, diag_reg)
-    sol = scipy.linalg.cho_solve(factor, y.numpy(), check_finite=False)
-    return torch.from_numpy(np.ascontiguousarray(sol))
+    return cho_solve(factor, y.to(torch.float64))
 
 
 def cg_kernel_solve(
@@ -149,6 +182,43 @@ def cg_kernel_solve(
     ``r = y - (K_64 + diag_reg I) x`` in float64, ``d ~ (K_32 + diag_reg I)^{-1} r`` by CG to
     ``inner_tol``, ``x += d``, until ``||r|| / ||y|| <= tol``. Most kernel work is done in float32,
     yet the answer is the float64 one.
+
+    Parameters
+    ----------
+    op : KernelOperator
+        The symmetric training kernel (float32 tiles for mixed precision).
+    y : Tensor of shape (N,) or (N, k)
+    diag_reg : float
+        Ridge ``> 0``.
+    precond : callable, optional
+        ``v -> P^{-1} v`` (e.g. :func:`pivoted_cholesky_preconditioner`).
+    tol : float
+        Relative residual to reach.
+    max_iter : int
+        CG iterations (per refinement step).
+    reference_op : KernelOperator, optional
+        The same kernel with float64 tiles: turns on iterative refinement.
+    inner_tol, max_refine : float, int
+        Tolerance of each inner CG and the most refinement steps.
+    progress : bool
+
+    Returns
+    -------
+    Tensor of the shape of ``y``
+
+    Warns
+    -----
+    NotConvergedWarning
+        ``tol`` was not reached (the best iterate is returned).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.solve import KernelOperator, cg_kernel_solve, exact_solve
+    >>> x = torch.randn(60, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> op, y = KernelOperator(x, depth=2), torch.ones(60, 1, dtype=torch.float64)
+    >>> bool(torch.allclose(cg_kernel_solve(op, y, diag_reg=0.1, tol=1e-12), exact_solve(op, y, diag_reg=0.1)))
+    True
     """
 
     def matvec(v: Tensor) -> Tensor:

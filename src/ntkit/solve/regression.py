@@ -55,6 +55,7 @@ def kernel_regression(
     precond: str = "pivoted_cholesky",
     precond_rank: int | None = None,
     n_centres: int = 1000,
+    n_features: int | None = None,
     generator: torch.Generator | None = None,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     refine: bool = True,
@@ -71,7 +72,7 @@ def kernel_regression(
     x_test : array-like of shape (N_test, n0)
     diag_reg : float
         Absolute ridge (``>= 0``; ``> 0`` for ``"cg"`` and ``"nystrom"``), e.g. the noise variance.
-    solver : {"auto", "cholesky", "cg", "nystrom"}
+    solver : {"auto", "cholesky", "cg", "nystrom", "features"}
     model, tile_fn, depth, activation, beta, w_std, which
         The kernel (see :class:`~ntkit.solve.KernelOperator`): a model's (any architecture
         :func:`ntkit.infinite_kernel` understands), a tile function's, or the fully connected shortcut's
@@ -84,6 +85,8 @@ def kernel_regression(
         Preconditioner of ``"cg"``, of rank ``precond_rank`` (``<= N``; default ``min(1000, N)``).
     n_centres : int
         ``M`` for ``"nystrom"`` (``<= N``).
+    n_features : int, optional
+        Random features for ``"features"`` (default ``min(N, 4096)``).
     generator : torch.Generator, optional
         Random centres / columns.
     memory_bytes : int
@@ -98,6 +101,12 @@ def kernel_regression(
     -------
     Tensor of shape (N_test,) or (N_test, k)
         The predictive mean (float64).
+
+    Raises
+    ------
+    ValueError
+        Targets with another number of rows, test inputs of another shape than the training inputs,
+        an unknown ``solver``, ``diag_reg = 0`` for an iterative solver, ``n_centres`` > N.
 
     Examples
     --------
@@ -124,7 +133,7 @@ def kernel_regression(
     )
     op = KernelOperator(x, tile_dtype=tile_dtype, progress=progress, **kw)
     system = KernelSystem(
-        op, y, diag_reg=diag_reg, solver=solver, tol=tol, max_iter=max_iter, n_centres=n_centres,
+        op, y, diag_reg=diag_reg, solver=solver, tol=tol, max_iter=max_iter, n_centres=n_centres, n_features=n_features,
         generator=generator, memory_bytes=memory_bytes, precond=precond, precond_rank=precond_rank,
         refine=refine, nystrom_method=nystrom_method, progress=progress,
     )  # fmt: skip

@@ -17,6 +17,9 @@ where the basis ``B`` is the training set (exact and CG solvers) or ``M`` Nystro
 * ``"nystrom"``: Nystrom kernel ridge regression with ``n_centres`` uniformly sampled training points
   (:func:`~ntkit.solve.nystrom_krr`, Falkon-preconditioned CG), ``alpha`` of shape (M, k)
   minimising ``||K_nm alpha - Y||^2 + diag_reg alpha^T K_mm alpha``; exact for ``M = N``.
+* ``"features"``: ridge regression on ``n_features`` random features of the model's kernel
+  (:func:`ntkit.random_features.feature_ridge`; ``O(N m^2)``, an approximation whose error falls
+  like ``1 / sqrt(m)``); only for an operator built from a model (:class:`~ntkit.solve.ModelTiles`).
 * ``"auto"`` (:func:`~ntkit.solve.resolve_solver`): ``"cholesky"`` when the N x N float64 matrix
   takes at most ``memory_bytes`` (default 4 GiB, i.e. N <= 23,170), else ``"cg"`` up to
   ``cg_max_n`` = 50,000 points, else ``"nystrom"``.
@@ -30,11 +33,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import scipy.linalg
 import torch
 
 from ntkit._validation import as_tensor, check_choice, check_float, check_int, describe
+from ntkit.random_features.network import FeatureMap
+from ntkit.random_features.ridge import FeatureRidge, fit_feature_ridge
 from ntkit.solve.kernel_solvers import (
     DEFAULT_MEMORY_BYTES,
     SOLVERS,
@@ -44,7 +47,7 @@ from ntkit.solve.kernel_solvers import (
 )
 from ntkit.solve.linalg import cho_solve, robust_cholesky
 from ntkit.solve.nystrom import nystrom_krr
-from ntkit.solve.operator import KernelOperator
+from ntkit.solve.operator import KernelOperator, ModelTiles
 from ntkit.solve.precond import nystrom_preconditioner, pivoted_cholesky_preconditioner
 
 Tensor = torch.Tensor
@@ -59,6 +62,21 @@ class MatrixTiles:
     ``tiles(a, b) = K[a[:, 0], b[:, 0]]`` for index columns ``a`` (t1, 1) and ``b`` (t2, 1) (indices
     stored as floats, exact below 2^53). With ``KernelOperator(index_column(N), tile_fn=tiles)`` the
     operator-based preconditioners and :func:`~ntkit.solve.nystrom_krr` run on a given matrix.
+
+    Parameters
+    ----------
+    k : Tensor of shape (N, N)
+        The stored kernel matrix.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.solve import KernelOperator, MatrixTiles
+    >>> from ntkit.solve.system import index_column
+    >>> k = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    >>> op = KernelOperator(index_column(2), tile_fn=MatrixTiles(k))
+    >>> (op @ torch.ones(2, dtype=torch.float64)).tolist()
+    [3.0, 3.0]
     """
 
     def __init__(self, k: Tensor) -> None:
@@ -92,7 +110,7 @@ class KernelSystem:
     diag_reg : float
         Absolute ridge ``>= 0`` (``> 0`` for ``"cg"`` and ``"nystrom"``).
     solver : {"auto", "cholesky", "cg", "nystrom"}
-        See the module docstring; the resolved choice is :attr:`solver`.
+        See the module docstring; the resolved choice is ``solver``.
     tol : float
         Relative residual at which CG / Falkon stop.
     max_iter : int, optional
@@ -115,6 +133,8 @@ class KernelSystem:
         See :func:`~ntkit.solve.nystrom_krr`; ``"auto"`` is ``"falkon"`` when ``K_nm`` fits its
         2 GiB cache, else ``"gram"`` (one pass over ``K_nm``).
     progress : bool
+    n_features : int, optional
+        ``m`` for ``"features"`` (default ``min(N, 4096)``); the random draw comes from ``generator``.
 
     Attributes
     ----------
@@ -128,6 +148,14 @@ class KernelSystem:
     jitter : float
         Diagonal jitter the dense Cholesky needed (0 almost always; a near-singular kernel without
         a ridge, e.g. duplicated inputs, is refactored with the smallest jitter that works).
+
+    Raises
+    ------
+    ValueError
+        A kernel that is not (N, N) or a non-symmetric operator, targets with another number of rows,
+        an unknown ``solver``, ``diag_reg <= 0`` for ``"cg"`` / ``"nystrom"``, ``n_centres`` > N.
+    NotPSDError
+        ``"cholesky"`` on an indefinite kernel.
 
     Examples
     --------
@@ -159,6 +187,7 @@ class KernelSystem:
         refine: bool = True,
         nystrom_method: str = "auto",
         progress: bool = False,
+        n_features: int | None = None,
     ) -> None:
         solver = check_choice(solver, "solver", SOLVERS)
         self.precond = check_choice(precond, "precond", ("pivoted_cholesky", "nystrom", "none"))
@@ -184,7 +213,7 @@ class KernelSystem:
         self.y_train = y
         self.diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0)
         self.solver = resolve_solver(solver, self.n, memory_bytes=memory_bytes, cg_max_n=cg_max_n)
-        if self.solver in ("cg", "nystrom") and self.diag_reg <= 0:
+        if self.solver in ("cg", "nystrom", "features") and self.diag_reg <= 0:
             raise ValueError(f"diag_reg: expected a ridge > 0 for solver {self.solver!r}, got {self.diag_reg}")
         self.tol = check_float(tol, "tol", minimum=0.0, strict=True)
         default_iter = 500 if self.solver == "cg" else 100
@@ -198,6 +227,11 @@ class KernelSystem:
         self._factor: Any = None
         self._pre: Any = None
         self._alpha: Tensor | None = None
+        self._ridge: FeatureRidge | None = None
+        self.n_features = None if n_features is None else check_int(n_features, "n_features", minimum=1)
+        if self.solver == "features" and not isinstance(self.op.tile_fn, ModelTiles):
+            raise ValueError("solver: 'features' needs the kernel as a KernelOperator of a model (ModelTiles), got "
+                             f"{'a kernel matrix' if self.matrix is not None else type(self.op.tile_fn).__name__}")
         if self.solver == "nystrom":
             m = min(self.n, DEFAULT_CENTRES) if n_centres is None else check_int(n_centres, "n_centres", minimum=1)
             if m > self.n:
@@ -208,7 +242,17 @@ class KernelSystem:
 
     # ------------------------------------------------------------------------------------------
     def _setup(self) -> None:
-        """Factorise (``"cholesky"``) or build the preconditioner (``"cg"``) once."""
+        """Factorise (``"cholesky"``), build the preconditioner (``"cg"``) or the random features once."""
+        if self.solver == "features":
+            tiles = self.op.tile_fn
+            assert isinstance(tiles, ModelTiles)
+            arch = tiles.tiles_for(tuple(self.op.x1.shape[1:])).arch
+            m = min(self.n, 4096) if self.n_features is None else self.n_features
+            gen = self.generator if self.generator is not None else torch.Generator().manual_seed(0)
+            fmap = FeatureMap(arch, m, tiles.which, generator=gen, dtype=self.op.tile_dtype)
+            y = self.y_train.to(torch.float64)
+            self._ridge = fit_feature_ridge(fmap, self.op.x1, y, diag_reg=self.diag_reg, progress=self.progress)
+            return
         if self.solver == "cholesky":
             if self.matrix is not None:
                 self._factor, self.jitter = robust_cholesky(self.matrix, diag_reg=self.diag_reg)
@@ -249,11 +293,15 @@ class KernelSystem:
         if rhs is None and self._alpha is not None:
             return self._alpha
         b = self._rhs(rhs)
+        if self.solver == "features":
+            assert self._ridge is not None
+            if rhs is None:
+                w = self._ridge.weights
+            else:
+                w = self._ridge.refit(self.op.x1, (b[:, None] if b.ndim == 1 else b).to(torch.float64))
+            return (w[:, 0] if b.ndim == 1 else w).to(b.dtype)
         if self.solver == "cholesky":
-            if self.matrix is not None:
-                return cho_solve(self._factor, b)
-            sol = scipy.linalg.cho_solve(self._factor, b.numpy(), check_finite=False)
-            return torch.from_numpy(np.ascontiguousarray(sol)).to(b.dtype)
+            return cho_solve(self._factor, b.to(self._factor.dtype)).to(b.dtype)
         if self.solver == "cg":
             matvec = self.matrix if self.matrix is not None else self.op
             ref = None
@@ -298,6 +346,15 @@ class KernelSystem:
         coef = self.alpha if alpha is None else alpha
         if (k_test_train is None) == (x_test is None):
             raise ValueError("k_test_train, x_test: expected exactly one of them")
+        if self.solver == "features":
+            if x_test is None:
+                raise ValueError("k_test_train: solver 'features' predicts from the test inputs; pass x_test")
+            assert self._ridge is not None
+            w = coef[:, None] if coef.ndim == 1 else coef
+            feats = self._ridge.fmap
+            xt = as_tensor(x_test, "x_test", dtype=self.op.dtype, ndim=None)
+            out = FeatureRidge(feats, w.to(torch.float64), coef.ndim == 1, 0.0).predict(xt)
+            return out.to(coef.dtype)
         if k_test_train is not None:
             kt = as_tensor(k_test_train, "k_test_train", dtype=coef.dtype, ndim=2)
             if kt.shape[1] != self.n:
@@ -322,6 +379,8 @@ class KernelSystem:
     def predict_train(self, alpha: Tensor | None = None) -> Tensor:
         """``K(X, basis) alpha`` on the training inputs: shape (N,) or (N, k)."""
         coef = self.alpha if alpha is None else alpha
+        if self.solver == "features":
+            return self.predict(coef, x_test=self.op.x1)
         if self.centre_idx is None:
             return self.op @ coef if self.matrix is None else self.matrix @ coef
         if self.matrix is not None:

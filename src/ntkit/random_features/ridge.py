@@ -1,0 +1,166 @@
+"""Kernel ridge regression on random features: ``O(N m^2)`` work and ``O(m^2)`` memory instead of ``O(N^2)``.
+
+With features ``Phi`` of shape (N, m) such that ``Phi Phi^T ~ K`` (:func:`ntkit.features`), the kernel
+ridge predictor ``K(x*, X) (K + diag_reg I)^{-1} Y`` becomes, by the push-through identity,
+
+    f(x*) = phi(x*)^T (Phi^T Phi + diag_reg I)^{-1} Phi^T Y,
+
+an ``m x m`` system: ``Phi^T Phi`` and ``Phi^T Y`` are accumulated over batches of training inputs
+(streaming: the features of all N points are never stored), in float64, and solved by Cholesky
+(with jitter retries, :func:`ntkit.solve.linalg.robust_cholesky`). ``diag_reg`` is the same absolute
+ridge as in :class:`ntkit.solve.KernelSystem`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ntkit._progress import Progress
+from ntkit._validation import as_tensor, check_float, check_int
+from ntkit.random_features.api import _generator, feature_map
+from ntkit.random_features.network import DEFAULT_WEIGHT_BUDGET, FeatureMap
+from ntkit.solve.linalg import cho_solve, robust_cholesky
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class FeatureRidge:
+    """A fitted ridge regression on random features.
+
+    Attributes
+    ----------
+    fmap : FeatureMap
+        The drawn feature map (apply it to new inputs).
+    weights : Tensor of shape (m, k)
+        ``(Phi^T Phi + diag_reg I)^{-1} Phi^T Y``.
+    squeeze : bool
+        Targets were given as a vector (predictions are then of shape (N*,)).
+    jitter : float
+        Extra diagonal the Cholesky factorisation needed.
+    chol : Tensor of shape (m, m)
+        Cholesky factor of ``Phi^T Phi + (diag_reg + jitter) I`` (for further right-hand sides).
+    """
+
+    fmap: FeatureMap
+    weights: Tensor
+    squeeze: bool
+    jitter: float
+    batch_size: int = 4096
+    chol: Tensor | None = None
+
+    def project(self, x: Any, rhs: Tensor) -> Tensor:
+        """``Phi(x)^T rhs`` (m, k) by batches (the features of ``x`` are not stored)."""
+        xt = as_tensor(x, "x", ndim=None)
+        out = torch.zeros(self.weights.shape[0], rhs.shape[1], dtype=torch.float64)
+        with torch.no_grad():
+            for r0 in range(0, xt.shape[0], self.batch_size):
+                phi = self.fmap(xt[r0 : r0 + self.batch_size]).double().cpu()
+                out += phi.T @ rhs[r0 : r0 + phi.shape[0]]
+        return out
+
+    def refit(self, x: Any, rhs: Tensor) -> Tensor:
+        """Weights for new targets ``rhs`` (N, k) on the same inputs: one more pass, the factor reused."""
+        assert self.chol is not None
+        return cho_solve(self.chol, self.project(x, rhs))
+
+    def predict(self, x_test: Any) -> Tensor:
+        """``phi(x_test) weights``: shape (N*,) or (N*, k), float64."""
+        xt = as_tensor(x_test, "x_test", ndim=None)
+        out = torch.empty(xt.shape[0], self.weights.shape[1], dtype=torch.float64)
+        with torch.no_grad():
+            for r0 in range(0, xt.shape[0], self.batch_size):
+                rows = xt[r0 : r0 + self.batch_size]
+                out[r0 : r0 + rows.shape[0]] = self.fmap(rows).double().cpu() @ self.weights
+        return out[:, 0] if self.squeeze else out
+
+
+def feature_ridge(
+    model: nn.Module,
+    x_train: Any,
+    y_train: Any,
+    *,
+    n_features: int,
+    diag_reg: float,
+    which: str = "ntk",
+    method: str = "orthogonal",
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    memory_budget: int | str = DEFAULT_WEIGHT_BUDGET,
+    progress: bool = False,
+) -> FeatureRidge:
+    """Fit kernel ridge regression with the model's NTK / NNGP approximated by ``n_features`` random features.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The architecture (see :func:`ntkit.features`).
+    x_train : array-like of shape (N, *input_shape)
+    y_train : array-like of shape (N,) or (N, k)
+    n_features : int
+        ``m``; cost ``O(N m^2 + m^3)`` (plus the features' own cost), memory ``O(m^2)``.
+    diag_reg : float
+        Absolute ridge ``> 0``.
+    which, method, generator, seed, dtype, device, memory_budget
+        As in :func:`ntkit.features` (float32 features; the normal equations are accumulated in float64).
+    batch_size : int, optional
+        Training inputs per batch (default: as many as fit the memory budget, at most 4096).
+
+    Returns
+    -------
+    FeatureRidge
+        ``.predict(x_test)``.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> from ntkit.random_features import feature_ridge
+    >>> x = torch.randn(200, 3, dtype=torch.float64)
+    >>> y = torch.sin(x[:, 0])
+    >>> fit = feature_ridge(ntkit.nn.fc(3, depth=2, device="meta"), x, y, n_features=512, diag_reg=1e-2)
+    >>> fit.predict(x[:5]).shape
+    torch.Size([5])
+    """
+    x = as_tensor(x_train, "x_train", ndim=None)
+    y = as_tensor(y_train, "y_train", dtype=torch.float64, ndim=None)
+    if y.ndim > 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y_train: expected shape ({x.shape[0]},) or ({x.shape[0]}, k), got {tuple(y.shape)}")
+    diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0, strict=True)
+    fmap = feature_map(model, tuple(x.shape[1:]), n_features=n_features, which=which, method=method,
+                       generator=_generator(generator, seed), dtype=dtype, device=device, memory_budget=memory_budget)
+    batch_size = fmap.batch_size() if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
+    return fit_feature_ridge(fmap, x, y, diag_reg=diag_reg, batch_size=batch_size, progress=progress)
+
+
+def fit_feature_ridge(fmap: FeatureMap, x: Tensor, y: Tensor, *, diag_reg: float, batch_size: int | None = None,
+                      progress: bool = False) -> FeatureRidge:
+    """Ridge regression on the features of a drawn map ``fmap`` (see :func:`feature_ridge`).
+
+    ``x`` (N, *input_shape), ``y`` (N,) or (N, k) float64, ``diag_reg > 0``.
+    """
+    batch_size = fmap.batch_size() if batch_size is None else batch_size
+    squeeze = y.ndim == 1
+    yy = y[:, None] if squeeze else y
+    m = fmap.m
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    rhs = torch.zeros(m, yy.shape[1], dtype=torch.float64)
+    bar = Progress(x.shape[0], "feature ridge", enabled=progress)
+    with torch.no_grad():
+        for r0 in range(0, x.shape[0], batch_size):
+            phi = fmap(x[r0 : r0 + batch_size]).double().cpu()
+            gram += phi.T @ phi
+            rhs += phi.T @ yy[r0 : r0 + phi.shape[0]]
+            bar.update(phi.shape[0])
+    bar.close()
+    chol, jitter = robust_cholesky(gram, diag_reg=diag_reg)
+    return FeatureRidge(fmap, cho_solve(chol, rhs), squeeze, float(jitter), batch_size, chol)
+
+
+__all__ = ["FeatureRidge", "feature_ridge", "fit_feature_ridge"]
