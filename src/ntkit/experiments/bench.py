@@ -12,6 +12,7 @@ import importlib
 #: target name -> (module, one-line help)
 TARGETS: dict[str, tuple[str, str]] = {
     "uci": ("ntkit.experiments.uci", "NTK + SVM on the 90 UCI data sets of Arora et al. (2020)"),
+    "images": ("ntkit.experiments.images", "CNTK / NTK regression, SVC, few-shot on digits + MNIST (Arora et al.)"),
 }
 
 
