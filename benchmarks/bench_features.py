@@ -64,11 +64,13 @@ def error_cases() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
     }
 
 
-def part_error(sizes: list[int], seeds: int) -> None:
+def part_error(fc_sizes: list[int], conv_sizes: list[int], seeds: int) -> None:
+    """The error table: ``fc_sizes`` features for the dense cases, ``conv_sizes`` (per pixel) for the CNTKs."""
     print(f"## Relative Frobenius error of Phi Phi^T, mean of {seeds} draws (float64 features)\n")
-    print("| case | kernel | " + " | ".join(f"m={m}" for m in sizes) + " | err*sqrt(m) | slope |")
-    print("|---|---|" + "---|" * len(sizes) + "---|---|")
     for name, (model, x) in error_cases().items():
+        sizes = conv_sizes if name.startswith("CNTK") else fc_sizes
+        print("\n| case | kernel | " + " | ".join(f"m={m}" for m in sizes) + " | err*sqrt(m) | slope |")
+        print("|---|---|" + "---|" * len(sizes) + "---|---|")
         for which in ("nngp", "ntk"):
             exact = ntkit.infinite_kernel(model, x, which=which)
             errs = []
@@ -142,7 +144,10 @@ def part_time(fc_sizes: list[int], image_sizes: list[int], threads: int, timeout
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["error", "time", "all"], default="all")
-    p.add_argument("--features", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    p.add_argument("--features", type=int, nargs="+", default=[64, 256, 1024, 4096],
+                   help="feature counts of the dense cases")
+    p.add_argument("--conv-features", type=int, nargs="+", default=[32, 128, 512],
+                   help="feature counts (channels per pixel) of the convolutional cases: their cost grows like m^2")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 16000, 32000])
     p.add_argument("--image-sizes", type=int, nargs="+", default=[200, 800, 1797])
@@ -152,7 +157,7 @@ def main() -> None:
     print(f"# bench_features ({time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
           f"1-min load average {os.getloadavg()[0]:.2f})\n")
     if args.part in ("error", "all"):
-        part_error(args.features, args.seeds)
+        part_error(args.features, args.conv_features, args.seeds)
     if args.part in ("time", "all"):
         part_time(args.sizes, args.image_sizes, args.threads, args.timeout)
     print(f"\n1-min load average at the end {os.getloadavg()[0]:.2f}")

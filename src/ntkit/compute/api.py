@@ -46,6 +46,18 @@ class KernelResult:
     tiles_total, tiles_computed : int
         Tiles of the plan, and those evaluated by this call (the rest were already done).
     seconds : float
+        Wall-clock time of the call.
+    params : dict
+        What keys the output (model description, ``which``, ``diag``, dtype, shape, digests of the
+        inputs): an existing output with other parameters is refused, not resumed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.compute import compute_kernel
+    >>> res = compute_kernel(torch.eye(3, dtype=torch.float64), depth=1, which="nngp")
+    >>> res.nngp.shape, res.ntk, res.path, res.tiles_computed == res.tiles_total
+    (torch.Size([3, 3]), None, None, True)
     """
 
     nngp: Any
@@ -369,10 +381,42 @@ def architecture(
 ) -> Architecture:
     """The :class:`Architecture` of ``model``, or of the fully connected shortcut ``depth, activation, beta, w_std``.
 
+    Parameters
+    ----------
+    model : torch.nn.Module or None
+        The architecture (see :func:`ntkit.infinite_kernel`); may live on the ``meta`` device. None
+        for the shortcut.
+    input_shape : tuple of int
+        Shape of one input example: ``(d,)`` for vectors (the only shape of the shortcut), ``(C, *S)``
+        for images.
+    depth, activation, beta, w_std
+        Instead of ``model``: the fully connected network of :func:`ntkit.nn.fc` with ``depth`` hidden
+        layers (``beta`` its ``b_std``).
+
+    Returns
+    -------
+    Architecture
+
     Raises
     ------
     ValueError
-        Both or neither of ``model`` and ``depth`` given; a model without a kernel transform.
+        Both or neither of ``model`` and ``depth`` given; the shortcut with inputs that are not
+        vectors; ``depth < 0``, ``beta < 0``, ``w_std <= 0`` or an unknown activation name; a model
+        without a kernel transform or that does not fit ``input_shape`` (an
+        :class:`~ntkit.infinite.ArchitectureError`).
+    TypeError
+        ``model`` is not a ``torch.nn.Module``; a ``depth``, ``beta``, ``w_std`` or
+        ``activation`` of the wrong type.
+
+    Examples
+    --------
+    >>> import ntkit
+    >>> from ntkit.compute import architecture
+    >>> arch = architecture(None, (3,), depth=2)  # Linear, ReLU, Linear, ReLU, Linear
+    >>> len(arch.ops), arch.input_mode, arch.degree
+    (5, 'none', 1)
+    >>> architecture(ntkit.nn.cntk(1, depth=2, device="meta"), (1, 4, 4)).pair_entries  # 16 pixels, squared
+    256
     """
     if model is not None and depth is not None:
         raise ValueError("model and depth: expected one of them (depth, activation, beta and w_std describe the "

@@ -156,6 +156,16 @@ def fc_kernel(
     Kernel
         ``nngp`` and ``ntk`` of shape (N1, N2); ``kernel.blocks(n_L)`` gives ``Theta (x) I_{n_L}``.
 
+    Raises
+    ------
+    ValueError
+        Inputs that are not 2-D, empty or not finite, or ``x1`` and ``x2`` of different widths;
+        ``depth < 0``, ``beta < 0``, ``w_std <= 0``; an unknown activation name; norms that overflow
+        a network that is not positively homogeneous (see :func:`infinite_kernel`).
+    TypeError
+        Non-numeric inputs; a ``dtype`` that is not floating; a ``depth``, ``beta``, ``w_std`` or
+        ``activation`` of the wrong type.
+
     Examples
     --------
     >>> import torch, ntkit
@@ -188,6 +198,36 @@ def kernel_tile_fn(
     (or the fully connected shortcut ``depth, activation, beta, w_std``) is read on the first call
     (it needs the input shape); inputs follow their own device; ``dtype`` (default: the input's)
     is the computation dtype.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, optional
+        The architecture (see :func:`infinite_kernel`); may live on the ``meta`` device.
+    depth, activation, beta, w_std
+        Instead of ``model``: the fully connected network of :func:`ntkit.nn.fc` with ``depth`` hidden
+        layers (``beta`` its ``b_std``), as in :func:`ntkit.compute.compute_kernel`.
+    which : {"ntk", "nngp"}
+        The kernel the tiles hold.
+    dtype : torch.dtype, optional
+        Computation dtype (default: the inputs' floating dtype, float64 for integer inputs).
+
+    Returns
+    -------
+    callable
+        ``tile_fn(x1_tile, x2_tile)``: ``K(x1_tile, x2_tile)`` of shape (t1, t2), for tiles of shape
+        ``(t1, *input_shape)`` and ``(t2, *input_shape)``.
+
+    Raises
+    ------
+    ValueError
+        Here: ``which`` not ``"ntk"`` / ``"nngp"``; neither ``model`` nor ``depth``; bad shortcut
+        values (``depth < 0``, ``beta < 0``, ``w_std <= 0``, an unknown activation). From
+        ``tile_fn``: both ``model`` and ``depth``, a model without a kernel transform or that does
+        not fit the tiles' shape, ``which="ntk"`` for a model whose NTK is undefined (an activation
+        without a derivative map), tiles that are empty, not finite or of different feature shapes.
+    TypeError
+        A ``dtype`` that is not floating, shortcut values of the wrong type; from ``tile_fn``: a
+        ``model`` that is not a ``torch.nn.Module``, non-numeric tiles.
 
     Examples
     --------

@@ -201,8 +201,28 @@ def library(name: str = "fc") -> ctypes.CDLL | None:
 
 
 def status(name: str = "fc") -> str:
-    """One line: whether library ``name`` (``"fc"``: the ABReLU layer loop, ``"spatial"``: convolutional
-    kernels) runs natively, and why not."""
+    """One line: whether library ``name`` runs natively, and why not.
+
+    Loads (and on first use compiles) the library, as the first evaluation that needs it would.
+
+    Parameters
+    ----------
+    name : {"fc", "spatial"}
+        ``"fc"``: the ABReLU layer loop of the fully connected fast path; ``"spatial"``: the
+        convolutional kernels (see :data:`SOURCES`).
+
+    Returns
+    -------
+    str
+        ``"native C kernel"``, or ``"torch path (<why>)"`` (no compiler, a failed build or self-check,
+        ``NTKIT_NATIVE=0``).
+
+    Examples
+    --------
+    >>> from ntkit.infinite import native
+    >>> native.status("fc").startswith(("native C kernel", "torch path ("))
+    True
+    """
     if not _enabled_by_env():
         return "torch path (NTKIT_NATIVE=0)"
     lib = library(name)

@@ -74,6 +74,18 @@ class KernelTiles:
         The fully connected fast path's description, or None.
     program : SpatialProgram or None
         The convolutional fast path's compiled prefix, or None.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> from ntkit.infinite import KernelTiles, describe_model
+    >>> from ntkit.infinite.fused import row_ids
+    >>> tiles = KernelTiles(describe_model(ntkit.nn.fc(3, depth=2, device="meta"), (3,)))
+    >>> x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> rows, ids = tiles.prepare(x), row_ids(x)[0]
+    >>> nngp, ntk = tiles.tile(rows[:2], rows, ids[:2], ids, ntk=True)  # the block K(x[:2], x)
+    >>> tiles.path, ntk.shape, bool(torch.allclose(ntk, ntkit.fc_kernel(x, depth=2).ntk[:2]))
+    ('fused', torch.Size([2, 4]), True)
     """
 
     def __init__(self, arch: Architecture, *, native: bool | None = None) -> None:

@@ -43,7 +43,19 @@ Item = tuple[str, nn.Module]
 
 
 class ArchitectureError(ValueError):
-    """A model (or one of its modules) that has no infinite-width kernel, or does not fit the input shape."""
+    """A model (or one of its modules) that has no infinite-width kernel, or does not fit the input shape.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> from ntkit.infinite import describe_model
+    >>> model = torch.nn.Sequential(ntkit.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), ntkit.nn.Linear(8, 1))
+    >>> try:
+    ...     describe_model(model, (3,))
+    ... except ValueError as err:  # an ArchitectureError is a ValueError
+    ...     print(type(err).__name__, "--", str(err).split(": ")[1])
+    ArchitectureError -- module 1 (BatchNorm1d) has no infinite-width kernel transform
+    """
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,16 @@ class Architecture:
     pair_entries : int
         The largest number of covariance entries one pair of inputs carries at any layer (1 for
         vectors; pixels for ``diag``; pixels squared for ``full``): the memory a pair needs.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> from ntkit.infinite import describe_model
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), ntkit.nn.Linear(12, 8, device="meta"), torch.nn.ReLU(),
+    ...                             ntkit.nn.Linear(8, 1, device="meta"))
+    >>> arch = describe_model(model, (3, 2, 2))  # the Flatten acts on the data: the prelude
+    >>> [name for name, _ in arch.prelude], arch.data_shape, len(arch.ops), arch.degree
+    (['0'], (12,), 3, 1)
     """
 
     input_shape: Shape
@@ -384,6 +406,19 @@ def fc_model(in_features: int, *, depth: int, activation: Any = "relu", beta: fl
 def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture:
     """The :class:`Architecture` of ``model`` for inputs of shape ``(N, *input_shape)``.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Built from :mod:`ntkit.nn` layers and the torch modules :func:`ntkit.infinite_kernel` lists
+        (nested ``nn.Sequential``; a module with a ``kernel_layers()`` method is walked through it);
+        it is read, not run, so it may live on the ``meta`` device.
+    input_shape : sequence of int
+        Shape of one input example: ``(d,)`` for vectors, ``(C, *S)`` for images.
+
+    Returns
+    -------
+    Architecture
+
     Raises
     ------
     TypeError
@@ -392,6 +427,13 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
         A module without a kernel transform (named, with its position and the supported list), a
         module whose expected input shape does not match, a residual block that changes the shape
         or does not end with a weight layer, a model without weight layers, a spatial output.
+
+    Examples
+    --------
+    >>> import ntkit
+    >>> arch = describe_model(ntkit.nn.cntk(1, depth=2, device="meta"), (1, 4, 4))
+    >>> arch.input_mode, arch.pair_entries  # full pixel-pair covariances: 16 x 16 per pair of images
+    ('full', 256)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {describe(model)}")

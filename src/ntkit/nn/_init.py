@@ -31,6 +31,27 @@ def orthogonal_(weight: Tensor, generator: torch.Generator | None = None) -> Ten
     The rows (if ``out <= in``) or columns are orthonormal, multiplied by ``sqrt(max(out, in))`` so
     that ``E[W_ij^2] = 1`` as for the Gaussian draw. Sign-corrected QR of a Gaussian matrix gives the
     Haar measure (Mezzadri 2007).
+
+    Parameters
+    ----------
+    weight : Tensor of shape (out, in)
+        Filled in place (a convolution's weight as ``weight.view(out, -1)``); drawn in float64, then
+        cast to its dtype.
+    generator : torch.Generator, optional
+        The random draw (torch's global generator when omitted).
+
+    Returns
+    -------
+    Tensor
+        ``weight``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit.nn import orthogonal_
+    >>> w = orthogonal_(torch.empty(3, 5), torch.Generator().manual_seed(0))
+    >>> bool(torch.allclose(w @ w.T, 5 * torch.eye(3), atol=1e-5))  # orthonormal rows times sqrt(5)
+    True
     """
     rows, cols = weight.shape
     big, small = max(rows, cols), min(rows, cols)

@@ -44,7 +44,25 @@ _TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|([-+]?(?:\d+\.?\d*|\.\d+)(?
 
 @dataclass
 class Layer:
-    """One parsed layer: its name, positional and keyword arguments, and (for containers) children."""
+    """One parsed layer: its name, positional and keyword arguments, and (for containers) children.
+
+    Attributes
+    ----------
+    name : str
+        The layer's name, lower-cased (``"dense"``, ``"conv"``, ``"relu"``, ``"residual"``, ...).
+    args : list of int, float or str
+        Positional arguments (``conv(3)``: ``[3]``).
+    kwargs : dict of str to int, float or str
+        Keyword arguments (``dense(b_std=0.5)``: ``{"b_std": 0.5}``).
+    children : list of Layer
+        The layers inside ``residual(...)`` and ``repeat(n, ...)``.
+
+    Examples
+    --------
+    >>> layer = parse_arch("residual(relu, dense, scale=0.5)")[0]
+    >>> layer.name, layer.kwargs, [child.name for child in layer.children]
+    ('residual', {'scale': 0.5}, ['relu', 'dense'])
+    """
 
     name: str
     args: list[Value] = field(default_factory=list)
@@ -127,10 +145,28 @@ class _Parser:
 def parse_arch(text: str) -> list[Layer]:
     """The layers of an architecture text (see the module notes).
 
+    Parameters
+    ----------
+    text : str
+        Layers separated by spaces or commas, arguments in parentheses (``"dense relu dense"``).
+
+    Returns
+    -------
+    list of Layer
+        The top-level layers, containers (``residual``, ``repeat``) holding theirs; names are
+        checked when the model is built, not here.
+
     Raises
     ------
     ValueError
-        For text that cannot be read, with the position.
+        For text that cannot be read, with the position; an empty text or one that is not a string.
+
+    Examples
+    --------
+    >>> [layer.name for layer in parse_arch("dense relu repeat(2, dense, tanh) dense")]
+    ['dense', 'relu', 'repeat', 'dense']
+    >>> parse_arch("conv(3, stride=2)")
+    [Layer(name='conv', args=[3], kwargs={'stride': 2}, children=[])]
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"arch: expected a description such as 'dense relu dense', got {text!r}")
@@ -248,6 +284,17 @@ class ArchSpec:
     ----------
     source : str
         The text, or the path of the file.
+    layers : list of Layer or None
+        The parsed text (None for a file).
+    builder : callable or None
+        The file's ``build(width, in_shape, out_features)`` (None for a text).
+
+    Examples
+    --------
+    >>> spec = load_arch("conv(3) relu gap dense")
+    >>> model = spec.build(8, (1, 5, 5), out_features=2, device="meta")  # width 8, inputs (N, 1, 5, 5)
+    >>> [type(m).__name__ for m in model]
+    ['Conv2d', 'Activation', 'GlobalAvgPool', 'Linear']
     """
 
     source: str
@@ -282,12 +329,30 @@ class ArchSpec:
 def load_arch(arch: str) -> ArchSpec:
     """An :class:`ArchSpec` from architecture text or from a ``.py`` file defining ``build``.
 
+    Parameters
+    ----------
+    arch : str
+        Architecture text (see the module notes), or the path of a ``.py`` file that defines
+        ``build(width, in_shape, out_features) -> torch.nn.Module`` (run once, here).
+
+    Returns
+    -------
+    ArchSpec
+
     Raises
     ------
     ValueError
         Unreadable text, or a file without ``build``.
     FileNotFoundError
         A ``.py`` path that does not exist.
+
+    Examples
+    --------
+    >>> import torch
+    >>> spec = load_arch("dense relu dense")
+    >>> model = spec.build(16, (3,), generator=torch.Generator().manual_seed(0))
+    >>> model(torch.ones(2, 3)).shape
+    torch.Size([2, 1])
     """
     if arch.strip().endswith(".py"):
         path = Path(arch.strip())

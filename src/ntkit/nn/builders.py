@@ -55,6 +55,15 @@ def fc(
     w_std, b_std, parameterization, init, generator, device, dtype
         As in :class:`ntkit.nn.Linear` (every layer alike).
 
+    Raises
+    ------
+    ValueError
+        ``depth < 0``; ``in_features``, ``width`` or ``out_features`` below 1; an unknown activation
+        name; bad layer options (as in :class:`ntkit.nn.Linear`).
+    TypeError
+        Sizes that are not integers; an activation that is neither a name nor callable; layer
+        options of the wrong type (as in :class:`ntkit.nn.Linear`).
+
     Examples
     --------
     >>> import torch, ntkit
@@ -119,6 +128,16 @@ def cntk(
         As in :func:`fc`; ``w_std = sqrt(2)`` keeps ReLU activations at unit scale (He et al. 2015;
         Arora et al.'s ``c_sigma = 2``).
 
+    Raises
+    ------
+    ValueError
+        ``depth < 1``; ``in_channels``, ``width`` or ``out_features`` below 1; ``readout`` not
+        ``"gap"`` / ``"flatten"``; ``readout="flatten"`` without an ``image_shape`` ``(H, W)`` of
+        positive sizes; an unknown activation name; bad layer options (as in :class:`ntkit.nn.Linear`).
+    TypeError
+        Sizes that are not integers; an activation that is neither a name nor callable; layer options
+        of the wrong type (as in :class:`ntkit.nn.Linear`).
+
     Examples
     --------
     >>> import torch, ntkit
@@ -173,6 +192,25 @@ def myrtle(
     (neural-tangents' ``MyrtleNetwork`` pools 2x2 three more times and flattens, which is the same
     on 32x32 images; global pooling also serves 8x8 ones). Inputs need height and width divisible
     by 8.
+
+    Parameters
+    ----------
+    depth : {5, 7, 10}
+        Weight layers, the read-out included: stages of 2, 1, 1 / 2, 2, 2 / 3, 3, 3 convolutions.
+    in_channels : int
+    width : int
+        Channels of every convolution (irrelevant to the NTK-parameterized limit).
+    out_features : int
+    w_std, b_std, parameterization, init, generator, device, dtype
+        As in :func:`cntk` (``w_std = sqrt(2)`` keeps ReLU activations at unit scale).
+
+    Raises
+    ------
+    ValueError
+        ``depth`` not 5, 7 or 10; ``in_channels``, ``width`` or ``out_features`` below 1; bad layer
+        options (as in :class:`ntkit.nn.Linear`).
+    TypeError
+        Sizes that are not integers; layer options of the wrong type (as in :class:`ntkit.nn.Linear`).
 
     Examples
     --------

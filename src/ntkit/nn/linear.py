@@ -105,6 +105,15 @@ class Linear(_WeightLayer):
     weight : Parameter of shape (out_features, in_features)
     bias : Parameter of shape (out_features,) or None
 
+    Raises
+    ------
+    ValueError
+        ``in_features`` or ``out_features`` below 1, ``w_std <= 0``, ``b_std < 0`` (or not finite), an
+        unknown ``parameterization`` or ``init``.
+    TypeError
+        Sizes that are not integers, scales that are not real numbers, a ``generator`` that is not a
+        ``torch.Generator``.
+
     Examples
     --------
     >>> import torch
@@ -272,6 +281,13 @@ class Conv1d(_ConvNd):
     """1-D convolution ``(N, C_in, L) -> (N, C_out, L_out)`` in NTK or standard parameterization.
 
     Parameters as :class:`Conv2d` with one spatial axis.
+
+    Examples
+    --------
+    >>> import torch
+    >>> conv = Conv1d(2, 4, 3, padding="valid", generator=torch.Generator().manual_seed(0))
+    >>> conv(torch.ones(1, 2, 10)).shape  # (10 - 3) // 1 + 1 outputs
+    torch.Size([1, 4, 8])
     """
 
     ndim = 1

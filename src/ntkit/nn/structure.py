@@ -54,6 +54,9 @@ class Activation(nn.Module):
 class Residual(nn.Module):
     """``x + scale * block(x)``; the block must keep the shape of its input.
 
+    In the infinite-width limit the two branches are independent when the block ends with a weight
+    layer, so their kernels add: ``K = K_x + scale^2 K_block`` (NNGP and NTK alike).
+
     Parameters
     ----------
     *block : nn.Module
@@ -61,8 +64,23 @@ class Residual(nn.Module):
     scale : float
         Multiplies the block's output (``1``: the plain residual connection of He et al. 2016).
 
-    In the infinite-width limit the two branches are independent when the block ends with a weight
-    layer, so their kernels add: ``K = K_x + scale^2 K_block`` (NNGP and NTK alike).
+    Raises
+    ------
+    ValueError
+        No module given; a ``scale`` that is not finite; at the call, a block whose output shape
+        differs from its input's.
+    TypeError
+        A block argument that is not a ``torch.nn.Module``; a ``scale`` that is not a real number.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> model = torch.nn.Sequential(ntkit.nn.Linear(2, 8, device="meta"),
+    ...                             Residual(torch.nn.ReLU(), ntkit.nn.Linear(8, 8, device="meta")),
+    ...                             ntkit.nn.Linear(8, 1, device="meta"))
+    >>> x = torch.eye(2, dtype=torch.float64)
+    >>> ntkit.infinite_kernel(model, x, which="nngp").diag().tolist()  # |x|^2 / 2 + E[relu(u)^2], u ~ N(0, 1/2)
+    [0.75, 0.75]
     """
 
     def __init__(self, *block: nn.Module, scale: float = 1.0) -> None:
@@ -90,13 +108,27 @@ class Residual(nn.Module):
 class LayerNorm(nn.Module):
     """``(x - mean) / sqrt(var + eps)`` over axis 1 (features, or channels at each pixel); no parameters.
 
+    In the infinite-width limit the mean and variance over the channels become deterministic:
+    the kernels of a centred Gaussian input are divided by ``sqrt((v1 + eps)(v2 + eps))``.
+
     Parameters
     ----------
     eps : float
         Added to the (biased) variance over the axis.
 
-    In the infinite-width limit the mean and variance over the channels become deterministic:
-    the kernels of a centred Gaussian input are divided by ``sqrt((v1 + eps)(v2 + eps))``.
+    Raises
+    ------
+    ValueError
+        ``eps < 0`` or not finite; at the call, an input with fewer than 2 dimensions.
+    TypeError
+        An ``eps`` that is not a real number.
+
+    Examples
+    --------
+    >>> import torch
+    >>> y = LayerNorm(eps=0.0)(torch.tensor([[1.0, 2.0, 3.0]]))
+    >>> [round(v, 4) for v in y[0].tolist()]  # (x - 2) / sqrt(2 / 3)
+    [-1.2247, 0.0, 1.2247]
     """
 
     def __init__(self, eps: float = 1e-5) -> None:
@@ -115,7 +147,19 @@ class LayerNorm(nn.Module):
 
 
 class GlobalAvgPool(nn.Module):
-    """Mean over every spatial axis: ``(N, C, *S) -> (N, C)``."""
+    """Mean over every spatial axis: ``(N, C, *S) -> (N, C)``.
+
+    Raises
+    ------
+    ValueError
+        At the call, an input with fewer than 3 dimensions.
+
+    Examples
+    --------
+    >>> import torch
+    >>> GlobalAvgPool()(torch.arange(8.0).reshape(1, 2, 2, 2)).tolist()
+    [[1.5, 5.5]]
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim < 3:

@@ -100,6 +100,15 @@ class FeatureMap:
         A layer without a random-feature map (layer norm).
     ValueError
         The weights would exceed ``memory_budget`` (raised before the draw that would exceed it).
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> from ntkit.infinite import describe_model
+    >>> arch = describe_model(ntkit.nn.fc(3, depth=1, device="meta"), (3,))
+    >>> fmap = FeatureMap(arch, 64, "nngp", generator=torch.Generator().manual_seed(0))
+    >>> fmap(torch.randn(5, 3)).shape  # phi with phi @ phi.T ~ the NNGP
+    torch.Size([5, 64])
     """
 
     def __init__(self, arch: Architecture, n_features: int, which: str, *, generator: torch.Generator,

@@ -42,8 +42,19 @@ class FeatureRidge:
         Targets were given as a vector (predictions are then of shape (N*,)).
     jitter : float
         Extra diagonal the Cholesky factorisation needed.
+    batch_size : int
+        Inputs per batch of :meth:`project` and :meth:`predict`.
     chol : Tensor of shape (m, m)
         Cholesky factor of ``Phi^T Phi + (diag_reg + jitter) I`` (for further right-hand sides).
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> x = torch.randn(20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> fit = ntkit.random_features.feature_ridge(ntkit.nn.fc(3, depth=1, device="meta"), x, torch.sin(x[:, 0]),
+    ...                                           n_features=128, diag_reg=1e-2)
+    >>> fit.weights.shape, fit.squeeze, fit.predict(x[:3]).shape
+    (torch.Size([128, 1]), True, torch.Size([3]))
     """
 
     fmap: FeatureMap
@@ -117,6 +128,18 @@ def feature_ridge(
     -------
     FeatureRidge
         ``.predict(x_test)``.
+
+    Raises
+    ------
+    ValueError
+        ``y_train`` not of shape (N,) or (N, k) for the N rows of ``x_train``; ``diag_reg <= 0``;
+        inputs that are empty or not finite; a ``batch_size`` below 1; the errors of
+        :func:`ntkit.random_features.feature_map` (bad ``which``, ``method`` or ``n_features``, an
+        architecture without a feature map, weights beyond ``memory_budget``).
+    TypeError
+        Non-numeric inputs; a ``diag_reg`` that is not a real number; a non-integer ``seed`` or
+        ``batch_size``; a ``dtype`` that is not floating; a ``generator`` that is not a
+        ``torch.Generator``.
 
     Examples
     --------

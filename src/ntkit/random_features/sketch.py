@@ -22,6 +22,23 @@ Tensor = torch.Tensor
 class GaussianProjection:
     """``x -> R x`` on axis 1 with ``R`` of shape (m, d), i.i.d. ``N(0, 1/m)``.
 
+    Parameters
+    ----------
+    d : int
+        Input features (axis 1 of the inputs).
+    m : int
+        Output features.
+    generator : torch.Generator
+        The draw (made in float64, then cast).
+    dtype : torch.dtype
+        Dtype of ``R`` (float32 by default).
+    device : torch.device or str, optional
+
+    Attributes
+    ----------
+    matrix : Tensor of shape (m, d)
+        ``R``.
+
     Examples
     --------
     >>> g = torch.Generator().manual_seed(0)
@@ -43,6 +60,21 @@ class GaussianProjection:
 
 class TensorSketch:
     """Features of the product kernel ``(a.a') (b.b')`` in ``m`` dimensions (Pham & Pagh 2013).
+
+    ``ts(a, b)`` for ``a`` of shape ``(N, d1, *spatial)`` and ``b`` of shape ``(N, d2, *spatial)`` is
+    the circular convolution (by FFT) of the count sketches ``C1 a`` and ``C2 b``: shape
+    ``(N, m, *spatial)``.
+
+    Parameters
+    ----------
+    d1, d2 : int
+        Features (axis 1) of ``a`` and ``b``.
+    m : int
+        Sketch dimension: features of the output.
+    generator : torch.Generator
+        Draws the hashes ``h1``, ``h2`` (uniform in ``[0, m)``) and the signs ``s1``, ``s2`` (``+-1``)
+        of the count sketches.
+    device : torch.device or str, optional
 
     Examples
     --------
