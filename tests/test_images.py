@@ -232,3 +232,10 @@ def test_random_feature_kernels_run_beside_the_exact_ones(tmp_path: Path, capsys
     assert [r["kernel"] for r in recs] == ["CNTK-GAP-1", "CNTK-GAP-1 rf128"]
     assert recs[1]["n_features"] == 128 and recs[0]["n_features"] is None
     assert all(r["results"][1]["reg_acc"] > 0.8 for r in recs)
+
+
+def test_estimate_projects_exact_kernels_by_pairs_and_features_by_images(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["bench", "images", "--quick", "--estimate", "--kernels", "fc1", "gap1-rf32"]) == 0
+    out = capsys.readouterr().out
+    assert "pool 200 + test 100 = 40,100 pairs; probe 128x128" in out
+    assert "FC-1" in out and "CNTK-GAP-1 rf32" in out and "projected kernel time" in out

@@ -71,7 +71,7 @@ from ntkit.experiments.images_kernels import (
     kernel_blocks,
     pairs_of,
     parse_kernels,
-    probe_seconds_per_pair,
+    projected_seconds,
 )
 from ntkit.experiments.images_report import format_table, write_outputs
 
@@ -355,8 +355,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def estimate(settings: Settings, *, probe: int = 32, say: Callable[[str], None] = print) -> float:
-    """Print the projected kernel time of every data set and kernel from a timed ``probe x probe`` block.
+def estimate(settings: Settings, *, probe: int = 128, say: Callable[[str], None] = print) -> float:
+    """Print the projected kernel time of every data set and kernel from a timed ``probe x probe`` block
+    (random features: from the features of ``probe`` images).
 
     Returns the projected total in seconds (kernels only: the evaluation and the CNN come on top).
     """
@@ -372,9 +373,9 @@ def estimate(settings: Settings, *, probe: int = 32, say: Callable[[str], None] 
             f"probe {n}x{n}")
         specs = settings.kernels if name == "digits" else settings.mnist_kernels
         for spec in specs:
-            spp = probe_seconds_per_pair(spec, prep.x[torch.as_tensor(prep.pool)], n)
-            total += spp * pairs
-            say(f"  {spec.name:<14} {1e3 * spp:9.4f} ms/pair  -> {spp * pairs / 60:7.1f} min")
+            secs = projected_seconds(spec, prep.x[torch.as_tensor(prep.pool)], n, len(prep.pool), len(prep.test))
+            total += secs
+            say(f"  {spec.name:<18} {1e3 * secs / pairs:9.4f} ms/pair  -> {secs:9.1f} s")
     say(f"projected kernel time: {total / 60:.1f} min (NNGP and NTK; evaluation and CNN not included)")
     return total
 
@@ -455,7 +456,7 @@ __all__ = [
     "main",
     "parse_kernels",
     "prepare",
-    "probe_seconds_per_pair",
+    "projected_seconds",
     "run_cnn",
     "run_images_benchmark",
     "run_kernel",

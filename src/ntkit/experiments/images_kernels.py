@@ -211,24 +211,31 @@ def feature_blocks(
     return k_pool, k_test, timing
 
 
-def probe_seconds_per_pair(spec: KernelSpec, x: torch.Tensor, n: int) -> float:
-    """Seconds per pair of images of ``spec``'s NNGP + NTK, timed on ``K(x[:n], x[:n])`` in memory.
+def projected_seconds(spec: KernelSpec, x: torch.Tensor, n: int, n_pool: int, n_test: int) -> float:
+    """Projected seconds of ``spec``'s NNGP + NTK blocks on ``n_pool`` + ``n_test`` images, from a probe
+    on the first ``n`` images of ``x``.
 
-    For a random-feature spec: the features of ``n`` images and their Gram matrix (a per-pair cost
-    that falls as N grows: the features are linear in N).
+    Exact kernels: ``K(x[:n], x[:n])`` in memory after a warm-up, per pair times
+    :func:`pairs_of`. Random features: the features of ``n`` images, per image times
+    ``n_pool + n_test`` (they are linear in N), plus their Gram products scaled to the pairs.
     """
     xin = spec.inputs(x[:n])
     model = spec.model((x.shape[2], x.shape[3]), x.shape[1])
+    pairs = pairs_of(n_pool, n_test)
     if spec.n_features is not None:
-        start = time.perf_counter()
+        feature_seconds = gram_seconds = 0.0
         for which in ("nngp", "ntk"):
+            start = time.perf_counter()
             phi = features(model, xin.to(torch.float32), n_features=spec.n_features, which=which)
-            phi @ phi.T
-        return (time.perf_counter() - start) / (n * (n + 1) / 2)
+            feature_seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            torch.mm(phi, phi.T)
+            gram_seconds += time.perf_counter() - start
+        return feature_seconds / n * (n_pool + n_test) + gram_seconds / (n * n) * pairs
     compute_kernel(xin[:2], model=model, which="both")  # warm-up (native builds, caches)
     start = time.perf_counter()
     compute_kernel(xin, model=model, which="both")
-    return (time.perf_counter() - start) / (n * (n + 1) / 2)
+    return (time.perf_counter() - start) / (n * (n + 1) / 2) * pairs
 
 
 __all__ = [
@@ -239,5 +246,5 @@ __all__ = [
     "kernel_blocks",
     "pairs_of",
     "parse_kernels",
-    "probe_seconds_per_pair",
+    "projected_seconds",
 ]
