@@ -278,7 +278,7 @@ def test_dense_cho_factor_is_in_place_and_exact() -> None:
     y = torch.randn(300, 3, generator=g, dtype=F64)
     sol = cho_solve(chol, y)
     assert rel_err(a @ sol, y) < 1e-12
-    assert rel_err(cho_solve(chol, y[:, 0]), sol[:, 0]) < 1e-15
+    assert rel_err(cho_solve(chol, y[:, 0]), sol[:, 0]) < 1e-13  # (BLAS blocking may differ by a column)
     f32 = k.to(torch.float32)  # a float32 matrix is converted (a copy), factored in float64
     chol32, _ = dense_cho_factor(f32, 0.5)
     ref32 = torch.linalg.cholesky(f32.double() + 0.5 * torch.eye(300, dtype=F64))
