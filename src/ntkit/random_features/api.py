@@ -153,14 +153,12 @@ def features(
     t = as_tensor(x, "x", ndim=None)
     fmap = feature_map(model, tuple(t.shape[1:]), n_features=n_features, which=which, generator=generator,
                        seed=seed, dtype=dtype, device=device, memory_budget=memory_budget, method=method)
-    batch_size = fmap.batch_size() if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
+    batch_size = None if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
     out = torch.empty(t.shape[0], n_features, dtype=dtype, device=device)
     bar = Progress(t.shape[0], "features", enabled=progress)
-    with torch.no_grad():
-        for r0 in range(0, t.shape[0], batch_size):
-            rows = t[r0 : r0 + batch_size]
-            out[r0 : r0 + rows.shape[0]] = fmap(rows)
-            bar.update(rows.shape[0])
+    for rows, phi in fmap.batches(t, batch_size):
+        out[rows] = phi
+        bar.update(phi.shape[0])
     bar.close()
     return out
 

@@ -27,7 +27,7 @@ previous layer's features; its relative error falls like ``1 / sqrt(m)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -347,6 +347,20 @@ class FeatureMap:
         assert out is not None
         out = out.reshape(out.shape[0], -1)
         return out if self.final is None else self.final(out)
+
+    def batches(self, x: Tensor, batch_size: int | None = None) -> Iterator[tuple[slice, Tensor]]:
+        """The features of ``x`` (N, *input_shape) batch by batch, without gradients: pairs
+        ``(rows, phi)`` with ``phi = self(x[rows])`` of shape (len(rows), n_features).
+
+        ``batch_size`` defaults to :meth:`batch_size` (what the memory budget allows); only one batch
+        of features exists at a time, so the features of all N inputs are never stored.
+        """
+        step = self.batch_size() if batch_size is None else batch_size
+        for r0 in range(0, x.shape[0], step):
+            rows = slice(r0, min(r0 + step, x.shape[0]))
+            with torch.no_grad():  # (not held across the yield: the caller's grad mode stays its own)
+                phi = self(x[rows])
+            yield rows, phi
 
 
 __all__ = ["DEFAULT_WEIGHT_BUDGET", "FeatureMap"]

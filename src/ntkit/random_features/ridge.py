@@ -21,7 +21,7 @@ from torch import nn
 
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_float, check_int
-from ntkit.random_features.api import _generator, feature_map
+from ntkit.random_features.api import feature_map
 from ntkit.random_features.network import DEFAULT_WEIGHT_BUDGET, FeatureMap
 from ntkit.solve.linalg import cho_solve, robust_cholesky
 
@@ -68,10 +68,8 @@ class FeatureRidge:
         """``Phi(x)^T rhs`` (m, k) by batches (the features of ``x`` are not stored)."""
         xt = as_tensor(x, "x", ndim=None)
         out = torch.zeros(self.weights.shape[0], rhs.shape[1], dtype=torch.float64)
-        with torch.no_grad():
-            for r0 in range(0, xt.shape[0], self.batch_size):
-                phi = self.fmap(xt[r0 : r0 + self.batch_size]).double().cpu()
-                out += phi.T @ rhs[r0 : r0 + phi.shape[0]]
+        for rows, phi in self.fmap.batches(xt, self.batch_size):
+            out += phi.double().cpu().T @ rhs[rows]
         return out
 
     def refit(self, x: Any, rhs: Tensor) -> Tensor:
@@ -83,10 +81,8 @@ class FeatureRidge:
         """``phi(x_test) weights``: shape (N*,) or (N*, k), float64."""
         xt = as_tensor(x_test, "x_test", ndim=None)
         out = torch.empty(xt.shape[0], self.weights.shape[1], dtype=torch.float64)
-        with torch.no_grad():
-            for r0 in range(0, xt.shape[0], self.batch_size):
-                rows = xt[r0 : r0 + self.batch_size]
-                out[r0 : r0 + rows.shape[0]] = self.fmap(rows).double().cpu() @ self.weights
+        for rows, phi in self.fmap.batches(xt, self.batch_size):
+            out[rows] = phi.double().cpu() @ self.weights
         return out[:, 0] if self.squeeze else out
 
 
@@ -157,7 +153,7 @@ def feature_ridge(
         raise ValueError(f"y_train: expected shape ({x.shape[0]},) or ({x.shape[0]}, k), got {tuple(y.shape)}")
     diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0, strict=True)
     fmap = feature_map(model, tuple(x.shape[1:]), n_features=n_features, which=which, method=method,
-                       generator=_generator(generator, seed), dtype=dtype, device=device, memory_budget=memory_budget)
+                       generator=generator, seed=seed, dtype=dtype, device=device, memory_budget=memory_budget)
     batch_size = fmap.batch_size() if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
     return fit_feature_ridge(fmap, x, y, diag_reg=diag_reg, batch_size=batch_size, progress=progress)
 
@@ -175,12 +171,11 @@ def fit_feature_ridge(fmap: FeatureMap, x: Tensor, y: Tensor, *, diag_reg: float
     gram = torch.zeros(m, m, dtype=torch.float64)
     rhs = torch.zeros(m, yy.shape[1], dtype=torch.float64)
     bar = Progress(x.shape[0], "feature ridge", enabled=progress)
-    with torch.no_grad():
-        for r0 in range(0, x.shape[0], batch_size):
-            phi = fmap(x[r0 : r0 + batch_size]).double().cpu()
-            gram += phi.T @ phi
-            rhs += phi.T @ yy[r0 : r0 + phi.shape[0]]
-            bar.update(phi.shape[0])
+    for rows, batch in fmap.batches(x, batch_size):
+        phi = batch.double().cpu()
+        gram += phi.T @ phi
+        rhs += phi.T @ yy[rows]
+        bar.update(phi.shape[0])
     bar.close()
     chol, jitter = robust_cholesky(gram, diag_reg=diag_reg)
     return FeatureRidge(fmap, cho_solve(chol, rhs), squeeze, float(jitter), batch_size, chol)
