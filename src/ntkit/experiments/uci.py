@@ -16,20 +16,22 @@ Small-data Tasks", ICLR 2020 (arXiv:1910.01663), Sec. 4, reproduced with their p
 
 Results are saved per data set as they finish (``OUT/datasets/<name>.json``) so an interrupted run
 resumes where it stopped; ``OUT/results.csv`` and ``OUT/summary.json`` hold the table and average.
+With ``--jobs N`` the data sets run in worker processes (``ntkit._workers.run_in_workers``): a
+worker killed from outside (the out-of-memory killer's ``SIGKILL``) is reported by data set and
+signal, the other workers go on, the lost data set is retried once alone at the end, and the summary
+(``worker_failures``, ``failed``) and the printed table say what happened.
 The data sets are read by :mod:`ntkit.experiments.uci_data`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ import torch
 from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
 from ntkit._validation import check_int
+from ntkit._workers import WorkerDeath, run_in_workers
 from ntkit.experiments.uci_data import (
     DEFAULT_DATA,
     UCIDataset,
@@ -49,13 +52,11 @@ from ntkit.experiments.uci_data import (
     load_uci_dataset,
     write_uci_dataset,
 )
+from ntkit.experiments.uci_report import CSV_FIELDS, PAPER_NTK, PAPER_RF, format_table, summarize, write_outputs
 from ntkit.layerwise import iter_arora_kernels
 
 #: ``C`` grid of Arora et al.
 C_GRID: tuple[float, ...] = (1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4)
-#: Paper averages (Arora et al. 2020, Table 1): NTK-SVM and random forests (Fernández-Delgado et al.).
-PAPER_NTK = 81.95
-PAPER_RF = 81.56
 RESULT_VERSION = 1
 
 
@@ -312,7 +313,9 @@ def run_uci_benchmark(
     datasets : sequence of str, optional
         Subset of data set names (default: every folder of ``data_dir``).
     jobs : int
-        Data sets evaluated in parallel processes (each single-threaded).
+        Data sets evaluated in parallel processes (each single-threaded). A worker that dies (e.g.
+        killed by the out-of-memory killer) is reported and its data set retried once alone after
+        the others; one lost twice is listed in ``failed`` and the run goes on.
     max_iter : int
         libsvm iteration cap per fit (``-1``: none, as in Arora et al.'s runs; see :func:`svc_fit`).
 
@@ -320,7 +323,10 @@ def run_uci_benchmark(
     -------
     dict
         The summary: per-data-set rows, the mean accuracy in percent, the paper's numbers,
-        ``complete`` (False after an interruption) and timings.
+        ``complete`` (False after an interruption or a failed data set), ``interrupted``, ``failed``
+        (data sets whose worker died on every attempt), ``worker_failures`` (one record per data set
+        whose worker died: signal, exit status, likely cause, each attempt, whether it was retried,
+        its outcome) and timings.
 
     Raises
     ------
@@ -380,6 +386,8 @@ def run_uci_benchmark(
         print(f"resuming: {len(results)} data sets already done in {out / 'datasets'}", file=sys.stderr)
     start = time.perf_counter()
     complete = False
+    worker_failures: list[dict[str, Any]] = []
+    failed: list[str] = []
 
     def save(rec: dict[str, Any]) -> None:
         results[rec["dataset"]] = rec
@@ -400,18 +408,28 @@ def run_uci_benchmark(
                 save(rec)
                 bar.update(0, note=f"{name}: {100 * rec['test_acc']:.2f}%")
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futs = {pool.submit(_worker, (str(Path(data_dir) / n), max_dep, c_grid, max_iter)): n for n in todo}
-                try:
-                    for fut in as_completed(futs):
-                        rec = fut.result()
-                        save(rec)
-                        bar.update(
-                            float(sizes[rec["dataset"]]) ** 2, note=f"{rec['dataset']}: {100 * rec['test_acc']:.2f}%"
-                        )
-                except KeyboardInterrupt:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+            deaths: dict[str, list[WorkerDeath]] = {}
+
+            def finished(name: str, rec: dict[str, Any]) -> None:
+                if name in deaths:  # recovered by a retry: the record says what it survived
+                    rec["worker_failures"] = [d.as_dict() for d in deaths[name]]
+                save(rec)
+                bar.update(float(sizes[name]) ** 2, note=f"{name}: {100 * rec['test_acc']:.2f}%")
+
+            def lost(death: WorkerDeath) -> None:
+                deaths.setdefault(death.name, []).append(death)
+                then = "retrying it alone after the others" if death.retry else "giving up on it (no result)"
+                if not death.retry:
+                    bar.update(float(sizes[death.name]) ** 2, note=f"{death.name}: failed")
+                if progress:
+                    print(f"\n{death.describe()}: {death.cause}; {then}", file=sys.stderr)
+
+            items = [(n, (str(Path(data_dir) / n), max_dep, c_grid, max_iter)) for n in todo]
+            report = run_in_workers(_worker, items, jobs=jobs, on_result=finished, on_death=lost)
+            worker_failures = [{"dataset": r.pop("item"), **r} for r in report.records()]
+            failed = list(report.failed)
+            if report.interrupted:
+                raise KeyboardInterrupt
         complete = True
     except KeyboardInterrupt:
         if progress:
@@ -420,79 +438,16 @@ def run_uci_benchmark(
             )
     finally:
         bar.close()
-    summary = summarize(results, names, seconds=time.perf_counter() - start, complete=complete)
+    summary = summarize(
+        results,
+        names,
+        seconds=time.perf_counter() - start,
+        complete=complete,
+        failed=failed,
+        worker_failures=worker_failures,
+    )
     write_outputs(summary, out)
     return summary
-
-
-def summarize(
-    results: dict[str, dict[str, Any]], names: Sequence[str], *, seconds: float, complete: bool
-) -> dict[str, Any]:
-    """The summary record: rows in ``names`` order (finished ones), mean accuracy in percent."""
-    rows = [results[n] for n in names if n in results]
-    mean = float(np.mean([r["test_acc"] for r in rows])) * 100 if rows else float("nan")
-    return {
-        "benchmark": "UCI 90 data sets, NTK + SVC (Arora et al. 2020 protocol)",
-        "n_datasets": len(rows),
-        "n_requested": len(names),
-        "mean_accuracy": mean,
-        "paper_ntk": PAPER_NTK,
-        "paper_random_forest": PAPER_RF,
-        "complete": complete and len(rows) == len(names),
-        "seconds_this_run": seconds,
-        "seconds_total": float(sum(r["seconds"] for r in rows)),
-        "rows": rows,
-    }
-
-
-CSV_FIELDS = ("dataset", "n", "d", "classes", "dep", "fix", "C", "val_acc", "test_acc", "fold_accs", "seconds")
-
-
-def write_outputs(summary: dict[str, Any], out: Path) -> None:
-    """Write ``results.csv`` (one row per data set) and ``summary.json`` (everything) into ``out``."""
-    with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(CSV_FIELDS)
-        for r in summary["rows"]:
-            w.writerow(
-                [
-                    r["dataset"],
-                    r["n"],
-                    r["d"],
-                    r["classes"],
-                    r["dep"],
-                    r["fix"],
-                    r["C"],
-                    f"{r['val_acc']:.6f}",
-                    f"{r['test_acc']:.6f}",
-                    " ".join(f"{a:.6f}" for a in r["fold_accs"]),
-                    f"{r['seconds']:.2f}",
-                ]
-            )
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
-
-
-def format_table(summary: dict[str, Any]) -> str:
-    """The per-data-set table, the average and the comparison with the paper, as text."""
-    lines = [f"{'dataset':<32} {'n':>5} {'d':>4} {'c':>3} {'dep':>3} {'fix':>3} {'C':>7} {'val%':>6} {'test%':>6}"]
-    for r in summary["rows"]:
-        lines.append(
-            f"{r['dataset']:<32} {r['n']:>5} {r['d']:>4} {r['classes']:>3} {r['dep']:>3} {r['fix']:>3} "
-            f"{r['C']:>7g} {100 * r['val_acc']:>6.2f} {100 * r['test_acc']:>6.2f}"
-        )
-    lines.append(
-        f"average test accuracy over {summary['n_datasets']}/{summary['n_requested']} data sets: "
-        f"{summary['mean_accuracy']:.2f}%"
-    )
-    lines.append(f"paper (Arora et al. 2020): NTK {PAPER_NTK:.2f}%, random forests {PAPER_RF:.2f}%")
-    lines.append(
-        f"kernel+SVC time of these data sets: {summary['seconds_total']:.0f} s "
-        f"(this run {summary['seconds_this_run']:.0f} s)"
-    )
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -508,12 +463,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_ITER,
         help=f"libsvm iteration cap per SVM fit (default {DEFAULT_MAX_ITER}; -1: none, as in the paper, very slow)",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="data sets in parallel processes (default 1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="data sets in parallel processes (default 1); a worker that dies (e.g. killed by the out-of-memory "
+        "killer) is reported, its data set retried once alone, and a data set lost twice is listed as failed",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``ntkit bench uci``: print the table and the comparison, write CSV/JSON."""
+    """Run ``ntkit bench uci``: print the table and the comparison, write CSV/JSON.
+
+    Exit status 0 when every data set has a result, 130 after Ctrl-C, 1 when data sets failed
+    (their worker process died on every attempt; the table lists them).
+    """
     summary = run_uci_benchmark(
         args.data,
         args.out,
@@ -526,7 +491,9 @@ def main(args: argparse.Namespace) -> int:
     )
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'summary.json'}")
-    return 0 if summary["complete"] else 130
+    if summary["complete"]:
+        return 0
+    return 130 if summary["interrupted"] else 1
 
 
 # the command's helpers (format_table, summarize, write_outputs, svc_accuracy) stay importable but
