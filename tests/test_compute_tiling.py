@@ -71,7 +71,7 @@ def test_plan_counts_and_ragged_tiles() -> None:
 def test_budget_and_tile_errors(x: torch.Tensor) -> None:
     with pytest.raises(ValueError, match=r"budget: expected at least .* one tile row"):
         compute_kernel(x, depth=2, budget=10_000)
-    with pytest.raises(ValueError, match="budget: expected a byte count"):
+    with pytest.raises(ValueError, match="budget: expected a positive number of bytes"):
         compute_kernel(x, depth=2, budget="lots")
     with pytest.raises(ValueError, match="tile: expected a multiple of 128"):
         compute_kernel(x, depth=2, tile=100)

@@ -6,6 +6,8 @@ whose message says what was expected and what was given. Internal code trusts it
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -137,6 +139,52 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
     return value
+
+
+#: Units of a memory budget given as a string, all binary: "512M" = "512MB" = "512MiB" = 512 * 2**20 bytes.
+_MEMORY_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+    "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+    "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+    "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40,
+}
+
+
+def parse_memory_budget(value: Any, name: str = "memory_budget") -> int:
+    """A memory budget in bytes, from a positive number of bytes or a string such as ``"512M"``.
+
+    The one parser of every memory keyword in ntkit. Strings are a number and an optional binary
+    unit, case-insensitive, with or without a space: ``"512M"``, ``"512 MB"``, ``"2GiB"``, ``"1.5G"``,
+    ``"4096"`` (``K``/``M``/``G``/``T`` are powers of 1024 with or without ``B`` / ``iB``).
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is neither a number nor a string (a bool is refused).
+    ValueError
+        If the string cannot be read, or the budget is not a positive finite number of bytes.
+
+    Examples
+    --------
+    >>> parse_memory_budget("512M"), parse_memory_budget("2 GiB"), parse_memory_budget("1.5g")
+    (536870912, 2147483648, 1610612736)
+    >>> parse_memory_budget(4096)
+    4096
+    """
+    expected = "a positive number of bytes or a string such as '512M', '2GiB' or '1.5G'"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected {expected}, got {describe(value)}")
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+        if m is None or m.group(2).lower() not in _MEMORY_UNITS:
+            raise ValueError(f"{name}: expected {expected}, got {value!r}")
+        number = float(m.group(1)) * _MEMORY_UNITS[m.group(2).lower()]
+    else:
+        number = float(value)
+    if not math.isfinite(number) or number < 1:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return int(number)
 
 
 def check_dtype(dtype: Any) -> torch.dtype:

@@ -10,12 +10,11 @@ and mirrored, which halves the work and makes the result exactly symmetric.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ntkit._validation import check_int, describe
+from ntkit._validation import check_int, describe, parse_memory_budget
 from ntkit.infinite.fused import GRAM_BLOCK
 
 #: Tile-sized arrays alive at once while a tile is evaluated and written (cov, ntk, 2 temporaries,
@@ -26,21 +25,10 @@ MAX_TILE = 1024
 #: Default working-memory budget in bytes.
 DEFAULT_BUDGET = 256 * 2**20
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
 def parse_budget(value: Any) -> int:
-    """A byte count from an int or a string such as ``"512M"``, ``"2GiB"`` (positive)."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
-        if m is None or m.group(2).lower() not in _UNITS:
-            raise ValueError(f"budget: expected a byte count such as 536870912 or '512M', got {value!r}")
-        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-        if value <= 0:
-            raise ValueError(f"budget: expected a positive byte count, got {value}")
-        return value
-    return check_int(value, "budget", minimum=1)
+    """A byte count from an int or a string such as ``"512M"``, ``"2GiB"`` (one parser for every budget:
+    :func:`ntkit._validation.parse_memory_budget`)."""
+    return parse_memory_budget(value, "budget")
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ With ``pairs="diagonal"`` only ``i == j`` is computed: (N, k, k), (N,) and (N, k
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ntkit._validation import describe
+from ntkit._validation import describe, parse_memory_budget
 from ntkit.empirical._gemm import matmul_t
 
 Tensor = torch.Tensor
@@ -30,20 +29,10 @@ IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured", "fc")
 #: Working memory allowed per tile when the caller sets none (bytes).
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
-_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
-
 
 def parse_memory(value: Any) -> int:
-    """Parse a memory budget: bytes as an int, or a string such as ``"512MB"`` / ``"2 GB"``."""
-    if isinstance(value, bool):
-        raise TypeError(f"memory_budget: expected bytes (int) or a string such as '2GB', got {describe(value)}")
-    if isinstance(value, (int, float)) and value > 0:
-        return int(value)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?[bB]?)\s*", value)
-        if m is not None and float(m.group(1)) > 0:
-            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise ValueError(f"memory_budget: expected a positive number of bytes or a string such as '2GB', got {value!r}")
+    """A memory budget in bytes (:func:`ntkit._validation.parse_memory_budget`: ``4096``, ``"512M"``, ``"2 GB"``)."""
+    return parse_memory_budget(value, "memory_budget")
 
 
 def select_parameters(model: nn.Module, parameters: Sequence[str] | str | None) -> dict[str, Tensor]:

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from ntkit._progress import Progress
-from ntkit._validation import as_tensor, check_choice, check_dtype, check_int, describe
+from ntkit._validation import as_tensor, check_choice, check_dtype, check_int, describe, parse_memory_budget
 from ntkit.compute.api import architecture
 from ntkit.compute.model_kernels import infinite_kernel
-from ntkit.compute.tiling import parse_budget
 from ntkit.random_features.network import DEFAULT_WEIGHT_BUDGET, FeatureMap
 
 Tensor = torch.Tensor
@@ -83,7 +82,7 @@ def feature_map(
     check_dtype(dtype)
     arch = architecture(model, tuple(input_shape))
     return FeatureMap(arch, n_features, which, generator=_generator(generator, seed), dtype=dtype, device=device,
-                      memory_budget=parse_budget(memory_budget), method=method)
+                      memory_budget=parse_memory_budget(memory_budget), method=method)
 
 
 def features(
