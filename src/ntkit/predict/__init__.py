@@ -40,7 +40,14 @@ the dense factorisation while the N x N float64 matrix fits ``memory_bytes`` (4 
 then CG up to N = 50,000, then Nystrom. Iterative solvers need ``diag_reg > 0``, give no finite-time
 dynamics and no posterior covariance.
 
-Modules: :mod:`.gradient_descent` (:func:`gradient_descent_mse`), :mod:`.gp`
+Any loss. :func:`gradient_descent` (module :mod:`.any_loss`) integrates the function-space gradient
+flow ``d f / dt = -eta Theta dL/df`` for any differentiable total training loss ``L(f)`` (built in:
+``"mse"``, the loss above, and ``"cross_entropy"``, the mean over examples of the softmax
+cross-entropy) as an ODE (``scipy.integrate.solve_ivp``); with ``"mse"`` it is the gradient flow of
+:func:`gradient_descent_mse`.
+
+Modules: :mod:`.mse` (:func:`gradient_descent_mse`), :mod:`.any_loss`
+(:func:`gradient_descent`), :mod:`.gp`
 (:func:`gp_inference`), :mod:`.ensemble` (:func:`gradient_descent_mse_ensemble`),
 :mod:`.learning_rate` (:func:`max_learning_rate`); shared: ``_common`` (result types, input
 validation), ``_spectral`` (eigenvalue functions of the dynamics), ``_kernel_system`` (the
@@ -48,10 +55,11 @@ iterative solvers).
 """
 
 from ntkit.predict._common import GaussianPrediction, Prediction
+from ntkit.predict.any_loss import gradient_descent
 from ntkit.predict.ensemble import gradient_descent_mse_ensemble
 from ntkit.predict.gp import gp_inference
-from ntkit.predict.gradient_descent import gradient_descent_mse
 from ntkit.predict.learning_rate import LearningRateWarning, max_learning_rate
+from ntkit.predict.mse import gradient_descent_mse
 from ntkit.solve.eigen import SingularKernelWarning
 
 __all__ = [
@@ -60,6 +68,7 @@ __all__ = [
     "Prediction",
     "SingularKernelWarning",
     "gp_inference",
+    "gradient_descent",
     "gradient_descent_mse",
     "gradient_descent_mse_ensemble",
     "max_learning_rate",
