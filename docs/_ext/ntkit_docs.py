@@ -47,6 +47,7 @@ API_MODULES: list[tuple[str, str]] = [
     ("ntkit.nn.arch_spec", "ntkit.nn.arch_spec: architectures as text"),
     ("ntkit.activations", "ntkit.activations: activations and their dual maps"),
     ("ntkit.empirical", "ntkit.empirical: empirical NTK and NNGP"),
+    ("ntkit.monte_carlo", "ntkit.monte_carlo: Monte-Carlo kernels of any model"),
     ("ntkit.compute", "ntkit.compute: kernels at scale"),
     ("ntkit.infinite", "ntkit.infinite: the model-to-kernel walk"),
     ("ntkit.networks", "ntkit.networks: fully connected networks"),
@@ -66,7 +67,8 @@ API_MODULES: list[tuple[str, str]] = [
 API_EXTRA: dict[str, list[str]] = {"ntkit.infinite": ["ntkit.infinite.native.status"]}
 #: public-looking modules that are documented elsewhere: the command line (its page documents the
 #: commands), the Kernel record (``ntkit.Kernel``), the experiments' command plumbing
-NOT_API = {"ntkit.cli", "ntkit.kernel", "ntkit.experiments", "ntkit.experiments.bench", "ntkit.experiments.uci_data"}
+NOT_API = {"ntkit.cli", "ntkit.kernel", "ntkit.experiments", "ntkit.experiments.bench", "ntkit.experiments.uci_data",
+           "ntkit.experiments.uci_report"}
 #: the command line's plumbing (documented on the command-line page, not as Python API)
 CLI_PLUMBING = {"add_arguments", "main"}
 

@@ -15,6 +15,7 @@ from ntkit.activations import Activation, get_activation
 from ntkit.compute import compute_kernel, fc_kernel, infinite_kernel, kernel_tile_fn
 from ntkit.empirical import empirical_nngp, empirical_ntk
 from ntkit.kernel import Kernel
+from ntkit.monte_carlo import MonteCarloKernel, monte_carlo_kernel
 from ntkit.networks import FCNetwork, NTKLinear
 from ntkit.random_features import features
 from ntkit.train import linearize
@@ -25,6 +26,7 @@ __all__ = [
     "Activation",
     "FCNetwork",
     "Kernel",
+    "MonteCarloKernel",
     "NTKLinear",
     "__version__",
     "activations",
@@ -37,6 +39,7 @@ __all__ = [
     "infinite_kernel",
     "kernel_tile_fn",
     "linearize",
+    "monte_carlo_kernel",
     "nn",
     "predict",
 ]

@@ -165,6 +165,8 @@ def _unsupported(name: str, module: nn.Module) -> ArchitectureError:
     else:
         why = UNSUPPORTED_REASONS.get(type(module), "")
     hint = f": {why}" if why else ""
+    if not isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)):
+        hint += ". ntkit.monte_carlo_kernel estimates the kernels of any model (averaged over random initialisations)"
     return ArchitectureError(
         f"infinite_kernel: module {_label(name, module)} has no infinite-width kernel transform{hint}. "
         f"Supported: {SUPPORTED}"
