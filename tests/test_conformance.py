@@ -119,6 +119,7 @@ def test_limit_is_the_mean_of_finite_networks(name: str) -> None:
         assert z < 5.0, (name, what, z)
 
 
+@pytest.mark.slow  # width sweeps: ~4 min of CPU in all; run by CI (.ci/run: ./test.sh -m slow)
 @pytest.mark.parametrize("name", CASES)
 def test_single_networks_converge_with_width(name: str) -> None:
     x, make, standard, conv = _case(name)
@@ -136,6 +137,7 @@ def test_single_networks_converge_with_width(name: str) -> None:
 TORCH_ACTIVATIONS = [nn.Tanh(), nn.SiLU(), nn.GELU(approximate="tanh"), nn.ELU(), nn.Softplus(), nn.LeakyReLU(0.1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", TORCH_ACTIVATIONS, ids=lambda m: type(m).__name__)
 def test_torch_activation_modules_converge(act: nn.Module) -> None:
     x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
