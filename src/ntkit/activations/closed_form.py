@@ -225,6 +225,7 @@ class Step(Activation):
 
     name = "step"
     has_derivative_map = False
+    homogeneous_degree = 0  # step(s x) = step(x): inputs of any norm are evaluated by rescaling
     closed_form = True
 
     def forward(self, x: Tensor) -> Tensor:
