@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import torch
@@ -268,15 +269,74 @@ def test_bad_parameters() -> None:
         get_activation("no_such_activation")
 
 
+def _j1(v1: torch.Tensor, c: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    """``E[relu(u) relu(v)] = (sqrt(v1 v2 - c^2) + (pi - theta) c) / (2 pi)``, the arc-cosine kernel of degree 1."""
+    det = (v1 * v2 - c * c).clamp_min(0).sqrt()
+    return (det + (math.pi - torch.atan2(det, c)) * c) / (2 * math.pi)
+
+
+def _j0(v1: torch.Tensor, c: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    """``P(u > 0, v > 0) = (pi - theta) / (2 pi)``, the arc-cosine kernel of degree 0."""
+    return (math.pi - torch.atan2((v1 * v2 - c * c).clamp_min(0).sqrt(), c)) / (2 * math.pi)
+
+
+def _relu_mean(m: mpmath.mpf, tau: mpmath.mpf) -> mpmath.mpf:
+    """``E[relu(m + tau Z)] = m Phi(m / tau) + tau phi(m / tau)``, Z standard normal."""
+    if tau == 0:
+        return max(m, mpmath.mpf(0))
+    return m * mpmath.ncdf(m / tau) + tau * mpmath.npdf(m / tau)
+
+
+def _relu6_reference(v1: float, c: float, v2: float) -> float:
+    """``E[relu6(u) relu6(v)]`` from the ReLU's closed form: relu6(x) = relu(x) - relu(x - 6), so given u,
+    ``E[relu6(v) | u] = R(m) - R(m - 6)`` with ``R`` the Gaussian mean of a ReLU (``v | u ~ N(m, tau^2)``,
+    ``m = c u / v1``, ``tau^2 = v2 - c^2 / v1``); the outer integral over u (zero for u < 0) by mpmath in
+    20 digits, split at the kink u = 6. Independent of ntkit's quadrature."""
+    with mpmath.workdps(20):
+        v1m, cm, v2m = mpmath.mpf(v1), mpmath.mpf(c), mpmath.mpf(v2)
+        tau = mpmath.sqrt(max(v2m - cm * cm / v1m, mpmath.mpf(0)))
+
+        s1 = mpmath.sqrt(v1m)
+
+        def outer(u: mpmath.mpf) -> mpmath.mpf:
+            m = cm * u / v1m
+            return min(u, mpmath.mpf(6)) * (_relu_mean(m, tau) - _relu_mean(m - 6, tau)) * mpmath.npdf(u, 0, s1)
+
+        return float(mpmath.quad(outer, [0, 6, mpmath.inf]))
+
+
+# (var1, cov, var2): moderate and high correlation, negative covariance, independent, identical
+V1, C, V2 = (torch.tensor(v, dtype=torch.float64) for v in ([9.0, 25.0, 4.0, 1.0, 36.0], [5.0, 24.0, -3.0, 0.0, 36.0],
+                                                            [16.0, 25.0, 9.0, 0.5, 36.0]))
+
+
 def test_user_breakpoints_make_kinks_exact() -> None:
-    """ReLU6 kinks at 0 and 6: with both breakpoints it matches a closed form built from ReLU."""
+    """ReLU6 kinks at 0 and 6: with both breakpoints it matches a closed form built from ReLU
+    (relu6(x) = relu(x) - relu(x - 6), see _relu6_reference); with either one left out it does not."""
+    want = torch.tensor([_relu6_reference(*map(float, t)) for t in zip(V1, C, V2, strict=True)], dtype=torch.float64)
     relu6 = CallableActivation(lambda x: x.clamp(0, 6), name="relu6", breakpoints=(0.0, 6.0))
-    v1, c, v2 = (torch.tensor([9.0, 25.0]), torch.tensor([5.0, 24.0]), torch.tensor([16.0, 25.0]))
-    v1, c, v2 = v1.double(), c.double(), v2.double()
-    # relu6(x) = relu(x) - relu(x - 6): E[relu6 relu6] by the general path of the shifted pieces vs scipy-free
-    # identity E[relu6(u) relu6(v)] with a very fine rule (nodes=40) as reference
-    ref = gaussian_expectation(relu6.forward, v1, c, v2, breakpoints=(0.0, 6.0), nodes=40)
-    assert rel_err(relu6.expect(v1, c, v2), ref) < 1e-9
+    err = ((relu6.expect(V1, C, V2) - want).abs() / want.abs()).max()
+    assert err < 1e-14  # entrywise; 3.7e-16 measured
+    for one in ((0.0,), (6.0,)):  # a kink off the panel edges: 3.0e-4 (kink at 6 left out) and 1.0e-5 measured
+        partial = CallableActivation(lambda x: x.clamp(0, 6), name="relu6", breakpoints=one)
+        assert rel_err(partial.expect(V1, C, V2), want) > 1e-6
+
+
+@pytest.mark.parametrize("method", ["quadrature", "auto"])
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (1.0, -1.0), (1.0, -0.2), (1.5, 0.7)],
+                         ids=["abs", "identity", "leaky_relu", "general"])
+def test_relu_combinations_match_the_arc_cosine_closed_form(alpha: float, beta: float, method: str) -> None:
+    """sigma(x) = alpha relu(x) + beta relu(-x) (abs, identity, leaky ReLU, ...) as a plain callable with
+    its kink at 0. Since (-u, -v) has the covariance of (u, v) and (u, -v) that of (u, v) with c negated:
+    E[sigma(u) sigma(v)] = (alpha^2 + beta^2) J1(c) + 2 alpha beta J1(-c) and, with
+    sigma' = alpha 1[x > 0] - beta 1[x < 0], E[sigma'(u) sigma'(v)] = (alpha^2 + beta^2) J0(c) - 2 alpha beta J0(-c)."""
+    act = CallableActivation(lambda x: alpha * x.clamp_min(0) + beta * (-x).clamp_min(0), name="relu_combination",
+                             breakpoints=(0.0,), method=method)
+    nngp = (alpha**2 + beta**2) * _j1(V1, C, V2) + 2 * alpha * beta * _j1(V1, -C, V2)
+    ntk = (alpha**2 + beta**2) * _j0(V1, C, V2) - 2 * alpha * beta * _j0(V1, -C, V2)
+    # measured: at most 4.9e-16 by split quadrature, 2.3e-15 by the Mehler expansion ("auto")
+    assert rel_err(act.expect(V1, C, V2), nngp) < 2e-14
+    assert rel_err(act.expect_derivative(V1, C, V2), ntk) < 2e-14
 
 
 def test_gelu_forward_is_torch_exact_gelu() -> None:

@@ -81,7 +81,8 @@ def test_worker_killed_mid_run(client: Any, gen: torch.Generator, tmp_path: Path
 def test_unreachable_scheduler(tmp_path: Path) -> None:
     from ntkit.compute import distributed as dist_mod
 
-    x = torch.randn(10, 3, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(101)
+    x = torch.randn(10, 3, dtype=torch.float64, generator=rng)
     old = dist_mod.CONNECT_TIMEOUT
     dist_mod.CONNECT_TIMEOUT = 1.0
     try:

@@ -42,8 +42,9 @@ def brute_force_ntk(
 def test_implementations_match_the_definition(activation: str, parameterization: str) -> None:
     net = ntkit.FCNetwork(3, [5, 4], 2, activation=activation, beta=0.3, w_std=1.2,
                           parameterization=parameterization, seed=0)
-    x1 = torch.randn(3, 3, dtype=torch.float64)
-    x2 = torch.randn(2, 3, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(102)
+    x1 = torch.randn(3, 3, dtype=torch.float64, generator=rng)
+    x2 = torch.randn(2, 3, dtype=torch.float64, generator=rng)
     ref = brute_force_ntk(net, x1, x2)
     for impl in ("jacobian", "fc", "auto"):
         full = ntkit.empirical_ntk(net, x1, x2, implementation=impl)
@@ -59,8 +60,9 @@ def test_implementations_match_the_definition(activation: str, parameterization:
 def test_any_torch_model_and_parameter_subsets() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
-    x1 = torch.randn(3, 3, dtype=torch.float64)
-    x2 = torch.randn(4, 3, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(1)
+    x1 = torch.randn(3, 3, dtype=torch.float64, generator=rng)
+    x2 = torch.randn(4, 3, dtype=torch.float64, generator=rng)
     torch.testing.assert_close(ntkit.empirical_ntk(model, x1, x2), brute_force_ntk(model, x1, x2),
                                rtol=1e-12, atol=1e-13)
     last = ["2.weight", "2.bias"]
@@ -79,7 +81,8 @@ def test_any_torch_model_and_parameter_subsets() -> None:
 @pytest.mark.parametrize("init", ["gaussian", "orthogonal"])
 def test_depth_zero_ntk_is_exactly_the_linear_kernel(init: str) -> None:
     """For L = 1 the NTK does not depend on the weights: Theta = (w^2 x.x'/n0 + beta^2) (x) I."""
-    x = torch.randn(6, 4, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(103)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=rng)
     net = ntkit.FCNetwork(4, [], 3, beta=0.7, w_std=1.5, init=init, seed=0)
     theta = ntkit.empirical_ntk(net, x)
     limit = ntkit.fc_kernel(x, depth=0, beta=0.7, w_std=1.5).blocks(3)
@@ -89,7 +92,9 @@ def test_depth_zero_ntk_is_exactly_the_linear_kernel(init: str) -> None:
 
 def test_empirical_nngp() -> None:
     net = ntkit.FCNetwork(3, [7], 2, seed=0)
-    x1, x2 = torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(104)
+    x1 = torch.randn(4, 3, dtype=torch.float64, generator=rng)
+    x2 = torch.randn(5, 3, dtype=torch.float64, generator=rng)
     f1, f2 = net(x1).detach(), net(x2).detach()
     torch.testing.assert_close(ntkit.empirical_nngp(net, x1, x2), f1 @ f2.T / 2)
     assert ntkit.empirical_nngp(net, x1, x2, mode="full").shape == (4, 5, 2, 2)
@@ -98,9 +103,10 @@ def test_empirical_nngp() -> None:
 
 def test_bad_input() -> None:
     net = ntkit.FCNetwork(3, [4], 2, seed=0)
-    x = torch.randn(2, 3, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(105)
+    x = torch.randn(2, 3, dtype=torch.float64, generator=rng)
     with pytest.raises(ValueError, match="same feature shape"):
-        ntkit.empirical_ntk(net, x, torch.randn(2, 4, dtype=torch.float64))
+        ntkit.empirical_ntk(net, x, torch.randn(2, 4, dtype=torch.float64, generator=rng))
     with pytest.raises(ValueError, match=r"unknown \['nope'\]"):
         ntkit.empirical_ntk(net, x, parameters=["nope"])
     with pytest.raises(ValueError, match="mode: expected one of"):
@@ -110,7 +116,7 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match=r"expected an output of shape \(N, k\)"):
         ntkit.empirical_ntk(nn.Sequential(nn.Linear(3, 2), nn.Flatten(0)).double(), x)
     with pytest.raises(ValueError, match="failed on an input"):
-        ntkit.empirical_ntk(net, torch.randn(2, 5, dtype=torch.float64))
+        ntkit.empirical_ntk(net, torch.randn(2, 5, dtype=torch.float64, generator=rng))
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         ntkit.empirical_ntk(lambda t: t, x)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="finite"):

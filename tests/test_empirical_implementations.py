@@ -76,7 +76,8 @@ def test_structured_per_layer_methods_agree(references: dict, name: str) -> None
 def test_structured_uses_factored_layers_and_falls_back_only_for_unknown() -> None:
     model, _ = make("unknown")
     params = select_parameters(model, None)
-    engine = StructuredEngine(model, params, 3, torch.randn(1, 5, dtype=torch.float64), 4, 4, "full")
+    rng = torch.Generator().manual_seed(106)
+    engine = StructuredEngine(model, params, 3, torch.randn(1, 5, dtype=torch.float64, generator=rng), 4, 4, "full")
     assert len(engine.layers) == 2
     assert sorted(engine.fallback_names) == ["1.bias", "1.weight", "2.c", "2.w"]
 
@@ -85,8 +86,9 @@ def test_structured_uses_factored_layers_and_falls_back_only_for_unknown() -> No
 def test_float32_matches_float64(name: str) -> None:
     model64, d = make(name)
     model32, _ = make(name, torch.float32)
-    x1 = torch.randn(9, d, dtype=torch.float64)
-    x2 = torch.randn(7, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(107)
+    x1 = torch.randn(9, d, dtype=torch.float64, generator=rng)
+    x2 = torch.randn(7, d, dtype=torch.float64, generator=rng)
     for mode in MODES:
         ref = ntkit.empirical_ntk(model64, x1, x2, mode=mode, implementation="jacobian")
         for impl in ["structured", "jacobian"]:
@@ -101,7 +103,8 @@ def test_float32_fast_linear_path_wide() -> None:
     net = torch.nn.Sequential(
         torch.nn.Linear(20, 160), torch.nn.ReLU(), torch.nn.Linear(160, 160), torch.nn.ReLU(), torch.nn.Linear(160, 4)
     )
-    x1, x2 = torch.randn(40, 20), torch.randn(30, 20)
+    rng = torch.Generator().manual_seed(2)
+    x1, x2 = torch.randn(40, 20, generator=rng), torch.randn(30, 20, generator=rng)
     ref = ntkit.empirical_ntk(net.double(), x1.double(), x2.double(), implementation="jacobian")
     got = ntkit.empirical_ntk(net.float(), x1, x2, implementation="structured")
     assert rel_err(got.double(), ref) < 1e-5
@@ -110,7 +113,9 @@ def test_float32_fast_linear_path_wide() -> None:
 @pytest.mark.parametrize("subset", [["4.weight"], ["0.bias", "4.weight"], ["2.weight"], "2.bias"])
 def test_parameter_subsets(subset: list[str] | str) -> None:
     model, d = make("mlp")
-    x1, x2 = torch.randn(3, d, dtype=torch.float64), torch.randn(2, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(108)
+    x1 = torch.randn(3, d, dtype=torch.float64, generator=rng)
+    x2 = torch.randn(2, d, dtype=torch.float64, generator=rng)
     names = [subset] if isinstance(subset, str) else subset
     ref = brute_force_ntk(model, x1, x2, names)
     for impl in IMPLS:
@@ -124,7 +129,8 @@ def test_parameter_subsets(subset: list[str] | str) -> None:
 def test_frozen_parameters_are_constants() -> None:
     model, d = make("unknown")
     model[1].weight.requires_grad_(False)
-    x = torch.randn(3, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(109)
+    x = torch.randn(3, d, dtype=torch.float64, generator=rng)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     ref = brute_force_ntk(model, x, x, names)
     for impl in IMPLS:
@@ -133,7 +139,8 @@ def test_frozen_parameters_are_constants() -> None:
 
 def test_fc_alias_and_infinite_width_sanity() -> None:
     net = ntkit.FCNetwork(3, [256, 256], 2, seed=0)
-    x = torch.randn(5, 3, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(110)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=rng)
     a = ntkit.empirical_ntk(net, x, mode="trace", implementation="fc")
     b = ntkit.empirical_ntk(net, x, mode="trace", implementation="jacobian")
     assert rel_err(a, b) < 1e-12
@@ -143,7 +150,8 @@ def test_fc_alias_and_infinite_width_sanity() -> None:
 
 def test_symmetric_result_is_symmetric() -> None:
     model, d = make("cnn")
-    x = torch.randn(6, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(111)
+    x = torch.randn(6, d, dtype=torch.float64, generator=rng)
     full = ntkit.empirical_ntk(model, x, implementation="structured")
     assert rel_err(full, full.permute(1, 0, 3, 2)) < 1e-14
     assert rel_err(full, ntkit.empirical_ntk(model, x, x.clone(), implementation="structured")) < 1e-12

@@ -123,7 +123,9 @@ def test_output_layer_identity_only_when_the_output_is_the_layer_output(tail: st
                 return self.b(torch.tanh(self.b(torch.tanh(self.a(x)))))
 
         model = Twice().double()
-    x1, x2 = torch.randn(5, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(112)
+    x1 = torch.randn(5, 4, dtype=torch.float64, generator=rng)
+    x2 = torch.randn(3, 4, dtype=torch.float64, generator=rng)
     ref = brute_force_ntk(model, x1, x2)
     for mode in MODES:
         got = ntkit.empirical_ntk(model, x1, x2, mode=mode, implementation="structured")
@@ -134,7 +136,9 @@ def test_module_with_its_own_forward_attribute() -> None:
     """A layer whose ``forward`` is an instance attribute keeps it (the output is then recorded)."""
     model, d = make("mlp")
     model[2].forward = types.MethodType(nn.Linear.forward, model[2])
-    x1, x2 = torch.randn(4, d, dtype=torch.float64), torch.randn(3, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(113)
+    x1 = torch.randn(4, d, dtype=torch.float64, generator=rng)
+    x2 = torch.randn(3, d, dtype=torch.float64, generator=rng)
     ref = brute_force_ntk(model, x1, x2)
     for mode in MODES:
         got = ntkit.empirical_ntk(model, x1, x2, mode=mode, implementation="structured")
@@ -144,9 +148,11 @@ def test_module_with_its_own_forward_attribute() -> None:
 
 def test_forward_attributes_restored_after_an_error() -> None:
     model, d = make("mlp")
-    bad = torch.randn(3, d + 1, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(114)
+    bad = torch.randn(3, d + 1, dtype=torch.float64, generator=rng)
     with pytest.raises(ValueError):
-        ntkit.empirical_ntk(model, torch.randn(3, d, dtype=torch.float64), bad, implementation="structured")
+        ntkit.empirical_ntk(model, torch.randn(3, d, dtype=torch.float64, generator=rng), bad,
+                            implementation="structured")
     assert all("forward" not in m.__dict__ for m in model.modules())
 
 
@@ -154,7 +160,8 @@ def test_float32_paths() -> None:
     """float32 on CPU: oneDNN products, vectorised chunks and Grams during the backward pass."""
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(20, 160), nn.ReLU(), nn.Linear(160, 160), nn.ReLU(), nn.Linear(160, 4))
-    x1, x2 = torch.randn(40, 20), torch.randn(30, 20)
+    rng = torch.Generator().manual_seed(2)
+    x1, x2 = torch.randn(40, 20, generator=rng), torch.randn(30, 20, generator=rng)
     ref = ntkit.empirical_ntk(net.double(), x1.double(), x2.double(), implementation="jacobian")
     net = net.float()
     for mode in MODES:

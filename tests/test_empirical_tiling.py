@@ -30,8 +30,9 @@ def test_tiled_equals_untiled(
 ) -> None:
     monkeypatch.setenv("NTKIT_PROGRESS", "1")  # captured stderr is not a terminal: ask for the bar
     model, d = make(name)
-    x1 = torch.randn(11, d, dtype=torch.float64)
-    x2 = torch.randn(7, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(115)
+    x1 = torch.randn(11, d, dtype=torch.float64, generator=rng)
+    x2 = torch.randn(7, d, dtype=torch.float64, generator=rng)
     for mode in MODES:
         ref = ntkit.empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
         ref_sym = ntkit.empirical_ntk(model, x1, mode=mode, implementation=impl)
@@ -52,7 +53,8 @@ def test_tiled_equals_untiled(
 
 def test_out_is_filled_and_progress_can_be_silenced(capsys: pytest.CaptureFixture[str]) -> None:
     model, d = make("mlp")
-    x = torch.randn(20, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(116)
+    x = torch.randn(20, d, dtype=torch.float64, generator=rng)
     out = torch.full((20, 20), float("nan"), dtype=torch.float64)
     res = ntkit.empirical_ntk(model, x, mode="trace", memory_budget=20_000, out=out, progress=False)
     assert res is out and bool(torch.isfinite(out).all())
@@ -64,7 +66,8 @@ def test_out_is_filled_and_progress_can_be_silenced(capsys: pytest.CaptureFixtur
 
 def test_budget_too_small_for_one_tile() -> None:
     model, d = make("cnn")
-    x = torch.randn(3, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(117)
+    x = torch.randn(3, d, dtype=torch.float64, generator=rng)
     for impl in ["structured", "jacobian", "ntvp", "auto"]:
         with pytest.raises(ValueError, match=r"memory_budget: expected at least \d+ bytes .* one 1 x 1 tile"):
             ntkit.empirical_ntk(model, x, implementation=impl, memory_budget=100)
@@ -84,7 +87,8 @@ class _Bilinear(nn.Module):
 
     def __init__(self, n: int) -> None:
         super().__init__()
-        self.w = nn.Parameter(torch.randn(n, n, dtype=torch.float64) / n**0.5)
+        rng = torch.Generator().manual_seed(118)
+        self.w = nn.Parameter(torch.randn(n, n, dtype=torch.float64, generator=rng) / n**0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.w
@@ -93,7 +97,7 @@ class _Bilinear(nn.Module):
 def test_auto_falls_back_to_ntvp_when_jacobians_do_not_fit() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 40), nn.Tanh(), _Bilinear(40), nn.Tanh(), nn.Linear(40, 3)).double()
-    x = torch.randn(4, 5, dtype=torch.float64)
+    x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ref = ntkit.empirical_ntk(model, x, implementation="jacobian")
     needs = {impl: one_tile_need(model, x, implementation=impl) for impl in ["ntvp", "jacobian", "structured"]}
     assert needs["ntvp"] < min(needs["jacobian"], needs["structured"])
@@ -114,12 +118,13 @@ class _BadOutput(nn.Module):
 @pytest.mark.parametrize("impl", ["structured", "jacobian", "ntvp", "auto"])
 def test_bad_inputs(impl: str) -> None:
     model, d = make("mlp")
-    x = torch.randn(3, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(119)
+    x = torch.randn(3, d, dtype=torch.float64, generator=rng)
     for shape in ["1d", "3d"]:
         with pytest.raises(ValueError, match=r"model: expected an output of shape \(N, k\)"):
-            ntkit.empirical_ntk(_BadOutput(shape), torch.randn(3, 4), implementation=impl)
+            ntkit.empirical_ntk(_BadOutput(shape), torch.randn(3, 4, generator=rng), implementation=impl)
     with pytest.raises(ValueError, match="x1 and x2: expected the same feature shape"):
-        ntkit.empirical_ntk(model, x, torch.randn(3, d + 1), implementation=impl)
+        ntkit.empirical_ntk(model, x, torch.randn(3, d + 1, generator=rng), implementation=impl)
     with pytest.raises(ValueError, match=r"parameters: expected names of trainable parameters.*'nope'"):
         ntkit.empirical_ntk(model, x, implementation=impl, parameters=["0.weight", "nope"])
     with pytest.raises(ValueError, match="x1 and x2: expected the same number of rows for pairs='diagonal'"):
@@ -136,7 +141,8 @@ def test_bad_inputs(impl: str) -> None:
 
 def test_train_mode_batchnorm_and_dropout_are_refused() -> None:
     model, d = make("batchnorm")
-    x = torch.randn(3, d, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(120)
+    x = torch.randn(3, d, dtype=torch.float64, generator=rng)
     ntkit.empirical_ntk(model, x)  # eval mode: fine (running statistics are constants)
     model.train()
     with pytest.raises(ValueError, match=r"model: expected BatchNorm and Dropout layers in eval mode.*model.eval\(\)"):
@@ -150,7 +156,7 @@ def test_train_mode_batchnorm_and_dropout_are_refused() -> None:
 def test_float32_tiled_big_enough_for_fast_path() -> None:
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(16, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 5))
-    x = torch.randn(64, 16)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(4))
     ref = ntkit.empirical_ntk(net.double(), x.double(), mode="trace", implementation="jacobian")
     got = ntkit.empirical_ntk(net.float(), x, mode="trace", implementation="structured", memory_budget="3MB")
     assert rel_err(got.double(), ref) < 1e-5

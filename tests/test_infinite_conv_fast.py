@@ -16,14 +16,14 @@ from ntkit.infinite.walk import describe_model
 from tests.arch_cases import CONV_CASES, make_inputs
 from tests.arch_models import build
 from tests.conftest import rel_err
+from tests.prerequisites import needs_c_compiler
 
 F64 = torch.float64
 
 
 @pytest.fixture(autouse=True)
 def _native_built() -> None:
-    if native._compiler() is None:
-        pytest.skip("no C compiler on this machine: only the reference path exists here")
+    needs_c_compiler()
     assert native.library("spatial") is not None, native.status("spatial")
 
 

@@ -10,6 +10,7 @@ import torch
 from ntkit.infinite import native
 from ntkit.infinite.fused import FCSpec, fc_tile
 from tests.conftest import reference_fc, rel_err
+from tests.prerequisites import needs_c_compiler
 
 
 @pytest.fixture
@@ -22,8 +23,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_builds_into_the_cache_once(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if native._compiler() is None:
-        pytest.skip("no C compiler on this machine: only the torch path exists here")
+    needs_c_compiler()
     assert native.library() is not None, native.status()
     built = sorted(fresh.glob("fc_native_*.so"))
     assert len(built) == 1 and not list(fresh.glob("*.c"))  # no leftovers of the build
@@ -56,6 +56,12 @@ def test_a_failing_compiler_falls_back_to_the_torch_path(fresh: Path, monkeypatc
 def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NTKIT_NATIVE", "off")
     assert native.library() is None and native.status() == "torch path (NTKIT_NATIVE=0)"
+
+
+def test_enabled_again_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    needs_c_compiler()
+    monkeypatch.setenv("NTKIT_NATIVE", "off")
+    assert native.library() is None
     monkeypatch.setenv("NTKIT_NATIVE", "1")
-    if native._compiler() is not None:
-        assert native.library() is not None, native.status()
+    assert native.library() is not None, native.status()
+    assert native.status() == "native C kernel"

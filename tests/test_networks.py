@@ -12,7 +12,8 @@ from ntkit.networks import NTKLinear, orthogonal_
 
 
 def test_forward_shapes_dtypes_and_seeding() -> None:
-    x = torch.randn(7, 3, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(123)
+    x = torch.randn(7, 3, dtype=torch.float64, generator=rng)
     a = ntkit.FCNetwork(3, [16, 8], 4, seed=5)
     b = ntkit.FCNetwork(3, [16, 8], 4, seed=5)
     c = ntkit.FCNetwork(3, [16, 8], 4, seed=6)
@@ -30,7 +31,8 @@ def test_forward_shapes_dtypes_and_seeding() -> None:
 
 def test_ntk_and_standard_parameterizations_define_the_same_functions() -> None:
     """With W_std = w_std W_ntk / sqrt(n) and b_std = beta b_ntk both nets compute the same f."""
-    x = torch.randn(5, 3, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(124)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=rng)
     ntk_net = ntkit.FCNetwork(3, [32, 16], 2, activation="erf", beta=0.3, w_std=1.4, seed=1)
     std_net = ntkit.FCNetwork(3, [32, 16], 2, activation="erf", beta=0.3, w_std=1.4, parameterization="standard")
     with torch.no_grad():
@@ -61,7 +63,8 @@ def test_orthogonal_init_is_scaled_semi_orthogonal(rows: int, cols: int) -> None
 
 def test_networks_are_trainable() -> None:
     net = ntkit.FCNetwork(2, [8], 1, beta=0.1, seed=0)
-    x = torch.randn(4, 2, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(125)
+    x = torch.randn(4, 2, dtype=torch.float64, generator=rng)
     loss = net(x).pow(2).sum()
     loss.backward()
     for name, p in net.named_parameters():
@@ -71,7 +74,8 @@ def test_networks_are_trainable() -> None:
 
 def test_infinite_kernel_uses_the_same_description() -> None:
     net = ntkit.FCNetwork(3, [10, 10, 10], 2, activation="erf", beta=0.2, w_std=1.1, seed=0)
-    x = torch.randn(4, 3, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(126)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=rng)
     k = net.infinite_kernel(x)
     ref = ntkit.fc_kernel(x, depth=3, activation="erf", beta=0.2, w_std=1.1)
     assert torch.equal(k.ntk, ref.ntk) and torch.equal(k.nngp, ref.nngp)

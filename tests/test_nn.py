@@ -22,7 +22,8 @@ F64 = torch.float64
 ])
 def test_conv_output_sizes_and_tensorflow_same_padding(n: int, k: int, s: int, padding: str, out: int) -> None:
     conv = ntkit.nn.Conv2d(2, 3, k, stride=s, padding=padding, generator=torch.Generator().manual_seed(0), dtype=F64)
-    x = torch.randn(2, 2, n, n, dtype=F64)
+    rng = torch.Generator().manual_seed(127)
+    x = torch.randn(2, 2, n, n, dtype=F64, generator=rng)
     conv.requires_grad_(False)
     y = conv(x)
     assert y.shape == (2, 3, out, out) == (2, 3, *conv.output_shape((n, n)))
@@ -42,10 +43,12 @@ def test_parameterizations_define_the_same_function_and_standard_scales() -> Non
     g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     a = ntkit.nn.Conv1d(3, 5, 3, w_std=1.3, b_std=0.4, generator=g1, dtype=F64)
     b = ntkit.nn.Conv1d(3, 5, 3, w_std=1.3, b_std=0.4, parameterization="standard", generator=g2, dtype=F64)
-    x = torch.randn(4, 3, 9, dtype=F64)
+    rng = torch.Generator().manual_seed(128)
+    x = torch.randn(4, 3, 9, dtype=F64, generator=rng)
     torch.testing.assert_close(a(x), b(x), rtol=1e-13, atol=1e-13)
     assert a.fan_in == 9 and a.weight_scale == pytest.approx(1.3 / 3) and b.weight_scale == 1.0
-    big = ntkit.nn.Linear(400, 300, w_std=2.0, b_std=0.5, parameterization="standard", dtype=F64)
+    big = ntkit.nn.Linear(400, 300, w_std=2.0, b_std=0.5, parameterization="standard", dtype=F64,
+                          generator=torch.Generator().manual_seed(5))
     assert float(big.weight.detach().var()) == pytest.approx(4.0 / 400, rel=0.05)
     no_bias = ntkit.nn.Linear(3, 2, bias=False)
     assert no_bias.bias is None and no_bias(torch.zeros(1, 3)).abs().max() == 0
@@ -68,12 +71,13 @@ def test_orthogonal_init_and_meta_device() -> None:
 
 
 def test_structural_modules() -> None:
-    x = torch.randn(3, 4, 5, 5, dtype=F64)
+    rng = torch.Generator().manual_seed(129)
+    x = torch.randn(3, 4, 5, 5, dtype=F64, generator=rng)
     ln = ntkit.nn.LayerNorm(eps=0.0)(x)
     torch.testing.assert_close(ln.mean(1), torch.zeros(3, 5, 5, dtype=F64), rtol=0, atol=1e-14)
     torch.testing.assert_close(ln.pow(2).mean(1), torch.ones(3, 5, 5, dtype=F64), rtol=1e-12, atol=0)
     assert ntkit.nn.GlobalAvgPool()(x).shape == (3, 4)
-    res = ntkit.nn.Residual(ntkit.nn.Conv2d(4, 4, 3, dtype=F64), nn.ReLU(), scale=0.5)
+    res = ntkit.nn.Residual(ntkit.nn.Conv2d(4, 4, 3, dtype=F64, generator=rng), nn.ReLU(), scale=0.5)
     assert isinstance(res.block, nn.Sequential) and res(x).shape == x.shape
     with pytest.raises(ValueError, match="keep the input's shape"):
         ntkit.nn.Residual(ntkit.nn.Conv2d(4, 2, 3, dtype=F64))(x)

@@ -101,7 +101,7 @@ def test_unsupported_and_bad_arguments() -> None:
         ntkit.features(MODELS["fc-relu"][0], X, n_features=0)
     with pytest.raises(ValueError, match=r"need more than .* GiB \(memory_budget 0.01 GiB"):
         ntkit.features(MODELS["cntk-gap"][0], IMAGES, n_features=4096, memory_budget="10MB")
-    with pytest.raises(ValueError, match="budget: expected a byte count"):
+    with pytest.raises(ValueError, match="memory_budget: expected a positive number of bytes"):
         ntkit.features(MODELS["fc-relu"][0], X, n_features=8, memory_budget="lots")
     with pytest.raises(ValueError, match="method: expected one of"):
         ntkit.features(MODELS["fc-relu"][0], X, n_features=8, method="sobol")
