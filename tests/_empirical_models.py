@@ -16,8 +16,9 @@ class Custom(nn.Module):
 
     def __init__(self, n: int) -> None:
         super().__init__()
-        self.w = nn.Parameter(torch.randn(n))
-        self.c = nn.Parameter(torch.randn(n))
+        g = torch.Generator().manual_seed(n)
+        self.w = nn.Parameter(torch.randn(n, generator=g))
+        self.c = nn.Parameter(torch.randn(n, generator=g))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x * self.w) + self.c
@@ -71,7 +72,7 @@ def make(name: str, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, int]
         m = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
         m.train()
         with torch.no_grad():
-            m(torch.randn(32, 5))  # non-trivial running statistics
+            m(torch.randn(32, 5, generator=torch.Generator().manual_seed(5)))  # non-trivial running statistics
         return m.to(dtype).eval(), 5
     if name == "shared":
         return Shared().to(dtype), 5

@@ -23,7 +23,7 @@ def test_text_builds_the_model_it_says() -> None:
     assert model[0].out_features == 32 and model[-1].out_features == 2 and model[0].w_std == 1.2
     inner = list(model[1].block)
     assert inner[1].b_std == 0.5 and inner[3].b_std == 0.1 and model[2].eps == 0.0
-    assert model(torch.randn(4, 3, dtype=torch.float64)).shape == (4, 2)
+    assert model(torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))).shape == (4, 2)
 
 
 def test_text_for_images_and_repetition() -> None:
@@ -31,14 +31,14 @@ def test_text_for_images_and_repetition() -> None:
                      "flatten dense")
     model = spec.build(8, (1, 8, 8), 1, device="meta")
     assert sum(isinstance(m, ntkit.nn.Conv2d) for m in model) == 3
-    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert ntkit.infinite_kernel(model, x, which="ntk").shape == (3, 3)
     conv1d = load_arch("conv(3) relu gap dense").build(4, (2, 9), 1, device="meta")
     assert isinstance(conv1d[0], ntkit.nn.Conv1d)
 
 
 def test_the_default_text_is_the_fully_connected_network() -> None:
-    x = torch.randn(5, 3, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     model = load_arch("dense relu dense relu dense").build(16, (3,), 1, b_std=0.2, device="meta")
     k, ref = ntkit.infinite_kernel(model, x), ntkit.fc_kernel(x, depth=2, beta=0.2)
     assert rel_err(k.ntk, ref.ntk) < 1e-15

@@ -297,7 +297,7 @@ def test_bad_inputs() -> None:
     class NoReset(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.w = nn.Parameter(torch.randn(3, 1, dtype=F64))
+            self.w = nn.Parameter(torch.zeros(3, 1, dtype=F64))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x @ self.w
