@@ -19,7 +19,9 @@ the last weight layer of the top level is the read-out (``out_features`` outputs
 
 A path ending in ``.py`` instead names a file that defines
 ``build(width: int, in_shape: tuple[int, ...], out_features: int) -> torch.nn.Module``
-(random initialisation from torch's global generator, which the caller seeds).
+(random initialisation from torch's global generator, which the caller seeds). Where the width does
+not matter (``ntkit kernel --model``: ``load_arch(path, allow_model=True)``) the file may instead
+define ``model``, a ``torch.nn.Module`` used as it is.
 """
 
 from __future__ import annotations
@@ -232,9 +234,12 @@ def _build(layers: list[Layer], shape: tuple[int, ...], ctx: _Context, out_featu
             modules.append(Linear(shape[0], width, **opts))
             shape = (width,)
         elif name in ("conv", "conv2d", "conv1d"):
+            kernel_size, stride = _int(layer, 0, "kernel_size", 3), _int(layer, 1, "stride", 1)
+            if len(shape) not in (2, 3):
+                raise ValueError(f"arch: {name} expects images (C, H, W) or signals (C, L), got shape {shape}")
             cls = Conv1d if name == "conv1d" or len(shape) == 2 else Conv2d
-            conv = cls(shape[0], width, _int(layer, 0, "kernel_size", 3), stride=_int(layer, 1, "stride", 1),
-                       padding=str(layer.kwargs.get("padding", "same")), **opts)
+            conv = cls(shape[0], width, kernel_size, stride=stride, padding=str(layer.kwargs.get("padding", "same")),
+                       **opts)
             modules.append(conv)
             shape = (width, *conv.output_shape(shape[1:]))
         elif name == "residual":
@@ -326,7 +331,7 @@ class ArchSpec:
         return nn.Sequential(*modules)
 
 
-def load_arch(arch: str) -> ArchSpec:
+def load_arch(arch: str, *, allow_model: bool = False) -> ArchSpec:
     """An :class:`ArchSpec` from architecture text or from a ``.py`` file defining ``build``.
 
     Parameters
@@ -334,6 +339,10 @@ def load_arch(arch: str) -> ArchSpec:
     arch : str
         Architecture text (see the module notes), or the path of a ``.py`` file that defines
         ``build(width, in_shape, out_features) -> torch.nn.Module`` (run once, here).
+    allow_model : bool
+        Also accept a file that defines ``model`` (a ``torch.nn.Module``) instead of ``build``: the
+        spec then builds that module whatever the width (for the infinite-width kernel, where the
+        width does not matter; not for a width sweep).
 
     Returns
     -------
@@ -360,8 +369,14 @@ def load_arch(arch: str) -> ArchSpec:
             raise FileNotFoundError(f"arch: no such file {str(path)!r}")
         namespace = runpy.run_path(str(path))
         builder = namespace.get("build")
+        model = namespace.get("model")
+        if not callable(builder) and allow_model and isinstance(model, nn.Module):
+            return ArchSpec(str(path), builder=lambda width, in_shape, out_features: model)
         if not callable(builder):
-            raise ValueError(f"arch: {path} must define build(width, in_shape, out_features) -> torch.nn.Module")
+            alternative = " or model = <a torch.nn.Module>" if allow_model else ""
+            got = "none" if not allow_model else "neither" if model is None else f"model of type {type(model).__name__}"
+            raise ValueError(f"arch: {path} must define build(width, in_shape, out_features) -> torch.nn.Module"
+                             f"{alternative}, got {got}")
         return ArchSpec(str(path), builder=builder)
     return ArchSpec(arch, layers=parse_arch(arch))
 
