@@ -18,6 +18,7 @@ def _z_scores(samples: list[torch.Tensor], limit: torch.Tensor) -> torch.Tensor:
     return ((s.mean(0) - limit) / stderr).abs()
 
 
+@pytest.mark.slow  # 40 networks of width 1024 per case (the per-op moment tests are the fast check)
 @pytest.mark.parametrize(
     ("activation", "init", "w_std", "n_nets"),
     [("relu", "gaussian", 1.0, 40), ("erf", "gaussian", 1.3, 40), ("relu", "orthogonal", 1.0, 30)],
@@ -41,6 +42,7 @@ def test_recursion_matches_monte_carlo_over_networks(activation: str, init: str,
     assert float(torch.stack(ntks).std(0).max()) / math.sqrt(n_nets) < 0.02 * float(limit.ntk.abs().max())
 
 
+@pytest.mark.slow
 def test_empirical_ntk_converges_with_width() -> None:
     """Relative distance to Theta_inf (x) I falls like n^(-1/2) (deterministic seeds)."""
     x, _ = circle_inputs(16)

@@ -36,6 +36,7 @@ def frobenius_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
 
 
+@pytest.mark.slow  # 8 draws at 3 feature counts for every model (test_the_features_are_unbiased is the fast check)
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("which", ["nngp", "ntk"])
 def test_error_falls_like_one_over_sqrt_features(name: str, which: str) -> None:
@@ -109,6 +110,7 @@ def test_unsupported_and_bad_arguments() -> None:
         ntkit.features(MODELS["fc-relu"][0], X, n_features=8, which="both")
 
 
+@pytest.mark.slow
 def test_ridge_on_features_approaches_kernel_ridge() -> None:
     g = torch.Generator().manual_seed(5)
     x, xt = torch.randn(300, 4, dtype=F64, generator=g), torch.randn(50, 4, dtype=F64, generator=g)
