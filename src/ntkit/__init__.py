@@ -11,6 +11,7 @@ scikit-learn) are imported by the functions that need them.
 """
 
 from ntkit import activations, nn, predict
+from ntkit._version import __version__
 from ntkit.activations import Activation, get_activation
 from ntkit.compute import compute_kernel, fc_kernel, infinite_kernel, kernel_tile_fn
 from ntkit.empirical import empirical_nngp, empirical_ntk
@@ -19,8 +20,6 @@ from ntkit.monte_carlo import MonteCarloKernel, monte_carlo_kernel
 from ntkit.networks import FCNetwork, NTKLinear
 from ntkit.random_features import features
 from ntkit.train import linearize
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Activation",

@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ntkit import __version__
+from ntkit._version import __version__
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

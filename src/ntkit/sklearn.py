@@ -53,9 +53,9 @@ from ntkit.activations import Activation, get_activation
 from ntkit.compute import infinite_kernel
 from ntkit.infinite.walk import fc_model
 from ntkit.solve.kernel_solvers import SOLVERS as _SOLVERS
-from ntkit.solve.linalg import cho_solve, robust_cholesky
+from ntkit.solve.kernel_solvers import resolve_solver
 from ntkit.solve.operator import KernelOperator, ModelTiles
-from ntkit.solve.system import KernelSystem, resolve_solver
+from ntkit.solve.system import KernelSystem
 
 __all__ = ["NTKClassifier", "NTKKernel", "NTKRegressor"]
 
@@ -111,9 +111,10 @@ def _check_params(est: Any) -> None:
 class _KernelRidge:
     """Shared kernel-ridge core: ``alpha = (K + diag_reg * mean(diag K) * I)^{-1} (Y - mean Y)``.
 
-    ``"cholesky"`` factors the dense kernel of :func:`ntkit.infinite_kernel`; ``"cg"`` and
-    ``"nystrom"`` run :class:`ntkit.solve.KernelSystem` on a :class:`ntkit.solve.KernelOperator` (the
-    kernel is never stored), and predict through the operator too.
+    Every solver runs in :class:`ntkit.solve.KernelSystem`: ``"cholesky"`` on the dense kernel of
+    :func:`ntkit.infinite_kernel` (the fitted estimator keeps ``dual_coef_``, not the N x N kernel and
+    its factor); ``"cg"``, ``"nystrom"`` and ``"features"`` on a :class:`ntkit.solve.KernelOperator`
+    (the kernel is never stored), and predict through the operator too.
     """
 
     model: nn.Module | None
@@ -156,9 +157,9 @@ class _KernelRidge:
         if self.solver_ == "cholesky":
             k_train_train = self._k(x)
             scale = float(torch.diagonal(k_train_train).abs().mean()) or 1.0
-            chol, jitter = robust_cholesky(k_train_train, diag_reg=self.diag_reg * scale)
-            self.dual_coef_ = cho_solve(chol, rhs).numpy()
-            self.jitter_ = jitter
+            dense = KernelSystem(k_train_train, rhs, diag_reg=self.diag_reg * scale, solver="cholesky")
+            self.dual_coef_ = dense.alpha.numpy()
+            self.jitter_ = dense.jitter
             return
         op = self._operator(x)
         scale = float(op.diag().abs().mean()) or 1.0

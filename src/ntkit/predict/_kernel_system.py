@@ -1,6 +1,8 @@
-"""The predictors of :mod:`ntkit.predict` on iterative solvers: ``solver="cg"`` / ``"nystrom"`` / ``"features"``
-through :class:`ntkit.solve.KernelSystem` (the training kernel possibly a
-:class:`ntkit.solve.KernelOperator` that is never stored).
+"""The predictors of :mod:`ntkit.predict` on :class:`ntkit.solve.KernelSystem`: the one place their kernel
+systems are solved -- densely (``solver="cholesky"``, :func:`~ntkit.predict.gp_inference`) or iteratively
+(``"cg"`` / ``"nystrom"`` / ``"features"``; the training kernel possibly a
+:class:`ntkit.solve.KernelOperator` that is never stored). :func:`~ntkit.predict.gradient_descent_mse`
+keeps its own eigendecomposition for the dense case (finite-time dynamics are not a solve).
 """
 
 from __future__ import annotations
@@ -30,11 +32,20 @@ class SolverOptions(NamedTuple):
 
 
 def build_system(
-    k_train_train: Any, y_train: Any, dtype: torch.dtype, diag_reg: float, opts: SolverOptions, name: str
+    k_train_train: Any,
+    y_train: Any,
+    dtype: torch.dtype,
+    diag_reg: float,
+    opts: SolverOptions,
+    name: str,
+    *,
+    dense: bool = False,
 ) -> tuple[KernelSystem, Layout, Tensor] | None:
-    """A :class:`KernelSystem` when the solver is not the dense one (else None: the dense code runs).
+    """A :class:`KernelSystem` for the solver of ``opts`` (``"auto"`` resolved).
 
-    Returns ``(system, layout, like)`` with the system built on the kernel as a matrix ((N, N), or
+    For a stored kernel whose solver resolves to ``"cholesky"`` the system is built only with
+    ``dense=True``; else None is returned (the caller's eigendecomposition runs). Returns
+    ``(system, layout, like)`` with the system built on the kernel as a matrix ((N, N), or
     (N k, N k) for block kernels) and ``y`` as a matrix; ``like`` carries the dtype for test inputs.
     """
     if isinstance(k_train_train, KernelOperator):
@@ -50,7 +61,7 @@ def build_system(
         check_dtype(dtype)
         kt = as_tensor(k_train_train, name, dtype=dtype, ndim=None)
         n = int(kt.shape[0]) * (int(kt.shape[2]) if kt.ndim == 4 else 1)
-        if resolve_solver(opts.solver, max(n, 1), memory_bytes=opts.memory_bytes) == "cholesky":
+        if not dense and resolve_solver(opts.solver, max(n, 1), memory_bytes=opts.memory_bytes) == "cholesky":
             return None
         kernel, y2, layout = train_inputs(kt, y_train, dtype, name)
     system = KernelSystem(

@@ -1,4 +1,8 @@
-"""Exact Gaussian-process inference with a kernel (the NNGP, or the NTK): posterior mean and covariance."""
+"""Exact Gaussian-process inference with a kernel (the NNGP, or the NTK): posterior mean and covariance.
+
+Every solver runs in :class:`ntkit.solve.KernelSystem`; the posterior covariance uses the dense
+solver's Cholesky factor through :meth:`ntkit.solve.KernelSystem.whiten`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from typing import Any
 import torch
 
 from ntkit._validation import as_tensor, check_float
-from ntkit.predict._common import GaussianPrediction, Layout, cross_kernel, train_inputs
+from ntkit.predict._common import GaussianPrediction, Layout, cross_kernel
 from ntkit.predict._kernel_system import SolverOptions, build_system, system_test_outputs
 from ntkit.solve.kernel_solvers import DEFAULT_MEMORY_BYTES
-from ntkit.solve.linalg import cho_solve, robust_cholesky
 from ntkit.solve.operator import KernelOperator
 from ntkit.solve.system import KernelSystem
 
@@ -41,8 +44,9 @@ def gp_inference(
 
     With the NNGP this is Bayesian inference in the infinitely wide network (Lee et al. 2018); with
     the NTK the mean is the ``t = inf`` gradient-descent prediction from ``f_0 = 0``. The Cholesky
-    factor is computed by :func:`ntkit.solve.linalg.robust_cholesky` (a ``JitterWarning`` when a
-    near-singular kernel needs jitter, ``NotPSDError`` when it is indefinite).
+    factor is computed by :class:`ntkit.solve.KernelSystem` (``solver="cholesky"``, with
+    :func:`ntkit.solve.robust_cholesky`: a ``JitterWarning`` when a near-singular kernel needs
+    jitter, ``NotPSDError`` when it is indefinite).
 
     Parameters
     ----------
@@ -89,12 +93,18 @@ def gp_inference(
     if not isinstance(k_train_train, KernelOperator) and as_tensor(k_train_train, "k_train_train", ndim=None).ndim == 4:
         raise ValueError("k_train_train: gp_inference expects a kernel of shape (N, N) shared by the outputs")
     opts = SolverOptions(solver, tol, n_centres, generator, memory_bytes, n_features)
-    built = build_system(k_train_train, y_train, dtype, diag_reg, opts, "k_train_train")
-    if built is not None:
-        return _gp_system(*built)
-    mat, y, layout = train_inputs(k_train_train, y_train, dtype)
-    chol, _ = robust_cholesky(mat, diag_reg=diag_reg)
-    alpha = cho_solve(chol, y)
+    built = build_system(k_train_train, y_train, dtype, diag_reg, opts, "k_train_train", dense=True)
+    assert built is not None
+    system, layout, like = built
+    if system.solver == "cholesky" and system.matrix is not None:
+        return _gp_dense(system, layout)
+    return _gp_system(system, layout, like)
+
+
+def _gp_dense(system: KernelSystem, layout: Layout) -> Callable[..., GaussianPrediction]:
+    """``predict_fn`` of :func:`gp_inference` on a stored kernel by the dense solver: mean and covariance."""
+    mat = system.matrix
+    assert mat is not None
 
     def predict_fn(k_test_train: Any = None, k_test_test: Any = None, *, x_test: Any = None) -> GaussianPrediction:
         if x_test is not None:
@@ -111,10 +121,10 @@ def gp_inference(
                 ktt = as_tensor(k_test_test, "k_test_test", dtype=mat.dtype, device=mat.device, ndim=None)
                 if tuple(ktt.shape) not in ((m, m), (m,)):
                     raise ValueError(f"k_test_test: expected shape ({m}, {m}) or ({m},), got {tuple(ktt.shape)}")
-        mean = layout.matrix_to_y(kt @ alpha, m)
+        mean = layout.matrix_to_y(kt @ system.alpha, m)
         if ktt is None:
             return GaussianPrediction(mean, None)
-        v = torch.linalg.solve_triangular(chol, kt.T, upper=False)  # L^-1 K(X, x*)
+        v = system.whiten(kt.T)  # L^-1 K(X, x*)
         if ktt.ndim == 1:
             return GaussianPrediction(mean, ktt - (v * v).sum(0))
         cov = ktt - v.T @ v
@@ -124,7 +134,7 @@ def gp_inference(
 
 
 def _gp_system(system: KernelSystem, layout: Layout, like: Tensor) -> Callable[..., GaussianPrediction]:
-    """``predict_fn`` of :func:`gp_inference` (posterior mean) by an iterative solver."""
+    """``predict_fn`` of :func:`gp_inference` (posterior mean only): an iterative solver, or an operator kernel."""
 
     def predict_fn(k_test_train: Any = None, k_test_test: Any = None, *, x_test: Any = None) -> GaussianPrediction:
         if k_test_test is not None:

@@ -7,7 +7,8 @@ ridge predictor ``K(x*, X) (K + diag_reg I)^{-1} Y`` becomes, by the push-throug
 
 an ``m x m`` system: ``Phi^T Phi`` and ``Phi^T Y`` are accumulated over batches of training inputs
 (streaming: the features of all N points are never stored), in float64, and solved by Cholesky
-(with jitter retries, :func:`ntkit.solve.linalg.robust_cholesky`). ``diag_reg`` is the same absolute
+(with jitter retries, :func:`ntkit.solve.robust_cholesky`, from the leaf module ``ntkit._linalg``:
+this subpackage does not import :mod:`ntkit.solve`, which uses it). ``diag_reg`` is the same absolute
 ridge as in :class:`ntkit.solve.KernelSystem`.
 """
 
@@ -19,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ntkit._linalg import cho_solve, robust_cholesky
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_float, check_int
 from ntkit.random_features.api import feature_map
 from ntkit.random_features.network import DEFAULT_WEIGHT_BUDGET, FeatureMap
-from ntkit.solve.linalg import cho_solve, robust_cholesky
 
 Tensor = torch.Tensor
 

@@ -18,15 +18,18 @@ where the basis ``B`` is the training set (exact and CG solvers) or ``M`` Nystro
   (:func:`~ntkit.solve.nystrom_krr`, Falkon-preconditioned CG), ``alpha`` of shape (M, k)
   minimising ``||K_nm alpha - Y||^2 + diag_reg alpha^T K_mm alpha``; exact for ``M = N``.
 * ``"features"``: ridge regression on ``n_features`` random features of the model's kernel
-  (:func:`ntkit.random_features.feature_ridge`; ``O(N m^2)``, an approximation whose error falls
-  like ``1 / sqrt(m)``); only for an operator built from a model (:class:`~ntkit.solve.ModelTiles`).
+  (:class:`~ntkit.solve.feature_solver.FeatureSolver`, :func:`ntkit.random_features.feature_ridge`;
+  ``O(N m^2)``, an approximation whose error falls like ``1 / sqrt(m)``); only for an operator built
+  from a model (:class:`~ntkit.solve.ModelTiles`).
 * ``"auto"`` (:func:`~ntkit.solve.resolve_solver`): ``"cholesky"`` when the N x N float64 matrix
   takes at most ``memory_bytes`` (default 4 GiB, i.e. N <= 23,170), else ``"cg"`` up to
   ``cg_max_n`` = 50,000 points, else ``"nystrom"``.
 
-Iterative solvers need ``diag_reg > 0``. A stored matrix is handed to the operator-based
-preconditioners and to Nystrom through :class:`MatrixTiles` (tiles by row index), so the CG and
-Nystrom code is the same for matrices and operators.
+The dense factor is exposed (:attr:`KernelSystem.factor`, :meth:`KernelSystem.whiten`) for the
+posterior covariance of :func:`ntkit.predict.gp_inference`. Iterative solvers need ``diag_reg > 0``.
+A stored matrix is handed to the operator-based preconditioners and to Nystrom through
+:class:`MatrixTiles` (tiles by row index), so the CG and Nystrom code is the same for matrices and
+operators.
 """
 
 from __future__ import annotations
@@ -36,8 +39,7 @@ from typing import Any
 import torch
 
 from ntkit._validation import as_tensor, check_choice, check_float, check_int, describe
-from ntkit.random_features.network import FeatureMap
-from ntkit.random_features.ridge import FeatureRidge, fit_feature_ridge
+from ntkit.solve.feature_solver import FeatureSolver
 from ntkit.solve.kernel_solvers import (
     DEFAULT_MEMORY_BYTES,
     SOLVERS,
@@ -109,7 +111,7 @@ class KernelSystem:
         Finite targets.
     diag_reg : float
         Absolute ridge ``>= 0`` (``> 0`` for ``"cg"`` and ``"nystrom"``).
-    solver : {"auto", "cholesky", "cg", "nystrom"}
+    solver : {"auto", "cholesky", "cg", "nystrom", "features"}
         See the module docstring; the resolved choice is ``solver``.
     tol : float
         Relative residual at which CG / Falkon stop.
@@ -148,6 +150,8 @@ class KernelSystem:
     jitter : float
         Diagonal jitter the dense Cholesky needed (0 almost always; a near-singular kernel without
         a ridge, e.g. duplicated inputs, is refactored with the smallest jitter that works).
+    factor : Tensor of shape (N, N) or None
+        The lower Cholesky factor of ``"cholesky"`` (see :meth:`whiten`).
 
     Raises
     ------
@@ -227,7 +231,7 @@ class KernelSystem:
         self._factor: Any = None
         self._pre: Any = None
         self._alpha: Tensor | None = None
-        self._ridge: FeatureRidge | None = None
+        self._features: FeatureSolver | None = None
         self.n_features = None if n_features is None else check_int(n_features, "n_features", minimum=1)
         if self.solver == "features" and not isinstance(self.op.tile_fn, ModelTiles):
             raise ValueError("solver: 'features' needs the kernel as a KernelOperator of a model (ModelTiles), got "
@@ -244,14 +248,8 @@ class KernelSystem:
     def _setup(self) -> None:
         """Factorise (``"cholesky"``), build the preconditioner (``"cg"``) or the random features once."""
         if self.solver == "features":
-            tiles = self.op.tile_fn
-            assert isinstance(tiles, ModelTiles)
-            arch = tiles.tiles_for(tuple(self.op.x1.shape[1:])).arch
-            m = min(self.n, 4096) if self.n_features is None else self.n_features
-            gen = self.generator if self.generator is not None else torch.Generator().manual_seed(0)
-            fmap = FeatureMap(arch, m, tiles.which, generator=gen, dtype=self.op.tile_dtype)
-            y = self.y_train.to(torch.float64)
-            self._ridge = fit_feature_ridge(fmap, self.op.x1, y, diag_reg=self.diag_reg, progress=self.progress)
+            self._features = FeatureSolver(self.op, self.y_train, diag_reg=self.diag_reg, n_features=self.n_features,
+                                           generator=self.generator, progress=self.progress)
             return
         if self.solver == "cholesky":
             if self.matrix is not None:
@@ -294,12 +292,8 @@ class KernelSystem:
             return self._alpha
         b = self._rhs(rhs)
         if self.solver == "features":
-            assert self._ridge is not None
-            if rhs is None:
-                w = self._ridge.weights
-            else:
-                w = self._ridge.refit(self.op.x1, (b[:, None] if b.ndim == 1 else b).to(torch.float64))
-            return (w[:, 0] if b.ndim == 1 else w).to(b.dtype)
+            assert self._features is not None
+            return self._features.solve(b, refit=rhs is not None)
         if self.solver == "cholesky":
             return cho_solve(self._factor, b.to(self._factor.dtype)).to(b.dtype)
         if self.solver == "cg":
@@ -325,6 +319,51 @@ class KernelSystem:
         )  # fmt: skip
         return model.alpha.to(b.dtype)
 
+    @property
+    def factor(self) -> Tensor | None:
+        """The lower Cholesky factor ``L`` of ``K + (diag_reg + jitter) I`` (``"cholesky"``), else None.
+
+        ``L L^T = K + (diag_reg + jitter) I``, shape (N, N), in the kernel's dtype (float64 for an
+        operator). :meth:`whiten` applies ``L^{-1}``.
+        """
+        return self._factor if self.solver == "cholesky" else None
+
+    def whiten(self, rhs: Any) -> Tensor:
+        """``L^{-1} rhs`` for the Cholesky factor ``L`` (:attr:`factor`): one triangular solve.
+
+        With ``v = L^{-1} K(X, x*)``, ``v^T v = K(x*, X) (K + diag_reg I)^{-1} K(X, x*)``: the term the
+        posterior covariance of :func:`ntkit.predict.gp_inference` subtracts.
+
+        Parameters
+        ----------
+        rhs : array-like of shape (N,) or (N, m)
+            For instance ``K(X, x*)``, the transpose of the cross kernel.
+
+        Returns
+        -------
+        Tensor of the shape of ``rhs``, in the factor's dtype
+
+        Raises
+        ------
+        ValueError
+            A solver other than ``"cholesky"`` (it has no factor), ``rhs`` with another number of rows.
+
+        Examples
+        --------
+        >>> import torch
+        >>> k = torch.tensor([[4.0, 2.0], [2.0, 3.0]], dtype=torch.float64)
+        >>> system = KernelSystem(k, torch.ones(2, dtype=torch.float64), diag_reg=0.0, solver="cholesky")
+        >>> v = system.whiten(k)  # L^-1 K
+        >>> bool(torch.allclose(v.T @ v, k))  # K K^-1 K = K
+        True
+        """
+        if self.solver != "cholesky":
+            raise ValueError(f"solver: whiten needs the Cholesky factor of solver 'cholesky', got {self.solver!r}")
+        r = self._rhs(rhs)
+        half = torch.linalg.solve_triangular(self._factor, (r[:, None] if r.ndim == 1 else r).to(self._factor.dtype),
+                                             upper=False)
+        return half[:, 0] if r.ndim == 1 else half
+
     # ------------------------------------------------------------------------------------------
     def predict(self, alpha: Tensor | None = None, *, k_test_train: Any = None, x_test: Any = None) -> Tensor:
         """``K(x*, basis) alpha`` for test points given by one of ``k_test_train`` or ``x_test``.
@@ -349,12 +388,8 @@ class KernelSystem:
         if self.solver == "features":
             if x_test is None:
                 raise ValueError("k_test_train: solver 'features' predicts from the test inputs; pass x_test")
-            assert self._ridge is not None
-            w = coef[:, None] if coef.ndim == 1 else coef
-            feats = self._ridge.fmap
-            xt = as_tensor(x_test, "x_test", dtype=self.op.dtype, ndim=None)
-            out = FeatureRidge(feats, w.to(torch.float64), coef.ndim == 1, 0.0).predict(xt)
-            return out.to(coef.dtype)
+            assert self._features is not None
+            return self._features.predict(coef, x_test)
         if k_test_train is not None:
             kt = as_tensor(k_test_train, "k_test_train", dtype=coef.dtype, ndim=2)
             if kt.shape[1] != self.n:
