@@ -18,11 +18,11 @@ from ntkit._progress import Progress
 from ntkit._validation import check_choice, check_dtype, check_int, check_pair
 from ntkit.activations import get_activation
 from ntkit.compute.distributed import get_client, run_on_dask
+from ntkit.compute.sizing import size_tiles
 from ntkit.compute.storage import Ledger, Output, data_digest, open_output
 from ntkit.compute.tile_task import TileTask, run_tile, single_threaded
-from ntkit.compute.tiling import DEFAULT_BUDGET, TilePlan, choose_tile, parse_budget
-from ntkit.infinite.fused import GRAM_BLOCK, row_ids
-from ntkit.infinite.tiles import KernelTiles
+from ntkit.compute.tiling import DEFAULT_BUDGET, TilePlan, parse_budget
+from ntkit.infinite.tiles import KernelTiles, PreparedPair
 from ntkit.infinite.walk import Architecture, describe_model, fc_model
 
 Tensor = torch.Tensor
@@ -48,8 +48,9 @@ class KernelResult:
     seconds : float
         Wall-clock time of the call.
     params : dict
-        What keys the output (model description, ``which``, ``diag``, dtype, shape, digests of the
-        inputs): an existing output with other parameters is refused, not resumed.
+        What keys the output (model description, ``which``, ``diag``, dtype, shape, and for an output
+        on disk the SHA-256 digests of the inputs): an existing output with other parameters is
+        refused, not resumed.
 
     Examples
     --------
@@ -253,78 +254,86 @@ def compute_kernel(
     t1, t2 = check_pair(x1, x2, dtype=dtype, device=device, ndim=None)
     if diag and t2 is not None:
         raise ValueError("diag: expected x2 = None (the diagonal of K(x1, x1)), got an x2")
-    if t2 is not None and t2.shape == t1.shape and torch.equal(t1, t2):
-        t2 = None  # K(x, x) is K(x): evaluate it as the exactly symmetric kernel
+    t2 = distinct_x2(t1, t2)
     arch = architecture(model, tuple(t1.shape[1:]), depth=depth, activation=activation, beta=beta, w_std=w_std)
+    check_ntk(arch, wanted)
+    tiles = KernelTiles(arch)
+    described = arch.describe() if model is not None else {
+        "depth": depth, "activation": repr(get_activation(activation)), "beta": beta, "w_std": w_std,
+    }  # the shortcut keeps the parameters of the fully connected network (and its older ledgers)
+    return evaluate_tiles(tiles, tiles.prepare_pair(t1, t2), wanted, diag=diag, out=out, budget=budget,
+                          tile=tile, scheduler=scheduler, overwrite=overwrite, progress=progress, threads=threads,
+                          described=described, start=start)
+
+
+def distinct_x2(t1: Tensor, t2: Tensor | None) -> Tensor | None:
+    """``t2``, or None when it equals ``t1`` (``K(x, x)`` is then evaluated as the exactly symmetric kernel)."""
+    if t2 is not None and t2.shape == t1.shape and torch.equal(t1, t2):
+        return None
+    return t2
+
+
+def check_ntk(arch: Architecture, wanted: tuple[str, ...]) -> None:
+    """Refuse an NTK that the architecture does not define (an activation without a derivative map)."""
     if "ntk" in wanted and not arch.has_ntk:
         raise ValueError("which: the NTK of this model is undefined (an activation has no derivative map, e.g. "
                          "step or sign); use 'nngp'")
-    symmetric = t2 is None and not diag
-    tx2 = t1 if t2 is None else t2
+
+
+def evaluate_tiles(
+    tiles: KernelTiles, rows: PreparedPair, wanted: tuple[str, ...], *, diag: bool = False,
+    out: str | os.PathLike[str] | None = None, budget: int | str = DEFAULT_BUDGET, tile: int | None = None,
+    scheduler: Any = None, overwrite: bool = False, progress: bool = False, threads: int | None = None,
+    described: dict[str, Any] | None = None, start: float | None = None,
+) -> KernelResult:
+    """The tiled evaluation behind :func:`compute_kernel`, for inputs already validated and prepared.
+
+    Sizes the tiles (:func:`ntkit.compute.sizing.size_tiles`), opens the output, evaluates the tiles
+    missing from its ledger (locally or on the Dask ``scheduler``) and returns the result. The inputs
+    are hashed (SHA-256, the key of a resumable output) only when ``out`` is a path.
+    """
+    start = time.perf_counter() if start is None else start
+    t1 = rows.x1
+    n1, n2 = t1.shape[0], (t1 if rows.x2 is None else rows.x2).shape[0]
     budget_bytes = parse_budget(budget)
-    n1, n2 = t1.shape[0], tx2.shape[0]
-    itemsize = t1.element_size()
     threads = _check_threads(threads, t1.device)
-    tiles = KernelTiles(arch)
-    sizing: dict[str, Any] = {"itemsize": itemsize, "tile": tile, "diag": diag, "features": t1[0].numel(),
-                              "pair_entries": tiles.pair_entries(t1),
-                              "align": GRAM_BLOCK if arch.pair_entries == 1 else 1}
-    workspace = tiles.workspace_bytes(t1)  # per thread of a native path: one pair at a time
-    if workspace * threads > budget_bytes // 2:
-        threads = max(1, min(threads, budget_bytes // 2 // max(workspace, 1)))
-    if workspace > budget_bytes // 2:
-        raise ValueError(
-            f"budget: expected at least {2 * workspace} bytes: one pair of these images needs a {workspace}-byte "
-            f"workspace (its pixel-pair covariances), got {budget_bytes}"
-        )
-    budget_bytes -= workspace * threads
-    try:  # one tile per thread, each with 1/threads of the budget (else fewer threads)
-        edge = choose_tile(n1, n2, budget=budget_bytes // threads, **sizing)
-    except ValueError:
-        threads = 1
-        edge = choose_tile(n1, n2, budget=budget_bytes, **sizing)
+    edge, threads = size_tiles(tiles, t1, n1, n2, budget=budget_bytes, threads=threads, tile=tile, diag=diag)
     client, owned = None, False
     if scheduler is not None:  # connect first: an unreachable scheduler must not leave a new output behind
         client, owned = get_client(scheduler)
     try:
-        described = arch.describe() if model is not None else {
-            "depth": depth, "activation": repr(get_activation(activation)), "beta": beta, "w_std": w_std,
-        }  # the shortcut keeps the parameters of the fully connected network (and its older ledgers)
-        return _run(t1, t2, tx2, tiles, described, wanted, diag, symmetric, dtype, out, edge, overwrite,
-                    client, progress, start, threads)
+        return _run(tiles, rows, wanted, diag, out, edge, overwrite, client, progress, threads, described, start)
     finally:
         if owned and client is not None:
             client.close()
 
 
 def _run(
-    t1: Tensor, t2: Tensor | None, tx2: Tensor, tiles: KernelTiles, described: dict[str, Any],
-    wanted: tuple[str, ...], diag: bool, symmetric: bool, dtype: torch.dtype, out: str | os.PathLike[str] | None,
-    edge: int, overwrite: bool, client: Any, progress: bool, start: float, threads: int,
+    tiles: KernelTiles, rows: PreparedPair, wanted: tuple[str, ...], diag: bool, out: str | os.PathLike[str] | None,
+    edge: int, overwrite: bool, client: Any, progress: bool, threads: int, described: dict[str, Any] | None,
+    start: float,
 ) -> KernelResult:
-    n1, n2 = t1.shape[0], tx2.shape[0]
+    t1 = rows.x1
+    n1, n2 = t1.shape[0], (t1 if rows.x2 is None else rows.x2).shape[0]
     k = len(wanted)
     base_shape: tuple[int, ...] = (n1,) if diag else (n1, n2)
     shape = base_shape if k == 1 else (k, *base_shape)
     params: dict[str, Any] = {
-        **described, "which": list(wanted), "diag": diag, "dtype": str(dtype), "shape": list(shape),
-        "x1": data_digest(t1), "x2": None if t2 is None else data_digest(t2),
+        **(described or {}), "which": list(wanted), "diag": diag, "dtype": str(t1.dtype), "shape": list(shape),
     }
+    if out is not None:  # the digests key the resumable output: an in-memory result needs none
+        params["x1"] = data_digest(t1)
+        params["x2"] = None if rows.x2 is None else data_digest(rows.x2)
     chunks_2d = (edge,) if diag else (edge, edge)
     chunks = chunks_2d if k == 1 else (1, *chunks_2d)
     output, ledger, edge = open_output(
-        out, shape=shape, dtype=dtype, device=t1.device, chunks=chunks, params=params, tile=edge, overwrite=overwrite
+        out, shape=shape, dtype=t1.dtype, device=t1.device, chunks=chunks, params=params, tile=edge,
+        overwrite=overwrite,
     )
-    plan = TilePlan(n1=n1, n2=n2, tile=edge, symmetric=symmetric, diag=diag)
+    plan = TilePlan(n1=n1, n2=n2, tile=edge, symmetric=rows.x2 is None and not diag, diag=diag)
     done = set() if ledger is None else ledger.done
     todo = [t for t in plan.tiles() if t not in done]
-    if t2 is None:
-        ids = row_ids(t1)
-        ids1 = ids2 = ids[0]
-    else:
-        ids1, ids2 = row_ids(t1, t2)
-    rows1 = tiles.prepare(t1)
-    task = TileTask(tiles, rows1, rows1 if t2 is None else tiles.prepare(tx2), ids1, ids2, wanted, plan)
+    task = TileTask(tiles, rows.rows1, rows.rows2, rows.ids1, rows.ids2, wanted, plan)
     bar = Progress(len(todo), desc=f"kernel {n1}x{n2} tiles", enabled=progress)
     if len(done):
         bar.note = f"(resumed: {len(done)} of {len(plan)} tiles already done)"
@@ -372,7 +381,10 @@ def _run(
     )
 
 
-__all__ = ["KernelResult", "Ledger", "TileTask", "architecture", "compute_kernel", "run_tile", "write_tile"]
+__all__ = [
+    "KernelResult", "Ledger", "TileTask", "architecture", "check_ntk", "compute_kernel", "distinct_x2",
+    "evaluate_tiles", "run_tile", "write_tile",
+]
 
 
 def architecture(

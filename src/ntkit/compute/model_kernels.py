@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ntkit._validation import check_choice, check_dtype, check_pair
-from ntkit.compute.api import architecture, compute_kernel
+from ntkit.compute.api import _WHICH, architecture, check_ntk, distinct_x2, evaluate_tiles
 from ntkit.compute.tiling import DEFAULT_BUDGET
 from ntkit.infinite.fused import row_ids
 from ntkit.infinite.tiles import KernelTiles
@@ -103,14 +103,22 @@ def infinite_kernel(
     t1, t2 = check_pair(x1, x2, dtype=dtype, device=device, ndim=None)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {type(model).__name__}")
-    arch = architecture(model, tuple(t1.shape[1:]))
+    t2 = distinct_x2(t1, t2)
+    arch = architecture(model, tuple(t1.shape[1:]))  # described once: every evaluation below shares it
     want = "nngp" if which == "nngp" or (which == "both" and not arch.has_ntk) else which
-    res = compute_kernel(t1, t2, model=model, which=want, dtype=dtype, budget=budget, progress=progress)
+    check_ntk(arch, _WHICH[want])
+    tiles = KernelTiles(arch)
+    pair = tiles.prepare_pair(t1, t2)  # validated, prepared and numbered once
+    res = evaluate_tiles(tiles, pair, _WHICH[want], budget=budget, progress=progress)
     if which != "both":
         return res.ntk if which == "ntk" else res.nngp
-    var1 = compute_kernel(t1, model=model, which="nngp", diag=True, dtype=dtype, budget=budget).nngp
-    var2 = var1 if t2 is None else compute_kernel(t2, model=model, which="nngp", diag=True, dtype=dtype,
-                                                  budget=budget).nngp
+    if t2 is None and tiles.path_for(t1) != "fused":
+        # the reference evaluator (and the spatial path, its native prefix) gave every pair of identical
+        # inputs the value of its self batch, K(x_i, x_i) itself: the diagonal is already computed
+        var1 = res.nngp.diagonal().clone()
+    else:
+        var1 = evaluate_tiles(tiles, pair.first(), ("nngp",), diag=True, budget=budget).nngp
+    var2 = var1 if t2 is None else evaluate_tiles(tiles, pair.second(), ("nngp",), diag=True, budget=budget).nngp
     return Kernel(nngp=res.nngp, ntk=res.ntk, var1=var1, var2=var2)
 
 

@@ -58,6 +58,38 @@ class Rows:
         return int(self.data.shape[0])
 
 
+@dataclass(frozen=True)
+class PreparedPair:
+    """Inputs validated and prepared once for every evaluation of one call (a kernel and its diagonals).
+
+    Attributes
+    ----------
+    x1, x2 : Tensor
+        The inputs (``x2`` None: the kernel of ``x1`` with itself).
+    rows1, rows2 : Rows
+        Prepared by :meth:`KernelTiles.prepare` (``rows2`` is ``rows1`` when ``x2`` is None).
+    ids1, ids2 : int64 Tensor of shapes (N1,), (N2,)
+        Equal ids (over ``x1`` and ``x2`` together) mean bitwise-identical rows.
+    """
+
+    x1: Tensor
+    x2: Tensor | None
+    rows1: Rows
+    rows2: Rows
+    ids1: Tensor
+    ids2: Tensor
+
+    def first(self) -> PreparedPair:
+        """``x1`` alone (for its diagonal), with its ids of the pair."""
+        return PreparedPair(self.x1, None, self.rows1, self.rows1, self.ids1, self.ids1)
+
+    def second(self) -> PreparedPair:
+        """``x2`` alone as the first input (for its diagonal), with its ids of the pair."""
+        if self.x2 is None:
+            return self
+        return PreparedPair(self.x2, None, self.rows2, self.rows2, self.ids2, self.ids2)
+
+
 class KernelTiles:
     """Blocks of the infinite-width kernels of an architecture.
 
@@ -130,6 +162,18 @@ class KernelTiles:
         var = fused.input_variances(data, self.spec) if self.spec is not None else None
         return Rows(data, exps, var)
 
+    def prepare_pair(self, x1: Tensor, x2: Tensor | None = None) -> PreparedPair:
+        """Prepare ``x1`` (and ``x2``: None for the kernel of ``x1`` with itself) and number their distinct rows.
+
+        The ids are the one duplicate-row identity of an evaluation: every tile and diagonal of it uses them.
+        """
+        rows1 = self.prepare(x1)
+        if x2 is None:
+            ids = fused.row_ids(x1)[0]
+            return PreparedPair(x1, None, rows1, rows1, ids, ids)
+        ids1, ids2 = fused.row_ids(x1, x2)
+        return PreparedPair(x1, x2, rows1, self.prepare(x2), ids1, ids2)
+
     def tile(
         self, a: Rows, b: Rows, ids_a: Tensor, ids_b: Tensor, *, ntk: bool, symmetric: bool = False,
         out: tuple[Tensor, Tensor | None] | None = None,
@@ -191,4 +235,4 @@ def _mirror_upper(t: Tensor) -> Tensor:
     return t
 
 
-__all__ = ["KernelTiles", "Rows"]
+__all__ = ["KernelTiles", "PreparedPair", "Rows"]

@@ -22,6 +22,8 @@ from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_choice, check_dtype, check_int
 from ntkit.activations import Activation
 from ntkit.compute import architecture
+from ntkit.compute.sizing import fit_tile_shape
+from ntkit.compute.tiling import DEFAULT_BUDGET, parse_budget
 from ntkit.infinite.fused import row_ids
 from ntkit.infinite.tiles import KernelTiles, Rows
 from ntkit.infinite.walk import fc_model
@@ -247,9 +249,20 @@ class KernelOperator:
         Dtype the tiles are evaluated in (``torch.float32`` roughly doubles the speed; the
         relative error of a product is then ~1e-6). Defaults to ``dtype``.
     tile_rows, tile_cols : int
-        Tile shape; memory is ``O(tile_rows * tile_cols)`` (a few temporaries of that size).
+        Largest tile shape; memory is ``O(tile_rows * tile_cols)`` (a few temporaries of that size).
+        With a model whose pairs cost more than one entry (a convolutional network on the
+        reference evaluator: up to pixels squared) the tiles shrink until they fit :attr:`budget`
+        (:attr:`tile_shape`), by the rule of :func:`ntkit.compute.compute_kernel`.
     progress : bool
         Report products that take more than a second (stderr).
+
+    Attributes
+    ----------
+    budget : int
+        Working memory of one tile of a model's kernel in bytes (default
+        :data:`ntkit.compute.tiling.DEFAULT_BUDGET`, 256 MiB; ``"512M"`` accepted when set).
+    tile_shape : (int, int)
+        The tile shape products use (``(tile_rows, tile_cols)`` unless shrunk to the budget).
 
     Raises
     ------
@@ -312,6 +325,7 @@ class KernelOperator:
         self.tile_rows = check_int(tile_rows, "tile_rows", minimum=1)
         self.tile_cols = check_int(tile_cols, "tile_cols", minimum=1)
         self.progress = bool(progress)
+        self._budget = DEFAULT_BUDGET
         self._t1 = self.x1.to(self.tile_dtype)
         self._t2 = self._t1 if self.symmetric else self.x2.to(self.tile_dtype)
         self._stats1: Any = None
@@ -320,6 +334,24 @@ class KernelOperator:
             # per-row statistics in float64, floating ones cast to the tile dtype
             self._stats1 = _cast_stats(tile_fn.row_stats(self.x1), self.tile_dtype)
             self._stats2 = self._stats1 if self.symmetric else _cast_stats(tile_fn.row_stats(self.x2), self.tile_dtype)
+
+    @property
+    def budget(self) -> int:
+        """Working memory of one tile of a model's kernel, in bytes."""
+        return self._budget
+
+    @budget.setter
+    def budget(self, value: int | str) -> None:
+        self._budget = parse_budget(value)
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        """The tiles' ``(rows, cols)``: ``(tile_rows, tile_cols)``, for a model shrunk until a tile fits the budget."""
+        if not isinstance(self.tile_fn, ModelTiles):
+            return self.tile_rows, self.tile_cols
+        tiles = self.tile_fn.tiles_for(tuple(self._t1.shape[1:]))
+        return fit_tile_shape(tiles, self._t1, self.tile_rows, self.tile_cols, budget=self._budget,
+                              threads=max(1, torch.get_num_threads()))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -351,11 +383,12 @@ class KernelOperator:
             sa = _slice_stats(self._stats1, rows if rows is not None else whole) if same else fn.row_stats(a)  # type: ignore[attr-defined]
             sb = _slice_stats(self._stats2, cols if cols is not None else whole) if same else fn.row_stats(b)  # type: ignore[attr-defined]
         out = torch.empty(a.shape[0], b.shape[0], dtype=self.dtype, device=a.device)
+        tile_rows, tile_cols = self.tile_shape
         # filled tile by tile: temporaries stay O(tile_rows * tile_cols)
-        for r0 in range(0, a.shape[0], self.tile_rows):
-            r1 = min(r0 + self.tile_rows, a.shape[0])
-            for c0 in range(0, b.shape[0], self.tile_cols):
-                c1 = min(c0 + self.tile_cols, b.shape[0])
+        for r0 in range(0, a.shape[0], tile_rows):
+            r1 = min(r0 + tile_rows, a.shape[0])
+            for c0 in range(0, b.shape[0], tile_cols):
+                c1 = min(c0 + tile_cols, b.shape[0])
                 if sa is not None and sb is not None:
                     ta, tb = _slice_stats(sa, r0, r1), _slice_stats(sb, c0, c1)
                     t = fn.tile(a[r0:r1], b[c0:c1], ta, tb)  # type: ignore[attr-defined]
@@ -393,18 +426,19 @@ class KernelOperator:
         vv = (v[:, None] if vec else v).to(self.tile_dtype)
         n1, n2 = self.shape
         out = torch.zeros(n1, vv.shape[1], dtype=self.dtype, device=v.device)
-        row_starts = range(0, n1, self.tile_rows)
+        tile_rows, tile_cols = self.tile_shape
+        row_starts = range(0, n1, tile_rows)
         if self.symmetric:
-            total = sum(len(range(r0, n2, self.tile_cols)) for r0 in row_starts)
+            total = sum(len(range(r0, n2, tile_cols)) for r0 in row_starts)
         else:
-            total = len(row_starts) * len(range(0, n2, self.tile_cols))
+            total = len(row_starts) * len(range(0, n2, tile_cols))
         bar = Progress(total, "kernel matvec", enabled=self.progress, interval=1.0)
         try:
             for r0 in row_starts:
-                r1 = min(r0 + self.tile_rows, n1)
+                r1 = min(r0 + tile_rows, n1)
                 c_start = r0 if self.symmetric else 0
-                for c0 in range(c_start, n2, self.tile_cols):
-                    c1 = min(c0 + self.tile_cols, n2)
+                for c0 in range(c_start, n2, tile_cols):
+                    c1 = min(c0 + tile_cols, n2)
                     t = self._tile(r0, r1, c0, c1)
                     out[r0:r1] += (t @ vv[c0:c1]).to(self.dtype)
                     if self.symmetric and c1 > r1:
