@@ -88,6 +88,8 @@ class MomentCase:
     least ``draws`` samples (instances: exactly), more up to ``max_draws`` where the SE needs them
     (a module coupling its channels, a layer norm, sets ``width = max_draws``: one draw).
     ``own_width``: channels of the instance whose own-parameter gradients autograd takes.
+    ``floor``: the SE floor relative to the largest natural scale, the accuracy of the module's own
+    float64 forward and autograd (:data:`FLOOR`, rounding, unless the module is known to be less exact).
     """
 
     name: str
@@ -98,6 +100,7 @@ class MomentCase:
     width: int = 100_000
     instances: bool = False
     own_width: int = 16
+    floor: float = FLOOR
 
     def __repr__(self) -> str:
         return f"MomentCase({self.name!r})"
@@ -393,7 +396,7 @@ def run_case(case: MomentCase, faults: tuple[float, ...] = (1.0,), *, seed: int 
     tangent = None
     if kind == "pointwise" and ntk:
         tangent = _as_matrix(cov.pairs("full" if cov.spatial else "none", True)[1].ntk, Layout(cov.spatial, "full"))
-    return tuple(_report(case.name, done, _estimates(mom, o, tangent), exact, skip, layout_gap)
+    return tuple(_report(case.name, done, _estimates(mom, o, tangent), exact, skip, layout_gap, case.floor)
                  for mom, o in zip(moments, own, strict=True))
 
 
@@ -427,7 +430,7 @@ def _estimates(moments: dict[str, Moment], own: Moment, tangent: Tensor | None) 
 
 
 def _report(name: str, draws: int, est: dict[str, tuple[Tensor, Tensor]], exact: dict[str, Tensor], skip: Tensor,
-            layout_gap: float | None) -> MomentReport:
+            layout_gap: float | None, floor: float = FLOOR) -> MomentReport:
     z_max, se_max, worst = {}, {}, {}
     for key in exact:
         mean, se = est[key]
@@ -435,7 +438,7 @@ def _report(name: str, draws: int, est: dict[str, tuple[Tensor, Tensor]], exact:
         keep = ~skip if key == "derivative" else torch.ones_like(skip)
         live = (scale > 0) & keep
         se_max[key] = float((se[live] / scale[live]).max()) if live.any() else 0.0
-        z = torch.where(keep, (mean - ref).abs() / se.clamp_min(FLOOR * float(scale.max()) + 1e-300), 0.0)
+        z = torch.where(keep, (mean - ref).abs() / se.clamp_min(floor * float(scale.max()) + 1e-300), 0.0)
         z_max[key] = float(z.max())
         at = int(z.argmax())
         worst[key] = (at // z.shape[1], at % z.shape[1])

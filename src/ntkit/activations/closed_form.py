@@ -3,7 +3,10 @@
 Notation: ``(u, v) ~ N(0, [[v1, c], [c, v2]])``, ``det = v1 v2 - c^2 >= 0`` and the angle
 ``theta = atan2(sqrt(det), c)`` in ``[0, pi]`` (``cos theta = c / sqrt(v1 v2)``). The angle is
 computed from the covariance entries directly, never as ``arccos`` of a rounded correlation, so
-duplicated inputs (``det = 0``) give ``theta = 0`` exactly and zero-norm inputs give no NaN.
+duplicated inputs (``det = 0``) give ``theta = 0`` exactly and zero-norm inputs give no NaN. The
+products ``v1 v2`` and ``c^2`` are formed on the covariance scaled by an exact power of two
+(:func:`ntkit.activations.quadrature.scaled_covariance`), so the maps are right across the float64
+range (variances 1e-300 .. 1e300), not only where ``v1 v2`` is a normal number.
 
 References: Cho & Saul (2009) for the arc-cosine kernels; Williams (1997) for erf;
 Lee et al. (2018), Arora et al. (2019) for their use in NNGP / NTK recursions.
@@ -17,18 +20,19 @@ import torch
 
 from ntkit._validation import check_float
 from ntkit.activations.base import Activation
+from ntkit.activations.quadrature import scaled_covariance, unscale
 
 Tensor = torch.Tensor
 
 
-def _sqrt_det(v1: Tensor, c: Tensor, v2: Tensor) -> Tensor:
-    """``sqrt(max(v1 v2 - c^2, 0))``: the clipped square root of the covariance determinant."""
-    return (v1 * v2 - c * c).clamp_min(0).sqrt()
-
-
 def arccos_angle(v1: Tensor, c: Tensor, v2: Tensor) -> Tensor:
-    """``theta = arccos(c / sqrt(v1 v2))`` computed stably as ``atan2(sqrt(det), c)``."""
-    return torch.atan2(_sqrt_det(v1, c, v2), c)
+    """``theta = arccos(c / sqrt(v1 v2))`` computed stably as ``atan2(sqrt(det), c)``.
+
+    Both arguments of ``atan2`` are taken from the scaled covariance (the angle is scale-free), so
+    the angle of two rows of variance 1e-300, or of a row of variance 1e300, is right.
+    """
+    v1s, cs, v2s, _ = scaled_covariance(v1, c, v2)
+    return torch.atan2((v1s * v2s - cs * cs).clamp_min(0).sqrt(), cs)
 
 
 class Identity(Activation):
@@ -115,8 +119,10 @@ class ABReLU(Activation):
 
     def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
-        theta = arccos_angle(var1, cov, var2)
-        j1 = (_sqrt_det(var1, cov, var2) + (math.pi - theta) * cov) / (2 * math.pi)
+        v1s, cs, v2s, p = scaled_covariance(var1, cov, var2)  # J1 is homogeneous: J1 = J1' / p^2
+        root = (v1s * v2s - cs * cs).clamp_min(0).sqrt()
+        theta = torch.atan2(root, cs)
+        j1 = unscale((root + (math.pi - theta) * cs) / (2 * math.pi), p, 2)
         return self.a * self.b * cov + (self.b - self.a) ** 2 * j1
 
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
@@ -366,15 +372,18 @@ class RectifiedMonomial(Activation):
 
     def _map(self, var1: Tensor, cov: Tensor, var2: Tensor, n: int) -> Tensor:
         var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
-        root = _sqrt_det(var1, cov, var2)
-        theta = torch.atan2(root, cov)
-        scale = (var1 * var2).clamp_min(0).sqrt()
+        v1s, cs, v2s, p = scaled_covariance(var1, cov, var2)  # sqrt(v1 v2) = sqrt(v1' v2') / p^2
+        root = (v1s * v2s - cs * cs).clamp_min(0).sqrt()
+        theta = torch.atan2(root, cs)
+        scale = (v1s * v2s).clamp_min(0).sqrt()
         pos = scale > 0
         safe = torch.where(pos, scale, torch.ones_like(scale))
-        cos_t = torch.where(pos, cov / safe, torch.ones_like(scale)).clamp(-1, 1)
+        cos_t = torch.where(pos, cs / safe, torch.ones_like(scale)).clamp(-1, 1)
         sin_t = torch.where(pos, root / safe, torch.zeros_like(scale)).clamp(0, 1)
         val = rectified_moment(n, cos_t, sin_t, theta)
-        return val * scale**n if n > 0 else val * pos.to(val.dtype)
+        if n == 0:
+            return val * pos.to(val.dtype)
+        return unscale(val * scale**n, p, 2 * n)  # (v1 v2)^(n/2) = (v1' v2')^(n/2) / p^(2n)
 
     def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
         return self._map(var1, cov, var2, self.degree)
@@ -434,18 +443,26 @@ class Erf(Activation):
         return self.a * self.b * (2 / math.sqrt(math.pi)) * torch.exp(-((self.b * x) ** 2))
 
     def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+        cs, q, _ = self._q(var1, cov, var2)  # atan2(2 b^2 c, sqrt(Q)) = atan2(2 b^2 c', sqrt(Q'))
         b2 = self.b * self.b
-        det = (var1 * var2 - cov * cov).clamp_min(0)
-        q = 1 + 2 * b2 * (var1 + var2) + 4 * b2 * b2 * det
-        return self.a**2 * (2 / math.pi) * torch.atan2(2 * b2 * cov, q.sqrt()) + self.c**2
+        return self.a**2 * (2 / math.pi) * torch.atan2(2 * b2 * cs, q.sqrt()) + self.c**2
 
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+        _, q, p = self._q(var1, cov, var2)
         b2 = self.b * self.b
-        det = (var1 * var2 - cov * cov).clamp_min(0)
-        q = 1 + 2 * b2 * (var1 + var2) + 4 * b2 * b2 * det
-        return (4 * self.a**2 * b2 / math.pi) / q.sqrt()
+        return unscale((4 * self.a**2 * b2 / math.pi) / q.sqrt(), p, -2)
+
+    def _q(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(c', Q', p)``: ``Q' = p^4 Q = p^4 + 2 b^2 (v1' + v2') p^2 + 4 b^4 det'`` on the covariance scaled
+        by ``p^2`` (:func:`~ntkit.activations.quadrature.scaled_covariance`, ``p <= 1``: ``Q`` overflows
+        from variances ~1e154 on; ``p^4`` underflowing there is negligible beside the other terms)."""
+        v1s, cs, v2s, p = scaled_covariance(var1, cov, var2, upward_only=True)
+        b2 = self.b * self.b
+        det = (v1s * v2s - cs * cs).clamp_min(0)
+        if p is None:
+            return cs, 1 + 2 * b2 * (v1s + v2s) + 4 * b2 * b2 * det, p
+        p2 = p * p
+        return cs, p2 * p2 + 2 * b2 * (v1s + v2s) * p2 + 4 * b2 * b2 * det, p
 
     def mean(self, var: Tensor) -> Tensor:
         return torch.full_like(var, self.c)  # erf is odd

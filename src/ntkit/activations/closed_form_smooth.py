@@ -22,6 +22,7 @@ import torch
 
 from ntkit._validation import check_float
 from ntkit.activations.base import Activation
+from ntkit.activations.quadrature import scaled_covariance, unscale
 
 Tensor = torch.Tensor
 
@@ -62,21 +63,35 @@ class Gelu(Activation):
     def derivative(self, x: Tensor) -> Tensor:
         return 0.5 * torch.erfc(-x / math.sqrt(2)) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
-    def _parts(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, ...]:
+    def _parts(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                        Tensor, Tensor, Tensor | None]:
+        """``(c, v1', c', v2', det', D', sqrt(D'), P, s^2)`` on the covariance scaled by ``s^2 = 2^(-2j)``
+        (:func:`~ntkit.activations.quadrature.scaled_covariance`, ``j >= 0``): ``D' = s^4 D = s^4 +
+        (v1' + v2') s^2 + det'``, ``1 + v_i = (s^2 + v_i') / s^2``. ``D`` overflows from variances ~1e154
+        on; with every variance below ~1e77 nothing is scaled (``s^2`` None: the unscaled formulas)."""
         var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
-        det = _det(var1, cov, var2)
-        d = 1 + var1 + var2 + det
+        v1, c, v2, s = scaled_covariance(var1, cov, var2, upward_only=True)
+        det = _det(v1, c, v2)
+        s2 = None if s is None else s * s
+        d = 1 + v1 + v2 + det if s2 is None else s2 * s2 + v1 * s2 + v2 * s2 + det
         root = d.sqrt()
-        p = (math.pi - torch.atan2(root, cov)) / (2 * math.pi)
-        return var1, cov, var2, det, d, root, p
+        p = (math.pi - torch.atan2(root, c)) / (2 * math.pi)
+        return cov, v1, c, v2, det, d, root, p, s2
 
     def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        v1, c, v2, det, _, root, p = self._parts(var1, cov, var2)
-        return c * p + (det + c * c / (1 + v1) + c * c / (1 + v2)) / (2 * math.pi * root)
+        cov, v1, c, v2, det, _, root, p, s2 = self._parts(var1, cov, var2)
+        if s2 is None:
+            return c * p + (det + c * c / (1 + v1) + c * c / (1 + v2)) / (2 * math.pi * root)
+        # c^2 / (1 + v_i) / sqrt(D) = c'^2 s^2 / (s^2 + v_i') / sqrt(D') / s^2, det / sqrt(D) = det' / sqrt(D') / s^2
+        return cov * p + (det + c * c / (s2 + v1) * s2 + c * c / (s2 + v2) * s2) / (2 * math.pi * root) / s2
 
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        v1, c, v2, _, d, root, p = self._parts(var1, cov, var2)
-        return p + c * (1 / (1 + v1) + 1 / (1 + v2)) / (2 * math.pi * root) + c / (2 * math.pi * d * root)
+        _, v1, c, v2, _, d, root, p, s2 = self._parts(var1, cov, var2)
+        if s2 is None:
+            return p + c * (1 / (1 + v1) + 1 / (1 + v2)) / (2 * math.pi * root) + c / (2 * math.pi * d * root)
+        # c / (1 + v_i) / sqrt(D) = c' s^2 / (s^2 + v_i') / sqrt(D'), c / D^(3/2) = c' s^4 / D'^(3/2)
+        return (p + c * (1 / (s2 + v1) + 1 / (s2 + v2)) / (2 * math.pi * root) * s2
+                + c / (2 * math.pi * d * root) * s2 * s2)
 
     def mean(self, var: Tensor) -> Tensor:
         v = var.clamp_min(0)
@@ -87,17 +102,26 @@ class Gelu(Activation):
 
 
 class Sin(Activation):
-    """``sigma(x) = a sin(b x + c)``; :class:`Cos` is the same with a quarter-period phase.
+    """``sigma(x) = a sin(b x + c0)``; :class:`Cos` is the same with a quarter-period phase.
 
-    With ``E_- = exp(-b^2 (v1 + v2 - 2 cov) / 2)`` and ``E_+ = exp(-b^2 (v1 + v2 + 2 cov) / 2)``:
+    With ``x = b^2 c``, ``m = exp(-b^2 (v1 + v2) / 2)`` and ``sin(s) sin(t) = (cos(s - t) - cos(s + t)) / 2``,
+    ``E[cos(b (u - v))] = m e^x``, ``E[cos(b (u + v) + 2 c0)] = cos(2 c0) m e^(-x)``, ``cos(2 c0) = 1 - 2 sin(c0)^2``:
 
-    * ``E[sigma(u) sigma(v)] = a^2 (E_- - cos(2 c) E_+) / 2``
-    * ``E[sigma'(u) sigma'(v)] = a^2 b^2 (E_- + cos(2 c) E_+) / 2``
+    * ``E[sigma(u) sigma(v)] = a^2 m (sinh(x) + sin(c0)^2 e^(-x))``
+    * ``E[sigma'(u) sigma'(v)] = a^2 b^2 m (sinh(x) + cos(c0)^2 e^(-x))``
+
+    (for ``c0 = 0``: ``a^2 m sinh(b^2 c)`` and ``a^2 b^2 m cosh(b^2 c)``). Never formed as the difference
+    ``m (e^x - cos(2 c0) e^(-x)) / 2``, which loses all digits of a small ``sinh(x) ~ x`` once
+    ``|c| << v1 + v2``. Evaluated as ``m sinh(x) = sign(c) E_- (1 - e^(-2|x|)) / 2`` (``expm1``) with
+    ``E_- = exp(-b^2 (v1 + v2 - 2|c|) / 2) <= 1`` and ``m e^(-x) = E_+ = exp(-b^2 (v1 + v2 + 2c) / 2)``: no
+    overflow of ``sinh`` against an underflow of ``m`` at large variances, and every term is formed
+    to relative accuracy (the sum has a cancellation only where ``sinh(x) < 0`` meets a phase term of the
+    same size, at most ``eps (|sinh x| + sin(c0)^2 e^(-x)) m``: the natural scale of the entry).
 
     Parameters
     ----------
     a, b, c : float
-        Amplitude, frequency and phase.
+        Amplitude, frequency and phase (``c0`` above).
 
     Raises
     ------
@@ -111,10 +135,12 @@ class Sin(Activation):
     >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     >>> math.isclose(float(Sin().expect(one, one, one)), (1 - math.exp(-2)) / 2)  # E[sin(u)^2]
     True
+    >>> tiny = torch.tensor(1e-30, dtype=torch.float64)  # E[sin u sin v] = e^(-1/2) sinh(1e-30): not 0
+    >>> math.isclose(float(Sin().expect(one, tiny, one)), math.exp(-1) * 1e-30, rel_tol=1e-15)
+    True
     """
 
     closed_form = True
-    _phase_sign = 1.0  # sin: -cos(2c); cos: +cos(2c)
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
         self.a = check_float(a, "a")
@@ -128,34 +154,42 @@ class Sin(Activation):
     def derivative(self, x: Tensor) -> Tensor:
         return self.a * self.b * torch.cos(self.b * x + self.c)
 
-    def _exps(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor]:
+    def _phases(self) -> tuple[float, float]:
+        """``(P, P')``: the weights of ``E_+`` in the value and derivative maps (``sin(c0)^2``, ``cos(c0)^2``)."""
+        return math.sin(self.c) ** 2, math.cos(self.c) ** 2
+
+    def _terms(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor]:
+        """``(m sinh(b^2 c), m e^(-b^2 c))`` with ``m = exp(-b^2 (v1 + v2) / 2)``, both to relative accuracy."""
         var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
         b2 = self.b * self.b
-        minus = torch.exp(-0.5 * b2 * (var1 + var2 - 2 * cov).clamp_min(0))
-        plus = torch.exp(-0.5 * b2 * (var1 + var2 + 2 * cov).clamp_min(0))
-        return minus, plus
+        total = var1 + var2
+        near = torch.exp(-0.5 * b2 * (total - 2 * cov.abs()).clamp_min(0))  # E_-(|c|) = m e^|x|
+        half_sinh = -0.5 * torch.expm1(-2 * b2 * cov.abs())  # (1 - e^(-2|x|)) / 2
+        sinh = torch.copysign(near * half_sinh, cov)
+        plus = torch.exp(-0.5 * b2 * (total + 2 * cov).clamp_min(0))  # E_+ = m e^(-x)
+        return sinh, plus
 
     def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        minus, plus = self._exps(var1, cov, var2)
-        return self.a**2 * 0.5 * (minus - self._phase_sign * math.cos(2 * self.c) * plus)
+        sinh, plus = self._terms(var1, cov, var2)
+        return self.a**2 * (sinh + self._phases()[0] * plus)
 
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        minus, plus = self._exps(var1, cov, var2)
-        return (self.a * self.b) ** 2 * 0.5 * (minus + self._phase_sign * math.cos(2 * self.c) * plus)
+        sinh, plus = self._terms(var1, cov, var2)
+        return (self.a * self.b) ** 2 * (sinh + self._phases()[1] * plus)
 
     def mean(self, var: Tensor) -> Tensor:
         damp = torch.exp(-0.5 * self.b * self.b * var.clamp_min(0))  # E[e^{i b u}]
-        phase = math.sin(self.c) if self._phase_sign > 0 else math.cos(self.c)
-        return self.a * phase * damp
+        return self.a * math.sin(self.c) * damp
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(a={self.a}, b={self.b}, c={self.c})"
 
 
 class Cos(Sin):
-    """``sigma(x) = a cos(b x + c)``.
+    """``sigma(x) = a cos(b x + c0) = a sin(b x + c0 + pi / 2)``: :class:`Sin` with ``sin(c0)^2 <-> cos(c0)^2``.
 
-    ``E = a^2 (E_- + cos(2 c) E_+) / 2`` and ``E' = a^2 b^2 (E_- - cos(2 c) E_+) / 2``.
+    ``E = a^2 m (sinh(x) + cos(c0)^2 e^(-x))`` and ``E' = a^2 b^2 m (sinh(x) + sin(c0)^2 e^(-x))`` (``x = b^2 c``,
+    ``m = exp(-b^2 (v1 + v2) / 2)``; for ``c0 = 0``: ``a^2 m cosh(b^2 c)`` and ``a^2 b^2 m sinh(b^2 c)``).
 
     Examples
     --------
@@ -166,13 +200,18 @@ class Cos(Sin):
     True
     """
 
-    _phase_sign = -1.0
-
     def forward(self, x: Tensor) -> Tensor:
         return self.a * torch.cos(self.b * x + self.c)
 
     def derivative(self, x: Tensor) -> Tensor:
         return -self.a * self.b * torch.sin(self.b * x + self.c)
+
+    def _phases(self) -> tuple[float, float]:
+        return math.cos(self.c) ** 2, math.sin(self.c) ** 2
+
+    def mean(self, var: Tensor) -> Tensor:
+        damp = torch.exp(-0.5 * self.b * self.b * var.clamp_min(0))
+        return self.a * math.cos(self.c) * damp
 
 
 class Gaussian(Activation):
@@ -215,18 +254,22 @@ class Gaussian(Activation):
     def derivative(self, x: Tensor) -> Tensor:
         return -2 * self.a * self.b * x * torch.exp(-self.b * x * x)
 
-    def _q(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor]:
-        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
-        q = 1 + 2 * self.b * (var1 + var2) + 4 * self.b**2 * _det(var1, cov, var2)
-        return q, cov
+    def _q(self, var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(Q', c', s)`` on the covariance scaled by ``s^2`` (``j >= 0``, see :class:`Gelu`):
+        ``Q' = s^4 Q = s^4 + 2 b (v1' + v2') s^2 + 4 b^2 det'`` (``s`` None: nothing scaled)."""
+        v1, c, v2, s = scaled_covariance(var1, cov, var2, upward_only=True)
+        if s is None:
+            return 1 + 2 * self.b * (v1 + v2) + 4 * self.b**2 * _det(v1, c, v2), c, s
+        s2 = s * s
+        return s2 * s2 + 2 * self.b * (v1 + v2) * s2 + 4 * self.b**2 * _det(v1, c, v2), c, s
 
     def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        q, _ = self._q(var1, cov, var2)
-        return self.a**2 / q.sqrt()
+        q, _, s = self._q(var1, cov, var2)
+        return unscale(self.a**2 / q.sqrt(), s, -2)  # 1 / sqrt(Q) = s^2 / sqrt(Q')
 
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        q, c = self._q(var1, cov, var2)
-        return 4 * (self.a * self.b) ** 2 * c / (q * q.sqrt())
+        q, c, s = self._q(var1, cov, var2)
+        return unscale(4 * (self.a * self.b) ** 2 * c / (q * q.sqrt()), s, -4)  # c / Q^(3/2) = c' s^4 / Q'^(3/2)
 
     def __repr__(self) -> str:
         return f"Gaussian(a={self.a}, b={self.b})"

@@ -36,7 +36,9 @@ Coefficients
 (20 nodes per panel) on a fixed grid: panels of width 1/2 for ``|z| >= 1``, graded geometrically
 towards 0 (``+-2^-j``, ``j <= J``) so that ``s(sqrt(q) z)``, which varies on the scale ``1/sqrt(q)``
 around 0 (and may kink there), is resolved; the depth ``J(q)`` grows with ``log q`` in steps of 4, so
-the rule of a variance never depends on the other variances of a call. A plain Gauss-Hermite rule is
+the rule of a variance never depends on the other variances of a call (up to ``J = 48``, ``q ~ 4.9e27``:
+larger variances are not resolved, never certified, and go to the quadrature path, see
+:func:`unresolved`). A plain Gauss-Hermite rule is
 not used: it converges slowly for steep functions (``tanh`` of a large-variance input). Beyond
 ``|z| = 13`` Cramer's inequality ``|h_k(z)| <= 1.09 exp(z^2 / 4)`` bounds the neglected part of every
 ``a_k`` by ``0.44 int_{|z|>13} exp(-z^2/4) |s(sqrt(q) z)| dz`` (below 1e-18 for activations of
@@ -113,10 +115,22 @@ def _torch_rule(level: int, nodes: int, terms: int, device: torch.device) -> tup
 
 
 def levels(var: Tensor) -> Tensor:
-    """Grid depth ``J(q)``: the smallest multiple of 4 (>= 4) with ``2^-J <= 1 / (4 sqrt(q))``."""
+    """Grid depth ``J(q)``: the smallest multiple of 4 (>= 4) with ``2^-J <= 1 / (4 sqrt(q))`` (<= MAX_LEVEL)."""
     need = 2 + 0.5 * torch.log2(var.clamp_min(1e-300))
     lvl = torch.ceil(need / LEVEL_STEP) * LEVEL_STEP
     return lvl.clamp(MIN_LEVEL, MAX_LEVEL).to(torch.int64)
+
+
+def unresolved(var: Tensor) -> Tensor:
+    """``True`` where the deepest grid does not resolve ``s(sqrt(q) z)``: ``2^-MAX_LEVEL > 1 / (4 sqrt(q))``.
+
+    From ``q ~ 4.9e27`` on the innermost panel ``[0, 2^-48]`` spans more than the scale ``1 / sqrt(q)`` on
+    which the activation varies, and from ``q ~ 1e37`` a steep function (``tanh'``) vanishes on every node
+    of it: both rules (20 and 16 nodes) then agree on a wrong value (0 for ``E[tanh'(u)^2]``, exact
+    ``(4/3) / sqrt(2 pi q)``) and their difference cannot flag it. Such variances are never certified:
+    their coefficients get an infinite error, so their entries (and norms) come from the quadrature path.
+    """
+    return 2 + 0.5 * torch.log2(var.clamp_min(1e-300)) > MAX_LEVEL
 
 
 @dataclass(frozen=True)
@@ -170,11 +184,12 @@ def gaussian_norms(evaluate: Evaluate, var: Tensor, count: int = 1) -> list[tupl
         for start in range(0, rows.numel(), _ROWS):
             r = rows[start : start + _ROWS]
             vals = _evaluate_rows(evaluate, count, q[r], torch.cat([zf, zc]))
+            deep = unresolved(q[r])
             for (n2, err), v in zip(res, vals, strict=True):
                 fine = _norms(v[:, : zf.numel()], wf)
                 coarse = _norms(v[:, zf.numel() :], wc)
                 n2[r] = fine
-                err[r] = _relative(fine - coarse, fine)
+                err[r] = torch.where(deep, math.inf, _relative(fine - coarse, fine))
     return [(n2.reshape(var.shape), err.reshape(var.shape)) for n2, err in res]
 
 
@@ -216,6 +231,7 @@ def hermite_expansions(
         for start in range(0, rows.numel(), _ROWS):
             r = rows[start : start + _ROWS]
             vals = _evaluate_rows(evaluate, count, q[r], torch.cat([zf, zc]))
+            deep = unresolved(q[r])
             for i, v in enumerate(vals):
                 fine, coarse = v[:, :mf], v[:, mf:]
                 n2 = _norms(fine, wf)
@@ -224,7 +240,7 @@ def hermite_expansions(
                 coeffs[i][r] = a
                 norm2[i][r] = n2
                 e_norm[i][r] = _relative(n2 - _norms(coarse, wc), n2)
-                e_coef[i][r] = _relative(diff, n2.sqrt())
+                e_coef[i][r] = torch.where(deep, math.inf, _relative(diff, n2.sqrt()))
     out = []
     k = torch.arange(terms, dtype=_F64, device=q.device)
     for a, n2, ec, en in zip(coeffs, norm2, e_coef, e_norm, strict=True):

@@ -128,15 +128,80 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
+_MAXEXP = {torch.float64: 1024, torch.float32: 128}
+
+
+def _stored(t: Tensor) -> Tensor:
+    """The distinct elements of a broadcast view (stride-0 dimensions collapsed): cheap to reduce."""
+    return t[tuple(0 if st == 0 and n > 1 else slice(None) for st, n in zip(t.stride(), t.shape, strict=True))]
+
+
+def scaled_covariance(
+    var1: Tensor, cov: Tensor, var2: Tensor, *, upward_only: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(v1 p^2, c p^2, v2 p^2, p)`` broadcast, the covariance scaled by an exact power of two ``p^2 = 2^(-2j)``.
+
+    Dual maps form products of the entries (``det = v1 v2 - c^2``), which overflow or underflow in
+    float64 once ``g = sqrt(v1 v2)`` leaves ``[1e-154, 1e154]`` (NaN at variance 3e299, the angle of
+    two rows of variance 3e-301 lost). With ``2^(2j) ~ g`` the scaled entries have ``v1' v2' ~ 1`` and
+    ``|c'| <= ~1``, so ``det' = v1' v2' - c'^2`` is formed in range, and
+
+        det = det' / p^4,   sqrt(det) = sqrt(det') / p^2,   atan2(sqrt(det), c) = atan2(sqrt(det'), c').
+
+    Multiplying by a power of two is exact (no rounding; nothing here becomes subnormal), so exact
+    duplicates ``c = v1 = v2`` keep ``det' = 0`` bit for bit. Where ``g`` is inside
+    ``[2^-(E/4), 2^(E/4)]`` (``E``: the largest binary exponent; 1e-77 .. 1e77 in float64) ``j = 0``,
+    ``p = 1``: the entry is unchanged and every formula gives the bits it gave without scaling. When
+    every nonzero variance is inside that range (one reduction over the variances), ``p`` is ``None``
+    and nothing is scaled (the usual case: no cost). ``upward_only`` keeps ``j >= 0`` (for maps of the
+    form ``1 + v1 + v2 + det``, where tiny variances underflow nothing that matters). ``|j|`` is capped
+    at ``E / 2 - 12`` so that ``p^-2`` is finite.
+    """
+    var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
+    maxexp = _MAXEXP.get(cov.dtype) or math.frexp(torch.finfo(cov.dtype).max)[1]  # 1024 (float64), 128 (float32)
+    if var1.numel() == 0:
+        return var1, cov, var2, None
+    mags = torch.cat([_stored(var1).reshape(-1), _stored(var2).reshape(-1)]).abs()
+    out = mags > 2.0 ** (maxexp // 4)
+    if not upward_only:
+        out |= (mags < 2.0 ** -(maxexp // 4)) & (mags > 0)
+    if not bool(out.any()):
+        return var1, cov, var2, None
+    _, e1 = torch.frexp(var1)
+    _, e2 = torch.frexp(var2)
+    total = e1 + e2  # ~ log2(v1 v2) = 2 log2 g
+    lim = maxexp // 2 - 12
+    j = torch.div(total, 4, rounding_mode="floor").clamp(-lim, lim)
+    j = torch.where(total.abs() > maxexp // 2, j, torch.zeros_like(j))
+    if upward_only:
+        j = j.clamp_min(0)
+    p = torch.exp2(-j.to(cov.dtype))
+    return var1 * p * p, cov * p * p, var2 * p * p, p
+
+
+def unscale(x: Tensor, p: Tensor | None, power: int) -> Tensor:
+    """``x / p^power`` (``power`` may be negative) by exact steps of ``p``; ``x`` itself when ``p`` is None."""
+    if p is None:
+        return x
+    for _ in range(abs(power)):
+        x = x / p if power > 0 else x * p
+    return x
+
+
 def _factor(var1: Tensor, cov: Tensor, var2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``s1, l21, l22`` of the Cholesky factor of ``[[v1, c], [c, v2]]`` (flattened, clipped)."""
+    """``s1, l21, l22`` of the Cholesky factor of ``[[v1, c], [c, v2]]`` (flattened, clipped).
+
+    ``l22 = sqrt(det / v1)`` from the power-of-two scaled covariance (:func:`scaled_covariance`:
+    ``det / v1 = (det' / v1') / p^2``), so two rows of variance ~1e-300 keep their angle.
+    """
     v1 = var1.reshape(-1).clamp_min(0)
     v2 = var2.reshape(-1).clamp_min(0)
     c = cov.reshape(-1)
     s1 = v1.sqrt()
     l21 = _safe_div(c, s1)
-    det = (v1 * v2 - c * c).clamp_min(0)
-    l22 = torch.where(v1 > 0, _safe_div(det, v1), v2).sqrt()
+    v1s, cs, v2s, p = scaled_covariance(v1, c, v2)
+    det = (v1s * v2s - cs * cs).clamp_min(0)
+    l22 = torch.where(v1 > 0, unscale(_safe_div(det, v1s).sqrt(), p, 1), v2.sqrt())
     return s1, l21, l22
 
 

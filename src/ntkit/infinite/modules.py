@@ -33,7 +33,9 @@ def _softplus(beta: float) -> ActivationFn:
 
 
 def _clamp(lo: float, hi: float, name: str) -> ActivationFn:
-    return CallableActivation(lambda x: x.clamp(lo, hi), name=name, breakpoints=(lo, hi), smooth=False)
+    """``clamp(x, lo, hi)`` by ``F.hardtanh``: derivative 0 at ``lo`` and ``hi`` like nn.ReLU6 / nn.Hardtanh
+    (``x.clamp`` has derivative 1 there, which a zero-variance input of the kernel sees)."""
+    return CallableActivation(lambda x: F.hardtanh(x, lo, hi), name=name, breakpoints=(lo, hi), smooth=False)
 
 
 def _elu(alpha: float) -> ActivationFn:
@@ -52,7 +54,9 @@ ACTIVATION_MODULES: dict[type[nn.Module], Callable[[Any], ActivationFn]] = {
     nn.SiLU: lambda m: get_activation("silu"),
     nn.Softplus: lambda m: _softplus(float(m.beta)),
     nn.ELU: lambda m: _elu(float(m.alpha)),
-    nn.CELU: lambda m: CallableActivation(lambda x: F.celu(x, float(m.alpha)), name=f"celu(alpha={m.alpha})"),
+    # derivative: autograd of F.celu uses 1 / alpha in float32 (its derivative errs ~2e-8 in float64)
+    nn.CELU: lambda m: CallableActivation(lambda x: F.celu(x, float(m.alpha)), name=f"celu(alpha={m.alpha})",
+                                          derivative=lambda x: torch.exp(x.clamp(max=0) / float(m.alpha))),
     nn.SELU: lambda m: get_activation("selu"),
     nn.Mish: lambda m: get_activation("mish"),
     nn.ReLU6: lambda m: _clamp(0.0, 6.0, "relu6"),
@@ -61,7 +65,9 @@ ACTIVATION_MODULES: dict[type[nn.Module], Callable[[Any], ActivationFn]] = {
                                                  smooth=False),
     nn.Hardswish: lambda m: CallableActivation(F.hardswish, name="hardswish", breakpoints=(-3.0, 3.0), smooth=False),
     nn.Softsign: lambda m: CallableActivation(F.softsign, name="softsign"),
-    nn.Tanhshrink: lambda m: CallableActivation(F.tanhshrink, name="tanhshrink", smooth=True),
+    # derivative tanh(x)^2: autograd of x - tanh(x) gives 1 - (1 - tanh^2) = 0 for |x| < 1e-8
+    nn.Tanhshrink: lambda m: CallableActivation(F.tanhshrink, name="tanhshrink", smooth=True,
+                                                derivative=lambda x: torch.tanh(x) ** 2),
     nn.LogSigmoid: lambda m: CallableActivation(F.logsigmoid, name="logsigmoid", smooth=True),
     nn.Softshrink: lambda m: CallableActivation(lambda x: F.softshrink(x, float(m.lambd)), name="softshrink",
                                                 breakpoints=(-float(m.lambd), float(m.lambd)), smooth=False),
