@@ -133,7 +133,7 @@ def kernel_timing() -> list[str]:
         method = "closed form" if act.closed_form else act.general_method()
         start = time.perf_counter()
         cpu = time.process_time()
-        ntkit.fc_kernel(x, depth=3, activation=act, beta=0.1)
+        ntkit.fc_kernel(x, depth=3, activation=act, b_std=0.1)
         lines.append(
             f"| {label} | {method} | {time.perf_counter() - start:.2f} s | {time.process_time() - cpu:.2f} s |"
         )

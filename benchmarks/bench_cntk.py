@@ -4,7 +4,7 @@ For every case, size N and dtype, the NNGP and NTK of N random normal images aga
 (fixed seed; channels first for ntkit, the same values channels last for neural-tangents) are
 computed by
 
-* ntkit: ``ntkit.compute.compute_kernel(x, model=..., which="both")`` (``--entry infinite_kernel``:
+* ntkit: ``ntkit.compute.compute_kernel(..., x, which="both")`` (``--entry infinite_kernel``:
   ``ntkit.infinite_kernel(model, x)``, which also returns the diagonal) of an ``ntkit.nn.cntk`` /
   ``ntkit.nn.myrtle`` model on the meta device; a warm-up call on two images (it builds and loads
   any native code, cached in ``~/.cache/ntkit``) runs before the timed call and is reported apart;
@@ -124,7 +124,7 @@ def ntkit_worker(job: dict[str, Any]) -> None:
     def run(xs: torch.Tensor) -> Any:
         if job["entry"] == "infinite_kernel":
             return ntkit.infinite_kernel(model, xs, which="both", **opts)
-        return compute_kernel(xs, model=model, which="both", **opts)
+        return compute_kernel(model, xs, which="both", **opts)
 
     t0 = time.perf_counter()
     run(x[:2])  # builds / loads native code (cached) outside the timed region

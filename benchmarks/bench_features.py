@@ -101,7 +101,7 @@ else:
 t0 = time.perf_counter()
 if what == "exact":
     if kind == "fc":
-        out = ntkit.compute_kernel(x, model=model, which="ntk", dtype=torch.float32)
+        out = ntkit.compute_kernel(model, x, which="ntk", dtype=torch.float32)
     else:
         out = ntkit.infinite_kernel(model, x, which="ntk", dtype=torch.float32)
 else:

@@ -42,7 +42,7 @@ model = ntkit.nn.fc(x.shape[1], depth=DEPTH_, activation="relu", device="meta")
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t0 = time.perf_counter()
 if entry == "compute_kernel":
-    ntk = compute_kernel(x, depth=DEPTH_, activation="relu", dtype=x.dtype, budget=int(sys.argv[3])).ntk
+    ntk = compute_kernel(None, x, depth=DEPTH_, activation="relu", dtype=x.dtype, memory_budget=int(sys.argv[3])).ntk
 elif entry == "fc_kernel":
     ntk = ntkit.fc_kernel(x, depth=DEPTH_, activation="relu", dtype=x.dtype).ntk
 elif entry == "infinite_kernel":
@@ -160,7 +160,7 @@ import json, resource, sys, time, torch, numpy as np
 from ntkit.compute import compute_kernel
 x = torch.from_numpy(np.load(sys.argv[1])).float()
 t0 = time.perf_counter()
-r = compute_kernel(x, depth=DEPTH_, dtype=torch.float32, out=sys.argv[2], overwrite=True, progress=True)
+r = compute_kernel(None, x, depth=DEPTH_, dtype=torch.float32, out=sys.argv[2], overwrite=True, progress=True)
 print(json.dumps({"seconds": time.perf_counter() - t0, "tiles": r.tiles_total,
                   "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """.replace("DEPTH_", str(DEPTH))

@@ -71,7 +71,7 @@ def _err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _kernel(act: CallableActivation, x: torch.Tensor) -> ntkit.Kernel:
-    return ntkit.fc_kernel(x, depth=DEPTH, activation=act, beta=BETA, w_std=W_STD)
+    return ntkit.fc_kernel(x, depth=DEPTH, activation=act, b_std=BETA, w_std=W_STD)
 
 
 def run(sizes: list[int], limit: float, repeat: int) -> list[dict[str, object]]:

@@ -39,7 +39,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     x, _, _ = make_data(args.n, 1, args.noise)
     start = time.perf_counter()
-    kernel = compute_kernel(x, depth=DEPTH, w_std=W_STD, which="ntk").ntk
+    kernel = compute_kernel(None, x, depth=DEPTH, w_std=W_STD, which="ntk").ntk
     lam = args.noise**2 * float(kernel.diagonal().mean())  # the ridge of bench_solvers (Var f = 1)
     mu = torch.linalg.eigvalsh(kernel).flip(0)
     del kernel

@@ -44,7 +44,7 @@ def make(name: str, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, int]
     """A seeded tiny model and its flat input size."""
     torch.manual_seed(0)
     if name == "fcnet":
-        return ntkit.FCNetwork(5, [12, 12], 3, beta=0.3, seed=0, dtype=dtype), 5
+        return ntkit.FCNetwork(5, [12, 12], 3, b_std=0.3, seed=0, dtype=dtype), 5
     if name == "mlp":
         m: nn.Module = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 3))
         return m.to(dtype), 5

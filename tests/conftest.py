@@ -148,6 +148,6 @@ def reference_fc(
     from ntkit.infinite.reference import reference_kernel
     from ntkit.infinite.walk import describe_model, fc_model
 
-    arch = describe_model(fc_model(x1.shape[1], depth=depth, activation=activation, beta=beta, w_std=w_std),
+    arch = describe_model(fc_model(x1.shape[1], depth=depth, activation=activation, b_std=beta, w_std=w_std),
                           (x1.shape[1],))
     return reference_kernel(arch, x1, x2, ntk=arch.has_ntk)

@@ -55,8 +55,8 @@ def test_symmetric_psd_and_diagonal(name: str) -> None:
     act = get_activation(name)
     x = _points(small=not act.closed_form)
     depth = 3 if act.closed_form else 2
-    k = ntkit.fc_kernel(x, depth=depth, activation=act, beta=0.2, w_std=_w_std(name))
-    k12 = ntkit.fc_kernel(x, x.clone(), depth=depth, activation=act, beta=0.2, w_std=_w_std(name))
+    k = ntkit.fc_kernel(x, depth=depth, activation=act, b_std=0.2, w_std=_w_std(name))
+    k12 = ntkit.fc_kernel(x, x.clone(), depth=depth, activation=act, b_std=0.2, w_std=_w_std(name))
     # the general path integrates (v1, c, v2) and (v2, c, v1) with different (equally accurate) rules
     tol = 1e-12 if act.closed_form else TOL[torch.float64]["quadrature_smooth"]
     dup = 3 if act.closed_form else 1
@@ -79,7 +79,7 @@ def test_symmetric_psd_and_diagonal(name: str) -> None:
 def test_float32_matches_float64(name: str) -> None:
     act = get_activation(name)
     x = _points(small=not act.closed_form)
-    kw = {"depth": 3 if act.closed_form else 2, "activation": act, "beta": 0.2, "w_std": _w_std(name)}
+    kw = {"depth": 3 if act.closed_form else 2, "activation": act, "b_std": 0.2, "w_std": _w_std(name)}
     k64 = ntkit.fc_kernel(x, **kw)
     k32 = ntkit.fc_kernel(x.float(), dtype=torch.float32, **kw)
     assert k32.nngp.dtype == torch.float32
@@ -104,7 +104,7 @@ def test_no_nan_deep_and_extreme_norms(name: str, dtype: torch.dtype) -> None:
     one = torch.ones((), dtype=torch.float64)
     # the variance-preserving scale (critical for homogeneous activations), capped at 1.5
     w_std = _w_std(name) if name in GROWING else min(1.5, float(act.expect_diag(one)) ** -0.5)
-    k = ntkit.fc_kernel(x, depth=depth, activation=act, beta=0.1, w_std=w_std, dtype=dtype)
+    k = ntkit.fc_kernel(x, depth=depth, activation=act, b_std=0.1, w_std=w_std, dtype=dtype)
     assert bool(torch.isfinite(k.nngp).all())
     if k.ntk is not None:
         assert bool(torch.isfinite(k.ntk).all())
@@ -141,7 +141,7 @@ def test_closed_form_matches_general_path(name: str) -> None:
         # the whole recursion through the general path (derivative supplied) agrees as well
         as_callable = CallableActivation(act.forward, derivative=act.derivative, name=f"{name}_general")
         x = _points()
-        kw = {"depth": 2, "beta": 0.3, "w_std": _w_std(name)}
+        kw = {"depth": 2, "b_std": 0.3, "w_std": _w_std(name)}
         kc = ntkit.fc_kernel(x, activation=act, **kw)
         kg = ntkit.fc_kernel(x, activation=as_callable, **kw)
         assert kc.ntk is not None and kg.ntk is not None
@@ -151,7 +151,7 @@ def test_closed_form_matches_general_path(name: str) -> None:
 
 def _finite_layer_terms(act: Activation, x: torch.Tensor, *, width: int, beta: float, w_std: float, seed: int):
     """Per-hidden-unit terms of a one-hidden-layer FCNetwork's NNGP and NTK, and the network."""
-    net = ntkit.FCNetwork(x.shape[1], [width], 1, activation=act, beta=beta, w_std=w_std, seed=seed)
+    net = ntkit.FCNetwork(x.shape[1], [width], 1, activation=act, b_std=beta, w_std=w_std, seed=seed)
     lin1, lin2 = net.linears
     with torch.no_grad():
         h = lin1(x)  # (N, width)
@@ -177,7 +177,7 @@ def test_analytic_matches_monte_carlo(name: str) -> None:
     x = _points()[:5]
     beta, w_std = 0.3, _w_std(name)
     net, nngp_terms, ntk_terms = _finite_layer_terms(act, x, width=20000, beta=beta, w_std=w_std, seed=11)
-    k = ntkit.fc_kernel(x, depth=1, activation=act, beta=beta, w_std=w_std)
+    k = ntkit.fc_kernel(x, depth=1, activation=act, b_std=beta, w_std=w_std)
     n = nngp_terms.shape[-1]
     for terms, analytic in ((nngp_terms, k.nngp), (ntk_terms, k.ntk)):
         if terms is None:

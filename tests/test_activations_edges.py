@@ -8,8 +8,8 @@ directions at 53 degrees), a huge row:
 
 * the dual maps ``E[s(u) s(v)]`` and ``E[s'(u) s'(v)]`` on the layer-1 covariances of rows of norm
   1e-75 and 1e75: variances 1e-150 .. 1e150, the widest range whose pairwise products (which the
-  closed forms form) stay normal in float64; ``test_dual_maps_beyond_the_product_range`` shows what
-  happens beyond (a reported bug);
+  closed forms formed before the fix) stay normal in float64; ``test_dual_maps_beyond_the_product_range``
+  checks beyond;
 * the NNGP and NTK of a depth-2 fully connected model (NTK parameterization, no bias) through
   :func:`ntkit.infinite_kernel` on rows of norm 1e-150 and 1e150 in float64, 1e-15 and 1e15 in
   float32, on every path that serves the activation: the compiled ABReLU loop, the fused torch
@@ -335,22 +335,10 @@ REGISTRY = [n for n in available_activations() if n not in ALIASES]
 CASES = REGISTRY + list(MODULE_CASES)
 
 
-#: Reported bugs (strict: these tests start passing, and fail as XPASS, when they are fixed).
-_MEHLER_CELU = "bug: Mehler path certifies celu(alpha=0.7) (second derivative jumps) at 1e-13 but errs 3e-8"
-_QUAD_TINY = ("bug: the quadrature path loses the angle between two rows of variance ~1e-300 (v1 v2 underflows): "
-              "1e-2..1e-1 on the natural scale for relu6 / selu / elu networks on rows of norm 1e-150")
-_SIN = ("bug: Sin / Cos form E_- - E_+ by subtraction: for |c| << v1 + v2 (a row of norm 1e-75 against one "
-        "of norm 1) the difference, ~c, is lost: error ~1 on the natural scale")
-KNOWN_DUAL = {
-    "sin": _SIN,
-    "cos": _SIN,
-    "celu(alpha=0.7)": _MEHLER_CELU,
-    "relu6": "bug: ntkit's relu6 is x.clamp(0, 6), derivative 1 at 0; nn.ReLU6's is 0 (zero-variance entries)",
-    "tanhshrink": "bug: Mehler path returns 0 for E[s'(u) s'(v)] = E[tanh^2 tanh^2] at variance 1e-150 (exact ~1e-151)",
-}
-KNOWN_NETWORK = {"celu(alpha=0.7)": _MEHLER_CELU, "relu6": _QUAD_TINY, "selu": _QUAD_TINY, "elu(alpha=0.5)": _QUAD_TINY,
-                 "sin": _SIN}
-KNOWN_FLOAT32 = {"relu6": _QUAD_TINY, "selu": _QUAD_TINY, "elu(alpha=0.5)": _QUAD_TINY, "sin": _SIN}
+#: Reported bugs (strict: these tests start passing, and fail as XPASS, when they are fixed): case -> reason.
+KNOWN_DUAL: dict[str, str] = {}
+KNOWN_NETWORK: dict[str, str] = {}
+KNOWN_FLOAT32: dict[str, str] = {}
 
 
 def _params(known: dict[str, str]) -> list:
@@ -418,9 +406,8 @@ def _check_structure(k: torch.Tensor, diag: torch.Tensor | None, what: str) -> N
 # ----------------------------------------------------------------------------- dual maps
 
 #: The huge row of the general path's dual maps: norm 1e3 (variance 3e5), what the float64 reference
-#: resolves for activations with algebraic tails. (ntkit itself: from variance ~1e37 on, the Mehler
-#: expansion certifies 0 for E[s'(u)^2] of steep activations, whose exact value is ~1 / sqrt(var):
-#: see test_general_path_ntk_at_huge_norms, a reported bug.)
+#: resolves for activations with algebraic tails. (ntkit itself at huge variances, where E[s'(u)^2] of
+#: steep activations is ~1 / sqrt(var): see test_general_path_ntk_at_huge_norms.)
 GENERAL_HUGE = 1e3
 
 
@@ -488,7 +475,7 @@ def _network_case(case: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
         if path == "fused":
             monkeypatch.setenv("NTKIT_NATIVE", "0")
         k = ntkit.infinite_kernel(model, x, dtype=dtype)
-        ntk_diag = None if k.ntk is None else ntkit.compute_kernel(x, model=model, which="ntk", diag=True,
+        ntk_diag = None if k.ntk is None else ntkit.compute_kernel(model, x, which="ntk", pairs="diagonal",
                                                                    dtype=dtype).ntk
         monkeypatch.delenv("NTKIT_NATIVE", raising=False)
         assert k.nngp.dtype == dtype
@@ -582,8 +569,6 @@ def test_reference_matches_mpmath(name: str) -> None:
 # ----------------------------------------------------------------------------- beyond the product range
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: closed-form dual maps form var1 * var2, which over/underflows beyond ~1e154 / 1e-154")
 @pytest.mark.parametrize("case", ["relu", "erf", "step"])
 def test_dual_maps_beyond_the_product_range(case: str) -> None:
     """Variances 3e-301 (tiny rows at 53 degrees) and 3e299 (a huge row): the exact values are finite.
@@ -610,8 +595,6 @@ def test_nat_err_zero_diagonal_rule() -> None:
     assert copy.copy(TOL[F64]) == TOL[torch.float64] and set(TOL[F32]) == set(TOL[F64])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: from variance ~1e37 the Mehler path certifies E[tanh'(u)^2] = 0 (exact ~0.53/sqrt(v))")
 def test_general_path_ntk_at_huge_norms() -> None:
     """A tanh network accepts inputs of norm 1e20 (their squares fit float64): its NTK must be right there.
 

@@ -109,7 +109,7 @@ def test_fast_path_needs_no_quadrature_on_ordinary_data(monkeypatch: pytest.Monk
     monkeypatch.setattr(Activation, "_quadrature", refuse)
     x = torch.randn(40, 5, generator=torch.Generator().manual_seed(3), dtype=F64)
     for name in ("tanh", "softplus", "silu"):
-        k = ntkit.fc_kernel(x, depth=3, activation=name, beta=0.1)
+        k = ntkit.fc_kernel(x, depth=3, activation=name, b_std=0.1)
         assert k.ntk is not None and bool(torch.isfinite(k.ntk).all())
 
 
@@ -254,7 +254,7 @@ def test_fallback_triggers_and_returns_the_quadrature() -> None:
 def test_duplicates_zero_vectors_and_the_diagonal_are_exact() -> None:
     x = _points([600.0, -800.0, 0.0])
     for name in ("tanh", "softplus", "silu"):
-        k = ntkit.fc_kernel(x, depth=4, activation=name, beta=0.0, w_std=1.3)
+        k = ntkit.fc_kernel(x, depth=4, activation=name, b_std=0.0, w_std=1.3)
         assert k.ntk is not None
         assert torch.equal(torch.diagonal(k.nngp), k.var1)  # dual(q, q, q) is the Parseval norm
         assert torch.equal(k.nngp[0], k.nngp[1]) and torch.equal(k.ntk[0], k.ntk[1])  # duplicated input
@@ -286,12 +286,12 @@ def test_hermite_coefficients_of_a_polynomial_are_exact() -> None:
 def test_float32_path() -> None:
     x = _points([600.0, -800.0, 0.0])
     for name in ("tanh", "softplus", "silu"):
-        k64 = ntkit.fc_kernel(x, depth=3, activation=name, beta=0.1, w_std=1.2)
-        k32 = ntkit.fc_kernel(x.float(), depth=3, activation=name, beta=0.1, w_std=1.2, dtype=torch.float32)
+        k64 = ntkit.fc_kernel(x, depth=3, activation=name, b_std=0.1, w_std=1.2)
+        k32 = ntkit.fc_kernel(x.float(), depth=3, activation=name, b_std=0.1, w_std=1.2, dtype=torch.float32)
         assert k32.nngp.dtype == torch.float32 and k32.ntk is not None and k64.ntk is not None
         assert rel_err(k32.nngp.double(), k64.nngp) < TOL[torch.float32]["closed_form"]
         assert rel_err(k32.ntk.double(), k64.ntk) < TOL[torch.float32]["closed_form"]
-        deep = ntkit.fc_kernel(x.float(), depth=20, activation=name, beta=0.1, w_std=1.0, dtype=torch.float32)
+        deep = ntkit.fc_kernel(x.float(), depth=20, activation=name, b_std=0.1, w_std=1.0, dtype=torch.float32)
         assert deep.ntk is not None and bool(torch.isfinite(deep.nngp).all() and torch.isfinite(deep.ntk).all())
 
 

@@ -45,7 +45,7 @@ def test_closed_form_recursion_matches_mpmath(name: str) -> None:
     ref = fc_reference(act, x, x, depth=5, beta=beta, w_std=w_std)
     tol = TOL[torch.float64]["closed_form"]
     for depth in range(1, 6):
-        k = ntkit.fc_kernel(torch.tensor(x, dtype=torch.float64), depth=depth, activation=act, beta=beta, w_std=w_std)
+        k = ntkit.fc_kernel(torch.tensor(x, dtype=torch.float64), depth=depth, activation=act, b_std=beta, w_std=w_std)
         nngp_ref, ntk_ref = ref[depth - 1]
         r = torch.tensor([[float(v) for v in row] for row in nngp_ref], dtype=torch.float64)
         # entry by entry on the natural scale: the rows have norms 0, 1e-3 or 1e3 and 1

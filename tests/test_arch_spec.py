@@ -40,7 +40,7 @@ def test_text_for_images_and_repetition() -> None:
 def test_the_default_text_is_the_fully_connected_network() -> None:
     x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     model = load_arch("dense relu dense relu dense").build(16, (3,), 1, b_std=0.2, device="meta")
-    k, ref = ntkit.infinite_kernel(model, x), ntkit.fc_kernel(x, depth=2, beta=0.2)
+    k, ref = ntkit.infinite_kernel(model, x), ntkit.fc_kernel(x, depth=2, b_std=0.2)
     assert rel_err(k.ntk, ref.ntk) < 1e-15
 
 
@@ -80,7 +80,7 @@ def test_python_file(tmp_path: Path) -> None:
                                   "dense layernorm relu dense layernorm relu dense"])
 def test_converge_takes_an_architecture(tmp_path: Path, arch: str) -> None:
     out = tmp_path / "run"
-    assert main(["converge", "--arch", arch, "--widths", "32", "128", "512", "--seeds", "3", "--beta", "0.1",
+    assert main(["converge", "--arch", arch, "--widths", "32", "128", "512", "--seeds", "3", "--b-std", "0.1",
                  "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["arch"] == arch and summary["complete"]

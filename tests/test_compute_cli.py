@@ -26,7 +26,7 @@ def test_kernel_command_npy_and_csv(
                  "--out", str(tmp_path / "k.npy"), "--tile", "128"]) == 0
     captured = capsys.readouterr()
     assert "tiles" in captured.err and "100%" in captured.err and "wrote" in captured.out
-    ref = compute_kernel(torch.from_numpy(x), depth=2, activation="erf")
+    ref = compute_kernel(None, torch.from_numpy(x), depth=2, activation="erf")
     assert np.array_equal(np.load(tmp_path / "k.npy")[1], ref.ntk.numpy())
     assert main(["kernel", str(tmp_path / "x.csv"), "--depth", "2", "--activation", "erf", "--which", "ntk",
                  "--float32", "--quiet", "--out", str(tmp_path / "k32.npy")]) == 0
@@ -76,7 +76,7 @@ def test_kernel_command_digit_images_arch_and_model(tmp_path: Path, digits: np.n
     assert main(["kernel", str(tmp_path / "digits.npy"), *GAP_ARCH, "--quiet", "--out", str(tmp_path / "a.npy")]) == 0
     assert main(["kernel", str(tmp_path / "digits32.npy"), "--model", str(tmp_path / "cntk_gap.py"), "--quiet",
                  "--out", str(tmp_path / "m.npy")]) == 0
-    ref = compute_kernel(torch.from_numpy(digits), model=ntkit.nn.cntk(1, depth=2, device="meta"))
+    ref = compute_kernel(ntkit.nn.cntk(1, depth=2, device="meta"), torch.from_numpy(digits))
     expected = np.stack([ref.nngp.numpy(), ref.ntk.numpy()])
     assert expected.shape == (2, 200, 200) and np.all(np.isfinite(expected))
     # the same compute_kernel call on the same architecture: bit for bit, not just to rounding
@@ -96,7 +96,7 @@ def test_kernel_command_zarr_images_and_build_file(tmp_path: Path, digits: np.nd
     (tmp_path / "build_gap.py").write_text(BUILD_FILE)
     assert main(["kernel", str(tmp_path / "x.zarr"), "--model", str(tmp_path / "build_gap.py"), "--which", "ntk",
                  "--quiet", "--out", str(tmp_path / "k.zarr")]) == 0
-    ref = compute_kernel(torch.from_numpy(x), model=ntkit.nn.cntk(1, depth=2, device="meta"), which="ntk")
+    ref = compute_kernel(ntkit.nn.cntk(1, depth=2, device="meta"), torch.from_numpy(x), which="ntk")
     assert np.array_equal(np.asarray(zarr.open_array(str(tmp_path / "k.zarr"), mode="r")[...]), ref.ntk.numpy())
 
 

@@ -39,14 +39,14 @@ def client(cluster: Any) -> Iterator[Any]:
 def test_dask_matches_local_tiled_and_one_shot(client: Any, cluster: Any, gen: torch.Generator,
                                               tmp_path: Path) -> None:
     x = torch.randn(400, 7, generator=gen, dtype=torch.float64)
-    local = compute_kernel(x, depth=3, beta=0.1, tile=128)
-    one_shot = compute_kernel(x, depth=3, beta=0.1, tile=1024)
-    remote = compute_kernel(x, depth=3, beta=0.1, tile=128, scheduler=client)
+    local = compute_kernel(None, x, depth=3, b_std=0.1, tile=128)
+    one_shot = compute_kernel(None, x, depth=3, b_std=0.1, tile=1024)
+    remote = compute_kernel(None, x, depth=3, b_std=0.1, tile=128, scheduler=client)
     assert torch.equal(remote.ntk, local.ntk) and torch.equal(remote.nngp, local.nngp)
     assert torch.equal(one_shot.ntk, local.ntk)
-    by_address = compute_kernel(x, x[:150], depth=2, which="ntk", tile=128, scheduler=cluster.scheduler_address,
+    by_address = compute_kernel(None, x, x[:150], depth=2, which="ntk", tile=128, scheduler=cluster.scheduler_address,
                                 out=tmp_path / "k.zarr")
-    ref = compute_kernel(x, x[:150], depth=2, which="ntk", tile=256)
+    ref = compute_kernel(None, x, x[:150], depth=2, which="ntk", tile=256)
     assert np.array_equal(by_address.ntk[:], ref.ntk.numpy())
 
 
@@ -68,13 +68,13 @@ def test_worker_killed_mid_run(client: Any, gen: torch.Generator, tmp_path: Path
 
     thread = threading.Thread(target=killer)
     thread.start()
-    res = compute_kernel(x, depth=3, which="ntk", tile=128, out=out, scheduler=client)
+    res = compute_kernel(None, x, depth=3, which="ntk", tile=128, out=out, scheduler=client)
     finished = time.monotonic()
     thread.join()
     assert killed and killed[0] < finished, "the worker should have been killed during the run"
     assert res.tiles_computed == res.tiles_total == 78
     assert len(ledger.read_text().splitlines()) == 79
-    ref = compute_kernel(x, depth=3, which="ntk", tile=128)
+    ref = compute_kernel(None, x, depth=3, which="ntk", tile=128)
     assert np.array_equal(np.load(out), ref.ntk.numpy())
 
 
@@ -87,9 +87,9 @@ def test_unreachable_scheduler(tmp_path: Path) -> None:
     dist_mod.CONNECT_TIMEOUT = 1.0
     try:
         with pytest.raises(ConnectionError, match="expected a reachable Dask scheduler"):
-            compute_kernel(x, depth=2, scheduler="tcp://127.0.0.1:9", out=tmp_path / "k.npy")
+            compute_kernel(None, x, depth=2, scheduler="tcp://127.0.0.1:9", out=tmp_path / "k.npy")
     finally:
         dist_mod.CONNECT_TIMEOUT = old
     assert not (tmp_path / "k.npy").exists()
     with pytest.raises(TypeError, match=r"scheduler: expected a dask.distributed.Client"):
-        compute_kernel(x, depth=2, scheduler=3)
+        compute_kernel(None, x, depth=2, scheduler=3)

@@ -29,20 +29,20 @@ def _ledger_tiles(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("suffix", [".npy", ".zarr"])
 def test_disk_outputs_equal_memory(tmp_path: Path, x: torch.Tensor, suffix: str) -> None:
-    ref = compute_kernel(x, depth=3, tile=128)
-    res = compute_kernel(x, depth=3, tile=128, out=tmp_path / f"k{suffix}")
+    ref = compute_kernel(None, x, depth=3, tile=128)
+    res = compute_kernel(None, x, depth=3, tile=128, out=tmp_path / f"k{suffix}")
     assert np.array_equal(np.asarray(res.ntk[:]), ref.ntk.numpy())
     assert np.array_equal(np.asarray(res.nngp[:]), ref.nngp.numpy())
     assert res.tiles_computed == 6 and len(_ledger_tiles(tmp_path / f"k{suffix}")) == 6
-    again = compute_kernel(x, depth=3, tile=128, out=tmp_path / f"k{suffix}")
+    again = compute_kernel(None, x, depth=3, tile=128, out=tmp_path / f"k{suffix}")
     assert again.tiles_computed == 0  # resumed: nothing left to do
-    single = compute_kernel(x, depth=3, which="ntk", diag=True, out=tmp_path / f"d{suffix}")
+    single = compute_kernel(None, x, depth=3, which="ntk", pairs="diagonal", out=tmp_path / f"d{suffix}")
     assert np.array_equal(np.asarray(single.ntk[:]), ref.ntk.diagonal().numpy())
 
 
 def test_half_written_tile_is_recomputed(tmp_path: Path, x: torch.Tensor) -> None:
     out = tmp_path / "k.npy"
-    ref = compute_kernel(x, depth=3, tile=128, out=out)
+    ref = compute_kernel(None, x, depth=3, tile=128, out=out)
     expected = np.load(out).copy()
     ledger = Path(str(out) + ".ledger")
     lines = ledger.read_text().splitlines()
@@ -52,26 +52,26 @@ def test_half_written_tile_is_recomputed(tmp_path: Path, x: torch.Tensor) -> Non
     data[:, 0:60, 128:256] = -1.0
     data.flush()
     del data
-    res = compute_kernel(x, depth=3, tile=128, out=out)
+    res = compute_kernel(None, x, depth=3, tile=128, out=out)
     assert res.tiles_computed == 1 and ref.tiles_total == 6  # only the unfinished tile
     assert np.array_equal(np.load(out), expected)
 
 
 def test_refuses_to_mix_parameters(tmp_path: Path, x: torch.Tensor) -> None:
     out = tmp_path / "k.npy"
-    compute_kernel(x, depth=3, tile=128, out=out)
+    compute_kernel(None, x, depth=3, tile=128, out=out)
     with pytest.raises(ValueError, match=r"exists with different parameters .*depth: 3 there vs 2 now"):
-        compute_kernel(x, depth=2, tile=128, out=out)
+        compute_kernel(None, x, depth=2, tile=128, out=out)
     with pytest.raises(ValueError, match=r"different parameters .*x1"):
-        compute_kernel(x + 1, depth=3, tile=128, out=out)
-    res = compute_kernel(x, depth=2, tile=128, out=out, overwrite=True)
+        compute_kernel(None, x + 1, depth=3, tile=128, out=out)
+    res = compute_kernel(None, x, depth=2, tile=128, out=out, overwrite=True)
     assert res.tiles_computed == res.tiles_total
     foreign = tmp_path / "foreign.npy"
     np.save(foreign, np.zeros(3))
     with pytest.raises(ValueError, match="without one"):
-        compute_kernel(x, depth=2, out=foreign)
+        compute_kernel(None, x, depth=2, out=foreign)
     with pytest.raises(ValueError, match=r"expected a path ending in .npy or .zarr"):
-        compute_kernel(x, depth=2, out=tmp_path / "k.txt")
+        compute_kernel(None, x, depth=2, out=tmp_path / "k.txt")
 
 
 def test_full_disk_keeps_finished_tiles(tmp_path: Path, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,14 +91,14 @@ def test_full_disk_keeps_finished_tiles(tmp_path: Path, x: torch.Tensor, monkeyp
 
     monkeypatch.setattr(storage_mod.os, "pwrite", failing_pwrite)
     with pytest.raises(OSError, match=r"the disk is full .* finished tiles are kept") as info:
-        compute_kernel(x, depth=3, tile=128, out=out)
+        compute_kernel(None, x, depth=3, tile=128, out=out)
     assert info.value.errno == errno.ENOSPC
     kept = len(_ledger_tiles(out))
     assert 2 <= kept <= 3  # (0, 0) and (0, 1) always; (1, 1) when it was in flight
     monkeypatch.setattr(storage_mod.os, "pwrite", real_pwrite)
-    res = compute_kernel(x, depth=3, tile=128, out=out)
+    res = compute_kernel(None, x, depth=3, tile=128, out=out)
     assert res.tiles_computed == 6 - kept
-    ref = compute_kernel(x, depth=3, tile=128)
+    ref = compute_kernel(None, x, depth=3, tile=128)
     assert np.array_equal(np.load(out)[1], ref.ntk.numpy())
 
 

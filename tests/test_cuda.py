@@ -42,8 +42,8 @@ def test_infinite_kernel_on_cuda_equals_cpu(model: nn.Module, shape: tuple[int, 
 
 def test_compute_kernel_and_empirical_ntk_on_cuda() -> None:
     x = torch.randn(300, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
-    cpu = ntkit.compute_kernel(x, depth=2, tile=128)
-    gpu = ntkit.compute_kernel(x.cuda(), depth=2, tile=128)
+    cpu = ntkit.compute_kernel(None, x, depth=2, tile=128)
+    gpu = ntkit.compute_kernel(None, x.cuda(), depth=2, tile=128)
     assert rel_err(gpu.ntk.cpu(), cpu.ntk) < 1e-12
     net = ntkit.FCNetwork(4, [64, 64], 2, seed=0, device="cuda")
     theta = ntkit.empirical_ntk(net, x[:10].cuda())

@@ -40,7 +40,7 @@ def brute_force_ntk(
 @pytest.mark.parametrize("activation", ["relu", "erf", "tanh"])
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
 def test_implementations_match_the_definition(activation: str, parameterization: str) -> None:
-    net = ntkit.FCNetwork(3, [5, 4], 2, activation=activation, beta=0.3, w_std=1.2,
+    net = ntkit.FCNetwork(3, [5, 4], 2, activation=activation, b_std=0.3, w_std=1.2,
                           parameterization=parameterization, seed=0)
     rng = torch.Generator().manual_seed(102)
     x1 = torch.randn(3, 3, dtype=torch.float64, generator=rng)
@@ -83,9 +83,9 @@ def test_depth_zero_ntk_is_exactly_the_linear_kernel(init: str) -> None:
     """For L = 1 the NTK does not depend on the weights: Theta = (w^2 x.x'/n0 + beta^2) (x) I."""
     rng = torch.Generator().manual_seed(103)
     x = torch.randn(6, 4, dtype=torch.float64, generator=rng)
-    net = ntkit.FCNetwork(4, [], 3, beta=0.7, w_std=1.5, init=init, seed=0)
+    net = ntkit.FCNetwork(4, [], 3, b_std=0.7, w_std=1.5, init=init, seed=0)
     theta = ntkit.empirical_ntk(net, x)
-    limit = ntkit.fc_kernel(x, depth=0, beta=0.7, w_std=1.5).blocks(3)
+    limit = ntkit.fc_kernel(x, depth=0, b_std=0.7, w_std=1.5).blocks(3)
     torch.testing.assert_close(theta, limit, rtol=1e-13, atol=1e-14)
     torch.testing.assert_close(ntkit.empirical_ntk(net, x, implementation="jacobian"), limit, rtol=1e-13, atol=1e-14)
 

@@ -103,18 +103,18 @@ def test_one_description_one_validation_no_hash(name: str, which: str, pair: str
 
 def test_an_output_on_disk_is_still_keyed_by_the_inputs(tmp_path: Any, counts: dict[str, int]) -> None:
     x1, x2 = _inputs("vector")
-    res = ntkit.compute_kernel(x1, x2, model=_fc(), out=tmp_path / "k.npy")
+    res = ntkit.compute_kernel(_fc(), x1, x2, out=tmp_path / "k.npy")
     assert counts["data_digest"] == 2 and counts["describe_model"] == 1
     assert len(res.params["x1"]) == 64 and len(res.params["x2"]) == 64  # SHA-256 hex digests
-    memory = ntkit.compute_kernel(x1, x2, model=_fc())
+    memory = ntkit.compute_kernel(_fc(), x1, x2)
     assert counts["data_digest"] == 2 and "x1" not in memory.params  # in memory: nothing hashed
 
 
 def _previous(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, dtype: torch.dtype) -> ntkit.Kernel:
     """What ``infinite_kernel(model, x1, x2)`` returned before: compute_kernel for the kernel and each diagonal."""
-    res = ntkit.compute_kernel(x1, x2, model=model, dtype=dtype)
-    var1 = ntkit.compute_kernel(x1, model=model, which="nngp", diag=True, dtype=dtype).nngp
-    var2 = var1 if x2 is None else ntkit.compute_kernel(x2, model=model, which="nngp", diag=True, dtype=dtype).nngp
+    res = ntkit.compute_kernel(model, x1, x2, dtype=dtype)
+    var1 = ntkit.compute_kernel(model, x1, which="nngp", pairs="diagonal", dtype=dtype).nngp
+    var2 = var1 if x2 is None else ntkit.compute_kernel(model, x2, which="nngp", pairs="diagonal", dtype=dtype).nngp
     return ntkit.Kernel(nngp=res.nngp, ntk=res.ntk, var1=var1, var2=var2)
 
 
@@ -153,7 +153,7 @@ def test_symmetric_diagonal_comes_from_the_kernel(name: str, monkeypatch: pytest
     assert calls == [] and k.var2 is k.var1
     assert k.var1.data_ptr() != k.nngp.data_ptr()  # a copy, not a view of the kernel
     monkeypatch.setattr(KernelTiles, "diag", real)
-    assert torch.equal(k.var1, ntkit.compute_kernel(x1, model=build(), which="nngp", diag=True).nngp)
+    assert torch.equal(k.var1, ntkit.compute_kernel(build(), x1, which="nngp", pairs="diagonal").nngp)
 
 
 def test_fused_diagonal_is_one_pass_over_prepared_rows(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,10 +178,10 @@ def test_size_tiles_is_the_rule_of_compute_kernel() -> None:
     assert per_pair == WORK_ARRAYS * 36**2 * 8
     edge, threads = size_tiles(tiles, x, 5000, 5000, budget=DEFAULT_BUDGET, threads=1)
     assert edge * edge * per_pair <= DEFAULT_BUDGET < (edge + 1) ** 2 * per_pair and threads == 1
-    res = ntkit.compute_kernel(x[:40] + 1.0, model=_conv_reference(), which="nngp", threads=1)
+    res = ntkit.compute_kernel(_conv_reference(), x[:40] + 1.0, which="nngp", threads=1)
     assert res.tile == min(edge, 40)
-    small = ntkit.compute_kernel(x[:40] + 1.0, model=_conv_reference(), which="nngp", threads=1,
-                                 budget=100 * per_pair)
+    small = ntkit.compute_kernel(_conv_reference(), x[:40] + 1.0, which="nngp", threads=1,
+                                 memory_budget=100 * per_pair)
     assert small.tile == 10 and small.tiles_total == 10
 
 

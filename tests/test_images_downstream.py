@@ -28,13 +28,13 @@ def test_out_of_core_and_resume(tmp_path: Path) -> None:
     x = _images(30)
     ref = ntkit.infinite_kernel(MODEL, x)
     out = tmp_path / "k.npy"
-    first = ntkit.compute_kernel(x, model=MODEL, out=out, tile=8)
+    first = ntkit.compute_kernel(MODEL, x, out=out, tile=8)
     assert first.tiles_computed == first.tiles_total == 10
     assert np.array_equal(np.asarray(first.ntk), ref.ntk.numpy())
-    again = ntkit.compute_kernel(x, model=MODEL, out=out, tile=8)
+    again = ntkit.compute_kernel(MODEL, x, out=out, tile=8)
     assert again.tiles_computed == 0  # resumed: nothing left to do
     with pytest.raises(ValueError, match="different parameters"):
-        ntkit.compute_kernel(x, model=ntkit.nn.cntk(1, 2, device="meta"), out=out, tile=8)
+        ntkit.compute_kernel(ntkit.nn.cntk(1, 2, device="meta"), x, out=out, tile=8)
 
 
 def test_solvers_and_operators_take_the_model() -> None:
@@ -85,6 +85,6 @@ def client() -> Iterator[Any]:
 
 def test_dask_workers_compute_the_same_convolutional_kernel(client: Any) -> None:
     x = _images(21)
-    local = ntkit.compute_kernel(x, model=MODEL, tile=6)
-    remote = ntkit.compute_kernel(x, model=MODEL, tile=6, scheduler=client)
+    local = ntkit.compute_kernel(MODEL, x, tile=6)
+    remote = ntkit.compute_kernel(MODEL, x, tile=6, scheduler=client)
     assert torch.equal(remote.ntk, local.ntk) and torch.equal(remote.nngp, local.nngp)

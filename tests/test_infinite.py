@@ -39,7 +39,7 @@ def test_matches_mpmath_reference(activation: str, beta: float, w_std: float) ->
     ref_11 = reference_fc_kernels(x1, x1, **opts)
     ref_22 = reference_fc_kernels(x2, x2, **opts)
     for depth in range(6):
-        k = ntkit.fc_kernel(x1, x2, depth=depth, activation=activation, beta=beta, w_std=w_std)
+        k = ntkit.fc_kernel(x1, x2, depth=depth, activation=activation, b_std=beta, w_std=w_std)
         for which, got in enumerate((k.nngp, k.ntk)):
             want = torch.from_numpy(ref[which][depth])
             d1 = torch.from_numpy(np.abs(np.diag(ref_11[which][depth])))
@@ -54,7 +54,7 @@ def test_matches_mpmath_reference(activation: str, beta: float, w_std: float) ->
 
 def test_depth_zero_is_the_linear_kernel() -> None:
     x = torch.tensor([[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]], dtype=torch.float64)
-    k = ntkit.fc_kernel(x, depth=0, beta=0.5, w_std=2.0)
+    k = ntkit.fc_kernel(x, depth=0, b_std=0.5, w_std=2.0)
     expected = 4.0 * x @ x.T / 3 + 0.25
     torch.testing.assert_close(k.nngp, expected, rtol=1e-15, atol=0)
     torch.testing.assert_close(k.ntk, expected, rtol=1e-15, atol=0)
@@ -74,8 +74,8 @@ def test_relu_depth_one_by_hand() -> None:
 def test_symmetry_psd_and_self_consistency(activation: str, gen: torch.Generator) -> None:
     x = torch.randn(12, 4, generator=gen, dtype=torch.float64)
     x[3] = x[7]
-    k = ntkit.fc_kernel(x, depth=3, activation=activation, beta=0.2)
-    k_pair = ntkit.fc_kernel(x, x.clone(), depth=3, activation=activation, beta=0.2)
+    k = ntkit.fc_kernel(x, depth=3, activation=activation, b_std=0.2)
+    k_pair = ntkit.fc_kernel(x, x.clone(), depth=3, activation=activation, b_std=0.2)
     for name in ("nngp", "ntk"):
         m = k.get(name)
         assert torch.equal(m, m.T), f"{name} is not exactly symmetric"
@@ -84,7 +84,7 @@ def test_symmetry_psd_and_self_consistency(activation: str, gen: torch.Generator
         assert float(eig.min()) >= -1e-12 * float(eig.max())
     torch.testing.assert_close(torch.diagonal(k.nngp), k.var1, rtol=1e-14, atol=0)
     # rectangular blocks are sub-blocks of the square kernel
-    k_rect = ntkit.fc_kernel(x[:5], x[5:], depth=3, activation=activation, beta=0.2)
+    k_rect = ntkit.fc_kernel(x[:5], x[5:], depth=3, activation=activation, b_std=0.2)
     assert rel_err(k_rect.ntk, k.ntk[:5, 5:]) < 1e-13
 
 
@@ -93,7 +93,7 @@ def test_symmetry_psd_and_self_consistency(activation: str, gen: torch.Generator
 def test_no_nan_on_degenerate_inputs(dtype: torch.dtype, activation: str) -> None:
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [1e-30, 0.0], [3e3, -4e3]], dtype=dtype)
     for beta in (0.0, 0.1):
-        k = ntkit.fc_kernel(x, depth=5, activation=activation, beta=beta, dtype=dtype)
+        k = ntkit.fc_kernel(x, depth=5, activation=activation, b_std=beta, dtype=dtype)
         assert k.nngp.dtype == dtype
         assert bool(torch.isfinite(k.nngp).all()) and bool(torch.isfinite(k.ntk).all())
         if beta == 0.0:
@@ -104,8 +104,8 @@ def test_no_nan_on_degenerate_inputs(dtype: torch.dtype, activation: str) -> Non
 def test_float32_close_to_float64(gen: torch.Generator) -> None:
     x = torch.randn(10, 5, generator=gen, dtype=torch.float64)
     for activation in ("relu", "erf"):
-        k64 = ntkit.fc_kernel(x, depth=4, activation=activation, beta=0.3)
-        k32 = ntkit.fc_kernel(x, depth=4, activation=activation, beta=0.3, dtype=torch.float32)
+        k64 = ntkit.fc_kernel(x, depth=4, activation=activation, b_std=0.3)
+        k32 = ntkit.fc_kernel(x, depth=4, activation=activation, b_std=0.3, dtype=torch.float32)
         assert rel_err(k32.ntk.double(), k64.ntk) < TOL[torch.float32]["closed_form"]
         assert rel_err(k32.nngp.double(), k64.nngp) < TOL[torch.float32]["closed_form"]
 
@@ -133,7 +133,7 @@ def test_blocks_and_kernel_record() -> None:
         ({"x1": np.array([[np.inf, 1.0]])}, ValueError, "finite"),
         ({"x1": np.ones((2, 2)), "depth": -1}, ValueError, "depth: expected an integer >= 0, got -1"),
         ({"x1": np.ones((2, 2)), "depth": 2.5}, TypeError, "depth"),
-        ({"x1": np.ones((2, 2)), "beta": -0.1}, ValueError, "beta: expected a number >= 0"),
+        ({"x1": np.ones((2, 2)), "b_std": -0.1}, ValueError, "b_std: expected a number >= 0"),
         ({"x1": np.ones((2, 2)), "w_std": 0.0}, ValueError, "w_std: expected a number > 0"),
         ({"x1": np.ones((2, 2)), "activation": "relux"}, ValueError, "activation: expected one of"),
         ({"x1": np.ones((2, 2)), "activation": 3}, TypeError, "activation"),

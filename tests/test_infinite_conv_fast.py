@@ -75,19 +75,19 @@ def test_tiles_threads_and_native_switch_do_not_change_the_result(monkeypatch: p
     x = torch.randn(23, 2, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(0))
     x[20] = x[3]
     model = ntkit.nn.myrtle(5, 2, device="meta")
-    whole = ntkit.compute_kernel(x, model=model, tile=64)
-    tiled = ntkit.compute_kernel(x, model=model, tile=5, threads=2)
+    whole = ntkit.compute_kernel(model, x, tile=64)
+    tiled = ntkit.compute_kernel(model, x, tile=5, threads=2)
     assert torch.equal(whole.ntk, tiled.ntk) and torch.equal(whole.nngp, tiled.nngp)  # bitwise
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = ntkit.compute_kernel(x, model=model)
+        one = ntkit.compute_kernel(model, x)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one.ntk, whole.ntk)
     assert whole.ntk[3, 20] == whole.ntk[3, 3] and torch.equal(whole.ntk, whole.ntk.T)
     monkeypatch.setenv("NTKIT_NATIVE", "0")
-    ref = ntkit.compute_kernel(x, model=model)
+    ref = ntkit.compute_kernel(model, x)
     assert rel_err(ref.ntk, whole.ntk) < 1e-13
 
 
@@ -95,7 +95,7 @@ def test_a_tile_of_pairs_costs_only_its_outputs() -> None:
     """With the native path a 32x32 pooled CNN's tiles are not limited by pixels^2 per pair."""
     model = ntkit.nn.cntk(3, 2, device="meta")
     x = torch.randn(40, 3, 32, 32, dtype=torch.float32, generator=torch.Generator().manual_seed(1))
-    res = ntkit.compute_kernel(x[:6], model=model, dtype=torch.float32, budget="64M", which="ntk")
+    res = ntkit.compute_kernel(model, x[:6], dtype=torch.float32, memory_budget="64M", which="ntk")
     assert res.tiles_total == 1  # the reference would need tiles of a single pair (8 x 4 MB each)
     arch = describe_model(model, (3, 32, 32))
     assert arch.pair_entries == 1024**2 and KernelTiles(arch).pair_entries(x) == 1
@@ -106,7 +106,7 @@ def test_diagonal_and_cross_blocks() -> None:
     x = torch.randn(9, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(2))
     model = ntkit.nn.cntk(1, 4, device="meta")
     full = ntkit.infinite_kernel(model, x)
-    diag = ntkit.compute_kernel(x, model=model, diag=True)
+    diag = ntkit.compute_kernel(model, x, pairs="diagonal")
     assert torch.equal(diag.ntk, full.ntk.diagonal()) and torch.equal(diag.nngp, full.var1)
     cross = ntkit.infinite_kernel(model, x[:4], x[2:])
     assert rel_err(cross.ntk, full.ntk[:4, 2:]) < 1e-14
@@ -120,7 +120,7 @@ def test_the_budget_holds_whatever_the_image_size() -> None:
     x = torch.randn(3, 3, 64, 64, dtype=torch.float32, generator=torch.Generator().manual_seed(3))
     model = ntkit.nn.cntk(3, 2, device="meta")
     with pytest.raises(ValueError, match=r"budget: expected at least \d+ bytes: one pair of these images needs"):
-        ntkit.compute_kernel(x, model=model, dtype=torch.float32, budget="256M")
+        ntkit.compute_kernel(model, x, dtype=torch.float32, memory_budget="256M")
     with pytest.raises(ValueError, match="budget"):  # the reference path: a tile of one pair is 8 x 64 MB
-        ntkit.compute_kernel(x.double(), model=nn.Sequential(*model[:2], ntkit.nn.LayerNorm(), *model[2:]),
-                             budget="256M")
+        ntkit.compute_kernel(nn.Sequential(*model[:2], ntkit.nn.LayerNorm(), *model[2:]), x.double(),
+                             memory_budget="256M")

@@ -114,11 +114,11 @@ def test_generic_activation_runs_on_the_reference_path(gen: torch.Generator) -> 
     assert spec.fused_kind == "generic"
     with pytest.raises(ValueError, match="no fused recursion"):
         fc_tile(x, x, spec)
-    arch = describe_model(fc_model(3, depth=2, activation="tanh", beta=0.2), (3,))
+    arch = describe_model(fc_model(3, depth=2, activation="tanh", b_std=0.2), (3,))
     assert KernelTiles(arch).path == "reference"
     assert KernelTiles(describe_model(fc_model(3, depth=2, activation="erf"), (3,))).path == "fused"
     ref_nngp, ref_ntk = reference_fc(x, depth=2, activation="tanh", beta=0.2)
-    k = ntkit.fc_kernel(x, depth=2, activation="tanh", beta=0.2)
+    k = ntkit.fc_kernel(x, depth=2, activation="tanh", b_std=0.2)
     assert ref_ntk is not None and k.ntk is not None
     assert rel_err(k.nngp, ref_nngp) < 1e-14 and rel_err(k.ntk, ref_ntk) < 1e-14
 
@@ -132,7 +132,7 @@ def test_block_gram_is_tiling_invariant(gen: torch.Generator) -> None:
 
 def test_kernel_tile_fn(gen: torch.Generator) -> None:
     x = _data(gen)
-    tile_fn = kernel_tile_fn(depth=3, activation="erf", beta=0.1, which="ntk")
+    tile_fn = kernel_tile_fn(depth=3, activation="erf", b_std=0.1, which="ntk")
     _, ref_ntk = reference_fc(x, depth=3, activation="erf", beta=0.1)
     out = tile_fn(x[:30], x[40:])
     assert out.shape == (30, x.shape[0] - 40) and ref_ntk is not None

@@ -43,28 +43,28 @@ def arora_reference(x: np.ndarray, max_dep: int) -> dict[tuple[int, int], np.nda
     return out
 
 
-@pytest.mark.parametrize(("activation", "beta", "w_std"), [("relu", 0.3, 1.3), ("erf", 0.1, 1.0), ("tanh", 0.2, 1.5)])
-def test_layer_kernels_match_fc_kernel(gen: torch.Generator, activation: str, beta: float, w_std: float) -> None:
+@pytest.mark.parametrize(("activation", "b_std", "w_std"), [("relu", 0.3, 1.3), ("erf", 0.1, 1.0), ("tanh", 0.2, 1.5)])
+def test_layer_kernels_match_fc_kernel(gen: torch.Generator, activation: str, b_std: float, w_std: float) -> None:
     x1 = torch.randn(6, 3, generator=gen, dtype=torch.float64)
     x2 = torch.randn(4, 3, generator=gen, dtype=torch.float64)
-    lk = layer_kernels(x1, x2, depth=3, activation=activation, beta=beta, w_std=w_std)
+    lk = layer_kernels(x1, x2, depth=3, activation=activation, b_std=b_std, w_std=w_std)
     assert len(lk.sigma) == 4 and len(lk.sigma_dot) == 3 and lk.depth == 3
     for dep in range(4):
-        ref = ntkit.fc_kernel(x1, x2, depth=dep, activation=activation, beta=beta, w_std=w_std)
+        ref = ntkit.fc_kernel(x1, x2, depth=dep, activation=activation, b_std=b_std, w_std=w_std)
         assert rel_err(lk.sigma[dep], ref.nngp) <= TOL[torch.float64]["exact"]
         assert rel_err(lk.ntk(dep), ref.ntk) <= TOL[torch.float64]["exact"]
         assert rel_err(lk.var1[dep], ref.var1) <= TOL[torch.float64]["exact"]
-        diag = fc_kernel_diag(x1, depth=dep, activation=activation, beta=beta, w_std=w_std)
-        full = ntkit.fc_kernel(x1, depth=dep, activation=activation, beta=beta, w_std=w_std)
+        diag = fc_kernel_diag(x1, depth=dep, activation=activation, b_std=b_std, w_std=w_std)
+        full = ntkit.fc_kernel(x1, depth=dep, activation=activation, b_std=b_std, w_std=w_std)
         assert rel_err(diag, torch.diagonal(full.ntk)) <= 1e-12
-        nngp_diag = fc_kernel_diag(x1, depth=dep, activation=activation, beta=beta, w_std=w_std, which="nngp")
+        nngp_diag = fc_kernel_diag(x1, depth=dep, activation=activation, b_std=b_std, w_std=w_std, which="nngp")
         assert rel_err(nngp_diag, torch.diagonal(full.nngp)) <= 1e-12
 
 
 def test_fixed_layer_ntks_all_at_once(gen: torch.Generator) -> None:
     x = torch.randn(10, 4, generator=gen, dtype=torch.float64)
-    lk = layer_kernels(x, depth=4, beta=0.2)
-    all_k = fixed_layer_ntks(x, depth=4, beta=0.2)
+    lk = layer_kernels(x, depth=4, b_std=0.2)
+    all_k = fixed_layer_ntks(x, depth=4, b_std=0.2)
     assert sorted(all_k) == [(d, f) for d in range(5) for f in range(d + 1)]
     for (dep, fix), k in all_k.items():
         # definition: sum_{h=fix..dep} Sigma(h+1) prod_{h'>h} SigmaDot(h'+1)
@@ -74,8 +74,8 @@ def test_fixed_layer_ntks_all_at_once(gen: torch.Generator) -> None:
         )
         assert isinstance(direct, torch.Tensor)
         assert rel_err(k, direct) <= 1e-13
-    assert rel_err(all_k[4, 0], ntkit.fc_kernel(x, depth=4, beta=0.2).ntk) <= 1e-13  # fix=0: full NTK
-    assert rel_err(all_k[4, 4], ntkit.fc_kernel(x, depth=4, beta=0.2).nngp) <= 1e-13  # fix=dep: NNGP
+    assert rel_err(all_k[4, 0], ntkit.fc_kernel(x, depth=4, b_std=0.2).ntk) <= 1e-13  # fix=0: full NTK
+    assert rel_err(all_k[4, 4], ntkit.fc_kernel(x, depth=4, b_std=0.2).nngp) <= 1e-13  # fix=dep: NNGP
 
 
 def test_arora_kernels_reproduce_their_code(gen: torch.Generator) -> None:
@@ -116,8 +116,8 @@ def test_layerwise_bad_input() -> None:
 def test_fc_kernel_diag_nngp_of_an_activation_without_derivative_map() -> None:
     rng = torch.Generator().manual_seed(122)
     x = torch.randn(7, 3, dtype=torch.float64, generator=rng)
-    full = ntkit.fc_kernel(x, depth=2, activation="step", beta=0.2)
-    assert torch.allclose(fc_kernel_diag(x, depth=2, activation="step", beta=0.2, which="nngp"), full.nngp.diagonal(),
+    full = ntkit.fc_kernel(x, depth=2, activation="step", b_std=0.2)
+    assert torch.allclose(fc_kernel_diag(x, depth=2, activation="step", b_std=0.2, which="nngp"), full.nngp.diagonal(),
                           rtol=1e-13, atol=0)
     with pytest.raises(ValueError, match="undefined"):
         fc_kernel_diag(x, depth=2, activation="step")

@@ -29,10 +29,10 @@ def test_recursion_matches_monte_carlo_over_networks(activation: str, init: str,
     O(1/n) and far below the standard error here)."""
     x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x[4] = x[1]  # a duplicate
-    limit = ntkit.fc_kernel(x, depth=2, activation=activation, beta=0.2, w_std=w_std)
+    limit = ntkit.fc_kernel(x, depth=2, activation=activation, b_std=0.2, w_std=w_std)
     nngps, ntks = [], []
     for s in range(n_nets):
-        net = ntkit.FCNetwork(3, [1024, 1024], 256, activation=activation, beta=0.2, w_std=w_std, init=init, seed=s)
+        net = ntkit.FCNetwork(3, [1024, 1024], 256, activation=activation, b_std=0.2, w_std=w_std, init=init, seed=s)
         nngps.append(ntkit.empirical_nngp(net, x))
         ntks.append(ntkit.empirical_ntk(net, x, mode="trace"))
     z_nngp, z_ntk = _z_scores(nngps, limit.nngp), _z_scores(ntks, limit.ntk)
@@ -46,7 +46,7 @@ def test_recursion_matches_monte_carlo_over_networks(activation: str, init: str,
 def test_empirical_ntk_converges_with_width() -> None:
     """Relative distance to Theta_inf (x) I falls like n^(-1/2) (deterministic seeds)."""
     x, _ = circle_inputs(16)
-    result = run_convergence(x, widths=[128, 512, 2048], n_seeds=10, depth=3, beta=0.1, progress=False)
+    result = run_convergence(x, widths=[128, 512, 2048], n_seeds=10, depth=3, b_std=0.1, progress=False)
     assert result.complete
     assert result.mean[0] > result.mean[1] > result.mean[2]
     assert -0.7 <= result.slope <= -0.35, result.slope
@@ -58,7 +58,7 @@ def test_off_diagonal_output_blocks_vanish_with_width() -> None:
     x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ratios = []
     for width in (64, 4096):
-        net = ntkit.FCNetwork(2, [width, width], 3, beta=0.1, seed=3)
+        net = ntkit.FCNetwork(2, [width, width], 3, b_std=0.1, seed=3)
         theta = ntkit.empirical_ntk(net, x)
         off = theta - torch.diag_embed(torch.diagonal(theta, dim1=2, dim2=3))
         ratios.append(float(off.norm() / theta.norm()))

@@ -30,11 +30,11 @@ def test_forward_shapes_dtypes_and_seeding() -> None:
 
 
 def test_ntk_and_standard_parameterizations_define_the_same_functions() -> None:
-    """With W_std = w_std W_ntk / sqrt(n) and b_std = beta b_ntk both nets compute the same f."""
+    """With W_std = w_std W_ntk / sqrt(n) and b_std_standard = b_std b_ntk both nets compute the same f."""
     rng = torch.Generator().manual_seed(124)
     x = torch.randn(5, 3, dtype=torch.float64, generator=rng)
-    ntk_net = ntkit.FCNetwork(3, [32, 16], 2, activation="erf", beta=0.3, w_std=1.4, seed=1)
-    std_net = ntkit.FCNetwork(3, [32, 16], 2, activation="erf", beta=0.3, w_std=1.4, parameterization="standard")
+    ntk_net = ntkit.FCNetwork(3, [32, 16], 2, activation="erf", b_std=0.3, w_std=1.4, seed=1)
+    std_net = ntkit.FCNetwork(3, [32, 16], 2, activation="erf", b_std=0.3, w_std=1.4, parameterization="standard")
     with torch.no_grad():
         for ln, ls in zip(ntk_net.linears, std_net.linears, strict=True):
             ls.weight.copy_(ln.weight * ln.weight_scale)
@@ -43,7 +43,7 @@ def test_ntk_and_standard_parameterizations_define_the_same_functions() -> None:
 
 
 def test_standard_parameterization_draws_scaled_weights() -> None:
-    net = ntkit.FCNetwork(400, [300], 1, parameterization="standard", w_std=2.0, beta=0.5, seed=0)
+    net = ntkit.FCNetwork(400, [300], 1, parameterization="standard", w_std=2.0, b_std=0.5, seed=0)
     w = net.linears[0].weight.detach()
     assert float(w.var()) == pytest.approx(4.0 / 400, rel=0.05)
     assert float(net.linears[0].bias.detach().std()) == pytest.approx(0.5, rel=0.15)
@@ -62,7 +62,7 @@ def test_orthogonal_init_is_scaled_semi_orthogonal(rows: int, cols: int) -> None
 
 
 def test_networks_are_trainable() -> None:
-    net = ntkit.FCNetwork(2, [8], 1, beta=0.1, seed=0)
+    net = ntkit.FCNetwork(2, [8], 1, b_std=0.1, seed=0)
     rng = torch.Generator().manual_seed(125)
     x = torch.randn(4, 2, dtype=torch.float64, generator=rng)
     loss = net(x).pow(2).sum()
@@ -73,24 +73,24 @@ def test_networks_are_trainable() -> None:
 
 
 def test_infinite_kernel_uses_the_same_description() -> None:
-    net = ntkit.FCNetwork(3, [10, 10, 10], 2, activation="erf", beta=0.2, w_std=1.1, seed=0)
+    net = ntkit.FCNetwork(3, [10, 10, 10], 2, activation="erf", b_std=0.2, w_std=1.1, seed=0)
     rng = torch.Generator().manual_seed(126)
     x = torch.randn(4, 3, dtype=torch.float64, generator=rng)
     k = net.infinite_kernel(x)
-    ref = ntkit.fc_kernel(x, depth=3, activation="erf", beta=0.2, w_std=1.1)
+    ref = ntkit.fc_kernel(x, depth=3, activation="erf", b_std=0.2, w_std=1.1)
     assert torch.equal(k.ntk, ref.ntk) and torch.equal(k.nngp, ref.nngp)
     assert torch.equal(ntkit.infinite_kernel(net, x, which="ntk"), ref.ntk)
     # standard parameterization: the same NNGP; an NTK that grows with the widths (fan_in K + ...)
-    std = ntkit.FCNetwork(3, [10, 20], 1, parameterization="standard", beta=0.3)
-    ntk_net = ntkit.FCNetwork(3, [10, 20], 1, beta=0.3)
+    std = ntkit.FCNetwork(3, [10, 20], 1, parameterization="standard", b_std=0.3)
+    ntk_net = ntkit.FCNetwork(3, [10, 20], 1, b_std=0.3)
     ks, kn = std.infinite_kernel(x), ntk_net.infinite_kernel(x)
     torch.testing.assert_close(ks.nngp, kn.nngp, rtol=1e-14, atol=0)
-    wide = ntkit.FCNetwork(3, [10, 2000], 1, parameterization="standard", beta=0.3).infinite_kernel(x)
+    wide = ntkit.FCNetwork(3, [10, 2000], 1, parameterization="standard", b_std=0.3).infinite_kernel(x)
     assert bool((wide.ntk > 10 * ks.ntk).all())
 
 
 def test_ntk_linear_scales() -> None:
-    layer = NTKLinear(9, 2, w_std=2.0, beta=0.5)
+    layer = NTKLinear(9, 2, w_std=2.0, b_std=0.5)
     assert layer.weight_scale == pytest.approx(2.0 / math.sqrt(9))
     assert layer.bias_scale == 0.5
     assert "parameterization='ntk'" in repr(layer)
@@ -105,7 +105,7 @@ def test_ntk_linear_scales() -> None:
         ((2, 4, 1), {}, TypeError, "hidden: expected a sequence"),
         ((2, [4], 0), {}, ValueError, "out_features"),
         ((2, [4.5], 1), {}, TypeError, r"hidden\[0\]"),
-        ((2, [4], 1), {"beta": -1.0}, ValueError, "beta: expected a number >= 0"),
+        ((2, [4], 1), {"b_std": -1.0}, ValueError, "b_std: expected a number >= 0"),
         ((2, [4], 1), {"w_std": -1.0}, ValueError, "w_std"),
         ((2, [4], 1), {"parameterization": "mup"}, ValueError, "parameterization: expected one of"),
         ((2, [4], 1), {"init": "xavier"}, ValueError, "init: expected one of"),

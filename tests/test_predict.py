@@ -43,7 +43,7 @@ def test_closed_form_matches_integrated_gradient_flow_on_linearized_model(
     """Gradient flow d delta/dt = -eta grad [L + diag_reg/(2Nk) |delta|^2] on the linearized network,
     integrated by scipy (DOP853, rtol 1e-13), equals the closed form with the empirical NTK to 1e-8."""
     x, xt, y = _data(gen)
-    net = ntkit.FCNetwork(3, [8, 8], 2, beta=0.1, seed=3)
+    net = ntkit.FCNetwork(3, [8, 8], 2, b_std=0.1, seed=3)
     lin = linearize(net)
     params = list(lin.delta)
     sizes = [p.numel() for p in params]
@@ -95,7 +95,7 @@ def test_closed_form_matches_integrated_gradient_flow_on_linearized_model(
 
 def test_discrete_gd_on_linearized_model_matches_closed_form(gen: torch.Generator) -> None:
     x, xt, y = _data(gen)
-    net = ntkit.FCNetwork(3, [16], 2, beta=0.1, seed=5)
+    net = ntkit.FCNetwork(3, [16], 2, b_std=0.1, seed=5)
     lin = linearize(net)
     with torch.no_grad():
         f0, ft0 = net(x), net(xt)
@@ -110,7 +110,7 @@ def test_discrete_gd_on_linearized_model_matches_closed_form(gen: torch.Generato
 
 def test_t_inf_is_kernel_regression_and_ridge(gen: torch.Generator) -> None:
     x, xt, y = _data(gen, k=3)
-    k = ntkit.fc_kernel(torch.cat([x, xt]), depth=2, beta=0.1).ntk
+    k = ntkit.fc_kernel(torch.cat([x, xt]), depth=2, b_std=0.1).ntk
     ktt, kst = k[:6, :6], k[6:, :6]
     f0 = torch.randn(6, 3, generator=gen, dtype=F64)
     fs0 = torch.randn(5, 3, generator=gen, dtype=F64)
@@ -149,7 +149,7 @@ def test_block_kernel_equals_shared_kernel(gen: torch.Generator) -> None:
 
 def test_discrete_matches_iterated_update_and_max_learning_rate(gen: torch.Generator) -> None:
     x, _, y = _data(gen, n=5, k=1)
-    k = ntkit.fc_kernel(x, depth=2, beta=0.2).ntk
+    k = ntkit.fc_kernel(x, depth=2, b_std=0.2).ntk
     lr_max = max_learning_rate(k)
     assert lr_max == pytest.approx(2 * 5 / float(torch.linalg.eigvalsh(k)[-1]), rel=1e-12)
     for lr in (0.3 * lr_max, 0.95 * lr_max):  # incl. the oscillating regime 1 < eta lambda / N < 2
@@ -166,7 +166,7 @@ def test_discrete_matches_iterated_update_and_max_learning_rate(gen: torch.Gener
 
 def test_gp_inference_matches_direct_formulas(gen: torch.Generator) -> None:
     x, xt, y = _data(gen, k=2)
-    kall = ntkit.fc_kernel(torch.cat([x, xt]), depth=2, beta=0.1).nngp
+    kall = ntkit.fc_kernel(torch.cat([x, xt]), depth=2, b_std=0.1).nngp
     kxx, ksx, kss = kall[:6, :6], kall[6:, :6], kall[6:, 6:]
     post = gp_inference(kxx, y, diag_reg=0.01)(ksx, kss)
     kreg = kxx + 0.01 * torch.eye(6, dtype=F64)
@@ -176,7 +176,7 @@ def test_gp_inference_matches_direct_formulas(gen: torch.Generator) -> None:
     var = gp_inference(kxx, y, diag_reg=0.01)(ksx, kss.diagonal()).cov
     assert var is not None and torch.allclose(var, post.cov.diagonal(), atol=1e-12)
     # the NTK posterior mean is the t = inf gradient-descent prediction from f0 = 0
-    kntk = ntkit.fc_kernel(torch.cat([x, xt]), depth=2, beta=0.1).ntk
+    kntk = ntkit.fc_kernel(torch.cat([x, xt]), depth=2, b_std=0.1).ntk
     gd = gradient_descent_mse(kntk[:6, :6], y)(None, None, None, kntk[6:, :6]).test
     assert gd is not None
     assert torch.allclose(gp_inference(kntk[:6, :6], y)(kntk[6:, :6]).mean, gd, atol=1e-10)
@@ -186,7 +186,7 @@ def _ensemble_setup(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, t
     x = torch.randn(6, 2, generator=gen, dtype=F64)
     xt = torch.randn(4, 2, generator=gen, dtype=F64)
     y = (x[:, 0] * x[:, 1])[:, None]
-    return x, xt, y, ntkit.fc_kernel(torch.cat([x, xt]), depth=1, beta=0.1)
+    return x, xt, y, ntkit.fc_kernel(torch.cat([x, xt]), depth=1, b_std=0.1)
 
 
 def _check_gaussian_moments(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, n_sigma: float) -> None:
@@ -247,7 +247,7 @@ def test_ensemble_matches_monte_carlo_over_finite_networks(gen: torch.Generator)
     xa = torch.cat([x, xt])
     outs = []
     for s in range(300):
-        net = ntkit.FCNetwork(2, [1024], 1, beta=0.1, seed=10_000 + s)
+        net = ntkit.FCNetwork(2, [1024], 1, b_std=0.1, seed=10_000 + s)
         th = ntkit.empirical_ntk(net, xa, mode="trace")
         with torch.no_grad():
             f0 = net(xa)
@@ -306,7 +306,7 @@ def test_singular_kernel_without_ridge_warns_and_stays_finite(gen: torch.Generat
     x = torch.randn(4, 2, generator=gen, dtype=F64)
     x = torch.cat([x, x[:2]])  # duplicated inputs: a singular kernel
     y = torch.randn(6, 1, generator=gen, dtype=F64)
-    k = ntkit.fc_kernel(x, depth=2, beta=0.1).ntk
+    k = ntkit.fc_kernel(x, depth=2, b_std=0.1).ntk
     fn = gradient_descent_mse(k, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

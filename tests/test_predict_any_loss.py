@@ -116,7 +116,7 @@ def test_cross_entropy_equals_parameter_space_flow() -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(n + m, 2, dtype=F64, generator=gen)
     labels = torch.arange(n) % k
-    net = ntkit.FCNetwork(2, [16], k, beta=0.1, seed=0)
+    net = ntkit.FCNetwork(2, [16], k, b_std=0.1, seed=0)
     theta = ntkit.empirical_ntk(net, x, mode="full")  # (n + m, n + m, k, k)
     with torch.no_grad():
         f0 = net(x)
@@ -164,7 +164,7 @@ def test_wide_network_within_the_finite_width_deviation_of_the_dynamics_experime
     labels = ((angle + math.pi) / (2 * math.pi / k)).long().clamp(max=k - 1)  # three sectors
     x_test, _ = circle_inputs(32, dtype=F64)
     x_all = torch.cat([x_train, x_test])
-    ntk = fc_kernel(x_all, depth=depth, activation="relu", beta=0.1, dtype=F64).get("ntk")
+    ntk = fc_kernel(x_all, depth=depth, activation="relu", b_std=0.1, dtype=F64).get("ntk")
     tr, te = slice(0, n), slice(n, None)
     predict_fn = gradient_descent("cross_entropy", ntk[tr, tr], labels, learning_rate=eta)
     mean_pred = predict_fn(steps, k_test_train=ntk[te, tr]).test
@@ -172,7 +172,7 @@ def test_wide_network_within_the_finite_width_deviation_of_the_dynamics_experime
     scale_ce = float(mean_pred.pow(2).mean().sqrt())
     dists = []
     for seed in range(inits):
-        net = ntkit.FCNetwork(2, [width] * depth, k, beta=0.1, seed=seed)
+        net = ntkit.FCNetwork(2, [width] * depth, k, b_std=0.1, seed=seed)
         with torch.no_grad():
             f0 = net(x_all)
         pred = predict_fn(steps, f0[tr], f0[te], ntk[te, tr])

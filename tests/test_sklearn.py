@@ -51,15 +51,15 @@ def _data(gen: torch.Generator, n: int = 40, d: int = 3) -> tuple[np.ndarray, np
 def test_regressor_is_kernel_ridge_with_fc_kernel(gen: torch.Generator) -> None:
     x, y = _data(gen)
     xt = torch.randn(9, 3, generator=gen, dtype=torch.float64).numpy()
-    reg = NTKRegressor(depth=2, beta=0.2, w_std=1.3, diag_reg=1e-3).fit(x, y)
-    k = ntkit.fc_kernel(torch.from_numpy(x), depth=2, beta=0.2, w_std=1.3).ntk.numpy()
-    kt = ntkit.fc_kernel(torch.from_numpy(xt), torch.from_numpy(x), depth=2, beta=0.2, w_std=1.3).ntk.numpy()
+    reg = NTKRegressor(depth=2, b_std=0.2, w_std=1.3, diag_reg=1e-3).fit(x, y)
+    k = ntkit.fc_kernel(torch.from_numpy(x), depth=2, b_std=0.2, w_std=1.3).ntk.numpy()
+    kt = ntkit.fc_kernel(torch.from_numpy(xt), torch.from_numpy(x), depth=2, b_std=0.2, w_std=1.3).ntk.numpy()
     lam = 1e-3 * np.mean(np.diag(k))
     expect = kt @ np.linalg.solve(k + lam * np.eye(len(x)), y - y.mean()) + y.mean()
     np.testing.assert_allclose(reg.predict(xt), expect, rtol=1e-9, atol=1e-12)
     # multi-output = column by column; interpolation of the training data with a tiny ridge
     y2 = np.stack([y, 2 * y + 1], axis=1)
-    pred2 = NTKRegressor(depth=2, beta=0.2, w_std=1.3, diag_reg=1e-3).fit(x, y2).predict(xt)
+    pred2 = NTKRegressor(depth=2, b_std=0.2, w_std=1.3, diag_reg=1e-3).fit(x, y2).predict(xt)
     np.testing.assert_allclose(pred2[:, 0], expect, rtol=1e-9, atol=1e-12)
     assert NTKRegressor(depth=2, diag_reg=1e-10).fit(x, y).score(x, y) > 0.999999
 
@@ -69,13 +69,13 @@ def test_classifier_methods_agree_with_definitions(gen: torch.Generator) -> None
 
     x, y = _data(gen, n=60)
     labels = np.where(y > 0.3, "high", np.where(y < -0.3, "low", "mid"))
-    reg_clf = NTKClassifier(depth=1, beta=0.1).fit(x, labels)
+    reg_clf = NTKClassifier(depth=1, b_std=0.1).fit(x, labels)
     onehot = (labels[:, None] == reg_clf.classes_[None, :]).astype(float)
-    scores = NTKRegressor(depth=1, beta=0.1).fit(x, onehot).predict(x)
+    scores = NTKRegressor(depth=1, b_std=0.1).fit(x, onehot).predict(x)
     np.testing.assert_array_equal(reg_clf.predict(x), reg_clf.classes_[np.argmax(scores, axis=1)])
     assert reg_clf.score(x, labels) == 1.0  # near-interpolation of one-hot targets
-    svc_clf = NTKClassifier(depth=2, beta=0.0, method="svc", C=3.0).fit(x, labels)
-    k = ntkit.fc_kernel(torch.from_numpy(x), depth=2, beta=0.0).ntk.numpy()
+    svc_clf = NTKClassifier(depth=2, b_std=0.0, method="svc", C=3.0).fit(x, labels)
+    k = ntkit.fc_kernel(torch.from_numpy(x), depth=2, b_std=0.0).ntk.numpy()
     ref = SVC(kernel="precomputed", C=3.0).fit(k, labels)
     np.testing.assert_array_equal(svc_clf.predict(x), ref.predict(k))
     assert set(svc_clf.predict(x)) <= set(labels)
@@ -83,13 +83,13 @@ def test_classifier_methods_agree_with_definitions(gen: torch.Generator) -> None
 
 def test_ntk_kernel_in_gp_gridsearch_and_pipeline(gen: torch.Generator) -> None:
     x, y = _data(gen, n=30)
-    kern = NTKKernel(depth=2, beta=0.3, w_std=1.2)
+    kern = NTKKernel(depth=2, b_std=0.3, w_std=1.2)
     k = kern(x)
-    np.testing.assert_allclose(k, ntkit.fc_kernel(torch.from_numpy(x), depth=2, beta=0.3, w_std=1.2).ntk.numpy())
+    np.testing.assert_allclose(k, ntkit.fc_kernel(torch.from_numpy(x), depth=2, b_std=0.3, w_std=1.2).ntk.numpy())
     np.testing.assert_allclose(kern.diag(x), np.diag(k), rtol=1e-12)
     assert not kern.is_stationary()
     names = {h.name: h.fixed for h in kern.hyperparameters}
-    assert names == {"depth": True, "activation": True, "beta": False, "w_std": False}
+    assert names == {"depth": True, "activation": True, "b_std": False, "w_std": False}
     np.testing.assert_allclose(kern.theta, np.log([0.3, 1.2]))
     # finite-difference gradient in log space against an independent (wider-step) difference
     _, grad = kern(x, eval_gradient=True)
@@ -101,9 +101,9 @@ def test_ntk_kernel_in_gp_gridsearch_and_pipeline(gen: torch.Generator) -> None:
         down[i] -= eps
         num = (kern.clone_with_theta(up)(x) - kern.clone_with_theta(down)(x)) / (2 * eps)
         np.testing.assert_allclose(grad[..., i], num, rtol=1e-6, atol=1e-9)
-    fixed = NTKKernel(beta=0.0, beta_bounds="fixed")
+    fixed = NTKKernel(b_std=0.0, b_std_bounds="fixed")
     assert fixed(x, eval_gradient=True)[1].shape == (30, 30, 1)
-    # GP with optimised beta / w_std and a white-noise term
+    # GP with optimised b_std / w_std and a white-noise term
     gpr = GaussianProcessRegressor(
         kernel=NTKKernel(depth=1) + WhiteKernel(1e-3, noise_level_bounds="fixed"), random_state=0
     ).fit(x, y)

@@ -175,4 +175,4 @@ def test_auto_solver_by_size() -> None:
     assert resolve_solver("auto", 1_000) == "cholesky"
     assert resolve_solver("auto", 40_000) == "cg"
     assert resolve_solver("auto", 1_000_000) == "nystrom"
-    assert resolve_solver("auto", 20_000, memory_bytes=1024**3) == "cg"
+    assert resolve_solver("auto", 20_000, memory_budget=1024**3) == "cg"

@@ -40,7 +40,7 @@ def test_dask_matvec_equals_local(client: Any) -> None:
     x = torch.randn(230, 7, dtype=torch.float64, generator=g)
     x2 = torch.randn(90, 7, dtype=torch.float64, generator=g)
     v = torch.randn(230, 3, dtype=torch.float64, generator=g)
-    local = KernelOperator(x, depth=3, beta=0.2, tile_rows=50, tile_cols=40)
+    local = KernelOperator(x, depth=3, b_std=0.2, tile_rows=50, tile_cols=40)
     dop = DaskKernelOperator(local, client, n_blocks=5)
     assert dop.shape == (230, 230) and dop.symmetric
     assert rel_err(dop @ v, local @ v) < 1e-12

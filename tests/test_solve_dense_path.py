@@ -33,7 +33,7 @@ def _problem(seed: int, n: int = 12, m: int = 5, duplicate: int = 0) -> tuple[to
     x = torch.cat([x, x[:duplicate]])
     xt = torch.randn(m, 3, generator=g, dtype=F64)
     y = torch.randn(x.shape[0], 2, generator=g, dtype=F64)
-    kall = ntkit.fc_kernel(torch.cat([x, xt]), depth=2, beta=0.1).nngp
+    kall = ntkit.fc_kernel(torch.cat([x, xt]), depth=2, b_std=0.1).nngp
     nn_ = x.shape[0]
     return kall[:nn_, :nn_], kall[nn_:, :nn_], kall[nn_:, nn_:], y
 
@@ -111,14 +111,14 @@ def test_ntk_regressor_equals_the_former_dense_code_bitwise() -> None:
     x_dup = np.concatenate([x, x[:5]])  # singular: the jitter retry
     y_dup = np.concatenate([y, y[:5]])
     for xs, ys, reg in ((x, y, 1e-3), (x_dup, y_dup, 0.0)):
-        model = ntkit.nn.fc(3, 1, depth=2, b_std=0.1, device="meta")  # NTKRegressor(depth=2, beta=0.1)'s model
+        model = ntkit.nn.fc(3, 1, depth=2, b_std=0.1, device="meta")  # NTKRegressor(depth=2, b_std=0.1)'s model
         k = ntkit.infinite_kernel(model, torch.from_numpy(xs), which="ntk")
         assert isinstance(k, torch.Tensor)
         scale = float(k.diagonal().abs().mean())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             chol, jitter = robust_cholesky(k, diag_reg=reg * scale)
-            fit = NTKRegressor(depth=2, beta=0.1, diag_reg=reg).fit(xs, ys)
+            fit = NTKRegressor(depth=2, b_std=0.1, diag_reg=reg).fit(xs, ys)
         ref = cho_solve(chol, torch.from_numpy(ys - ys.mean(axis=0))).numpy()
         assert np.array_equal(fit.dual_coef_, ref) and fit.jitter_ == jitter
         assert (jitter > 0) == (reg == 0.0)

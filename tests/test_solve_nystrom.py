@@ -14,7 +14,7 @@ from tests.conftest import rel_err
 
 F64 = torch.float64
 N, D, REG = 150, 6, 5e-2
-KW = dict(depth=3, w_std=2**0.5, beta=0.1)
+KW = dict(depth=3, w_std=2**0.5, b_std=0.1)
 
 
 @pytest.fixture(autouse=True, scope="module")

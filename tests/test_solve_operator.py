@@ -34,22 +34,22 @@ def _x(n: int, d: int = 4, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("beta", [0.0, 0.3])
 def test_dense_equals_fc_kernel(activation: str, which: str, beta: float) -> None:
     x1, x2 = _x(37), _x(23, seed=1)
-    ref = ntkit.fc_kernel(x1, x2, depth=3, activation=activation, beta=beta, w_std=1.3).get(which)
-    op = KernelOperator(x1, x2, depth=3, activation=activation, beta=beta, w_std=1.3, which=which)
+    ref = ntkit.fc_kernel(x1, x2, depth=3, activation=activation, b_std=beta, w_std=1.3).get(which)
+    op = KernelOperator(x1, x2, depth=3, activation=activation, b_std=beta, w_std=1.3, which=which)
     assert rel_err(op.dense(), ref) < TOL[F64]["closed_form"]
 
 
 @pytest.mark.parametrize("which", ["ntk", "nngp"])
 def test_symmetric_matvec_and_diag(which: str) -> None:
     x = torch.cat([_x(61), _x(5)])  # with duplicated rows
-    k = ntkit.fc_kernel(x, depth=3, beta=0.1).get(which)
-    op = KernelOperator(x, depth=3, beta=0.1, which=which, tile_rows=16, tile_cols=7)  # ragged, non-square tiles
+    k = ntkit.fc_kernel(x, depth=3, b_std=0.1).get(which)
+    op = KernelOperator(x, depth=3, b_std=0.1, which=which, tile_rows=16, tile_cols=7)  # ragged, non-square tiles
     v = torch.randn(66, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
     assert rel_err(op @ v, k @ v) < TOL[F64]["closed_form"]
     assert rel_err(op @ v[:, 0], k @ v[:, 0]) < TOL[F64]["closed_form"]
     assert rel_err(op.diag(), torch.diagonal(k)) < TOL[F64]["closed_form"]
     assert rel_err(op.dense(), k) < TOL[F64]["closed_form"]  # duplicates: exact angle 0 as in fc_kernel
-    assert rel_err(fc_kernel_diag(x, depth=3, beta=0.1, which=which), torch.diagonal(k)) < 1e-14
+    assert rel_err(fc_kernel_diag(x, depth=3, b_std=0.1, which=which), torch.diagonal(k)) < 1e-14
 
 
 @settings(max_examples=15, deadline=None)

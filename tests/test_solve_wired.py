@@ -18,7 +18,7 @@ from .conftest import TOL, rel_err
 F64 = torch.float64
 N, N_TEST, D = 120, 15, 4
 REG = 1e-2
-KW = dict(depth=3, w_std=2**0.5, beta=0.1)
+KW = dict(depth=3, w_std=2**0.5, b_std=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +91,11 @@ def test_auto_resolution(problem: tuple[torch.Tensor, ...]) -> None:
     assert resolve_solver("auto", 23_171) == "cg"
     assert resolve_solver("auto", 50_000) == "cg"
     assert resolve_solver("auto", 50_001) == "nystrom"
-    assert resolve_solver("auto", 1_000, memory_bytes=8 * 999**2) == "cg"
+    assert resolve_solver("auto", 1_000, memory_budget=8 * 999**2) == "cg"
     assert resolve_solver("cg", 10) == "cg"
     assert KernelSystem(k, y, diag_reg=REG).solver == "cholesky"
-    assert KernelSystem(k, y, diag_reg=REG, memory_bytes=1024).solver == "cg"
-    assert KernelSystem(k, y, diag_reg=REG, memory_bytes=1024, cg_max_n=N - 1).solver == "nystrom"
+    assert KernelSystem(k, y, diag_reg=REG, memory_budget=1024).solver == "cg"
+    assert KernelSystem(k, y, diag_reg=REG, memory_budget="1K", cg_max_n=N - 1).solver == "nystrom"
 
 
 def test_gp_inference_mean_by_every_solver(problem: tuple[torch.Tensor, ...]) -> None:
@@ -112,7 +112,7 @@ def test_gp_inference_mean_by_every_solver(problem: tuple[torch.Tensor, ...]) ->
     # "auto" within the memory budget is the dense path (covariance available) ...
     assert gp_inference(k, y, diag_reg=REG)(kt, kt @ kt.T).cov is not None
     # ... and beyond it an iterative solver: mean only
-    small = gp_inference(k, y, diag_reg=REG, memory_bytes=1024, tol=1e-12)
+    small = gp_inference(k, y, diag_reg=REG, memory_budget=1024, tol=1e-12)
     assert rel_err(small(kt).mean, mean) < 1e-8
     with pytest.raises(ValueError, match="posterior mean only"):
         small(kt, kt @ kt.T)
@@ -146,7 +146,7 @@ def test_sklearn_estimators_by_every_solver(problem: tuple[torch.Tensor, ...]) -
 
     x, xt, y, _, _ = problem
     xn, xtn, yn = x.numpy(), xt.numpy(), y[:, 0].numpy()
-    params = dict(depth=3, beta=0.1, w_std=2**0.5, diag_reg=1e-3)
+    params = dict(depth=3, b_std=0.1, w_std=2**0.5, diag_reg=1e-3)
     exact = NTKRegressor(**params, solver="cholesky").fit(xn, yn)  # type: ignore[arg-type]
     auto = NTKRegressor(**params).fit(xn, yn)  # type: ignore[arg-type]
     assert (exact.solver_, auto.solver_) == ("cholesky", "cholesky")

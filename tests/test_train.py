@@ -25,7 +25,7 @@ def _max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 def test_lowrank_equals_autograd(gen: torch.Generator, batch_size: int | None) -> None:
     x = torch.randn(6, 3, generator=gen, dtype=F64)
     y = torch.randn(6, 2, generator=gen, dtype=F64)
-    net = ntkit.FCNetwork(3, [64, 64], 2, beta=0.1, seed=1)
+    net = ntkit.FCNetwork(3, [64, 64], 2, b_std=0.1, seed=1)
     a, b, c = copy.deepcopy(net), copy.deepcopy(net), copy.deepcopy(net)
     ha = train_gd(a, x, y, learning_rate=0.5, steps=2, batch_size=batch_size, seed=7, implementation="autograd")
     hb = train_gd(b, x, y, learning_rate=0.5, steps=2, batch_size=batch_size, seed=7, implementation="lowrank")
@@ -53,7 +53,7 @@ def test_gd_step_is_the_documented_update(gen: torch.Generator) -> None:
 
 def test_linearize_properties(gen: torch.Generator) -> None:
     x = torch.randn(4, 2, generator=gen, dtype=F64)
-    net = ntkit.FCNetwork(2, [16, 16], 2, beta=0.1, seed=4)
+    net = ntkit.FCNetwork(2, [16, 16], 2, b_std=0.1, seed=4)
     lin = linearize(net)
     with torch.no_grad():
         assert torch.allclose(lin(x), net(x), atol=1e-14)
@@ -76,7 +76,7 @@ def test_linearize_properties(gen: torch.Generator) -> None:
 def test_kernel_movement_and_train_warnings(gen: torch.Generator) -> None:
     x = torch.randn(6, 2, generator=gen, dtype=F64)
     y = x[:, :1] * x[:, 1:]
-    net = ntkit.FCNetwork(2, [32], 1, beta=0.1, seed=0)
+    net = ntkit.FCNetwork(2, [32], 1, b_std=0.1, seed=0)
     th0 = ntkit.empirical_ntk(net, x, mode="trace")
     assert kernel_movement(th0, th0) == 0.0
     assert kernel_movement(th0, 2 * th0) == pytest.approx(1.0)
@@ -106,7 +106,7 @@ def test_movement_shrinks_with_width_small_scale() -> None:
     for width in (32, 128, 512):
         vals = []
         for s in range(3):
-            net = ntkit.FCNetwork(2, [width], 1, beta=0.1, seed=100 * width + s)
+            net = ntkit.FCNetwork(2, [width], 1, b_std=0.1, seed=100 * width + s)
             th0 = ntkit.empirical_ntk(net, x, mode="trace")
             train_gd(net, x, y, learning_rate=1.0, steps=30, check_learning_rate=False)
             vals.append(kernel_movement(th0, ntkit.empirical_ntk(net, x, mode="trace")))

@@ -105,7 +105,7 @@ for text in md.requires("ntkit"):
     except md.PackageNotFoundError:
         unmet.append(text)
 x = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-k = ntkit.fc_kernel(x, depth=3, activation="relu", beta=0.1)
+k = ntkit.fc_kernel(x, depth=3, activation="relu", b_std=0.1)
 cnn = ntkit.nn.cntk(1, depth=2, device="meta")
 img = torch.randn(3, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 kc = ntkit.infinite_kernel(cnn, img, which="ntk")

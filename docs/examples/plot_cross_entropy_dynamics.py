@@ -43,7 +43,7 @@ tr, te = slice(0, n), slice(n, None)
 # %%
 # The infinite-width NTK of one hidden ReLU layer (with bias), and the predictor. One ODE solve
 # gives the outputs at every requested time on the training inputs and on the grid.
-ntk = ntkit.fc_kernel(x_all, depth=1, activation="relu", beta=0.1).ntk
+ntk = ntkit.fc_kernel(x_all, depth=1, activation="relu", b_std=0.1).ntk
 eta, steps = 0.5, 300
 times = torch.arange(0, steps + 1, 10)
 predict_fn = gradient_descent("cross_entropy", ntk[tr, tr], labels, learning_rate=eta)
@@ -54,7 +54,7 @@ predict_fn = gradient_descent("cross_entropy", ntk[tr, tr], labels, learning_rat
 # Each network is compared with the NTK prediction that starts from its own initial outputs.
 runs = {}
 for width in (64, 2048):
-    net = ntkit.FCNetwork(2, [width], k, beta=0.1, seed=1)
+    net = ntkit.FCNetwork(2, [width], k, b_std=0.1, seed=1)
     with torch.no_grad():
         f0 = net(x_all)
     pred = predict_fn(times, f0[tr], f0[te], ntk[te, tr])

@@ -27,14 +27,14 @@ import ntkit.data
 x, _ = ntkit.data.circle_inputs(1536)
 model = ntkit.nn.fc(2, depth=4, activation="relu", b_std=0.1, device="meta")
 
-local = ntkit.compute_kernel(x, model=model, which="ntk", tile=256)
+local = ntkit.compute_kernel(model, x, which="ntk", tile=256)
 
 # %%
 # Two workers with one thread each; no dashboard (``dashboard_address=None``).
 with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
                   silence_logs=50) as cluster, Client(cluster) as client:
     with get_task_stream(client) as stream:
-        distributed = ntkit.compute_kernel(x, model=model, which="ntk", tile=256, scheduler=client)
+        distributed = ntkit.compute_kernel(model, x, which="ntk", tile=256, scheduler=client)
     tasks = stream.data
 
 same = torch.equal(local.ntk, distributed.ntk)

@@ -32,12 +32,12 @@ y_train = x_train[:, :1] * x_train[:, 1:]  # the target x1 * x2
 # %%
 # The limit, and networks of two widths before and after 200 steps of gradient descent
 # (:func:`ntkit.train.train_gd`, learning rate 1 on the loss :math:`\frac{1}{2N}\sum (f - y)^2`).
-limit = ntkit.fc_kernel(x0, circle, depth=3, activation="relu", beta=0.1).ntk[0]
+limit = ntkit.fc_kernel(x0, circle, depth=3, activation="relu", b_std=0.1).ntk[0]
 steps = 200
 curves = {}
 for width in (100, 1000):
     for seed in range(3):
-        net = ntkit.FCNetwork(2, [width] * 3, 1, activation="relu", beta=0.1, seed=seed)
+        net = ntkit.FCNetwork(2, [width] * 3, 1, activation="relu", b_std=0.1, seed=seed)
         before = ntkit.empirical_ntk(net, x0, circle, mode="trace")[0]
         history = ntkit.train.train_gd(net, x_train, y_train, learning_rate=1.0, steps=steps)
         after = ntkit.empirical_ntk(net, x0, circle, mode="trace")[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -185,6 +186,63 @@ def parse_memory_budget(value: Any, name: str = "memory_budget") -> int:
     if not math.isfinite(number) or number < 1:
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return int(number)
+
+
+def renamed_keyword(new_value: Any, old_value: Any, *, new: str, old: str, default: Any, stacklevel: int = 3) -> Any:
+    """The value of a renamed keyword argument, the old spelling kept as a deprecated alias.
+
+    The one rule of every rename in ntkit: a function keeps ``old=None`` beside ``new=default``;
+    when the caller passes the old spelling it is used, with a ``DeprecationWarning``
+    ``"{old} is deprecated; use {new}"`` that points at the caller. Python's default filters show it
+    once per calling location; no state is kept here.
+
+    Parameters
+    ----------
+    new_value : Any
+        The value passed under the new name (``default`` when not passed).
+    old_value : Any
+        The value passed under the old name, ``None`` when not passed.
+    new, old : str
+        The two names, for the messages.
+    default : Any
+        The new keyword's default: with ``old_value`` given, ``new_value`` must still be it.
+    stacklevel : int
+        As in :func:`warnings.warn`, counted from this helper (1): the default 3 points at the caller of
+        the function that calls the helper; one more for each function in between.
+
+    Returns
+    -------
+    Any
+        ``new_value``, or ``old_value`` when it was given.
+
+    Raises
+    ------
+    TypeError
+        Both spellings were given (the new one not at its default).
+
+    Examples
+    --------
+    >>> renamed_keyword(0.1, None, new="b_std", old="beta", default=0.0)
+    0.1
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     renamed_keyword(0.0, 0.3, new="b_std", old="beta", default=0.0)
+    0.3
+    >>> str(caught[0].message)
+    'beta is deprecated; use b_std'
+    """
+    if old_value is None:
+        return new_value
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=stacklevel)
+    if new_value is not default:
+        try:
+            differs = bool(new_value != default)
+        except Exception:  # an array-like new value: given
+            differs = True
+        if differs:
+            raise TypeError(f"{new}, {old}: expected one of them, got both ({old} is a deprecated alias of {new})")
+    return old_value
 
 
 def check_dtype(dtype: Any) -> torch.dtype:

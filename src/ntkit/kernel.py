@@ -35,7 +35,7 @@ class Kernel:
     --------
     >>> import torch, ntkit
     >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
-    >>> k = ntkit.fc_kernel(x, depth=2, beta=0.1)
+    >>> k = ntkit.fc_kernel(x, depth=2, b_std=0.1)
     >>> k.shape, k.nngp.shape, k.var1.shape
     ((3, 3), torch.Size([3, 3]), torch.Size([3]))
     >>> k.blocks(2).shape  # Theta (x) I_2, as empirical_ntk(mode="full") returns

@@ -3,8 +3,8 @@
 One pass of the recursion of :func:`ntkit.fc_kernel` (NTK parameterization, ``depth`` hidden layers,
 ``L = depth + 1``) keeps every intermediate kernel:
 
-    Sigma(1)(x, x')   = w_std^2 x.x' / n0 + beta^2
-    Sigma(h+1)        = w_std^2 E_{g ~ N(0, Sigma(h))}[sigma(g(x)) sigma(g(x'))] + beta^2      (h = 1..depth)
+    Sigma(1)(x, x')   = w_std^2 x.x' / n0 + b_std^2
+    Sigma(h+1)        = w_std^2 E_{g ~ N(0, Sigma(h))}[sigma(g(x)) sigma(g(x'))] + b_std^2     (h = 1..depth)
     SigmaDot(h+1)     = w_std^2 E_{g ~ N(0, Sigma(h))}[sigma'(g(x)) sigma'(g(x'))]            (h = 1..depth)
 
 From these, the NTK of the network whose first ``fix`` weight layers are *frozen* (not trained)
@@ -23,7 +23,7 @@ comes out of the same pass, through the recurrence
 
 **Relation to Arora et al.'s scale.** Their code uses ``S_0 = X X^T`` and ``c_sigma = 1``
 (``S_{h+1} = E[relu(u) relu(v)]``, ``Sdot_{h+1} = E[relu'(u) relu'(v)]`` under ``N(0, S_h)``, no bias).
-ReLU is positively homogeneous, so with ``beta = 0`` ntkit's kernels are rescaled copies:
+ReLU is positively homogeneous, so with ``b_std = 0`` ntkit's kernels are rescaled copies:
 ``Sigma(h+1) = w_std^{2h} (w_std^2 / n0) S_h``, ``SigmaDot(h+1) = w_std^2 Sdot_h`` and hence
 
     Theta_ntkit[dep][fix] = w_std^{2 dep} (w_std^2 / n0) K_Arora[dep][fix].
@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from ntkit._validation import check_dtype, check_float, check_int, check_pair
+from ntkit._validation import check_dtype, check_float, check_int, check_pair, renamed_keyword
 from ntkit.activations import Activation, get_activation
 from ntkit.infinite.ops import Dense, Pointwise
 from ntkit.infinite.reference import distinct_rows, iter_layers
@@ -69,7 +69,7 @@ class LayerKernels:
     ----------
     sigma : list of Tensor of shape (N1, N2), length ``depth + 1``
         ``sigma[h] = Sigma(h+1)``: the pre-activation covariance after ``h`` hidden layers
-        (``sigma[0]`` is the input layer's ``w_std^2 x.x'/n0 + beta^2``).
+        (``sigma[0]`` is the input layer's ``w_std^2 x.x'/n0 + b_std^2``).
     sigma_dot : list of Tensor of shape (N1, N2), length ``depth``
         ``sigma_dot[h-1] = SigmaDot(h+1)`` for ``h = 1..depth``.
     var1, var2 : list of Tensor of shapes (N1,) and (N2,), length ``depth + 1``
@@ -115,7 +115,7 @@ def _layer_stream(
     *,
     depth: int,
     activation: str | Activation | Any,
-    beta: float,
+    b_std: float,
     w_std: float,
     dtype: torch.dtype,
     device: torch.device | str | None,
@@ -127,7 +127,7 @@ def _layer_stream(
     E[sigma'(u) sigma'(v)]`` from each activation.
     """
     depth = check_int(depth, "depth", minimum=0)
-    beta = check_float(beta, "beta", minimum=0.0)
+    b_std = check_float(b_std, "b_std", minimum=0.0)
     w_std = check_float(w_std, "w_std", minimum=0.0, strict=True)
     check_dtype(dtype)
     act = get_activation(activation)
@@ -135,7 +135,7 @@ def _layer_stream(
         raise ValueError(f"activation: expected an activation with a derivative map for the NTK, got {act.name!r}")
     t1, t2 = check_pair(x1, x2, dtype=dtype, device=device)
     b = t1 if t2 is None else t2
-    arch = _fc_architecture(t1.shape[1], depth, act, beta, w_std)
+    arch = _fc_architecture(t1.shape[1], depth, act, b_std, w_std)
     ids = _row_ids(t1, b)
     _, left, right = distinct_rows(t1, b, *ids)
     w2 = w_std**2
@@ -148,8 +148,8 @@ def _layer_stream(
             yield cross.nngp, sdot, rows.nngp[left], rows.nngp[right]
 
 
-def _fc_architecture(n0: int, depth: int, act: Activation, beta: float, w_std: float) -> Architecture:
-    return describe_model(fc(n0, 1, depth=depth, activation=act, w_std=w_std, b_std=beta, device="meta"), (n0,))
+def _fc_architecture(n0: int, depth: int, act: Activation, b_std: float, w_std: float) -> Architecture:
+    return describe_model(fc(n0, 1, depth=depth, activation=act, w_std=w_std, b_std=b_std, device="meta"), (n0,))
 
 
 def _row_ids(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,10 +164,11 @@ def layer_kernels(
     *,
     depth: int,
     activation: str | Activation | Any = "relu",
-    beta: float = 0.0,
+    b_std: float = 0.0,
     w_std: float = 1.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    beta: float | None = None,
 ) -> LayerKernels:
     """All per-layer ``Sigma(h)`` and ``SigmaDot(h)`` of :func:`ntkit.fc_kernel` in one pass.
 
@@ -178,8 +179,10 @@ def layer_kernels(
         Defaults to ``x1``.
     depth : int
         Number of hidden layers (``>= 0``).
-    activation, beta, w_std, dtype, device
-        As in :func:`ntkit.fc_kernel`.
+    activation, b_std, w_std, dtype, device
+        As in :func:`ntkit.fc_kernel` (``b_std``: the bias scale).
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -195,12 +198,13 @@ def layer_kernels(
     >>> round(float(lk.ntk()[0, 1]), 6)
     0.079577
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
     sigma: list[Tensor] = []
     sigma_dot: list[Tensor] = []
     var1: list[Tensor] = []
     var2: list[Tensor] = []
     for cov, sdot, v1, v2 in _layer_stream(
-        x1, x2, depth=depth, activation=activation, beta=beta, w_std=w_std, dtype=dtype, device=device
+        x1, x2, depth=depth, activation=activation, b_std=b_std, w_std=w_std, dtype=dtype, device=device
     ):
         sigma.append(cov)
         if sdot is not None:
@@ -216,11 +220,12 @@ def iter_fixed_layer_ntks(
     *,
     depth: int,
     activation: str | Activation | Any = "relu",
-    beta: float = 0.0,
+    b_std: float = 0.0,
     w_std: float = 1.0,
     scale: float = 1.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    beta: float | None = None,
 ) -> Iterator[tuple[int, int, Tensor]]:
     """Stream ``(dep, fix, scale * Theta[dep][fix])`` for ``dep = 0..depth``, ``fix = 0..dep`` in that order.
 
@@ -235,8 +240,10 @@ def iter_fixed_layer_ntks(
         Defaults to ``x1``.
     depth : int
         Deepest network: ``dep = 0..depth`` hidden layers.
-    activation, beta, w_std, dtype, device
-        As in :func:`ntkit.fc_kernel`.
+    activation, b_std, w_std, dtype, device
+        As in :func:`ntkit.fc_kernel` (``b_std``: the bias scale).
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``).
     scale : float
         Multiplies every kernel (Arora et al.'s ``n0``).
 
@@ -247,7 +254,7 @@ def iter_fixed_layer_ntks(
     Raises
     ------
     ValueError
-        ``depth < 0``, ``beta < 0``, ``w_std <= 0``, NaN / inf inputs, inputs of different widths.
+        ``depth < 0``, ``b_std < 0``, ``w_std <= 0``, NaN / inf inputs, inputs of different widths.
 
     Examples
     --------
@@ -257,10 +264,11 @@ def iter_fixed_layer_ntks(
     >>> [(dep, fix) for dep, fix, _ in iter_fixed_layer_ntks(x, depth=1)]
     [(0, 0), (1, 0), (1, 1)]
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
     scale = check_float(scale, "scale", minimum=0.0, strict=True)
     thetas: list[Tensor] = []
     for dep, (cov, sdot, _, _) in enumerate(
-        _layer_stream(x1, x2, depth=depth, activation=activation, beta=beta, w_std=w_std, dtype=dtype, device=device)
+        _layer_stream(x1, x2, depth=depth, activation=activation, b_std=b_std, w_std=w_std, dtype=dtype, device=device)
     ):
         if sdot is not None:
             for theta in thetas:  # Theta[dep][fix] = Theta[dep-1][fix] SigmaDot(dep+1) + Sigma(dep+1)
@@ -277,11 +285,12 @@ def fixed_layer_ntks(
     *,
     depth: int,
     activation: str | Activation | Any = "relu",
-    beta: float = 0.0,
+    b_std: float = 0.0,
     w_std: float = 1.0,
     scale: float = 1.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    beta: float | None = None,
 ) -> dict[tuple[int, int], Tensor]:
     """All ``scale * Theta[dep][fix]`` for ``0 <= fix <= dep <= depth`` from one pass of the recursion.
 
@@ -297,8 +306,10 @@ def fixed_layer_ntks(
         Defaults to ``x1``.
     depth : int
         Deepest network: ``dep = 0..depth`` hidden layers.
-    activation, beta, w_std, dtype, device
-        As in :func:`ntkit.fc_kernel`.
+    activation, b_std, w_std, dtype, device
+        As in :func:`ntkit.fc_kernel` (``b_std``: the bias scale).
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``).
     scale : float
         Multiplies every kernel (Arora et al.'s ``n0``).
 
@@ -307,16 +318,18 @@ def fixed_layer_ntks(
     >>> import torch, ntkit
     >>> from ntkit.layerwise import fixed_layer_ntks
     >>> x = torch.randn(3, 2, dtype=torch.float64)
-    >>> k = fixed_layer_ntks(x, depth=2, beta=0.1)
+    >>> k = fixed_layer_ntks(x, depth=2, b_std=0.1)
     >>> sorted(k)
     [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
-    >>> bool(torch.allclose(k[2, 0], ntkit.fc_kernel(x, depth=2, beta=0.1).ntk))  # nothing frozen
+    >>> bool(torch.allclose(k[2, 0], ntkit.fc_kernel(x, depth=2, b_std=0.1).ntk))  # nothing frozen
     True
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
     return {
         (dep, fix): theta.clone()
         for dep, fix, theta in iter_fixed_layer_ntks(
-            x1, x2, depth=depth, activation=activation, beta=beta, w_std=w_std, scale=scale, dtype=dtype, device=device
+            x1, x2, depth=depth, activation=activation, b_std=b_std, w_std=w_std, scale=scale, dtype=dtype,
+            device=device,
         )
     }
 
@@ -326,16 +339,17 @@ def fc_kernel_diag(
     *,
     depth: int,
     activation: str | Activation | Any = "relu",
-    beta: float = 0.0,
+    b_std: float = 0.0,
     w_std: float = 1.0,
     which: str = "ntk",
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    beta: float | None = None,
 ) -> Tensor:
     """The diagonal ``k(x, x)`` of :func:`ntkit.fc_kernel` (``ntk`` or ``nngp``) in O(N) memory.
 
     Evaluates each input with itself only (the self batch of the reference evaluator, or the fused
-    fully connected path): ``Sigma(h+1)(x, x) = w_std^2 E[sigma(u)^2] + beta^2``,
+    fully connected path): ``Sigma(h+1)(x, x) = w_std^2 E[sigma(u)^2] + b_std^2``,
     ``SigmaDot(h+1)(x, x) = w_std^2 E[sigma'(u)^2]`` with ``u ~ N(0, Sigma(h)(x, x))``, and
     ``Theta(h+1) = Theta(h) SigmaDot(h+1) + Sigma(h+1)``; equal to the diagonal of the full kernel.
 
@@ -346,14 +360,16 @@ def fc_kernel_diag(
     Parameters
     ----------
     x : array-like of shape (N, n0)
-    depth, activation, beta, w_std, dtype, device
-        As in :func:`ntkit.fc_kernel`.
+    depth, activation, b_std, w_std, dtype, device
+        As in :func:`ntkit.fc_kernel` (``b_std``: the bias scale).
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``).
     which : {"ntk", "nngp"}
 
     Raises
     ------
     ValueError
-        ``depth < 0``, ``beta < 0``, ``w_std <= 0``, an unknown ``which``, NaN / inf inputs, an NTK
+        ``depth < 0``, ``b_std < 0``, ``w_std <= 0``, an unknown ``which``, NaN / inf inputs, an NTK
         asked of an activation without a derivative map.
 
     Examples
@@ -364,8 +380,9 @@ def fc_kernel_diag(
     >>> bool(torch.allclose(fc_kernel_diag(x, depth=3), ntkit.fc_kernel(x, depth=3).ntk.diagonal()))
     True
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
     depth = check_int(depth, "depth", minimum=0)
-    beta = check_float(beta, "beta", minimum=0.0)
+    b_std = check_float(b_std, "b_std", minimum=0.0)
     w_std = check_float(w_std, "w_std", minimum=0.0, strict=True)
     if which not in ("ntk", "nngp"):
         raise ValueError(f"which: expected one of ['ntk', 'nngp'], got {which!r}")
@@ -374,7 +391,7 @@ def fc_kernel_diag(
     if which == "ntk" and not act.has_derivative_map:
         raise ValueError(f"which: the ntk of activation {act.name!r} is undefined (no derivative map); use 'nngp'")
     t, _ = check_pair(x, None, dtype=dtype, device=device)
-    tiles = KernelTiles(_fc_architecture(t.shape[1], depth, act, beta, w_std))
+    tiles = KernelTiles(_fc_architecture(t.shape[1], depth, act, b_std, w_std))
     nngp, ntk = tiles.diag(tiles.prepare(t), _row_ids(t, t[:0])[0], ntk=which == "ntk")
     out = ntk if which == "ntk" else nngp
     assert out is not None
@@ -385,7 +402,7 @@ def _arora_kwargs(t1: Tensor, max_dep: int, dtype: torch.dtype, device: torch.de
     return {
         "depth": max_dep,
         "activation": "relu",
-        "beta": 0.0,
+        "b_std": 0.0,
         "w_std": 1.0,
         "scale": float(t1.shape[1]),
         "dtype": dtype,
@@ -404,7 +421,7 @@ def arora_kernels(
     """The 15 kernels ``K[dep][fix]`` of Arora et al. (2020) at their scale (``S_0 = X X^T``, ``c_sigma = 1``).
 
     ReLU network without bias, ``dep = 0..max_dep`` hidden layers, the first ``fix`` layers frozen:
-    ``K[dep][fix] = n0 * Theta_ntkit[dep][fix]`` with ``w_std = 1``, ``beta = 0`` (see the module notes).
+    ``K[dep][fix] = n0 * Theta_ntkit[dep][fix]`` with ``w_std = 1``, ``b_std = 0`` (see the module notes).
 
     Parameters
     ----------

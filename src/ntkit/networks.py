@@ -8,9 +8,9 @@ both read it.
 The network of Jacot et al. (2018), with ``L = depth + 1`` weight layers::
 
     a(0) = x
-    z(l+1) = w_std * W(l) a(l) / sqrt(n_l) + beta * b(l)      ("ntk",       W, b ~ N(0, 1))
+    z(l+1) = w_std * W(l) a(l) / sqrt(n_l) + b_std * b(l)     ("ntk",       W, b ~ N(0, 1))
     z(l+1) = W(l) a(l) + b(l)                                  ("standard",  W ~ N(0, w_std^2 / n_l),
-                                                                               b ~ N(0, beta^2))
+                                                                               b ~ N(0, b_std^2))
     a(l) = sigma(z(l)),   f(x) = z(L)
 
 Both parameterizations define the same function distribution at initialisation, hence the same
@@ -22,13 +22,14 @@ infinite-width kernels coincide with the Gaussian ones (Huang et al. 2020).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ntkit._validation import check_choice, check_dtype, check_float, check_int, describe
+from ntkit._validation import check_choice, check_dtype, check_float, check_int, describe, renamed_keyword
 from ntkit.activations import get_activation
 from ntkit.compute.model_kernels import infinite_kernel
 from ntkit.nn import Activation, Linear, orthogonal_
@@ -37,9 +38,9 @@ from ntkit.nn._init import INITS, PARAMETERIZATIONS
 Tensor = torch.Tensor
 
 class NTKLinear(Linear):
-    """:class:`ntkit.nn.Linear` with the bias scale called ``beta`` and float64 parameters by default.
+    """:class:`ntkit.nn.Linear` with float64 parameters by default.
 
-    ``z = w_std W a / sqrt(n_in) + beta b`` (ntk) or ``z = W a + b`` (standard). Parameters ``weight``
+    ``z = w_std W a / sqrt(n_in) + b_std b`` (ntk) or ``z = W a + b`` (standard). Parameters ``weight``
     of shape (out_features, in_features) and ``bias`` of shape (out_features,).
 
     Parameters
@@ -47,7 +48,7 @@ class NTKLinear(Linear):
     in_features, out_features : int
     w_std : float
         Weight scale (``> 0``).
-    beta : float
+    b_std : float
         Bias scale (``>= 0``).
     parameterization : {"ntk", "standard"}
     init : {"gaussian", "orthogonal"}
@@ -55,17 +56,19 @@ class NTKLinear(Linear):
     device : torch.device or str, optional
     dtype : torch.dtype
         float64 by default.
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``); so is the attribute ``beta``.
 
     Raises
     ------
     ValueError
-        ``beta < 0``, and whatever :class:`ntkit.nn.Linear` refuses.
+        ``b_std < 0``, and whatever :class:`ntkit.nn.Linear` refuses.
 
     Examples
     --------
     >>> import torch, ntkit
-    >>> layer = ntkit.NTKLinear(3, 4, beta=0.5, generator=torch.Generator().manual_seed(0))
-    >>> layer.weight.shape, layer.beta, layer.weight.dtype
+    >>> layer = ntkit.NTKLinear(3, 4, b_std=0.5, generator=torch.Generator().manual_seed(0))
+    >>> layer.weight.shape, layer.b_std, layer.weight.dtype
     (torch.Size([4, 3]), 0.5, torch.float64)
     """
 
@@ -75,22 +78,25 @@ class NTKLinear(Linear):
         out_features: int,
         *,
         w_std: float = 1.0,
-        beta: float = 0.0,
+        b_std: float = 0.0,
         parameterization: str = "ntk",
         init: str = "gaussian",
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float64,
+        beta: float | None = None,
     ) -> None:
-        if isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta < 0:
-            raise ValueError(f"beta: expected a number >= 0, got {beta}")
-        super().__init__(in_features, out_features, w_std=w_std, b_std=beta, parameterization=parameterization,
+        b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
+        if isinstance(b_std, (int, float)) and not isinstance(b_std, bool) and b_std < 0:
+            raise ValueError(f"b_std: expected a number >= 0, got {b_std}")
+        super().__init__(in_features, out_features, w_std=w_std, b_std=b_std, parameterization=parameterization,
                          init=init, generator=generator, device=device, dtype=dtype)
 
     @property
     def beta(self) -> float:
-        """The bias scale (``b_std``)."""
-        return self.b_std
+        """Deprecated: the bias scale :attr:`b_std`."""
+        warnings.warn("beta is deprecated; use b_std", DeprecationWarning, stacklevel=2)
+        return float(self.b_std)
 
 
 #: The activation module of :class:`FCNetwork` (an alias of :class:`ntkit.nn.Activation`).
@@ -110,7 +116,7 @@ class FCNetwork(nn.Module):
         Output dimension ``n_L``.
     activation : str, Activation or callable
         The nonlinearity ``sigma`` (see :func:`ntkit.activations.get_activation`).
-    beta : float
+    b_std : float
         Bias scale (``>= 0``).
     w_std : float
         Weight scale (``> 0``); multiplies every ``W`` including the first layer's.
@@ -121,18 +127,20 @@ class FCNetwork(nn.Module):
     seed : int, optional
     device, dtype
         Where and in what precision the parameters live (float64 by default).
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``); so is the attribute ``beta``.
 
     Raises
     ------
     TypeError
         ``hidden`` is not a sequence of widths, or a parameter has the wrong type.
     ValueError
-        A width below 1, ``beta < 0``, ``w_std <= 0``, an unknown activation, parameterization or init.
+        A width below 1, ``b_std < 0``, ``w_std <= 0``, an unknown activation, parameterization or init.
 
     Examples
     --------
     >>> import torch, ntkit
-    >>> net = ntkit.FCNetwork(2, [512, 512], 1, activation="relu", beta=0.1, seed=0)
+    >>> net = ntkit.FCNetwork(2, [512, 512], 1, activation="relu", b_std=0.1, seed=0)
     >>> x = torch.randn(5, 2, dtype=torch.float64)
     >>> net(x).shape
     torch.Size([5, 1])
@@ -147,7 +155,7 @@ class FCNetwork(nn.Module):
         out_features: int = 1,
         *,
         activation: str | Activation | Any = "relu",
-        beta: float = 0.0,
+        b_std: float = 0.0,
         w_std: float = 1.0,
         parameterization: str = "ntk",
         init: str = "gaussian",
@@ -155,15 +163,17 @@ class FCNetwork(nn.Module):
         seed: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float64,
+        beta: float | None = None,
     ) -> None:
         super().__init__()
+        b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
         self.in_features = check_int(in_features, "in_features", minimum=1)
         if isinstance(hidden, (int, str)) or not isinstance(hidden, Sequence):
             raise TypeError(f"hidden: expected a sequence of widths such as [512, 512], got {describe(hidden)}")
         self.hidden = tuple(check_int(h, f"hidden[{i}]", minimum=1) for i, h in enumerate(hidden))
         self.out_features = check_int(out_features, "out_features", minimum=1)
         self.activation = get_activation(activation)
-        self.beta = check_float(beta, "beta", minimum=0.0)
+        self.b_std = check_float(b_std, "b_std", minimum=0.0)
         self.w_std = check_float(w_std, "w_std", minimum=0.0, strict=True)
         self.parameterization = check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
         self.init = check_choice(init, "init", INITS)
@@ -175,6 +185,12 @@ class FCNetwork(nn.Module):
                 check_int(seed, "seed")
             )
         self.layers = _fc_layers(self, generator, device, dtype)
+
+    @property
+    def beta(self) -> float:
+        """Deprecated: the bias scale :attr:`b_std`."""
+        warnings.warn("beta is deprecated; use b_std", DeprecationWarning, stacklevel=2)
+        return self.b_std
 
     @property
     def depth(self) -> int:
@@ -214,7 +230,7 @@ def _fc_layers(net: FCNetwork, generator: torch.Generator | None, device: torch.
     widths = (net.in_features, *net.hidden, net.out_features)
     layers: list[nn.Module] = []
     for i in range(len(widths) - 1):
-        layers.append(NTKLinear(widths[i], widths[i + 1], w_std=net.w_std, beta=net.beta,
+        layers.append(NTKLinear(widths[i], widths[i + 1], w_std=net.w_std, b_std=net.b_std,
                                 parameterization=net.parameterization, init=net.init, generator=generator,
                                 device=device, dtype=dtype))
         if i < len(widths) - 2:

@@ -9,14 +9,15 @@
   Arora et al. 2019; Lee et al. 2020) or an SVM on the precomputed kernel (``method="svc"``,
   Arora et al. 2020).
 * :class:`NTKKernel` — a :class:`sklearn.gaussian_process.kernels.Kernel` whose hyperparameters
-  ``depth``, ``beta``, ``w_std``, ``activation`` work in ``GaussianProcessRegressor``, ``GridSearchCV``
-  and pipelines (``beta`` and ``w_std`` are optimised in log space, ``depth`` and ``activation`` are
+  ``depth``, ``b_std``, ``w_std``, ``activation`` work in ``GaussianProcessRegressor``, ``GridSearchCV``
+  and pipelines (``b_std`` and ``w_std`` are optimised in log space, ``depth`` and ``activation`` are
   fixed hyperparameters chosen by grid search).
 
 Every estimator takes the architecture as a model (``model=ntkit.nn.cntk(...)``, any model
 :func:`ntkit.infinite_kernel` understands; scikit-learn's ``X`` is then flattened and
 ``input_shape`` gives each example's shape, e.g. ``(1, 8, 8)`` for images), or as the fully connected
-shortcut ``depth, activation, beta, w_std``. ``which="ntk" | "nngp"`` chooses the kernel.
+shortcut ``depth, activation, b_std, w_std``. ``which="ntk" | "nngp"`` chooses the kernel. The old name
+of ``b_std``, ``beta``, is a deprecated alias (a ``DeprecationWarning`` when it is used).
 
 scikit-learn is an optional extra (``pip install 'ntkit[sklearn]'``); importing :mod:`ntkit` never
 imports it, importing this module does.
@@ -26,7 +27,7 @@ Examples
 >>> import numpy as np
 >>> from ntkit.sklearn import NTKRegressor
 >>> x = np.linspace(-1, 1, 20)[:, None]
->>> reg = NTKRegressor(depth=2, beta=0.1).fit(x, np.sin(3 * x[:, 0]))
+>>> reg = NTKRegressor(depth=2, b_std=0.1).fit(x, np.sin(3 * x[:, 0]))
 >>> bool(reg.score(x, np.sin(3 * x[:, 0])) > 0.99)
 True
 """
@@ -48,12 +49,12 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
 
 from torch import nn
 
-from ntkit._validation import check_choice, check_float, check_int, describe
+from ntkit._validation import check_choice, check_float, check_int, describe, parse_memory_budget, renamed_keyword
 from ntkit.activations import Activation, get_activation
 from ntkit.compute import infinite_kernel
 from ntkit.infinite.walk import fc_model
+from ntkit.solve.kernel_solvers import DEFAULT_MEMORY_BUDGET, resolve_solver
 from ntkit.solve.kernel_solvers import SOLVERS as _SOLVERS
-from ntkit.solve.kernel_solvers import resolve_solver
 from ntkit.solve.operator import KernelOperator, ModelTiles
 from ntkit.solve.system import KernelSystem
 
@@ -61,16 +62,18 @@ __all__ = ["NTKClassifier", "NTKKernel", "NTKRegressor"]
 
 SOLVERS = _SOLVERS
 WHICH = ("ntk", "nngp")
+_DEFAULT_B_STD = 0.1
+_B_STD_BOUNDS = (1e-5, 1e5)
 
 
-def _model(model: nn.Module | None, n_inputs: int, depth: int, activation: Any, beta: float, w_std: float
+def _model(model: nn.Module | None, n_inputs: int, depth: int, activation: Any, b_std: float, w_std: float
            ) -> nn.Module:
     """``model``, or the fully connected model of the shortcut (on ``meta``)."""
     if model is not None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {describe(model)}")
         return model
-    return fc_model(n_inputs, depth=depth, activation=activation, beta=beta, w_std=w_std)
+    return fc_model(n_inputs, depth=depth, activation=activation, b_std=b_std, w_std=w_std)
 
 
 def _rows(x: np.ndarray, input_shape: tuple[int, ...] | None) -> torch.Tensor:
@@ -84,10 +87,13 @@ def _rows(x: np.ndarray, input_shape: tuple[int, ...] | None) -> torch.Tensor:
     return t.reshape(t.shape[0], *shape)
 
 
-def _check_params(est: Any) -> None:
+def _check_params(est: Any) -> float:
+    """Check an estimator's parameters; returns the bias scale (``b_std``, or the deprecated ``beta``)."""
+    # stacklevel 4: the warning points at the call of fit
+    b_std = renamed_keyword(est.b_std, est.beta, new="b_std", old="beta", default=_DEFAULT_B_STD, stacklevel=4)
     if est.model is None:
         check_int(est.depth, "depth", minimum=0)
-        check_float(est.beta, "beta", minimum=0.0)
+        b_std = check_float(b_std, "b_std", minimum=0.0)
         check_float(est.w_std, "w_std", minimum=0.0, strict=True)
         get_activation(est.activation)
     elif not isinstance(est.model, nn.Module):
@@ -105,7 +111,10 @@ def _check_params(est: Any) -> None:
         check_int(est.n_centres, "n_centres", minimum=1)
     if est.n_features is not None:
         check_int(est.n_features, "n_features", minimum=1)
+    if est.memory_budget is not None:
+        parse_memory_budget(est.memory_budget, "memory_budget")
     get_activation(est.activation)
+    return b_std
 
 
 class _KernelRidge:
@@ -121,7 +130,7 @@ class _KernelRidge:
     input_shape: tuple[int, ...] | None
     depth: int
     activation: str | Activation
-    beta: float
+    b_std: float
     w_std: float
     which: str
     diag_reg: float
@@ -130,9 +139,12 @@ class _KernelRidge:
     n_centres: int | None
     n_features: int | None
     random_state: Any
+    memory_budget: int | str | None
+    beta: float | None
+    b_std_: float
 
     def _arch_model(self, n_inputs: int) -> nn.Module:
-        return _model(self.model, n_inputs, self.depth, self.activation, self.beta, self.w_std)
+        return _model(self.model, n_inputs, self.depth, self.activation, self.b_std_, self.w_std)
 
     def _k(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
         a = _rows(x1, self.input_shape)
@@ -149,7 +161,8 @@ class _KernelRidge:
     def _fit_targets(self, x: np.ndarray, targets: np.ndarray) -> None:
         from sklearn.utils import check_random_state
 
-        self.solver_ = resolve_solver(self.solver, x.shape[0])
+        budget = DEFAULT_MEMORY_BUDGET if self.memory_budget is None else self.memory_budget
+        self.solver_ = resolve_solver(self.solver, x.shape[0], memory_budget=budget)
         self.y_mean_ = targets.mean(axis=0)
         rhs = torch.from_numpy(np.ascontiguousarray(targets - self.y_mean_, dtype=np.float64))
         self.X_fit_ = x
@@ -206,8 +219,8 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         Without ``model``: hidden layers of the fully connected network (``>= 0``).
     activation : str or Activation
         Any name of :func:`ntkit.get_activation`.
-    beta, w_std : float
-        Bias and weight scales (NTK parameterization, as :func:`ntkit.fc_kernel`).
+    b_std, w_std : float
+        Bias and weight scales (NTK parameterization, as :class:`ntkit.FCNetwork`).
     which : {"ntk", "nngp"}
     diag_reg : float
         Ridge relative to the mean of the kernel's diagonal (``>= 0``; ``> 0`` for ``"cg"`` and
@@ -218,8 +231,8 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         gradients without storing the kernel. ``"nystrom"``: Nystrom kernel ridge regression with
         ``n_centres`` random training points as centres (Falkon; an approximation, exact for
         ``n_centres = n_samples``). ``"auto"``: ``"cholesky"`` up to 23,170 samples (the N x N
-        float64 kernel within 4 GiB), ``"cg"`` up to 50,000, ``"nystrom"`` beyond
-        (:func:`ntkit.solve.resolve_solver`).
+        float64 kernel within ``memory_budget``, 4 GiB by default), ``"cg"`` up to 50,000, ``"nystrom"``
+        beyond (:func:`ntkit.solve.resolve_solver`).
     tol : float
         Relative residual at which ``"cg"`` / ``"nystrom"`` stop.
     n_centres : int, optional
@@ -230,11 +243,19 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         Random features for ``solver="features"``: ridge regression on ``n_features`` random features
         of the kernel (:mod:`ntkit.random_features`; ``O(N m^2)``, an approximation whose error falls
         like ``1 / sqrt(m)``; default ``min(n_samples, 4096)``).
+    memory_budget : int or str, optional
+        Budget of ``solver="auto"`` for the dense N x N float64 kernel, in bytes or as a string such
+        as ``"512M"`` / ``"2GiB"`` (default 4 GiB).
+    beta : float, optional
+        Deprecated alias of ``b_std``: when not None, ``fit`` warns (``DeprecationWarning``) and uses
+        it instead of ``b_std``.
 
     Attributes
     ----------
     solver_ : str
         The solver that ran (``"auto"`` resolved).
+    b_std_ : float
+        The bias scale that was used (``b_std``, or the deprecated ``beta``).
     dual_coef_ : ndarray of shape (n_basis,) or (n_basis, n_targets)
         ``f(x) = k(x, centres_) dual_coef_ + y_mean_`` (``solver="features"``: the weights of the
         ``n_basis = n_features`` random features, ``f(x) = phi(x) dual_coef_ + y_mean_``).
@@ -264,7 +285,7 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         input_shape: tuple[int, ...] | None = None,
         depth: int = 1,
         activation: str | Activation = "relu",
-        beta: float = 0.1,
+        b_std: float = _DEFAULT_B_STD,
         w_std: float = 1.0,
         which: str = "ntk",
         diag_reg: float = 1e-6,
@@ -273,12 +294,14 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         n_centres: int | None = None,
         random_state: Any = None,
         n_features: int | None = None,
+        memory_budget: int | str | None = None,
+        beta: float | None = None,
     ) -> None:
         self.model = model
         self.input_shape = input_shape
         self.depth = depth
         self.activation = activation
-        self.beta = beta
+        self.b_std = b_std
         self.w_std = w_std
         self.which = which
         self.diag_reg = diag_reg
@@ -287,6 +310,8 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         self.n_centres = n_centres
         self.random_state = random_state
         self.n_features = n_features
+        self.memory_budget = memory_budget
+        self.beta = beta
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -302,7 +327,7 @@ class NTKRegressor(_KernelRidge, RegressorMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
         """
-        _check_params(self)
+        self.b_std_ = _check_params(self)
         x, y_arr = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
         self._fit_targets(x, np.asarray(y_arr, dtype=np.float64))
         return self
@@ -324,10 +349,12 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    model, input_shape, depth, activation, beta, w_std, which, diag_reg, solver, tol, n_centres
+    model, input_shape, depth, activation, b_std, w_std, which, diag_reg, solver, tol, n_centres
         As in :class:`NTKRegressor`.
-    random_state, n_features
+    random_state, n_features, memory_budget
         As in :class:`NTKRegressor` (``diag_reg`` and the solver options are used by ``"regression"``).
+    beta : float, optional
+        Deprecated alias of ``b_std`` (as in :class:`NTKRegressor`).
     method : {"regression", "svc"}
     C : float
         SVM penalty (``"svc"`` only).
@@ -341,6 +368,8 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         One-hot regression coefficients (``"regression"`` only).
     solver_, centres_ : str, ndarray of shape (n_basis, n_features)
         As in :class:`NTKRegressor` (``"regression"`` only).
+    b_std_ : float
+        The bias scale that was used.
 
     Examples
     --------
@@ -360,7 +389,7 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         input_shape: tuple[int, ...] | None = None,
         depth: int = 1,
         activation: str | Activation = "relu",
-        beta: float = 0.1,
+        b_std: float = _DEFAULT_B_STD,
         w_std: float = 1.0,
         which: str = "ntk",
         method: str = "regression",
@@ -371,12 +400,14 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         n_centres: int | None = None,
         random_state: Any = None,
         n_features: int | None = None,
+        memory_budget: int | str | None = None,
+        beta: float | None = None,
     ) -> None:
         self.model = model
         self.input_shape = input_shape
         self.depth = depth
         self.activation = activation
-        self.beta = beta
+        self.b_std = b_std
         self.w_std = w_std
         self.which = which
         self.method = method
@@ -387,12 +418,14 @@ class NTKClassifier(_KernelRidge, ClassifierMixin, BaseEstimator):
         self.n_centres = n_centres
         self.random_state = random_state
         self.n_features = n_features
+        self.memory_budget = memory_budget
+        self.beta = beta
 
     def fit(self, X: Any, y: Any) -> NTKClassifier:
         """Fit on ``X`` of shape (n_samples, n_features) and labels ``y`` of shape (n_samples,)."""
         from sklearn.utils.multiclass import check_classification_targets
 
-        _check_params(self)
+        self.b_std_ = _check_params(self)
         check_choice(self.method, "method", ("regression", "svc"))
         check_float(self.C, "C", minimum=0.0, strict=True)
         x, y_arr = validate_data(self, X, y, dtype=np.float64)
@@ -433,8 +466,8 @@ class NTKKernel(_SKKernel):
     """The infinite-width NTK (or NNGP) of a network as a scikit-learn GP kernel.
 
     ``k(x, x') = ntkit.infinite_kernel(model, x, x', which=which)``; by default the fully connected
-    shortcut ``fc_kernel(x, x', depth, activation, beta, w_std)``, whose ``beta`` and ``w_std`` are
-    continuous hyperparameters (``theta = log([beta, w_std])``, the gradient by central finite
+    shortcut (a fully connected network of ``depth``, ``activation``, ``b_std``, ``w_std``), whose ``b_std``
+    and ``w_std`` are continuous hyperparameters (``theta = log([b_std, w_std])``, the gradient by central finite
     differences in log space, step ``1e-5``: relative error ~1e-10); ``depth`` and ``activation`` are
     fixed hyperparameters (choose them with ``GridSearchCV`` over ``kernel__depth``). With a
     ``model`` every hyperparameter lives in the model (``theta`` is empty). Combine with
@@ -444,15 +477,19 @@ class NTKKernel(_SKKernel):
     ----------
     depth : int
     activation : str
-    beta : float
-        ``> 0`` unless ``beta_bounds="fixed"`` (log space).
+    b_std : float
+        The bias scale, ``> 0`` unless ``b_std_bounds="fixed"`` (log space).
     w_std : float
+        The weight scale.
     which : {"ntk", "nngp"}
-    beta_bounds, w_std_bounds : pair of float or "fixed"
+    b_std_bounds, w_std_bounds : pair of float or "fixed"
     model : torch.nn.Module, optional
-        Any model :func:`ntkit.infinite_kernel` understands (then ``beta``, ``w_std`` are unused).
+        Any model :func:`ntkit.infinite_kernel` understands (then ``b_std``, ``w_std`` are unused).
     input_shape : tuple of int, optional
         Shape of one example for ``model`` (rows are reshaped to it).
+    beta, beta_bounds : optional
+        Deprecated aliases of ``b_std`` and ``b_std_bounds`` (a ``DeprecationWarning``; the value moves
+        to the new name, at construction and in :meth:`set_params`, and the old one reads ``None``).
 
     Examples
     --------
@@ -460,7 +497,7 @@ class NTKKernel(_SKKernel):
     >>> from sklearn.gaussian_process import GaussianProcessRegressor
     >>> from ntkit.sklearn import NTKKernel
     >>> x = np.random.default_rng(0).standard_normal((30, 2))
-    >>> kernel = NTKKernel(depth=2, beta=0.1)
+    >>> kernel = NTKKernel(depth=2, b_std=0.1)
     >>> kernel(x[:3]).shape, kernel.diag(x[:3]).shape
     ((3, 3), (3,))
     >>> gp = GaussianProcessRegressor(kernel, alpha=1e-2, optimizer=None).fit(x, np.cos(x[:, 0]))
@@ -474,23 +511,39 @@ class NTKKernel(_SKKernel):
         self,
         depth: int = 1,
         activation: str = "relu",
-        beta: float = 0.1,
+        b_std: float = _DEFAULT_B_STD,
         w_std: float = 1.0,
         which: str = "ntk",
-        beta_bounds: tuple[float, float] | str = (1e-5, 1e5),
+        b_std_bounds: tuple[float, float] | str = _B_STD_BOUNDS,
         w_std_bounds: tuple[float, float] | str = (1e-3, 1e3),
         model: nn.Module | None = None,
         input_shape: tuple[int, ...] | None = None,
+        beta: float | None = None,
+        beta_bounds: tuple[float, float] | str | None = None,
     ) -> None:
         self.depth = depth
         self.activation = activation
-        self.beta = beta
+        self.b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=_DEFAULT_B_STD)
         self.w_std = w_std
         self.which = which
-        self.beta_bounds = beta_bounds
+        self.b_std_bounds = renamed_keyword(b_std_bounds, beta_bounds, new="b_std_bounds", old="beta_bounds",
+                                            default=_B_STD_BOUNDS)
         self.w_std_bounds = w_std_bounds
         self.model = model
         self.input_shape = input_shape
+        self.beta = None  # the deprecated spellings: their values live under the new names
+        self.beta_bounds = None
+
+    def set_params(self, **params: Any) -> NTKKernel:
+        """Set parameters (scikit-learn's); ``beta`` / ``beta_bounds`` are deprecated aliases of ``b_std`` /
+        ``b_std_bounds``."""
+        for old, new in (("beta", "b_std"), ("beta_bounds", "b_std_bounds")):
+            value = params.pop(old, None)
+            if value is not None:
+                current = getattr(self, new)
+                params[new] = renamed_keyword(params.get(new, current), value, new=new, old=old, default=current)
+        super().set_params(**params)
+        return self
 
     @property
     def hyperparameter_depth(self) -> Hyperparameter:
@@ -501,8 +554,8 @@ class NTKKernel(_SKKernel):
         return Hyperparameter("activation", "categorical", "fixed")
 
     @property
-    def hyperparameter_beta(self) -> Hyperparameter:
-        return Hyperparameter("beta", "numeric", "fixed" if self.model is not None else self.beta_bounds)
+    def hyperparameter_b_std(self) -> Hyperparameter:
+        return Hyperparameter("b_std", "numeric", "fixed" if self.model is not None else self.b_std_bounds)
 
     @property
     def hyperparameter_w_std(self) -> Hyperparameter:
@@ -512,13 +565,13 @@ class NTKKernel(_SKKernel):
     depth_bounds = "fixed"
     activation_bounds = "fixed"
 
-    def _model(self, n_features: int, beta: float, w_std: float) -> nn.Module:
+    def _model(self, n_features: int, b_std: float, w_std: float) -> nn.Module:
         check_choice(self.which, "which", WHICH)
         depth = check_int(self.depth, "depth", minimum=0) if self.model is None else 0
-        return _model(self.model, n_features, depth, self.activation, beta, w_std)
+        return _model(self.model, n_features, depth, self.activation, b_std, w_std)
 
-    def _matrix(self, x1: np.ndarray, x2: np.ndarray | None, beta: float, w_std: float) -> np.ndarray:
-        model = self._model(x1.shape[1], beta, w_std)
+    def _matrix(self, x1: np.ndarray, x2: np.ndarray | None, b_std: float, w_std: float) -> np.ndarray:
+        model = self._model(x1.shape[1], b_std, w_std)
         out = infinite_kernel(model, _rows(x1, self.input_shape), None if x2 is None else _rows(x2, self.input_shape),
                               which=self.which)
         return np.asarray(out)
@@ -529,15 +582,15 @@ class NTKKernel(_SKKernel):
         if Y is not None and eval_gradient:
             raise ValueError("Y: expected None when eval_gradient=True, got an array")
         y = None if Y is None else np.atleast_2d(np.asarray(Y, dtype=np.float64))
-        k = self._matrix(x, y, self.beta, self.w_std)
+        k = self._matrix(x, y, self.b_std, self.w_std)
         if not eval_gradient:
             return k
         grads = []
         h = self._FD_STEP
-        for name in ("beta", "w_std"):
+        for name in ("b_std", "w_std"):
             if getattr(self, f"hyperparameter_{name}").fixed:
                 continue
-            params = {"beta": self.beta, "w_std": self.w_std}
+            params = {"b_std": self.b_std, "w_std": self.w_std}
             up, down = dict(params), dict(params)
             up[name] = params[name] * np.exp(h)
             down[name] = params[name] * np.exp(-h)
@@ -548,7 +601,7 @@ class NTKKernel(_SKKernel):
     def diag(self, X: Any) -> np.ndarray:
         """``k(x, x)`` for each row, shape (n_X,), without forming the matrix."""
         x = np.atleast_2d(np.asarray(X, dtype=np.float64))
-        model = self._model(x.shape[1], self.beta, self.w_std)
+        model = self._model(x.shape[1], self.b_std, self.w_std)
         tiles = ModelTiles(model, which=self.which)
         return tiles.diag(_rows(x, self.input_shape)).numpy()
 
@@ -564,6 +617,6 @@ class NTKKernel(_SKKernel):
         if self.model is not None:
             return f"NTKKernel(model={type(self.model).__name__}, which={self.which!r})"
         return (
-            f"NTKKernel(depth={self.depth}, activation={self.activation!r}, beta={self.beta:.3g}, "
+            f"NTKKernel(depth={self.depth}, activation={self.activation!r}, b_std={self.b_std:.3g}, "
             f"w_std={self.w_std:.3g}, which={self.which!r})"
         )

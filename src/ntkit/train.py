@@ -349,7 +349,7 @@ def train_gd(
     Examples
     --------
     >>> import torch, ntkit
-    >>> net = ntkit.FCNetwork(2, [64, 64], 1, beta=0.1, seed=0)
+    >>> net = ntkit.FCNetwork(2, [64, 64], 1, b_std=0.1, seed=0)
     >>> x = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     >>> hist = ntkit.train.train_gd(net, x, x[:, :1] * x[:, 1:], learning_rate=1.0, steps=50)
     >>> hist.loss[-1] < 0.1 * hist.loss[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from ntkit._progress import Progress
-from ntkit._validation import check_choice, check_dtype, check_int, check_pair
+from ntkit._validation import check_choice, check_dtype, check_int, check_pair, renamed_keyword
 from ntkit.activations import get_activation
 from ntkit.compute.distributed import get_client, run_on_dask
 from ntkit.compute.sizing import size_tiles
@@ -56,7 +57,7 @@ class KernelResult:
     --------
     >>> import torch
     >>> from ntkit.compute import compute_kernel
-    >>> res = compute_kernel(torch.eye(3, dtype=torch.float64), depth=1, which="nngp")
+    >>> res = compute_kernel(None, torch.eye(3, dtype=torch.float64), depth=1, which="nngp")
     >>> res.nngp.shape, res.ntk, res.path, res.tiles_computed == res.tiles_total
     (torch.Size([3, 3]), None, None, True)
     """
@@ -156,25 +157,30 @@ def write_tile(output: Output, plan: TilePlan, which: tuple[str, ...], i: int, j
 
 
 def compute_kernel(
-    x1: Any,
+    model: Any = None,
+    x1: Any = None,
     x2: Any | None = None,
+    /,
     *,
-    model: nn.Module | None = None,
     depth: int | None = None,
     activation: Any = "relu",
-    beta: float = 0.0,
+    b_std: float = 0.0,
     w_std: float = 1.0,
     which: str = "both",
-    diag: bool = False,
+    pairs: str = "all",
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     out: str | os.PathLike[str] | None = None,
-    budget: int | str = DEFAULT_BUDGET,
+    memory_budget: int | str = DEFAULT_BUDGET,
     tile: int | None = None,
     scheduler: Any = None,
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    beta: float | None = None,
+    budget: int | str | None = None,
+    diag: bool | None = None,
+    **legacy: Any,
 ) -> KernelResult:
     """Infinite-width NNGP / NTK of a model, tiled, on disk or on Dask (:func:`ntkit.infinite_kernel` at scale).
 
@@ -189,23 +195,26 @@ def compute_kernel(
 
     Parameters
     ----------
+    model : torch.nn.Module
+        The architecture (see :func:`ntkit.infinite_kernel`); may live on the ``meta`` device.
+        (Deprecated: the data-first form ``compute_kernel(x1, x2, model=...)`` or
+        ``compute_kernel(x1, depth=...)`` still works, with a ``DeprecationWarning``.)
     x1 : array-like of shape (N1, *input_shape)
         Vectors ``(N1, d)`` or images ``(N1, C, H, W)`` / ``(N1, C, L)``.
     x2 : array-like of shape (N2, *input_shape), optional
         Defaults to ``x1`` (then only the upper half of the tiles is evaluated and mirrored).
-    model : torch.nn.Module, optional
-        The architecture (see :func:`ntkit.infinite_kernel`); may live on the ``meta`` device.
-    depth, activation, beta, w_std
-        Instead of ``model``: the fully connected network of :func:`ntkit.nn.fc` (``beta`` its ``b_std``).
+    depth, activation, b_std, w_std
+        Instead of ``model`` (pass ``None`` first): the fully connected network of :func:`ntkit.nn.fc`.
     which : {"both", "nngp", "ntk"}
-    diag : bool
-        Only the diagonal ``K(x_i, x_i)`` (shape (N1,)); needs ``x2`` None.
+    pairs : {"all", "diagonal"}
+        ``"diagonal"``: only ``K(x_i, x_i)`` (shape (N1,)); needs ``x2`` None (as ``pairs`` of
+        :func:`ntkit.empirical_ntk`).
     dtype : torch.dtype
         float64 (reference) or float32.
     out : path ending in .npy or .zarr, optional
-        None keeps the result in memory (peak memory: the result plus ``budget``).
-    budget : int or str
-        Working memory per tile in bytes (``"512M"`` accepted); at least one tile row. A pair of
+        None keeps the result in memory (peak memory: the result plus ``memory_budget``).
+    memory_budget : int or str
+        Working memory per tile in bytes (``"512M"``, ``"2GiB"`` accepted); at least one tile row. A pair of
         images costs ``8 x pixels^2`` entries on a pooled convolutional network (``8 x pixels`` with a
         flattening read-out): tiles shrink so that it fits, and a budget below one pair is an error.
     tile : int, optional
@@ -221,6 +230,8 @@ def compute_kernel(
         Tiles evaluated at once on CPU (default ``torch.get_num_threads()``), each by
         single-threaded operations: unlike multi-threaded elementwise operations this keeps its
         speed on a loaded machine. Results do not depend on it.
+    beta, budget, diag
+        Deprecated spellings of ``b_std``, ``memory_budget`` and ``pairs="diagonal"``.
 
     Returns
     -------
@@ -241,29 +252,76 @@ def compute_kernel(
     >>> import torch, ntkit
     >>> from ntkit.compute import compute_kernel
     >>> x = torch.randn(300, 10, dtype=torch.float64)
-    >>> res = compute_kernel(x, model=ntkit.nn.fc(10, depth=3, device="meta"), tile=128)
+    >>> res = compute_kernel(ntkit.nn.fc(10, depth=3, device="meta"), x, tile=128)
     >>> res.ntk.shape, res.tiles_total
     (torch.Size([300, 300]), 6)
     """
     start = time.perf_counter()
+    model, x1, x2 = _model_first(model, x1, x2, legacy, shortcut=depth is not None)
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
+    memory_budget = renamed_keyword(memory_budget, budget, new="memory_budget", old="budget", default=DEFAULT_BUDGET)
+    if diag is not None:
+        if not isinstance(diag, bool):
+            raise TypeError(f"diag: expected a bool, got {type(diag).__name__}")
+        pairs = renamed_keyword(pairs, "diagonal" if diag else "all", new="pairs", old="diag", default="all")
+    check_choice(pairs, "pairs", ("all", "diagonal"))
+    diagonal = pairs == "diagonal"
     check_choice(which, "which", tuple(_WHICH))
     wanted = _WHICH[which]
     check_dtype(dtype)
-    if not isinstance(diag, bool):
-        raise TypeError(f"diag: expected a bool, got {type(diag).__name__}")
     t1, t2 = check_pair(x1, x2, dtype=dtype, device=device, ndim=None)
-    if diag and t2 is not None:
-        raise ValueError("diag: expected x2 = None (the diagonal of K(x1, x1)), got an x2")
+    if diagonal and t2 is not None:
+        raise ValueError("pairs: expected x2 = None with 'diagonal' (the diagonal of K(x1, x1)), got an x2")
     t2 = distinct_x2(t1, t2)
-    arch = architecture(model, tuple(t1.shape[1:]), depth=depth, activation=activation, beta=beta, w_std=w_std)
+    arch = architecture(model, tuple(t1.shape[1:]), depth=depth, activation=activation, b_std=b_std, w_std=w_std)
     check_ntk(arch, wanted)
     tiles = KernelTiles(arch)
     described = arch.describe() if model is not None else {
-        "depth": depth, "activation": repr(get_activation(activation)), "beta": beta, "w_std": w_std,
+        "depth": depth, "activation": repr(get_activation(activation)), "beta": b_std, "w_std": w_std,
     }  # the shortcut keeps the parameters of the fully connected network (and its older ledgers)
-    return evaluate_tiles(tiles, tiles.prepare_pair(t1, t2), wanted, diag=diag, out=out, budget=budget,
+    return evaluate_tiles(tiles, tiles.prepare_pair(t1, t2), wanted, diag=diagonal, out=out, budget=memory_budget,
                           tile=tile, scheduler=scheduler, overwrite=overwrite, progress=progress, threads=threads,
                           described=described, start=start)
+
+
+def _model_first(model: Any, x1: Any, x2: Any, legacy: dict[str, Any], *, shortcut: bool) -> tuple[Any, Any, Any]:
+    """``(model, x1, x2)`` of a call in the model-first form, or of the deprecated data-first one.
+
+    Model first: ``compute_kernel(model, x1, x2)`` (``model`` None with the ``depth=`` shortcut).
+    Data first (one release, with a ``DeprecationWarning``): ``compute_kernel(x1, x2, model=...)`` or
+    ``compute_kernel(x1, depth=...)``; ``x1=`` / ``x2=`` / ``model=`` given by keyword are read too.
+    """
+    unknown = sorted(set(legacy) - {"model", "x1", "x2"})
+    if unknown:
+        raise TypeError(f"compute_kernel() got an unexpected keyword argument {unknown[0]!r}")
+    data_first = model is not None and not isinstance(model, nn.Module)
+    if data_first or "model" in legacy or (model is None and x1 is None and "x1" not in legacy):
+        if data_first:
+            if x2 is not None:
+                raise TypeError("compute_kernel: expected (model, x1, x2) or the deprecated (x1, x2, model=...), "
+                                "got three positional arguments and no model first")
+            model, x1, x2 = legacy.pop("model", None), model, x1
+        else:
+            model = legacy.pop("model", model)
+        warnings.warn(
+            "compute_kernel(x1, x2, model=...) is deprecated; use compute_kernel(model, x1, x2) (model first; "
+            "None first with depth=... for the fully connected shortcut)", DeprecationWarning, stacklevel=3)
+    for name, value in (("x1", x1), ("x2", x2)):
+        if name in legacy:
+            if value is not None:
+                raise TypeError(f"compute_kernel() got multiple values for argument {name!r}")
+            if name == "x1":
+                x1 = legacy.pop(name)
+            else:
+                x2 = legacy.pop(name)
+    if x1 is None:
+        raise TypeError("compute_kernel: expected the inputs x1 after the model, got none")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {type(model).__name__}")
+    if model is None and not shortcut:
+        raise ValueError("model: expected a model (e.g. built from ntkit.nn) or the fully connected shortcut "
+                         "depth=..., got neither")
+    return model, x1, x2
 
 
 def distinct_x2(t1: Tensor, t2: Tensor | None) -> Tensor | None:
@@ -389,9 +447,9 @@ __all__ = [
 
 def architecture(
     model: nn.Module | None, input_shape: tuple[int, ...], *, depth: int | None = None, activation: Any = "relu",
-    beta: float = 0.0, w_std: float = 1.0,
+    b_std: float = 0.0, w_std: float = 1.0,
 ) -> Architecture:
-    """The :class:`Architecture` of ``model``, or of the fully connected shortcut ``depth, activation, beta, w_std``.
+    """The :class:`Architecture` of ``model``, or of the fully connected shortcut ``depth, activation, b_std, w_std``.
 
     Parameters
     ----------
@@ -401,9 +459,9 @@ def architecture(
     input_shape : tuple of int
         Shape of one input example: ``(d,)`` for vectors (the only shape of the shortcut), ``(C, *S)``
         for images.
-    depth, activation, beta, w_std
+    depth, activation, b_std, w_std
         Instead of ``model``: the fully connected network of :func:`ntkit.nn.fc` with ``depth`` hidden
-        layers (``beta`` its ``b_std``).
+        layers.
 
     Returns
     -------
@@ -413,11 +471,11 @@ def architecture(
     ------
     ValueError
         Both or neither of ``model`` and ``depth`` given; the shortcut with inputs that are not
-        vectors; ``depth < 0``, ``beta < 0``, ``w_std <= 0`` or an unknown activation name; a model
+        vectors; ``depth < 0``, ``b_std < 0``, ``w_std <= 0`` or an unknown activation name; a model
         without a kernel transform or that does not fit ``input_shape`` (an
         :class:`~ntkit.infinite.ArchitectureError`).
     TypeError
-        ``model`` is not a ``torch.nn.Module``; a ``depth``, ``beta``, ``w_std`` or
+        ``model`` is not a ``torch.nn.Module``; a ``depth``, ``b_std``, ``w_std`` or
         ``activation`` of the wrong type.
 
     Examples
@@ -431,7 +489,7 @@ def architecture(
     256
     """
     if model is not None and depth is not None:
-        raise ValueError("model and depth: expected one of them (depth, activation, beta and w_std describe the "
+        raise ValueError("model and depth: expected one of them (depth, activation, b_std and w_std describe the "
                          "fully connected model of ntkit.nn.fc), got both")
     if model is None:
         if depth is None:
@@ -440,5 +498,5 @@ def architecture(
         if len(input_shape) != 1:
             raise ValueError(f"x1: expected vectors (N, d) for the fully connected shortcut (depth=...), got inputs "
                              f"of shape (N, {', '.join(map(str, input_shape))}); pass model= for images")
-        model = fc_model(input_shape[0], depth=depth, activation=activation, beta=beta, w_std=w_std)
+        model = fc_model(input_shape[0], depth=depth, activation=activation, b_std=b_std, w_std=w_std)
     return describe_model(model, input_shape)

@@ -4,7 +4,7 @@ The command takes what :func:`ntkit.compute.compute_kernel` takes: inputs of any
 ``(N, *input_shape)`` -- vectors ``(N, d)`` in ``.npy`` / ``.csv``, images ``(N, C, H, W)`` or signals
 ``(N, C, L)`` in ``.npy`` / ``.zarr`` (:func:`load_inputs`) -- and a model, given as architecture text
 (``--arch``), as a Python file defining it (``--model``; :func:`kernel_model`) or, with neither, as the
-fully connected network of ``--depth`` / ``--activation`` / ``--beta`` / ``--w-std`` (vectors only).
+fully connected network of ``--depth`` / ``--activation`` / ``--b-std`` / ``--w-std`` (vectors only).
 Resumable (run the same command again after an interruption), with progress and an ETA; with
 ``--scheduler ADDRESS`` the tiles run on a Dask cluster.
 """
@@ -177,14 +177,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "build(width, in_shape, out_features); instead of --arch")
     parser.add_argument("--depth", type=int, default=3, help="hidden layers (default 3)")
     parser.add_argument("--activation", default="relu", help="activation name (default relu)")
-    parser.add_argument("--beta", type=float, default=0.0, help="bias scale (default 0)")
+    parser.add_argument("--b-std", "--beta", dest="b_std", type=float, default=0.0,
+                        help="bias scale (default 0; --beta is its former name)")
     parser.add_argument("--w-std", type=float, default=1.0, help="weight scale (default 1)")
     parser.add_argument("--which", default="both", choices=["both", "nngp", "ntk"],
                         help="kernels to write; both: a (2, N1, N2) array ordered nngp, ntk")
-    parser.add_argument("--diag", action="store_true", help="only the diagonal K(x_i, x_i)")
+    parser.add_argument("--pairs", default="all", choices=["all", "diagonal"],
+                        help="all pairs (default) or only the diagonal K(x_i, x_i)")
+    parser.add_argument("--diag", action="store_true", help="the same as --pairs diagonal")
     parser.add_argument("--float32", action="store_true", help="float32 (default float64)")
     parser.add_argument("--out", required=True, help="output FILE ending in .npy or .zarr")
-    parser.add_argument("--budget", default=str(DEFAULT_BUDGET), help="working memory, e.g. 512M (default 256M)")
+    parser.add_argument("--memory-budget", "--budget", dest="memory_budget", default=str(DEFAULT_BUDGET),
+                        help="working memory, e.g. 512M or 2GiB (default 256M; --budget is its former name)")
     parser.add_argument("--tile", type=int, help="tile edge (a multiple of 128)")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
@@ -198,20 +202,21 @@ def main(args: argparse.Namespace) -> int:
     shown = f"inputs of shape {x1.shape} from {args.data}"
     try:
         model = kernel_model(tuple(x1.shape[1:]), arch=args.arch, model=args.model, w_std=args.w_std,
-                             b_std=args.beta)
+                             b_std=args.b_std)
     except ValueError as err:  # both or neither option, text that cannot be read or does not fit the inputs
         if args.arch is not None and args.model is not None:
             raise
         raise ValueError(f"{shown if args.arch or args.model else args.data}: {err}") from None
-    budget: int | str = int(args.budget) if str(args.budget).isdigit() else args.budget
-    network: dict[str, Any] = {"model": model} if model is not None else {
-        "depth": args.depth, "activation": args.activation, "beta": args.beta, "w_std": args.w_std,
+    budget: int | str = int(args.memory_budget) if str(args.memory_budget).isdigit() else args.memory_budget
+    network: dict[str, Any] = {} if model is not None else {
+        "depth": args.depth, "activation": args.activation, "b_std": args.b_std, "w_std": args.w_std,
     }
     try:
         res = compute_kernel(
-            x1, x2, **network,
-            which=args.which, diag=args.diag, dtype=torch.float32 if args.float32 else torch.float64,
-            out=args.out, budget=budget, tile=args.tile, scheduler=args.scheduler, overwrite=args.overwrite,
+            model, x1, x2, **network,
+            which=args.which, pairs="diagonal" if args.diag else args.pairs,
+            dtype=torch.float32 if args.float32 else torch.float64,
+            out=args.out, memory_budget=budget, tile=args.tile, scheduler=args.scheduler, overwrite=args.overwrite,
             progress=not args.quiet,
         )
     except ArchitectureError as err:  # the model does not fit the inputs, or has no infinite-width kernel

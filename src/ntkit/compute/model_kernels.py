@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkit._validation import check_choice, check_dtype, check_pair
+from ntkit._validation import check_choice, check_dtype, check_pair, renamed_keyword
 from ntkit.compute.api import _WHICH, architecture, check_ntk, distinct_x2, evaluate_tiles
 from ntkit.compute.tiling import DEFAULT_BUDGET
 from ntkit.infinite.fused import row_ids
@@ -34,8 +34,9 @@ def infinite_kernel(
     which: str = "both",
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
-    budget: int | str = DEFAULT_BUDGET,
+    memory_budget: int | str = DEFAULT_BUDGET,
     progress: bool = False,
+    budget: int | str | None = None,
 ) -> Any:
     """The exact infinite-width NNGP and NTK of the architecture ``model`` describes.
 
@@ -71,10 +72,12 @@ def infinite_kernel(
         float64 (the reference) or float32.
     device : torch.device or str, optional
         Where to compute (the inputs' device by default).
-    budget : int or str
+    memory_budget : int or str
         Working memory of the tiles (``"1G"``); see :func:`ntkit.compute.compute_kernel`.
     progress : bool
         Progress with ETA on stderr.
+    budget : int or str, optional
+        Deprecated spelling of ``memory_budget``.
 
     Returns
     -------
@@ -98,6 +101,7 @@ def infinite_kernel(
     >>> round(float(k.ntk[0, 1]), 6)  # Sigma(2) + Sigma(1) SigmaDot(2) = 1 / (6 pi) + 0
     0.053052
     """
+    budget = renamed_keyword(memory_budget, budget, new="memory_budget", old="budget", default=DEFAULT_BUDGET)
     check_choice(which, "which", WHICH)
     check_dtype(dtype)
     t1, t2 = check_pair(x1, x2, dtype=dtype, device=device, ndim=None)
@@ -128,17 +132,18 @@ def fc_kernel(
     *,
     depth: int,
     activation: Any = "relu",
-    beta: float = 0.0,
+    b_std: float = 0.0,
     w_std: float = 1.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    beta: float | None = None,
 ) -> Kernel:
     """Infinite-width NNGP and NTK of a fully connected network: :func:`infinite_kernel` of :func:`ntkit.nn.fc`.
 
     ``depth`` hidden layers, each an affine map followed by ``activation``, and an affine read-out
-    (NTK parameterization, every weight and bias scale ``w_std`` and ``beta``)::
+    (NTK parameterization, every weight and bias scale ``w_std`` and ``b_std``)::
 
-        Sigma(1) = w_std^2 x.x'/n0 + beta^2,    Sigma(l+1) = w_std^2 E[sigma(u) sigma(v)] + beta^2
+        Sigma(1) = w_std^2 x.x'/n0 + b_std^2,   Sigma(l+1) = w_std^2 E[sigma(u) sigma(v)] + b_std^2
         Theta(1) = Sigma(1),                     Theta(l+1) = Theta(l) w_std^2 E[sigma'(u) sigma'(v)] + Sigma(l+1)
 
     Parameters
@@ -152,12 +157,16 @@ def fc_kernel(
         Closed forms where available (``ntkit.activations.available_activations()``); any other
         callable by the general path (Mehler / Hermite expansion certified below 1e-13 per layer,
         quadrature for kinked ones); derivatives by autograd.
-    beta : float
-        Bias scale (``>= 0``).
+    b_std : float
+        Bias scale (``>= 0``; ``beta`` in Jacot et al. 2018).
     w_std : float
         Weight scale (``> 0``).
     dtype : torch.dtype
         float64 (the reference) or float32.
+    device : torch.device or str, optional
+        Where to compute (the inputs' device by default).
+    beta : float, optional
+        Deprecated spelling of ``b_std``.
 
     Returns
     -------
@@ -168,10 +177,10 @@ def fc_kernel(
     ------
     ValueError
         Inputs that are not 2-D, empty or not finite, or ``x1`` and ``x2`` of different widths;
-        ``depth < 0``, ``beta < 0``, ``w_std <= 0``; an unknown activation name; norms that overflow
+        ``depth < 0``, ``b_std < 0``, ``w_std <= 0``; an unknown activation name; norms that overflow
         a network that is not positively homogeneous (see :func:`infinite_kernel`).
     TypeError
-        Non-numeric inputs; a ``dtype`` that is not floating; a ``depth``, ``beta``, ``w_std`` or
+        Non-numeric inputs; a ``dtype`` that is not floating; a ``depth``, ``b_std``, ``w_std`` or
         ``activation`` of the wrong type.
 
     Examples
@@ -182,9 +191,10 @@ def fc_kernel(
     >>> round(float(k.ntk[0, 1]), 6)  # Sigma(2) + Sigma(1) * SigmaDot(2) = 1/(4 pi) + 0 * 1/4
     0.079577
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
     check_dtype(dtype)
     t1, t2 = check_pair(x1, x2, dtype=dtype, device=device)
-    model = fc_model(t1.shape[1], depth=depth, activation=activation, beta=beta, w_std=w_std)
+    model = fc_model(t1.shape[1], depth=depth, activation=activation, b_std=b_std, w_std=w_std)
     kernel = infinite_kernel(model, t1, t2, dtype=dtype)
     assert isinstance(kernel, Kernel)
     return kernel
@@ -195,15 +205,16 @@ def kernel_tile_fn(
     *,
     depth: int | None = None,
     activation: Any = "relu",
-    beta: float = 0.0,
+    b_std: float = 0.0,
     w_std: float = 1.0,
     which: str = "ntk",
     dtype: torch.dtype | None = None,
+    beta: float | None = None,
 ) -> Callable[[Any, Any], Tensor]:
     """A function ``tile_fn(x1_tile, x2_tile) -> Tensor`` of shape (t1, t2): one block of a model's kernel.
 
     For iterative solvers that stream ``K(x_i, x_j)`` without forming the whole matrix. The model
-    (or the fully connected shortcut ``depth, activation, beta, w_std``) is read on the first call
+    (or the fully connected shortcut ``depth, activation, b_std, w_std``) is read on the first call
     (it needs the input shape); inputs follow their own device; ``dtype`` (default: the input's)
     is the computation dtype.
 
@@ -211,13 +222,15 @@ def kernel_tile_fn(
     ----------
     model : torch.nn.Module, optional
         The architecture (see :func:`infinite_kernel`); may live on the ``meta`` device.
-    depth, activation, beta, w_std
+    depth, activation, b_std, w_std
         Instead of ``model``: the fully connected network of :func:`ntkit.nn.fc` with ``depth`` hidden
-        layers (``beta`` its ``b_std``), as in :func:`ntkit.compute.compute_kernel`.
+        layers, as in :func:`ntkit.compute.compute_kernel`.
     which : {"ntk", "nngp"}
         The kernel the tiles hold.
     dtype : torch.dtype, optional
         Computation dtype (default: the inputs' floating dtype, float64 for integer inputs).
+    beta : float, optional
+        Deprecated spelling of ``b_std``.
 
     Returns
     -------
@@ -229,7 +242,7 @@ def kernel_tile_fn(
     ------
     ValueError
         Here: ``which`` not ``"ntk"`` / ``"nngp"``; neither ``model`` nor ``depth``; bad shortcut
-        values (``depth < 0``, ``beta < 0``, ``w_std <= 0``, an unknown activation). From
+        values (``depth < 0``, ``b_std < 0``, ``w_std <= 0``, an unknown activation). From
         ``tile_fn``: both ``model`` and ``depth``, a model without a kernel transform or that does
         not fit the tiles' shape, ``which="ntk"`` for a model whose NTK is undefined (an activation
         without a derivative map), tiles that are empty, not finite or of different feature shapes.
@@ -245,16 +258,17 @@ def kernel_tile_fn(
     >>> tile_fn(x[:2], x).shape
     torch.Size([2, 5])
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
     check_choice(which, "which", ("nngp", "ntk"))
     if dtype is not None:
         check_dtype(dtype)
     cache: dict[tuple[int, ...], KernelTiles] = {}
     if model is None:  # validate the shortcut now, not at the first tile
-        architecture(None, (1,), depth=depth, activation=activation, beta=beta, w_std=w_std)
+        architecture(None, (1,), depth=depth, activation=activation, b_std=b_std, w_std=w_std)
 
     def tiles_for(shape: tuple[int, ...]) -> KernelTiles:
         if shape not in cache:
-            arch = architecture(model, shape, depth=depth, activation=activation, beta=beta, w_std=w_std)
+            arch = architecture(model, shape, depth=depth, activation=activation, b_std=b_std, w_std=w_std)
             if which == "ntk" and not arch.has_ntk:
                 raise ValueError("which: the NTK of this model is undefined (an activation has no derivative map); "
                                  "use 'nngp'")

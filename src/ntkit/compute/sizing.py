@@ -82,8 +82,8 @@ def size_tiles(
         threads = max(1, min(threads, budget // 2 // max(workspace, 1)))
     if workspace > budget // 2:
         raise ValueError(
-            f"budget: expected at least {2 * workspace} bytes: one pair of these images needs a {workspace}-byte "
-            f"workspace (its pixel-pair covariances), got {budget}"
+            f"memory_budget: expected at least {2 * workspace} bytes: one pair of these images needs a "
+            f"{workspace}-byte workspace (its pixel-pair covariances), got {budget}"
         )
     budget -= workspace * threads
     try:  # one tile per thread, each with 1/threads of the budget (else fewer threads)

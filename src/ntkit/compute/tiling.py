@@ -94,7 +94,8 @@ def choose_tile(n1: int, n2: int, *, itemsize: int, budget: int, tile: int | Non
         if tile is None:
             rows = budget // per_row
             if rows < 1:
-                raise ValueError(f"budget: expected at least {per_row} bytes (one row's working memory), got {budget}")
+                raise ValueError(
+                    f"memory_budget: expected at least {per_row} bytes (one row's working memory), got {budget}")
             tile = max(align, rows // align * align) if rows >= align else rows
             return min(tile, max(align, n1))
         need = min(tile, n1) * per_row
@@ -102,7 +103,7 @@ def choose_tile(n1: int, n2: int, *, itemsize: int, budget: int, tile: int | Non
         smallest = min(n1, align) * min(n2, align) * per_entry
         if budget < smallest:
             raise ValueError(
-                f"budget: expected at least {smallest} bytes, the working memory of one tile row "
+                f"memory_budget: expected at least {smallest} bytes, the working memory of one tile row "
                 f"({min(n1, align)} x {min(n2, align)} pairs x {WORK_ARRAYS} arrays x {pair_entries} entries x "
                 f"{itemsize} bytes), got {budget}"
             )

@@ -27,11 +27,12 @@ import torch
 
 from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
-from ntkit._validation import as_tensor, check_float, check_int, describe
+from ntkit._validation import as_tensor, check_float, check_int, describe, renamed_keyword
 from ntkit.activations import get_activation
 from ntkit.compute import fc_kernel, infinite_kernel
 from ntkit.data import circle_inputs, load_array
 from ntkit.empirical import empirical_ntk
+from ntkit.experiments._options import add_b_std_argument
 from ntkit.kernel import Kernel
 from ntkit.networks import FCNetwork
 from ntkit.nn.arch_spec import ArchSpec, load_arch
@@ -157,7 +158,7 @@ def run_convergence(
     n_seeds: int = 10,
     depth: int = 3,
     activation: Any = "relu",
-    beta: float = 0.1,
+    b_std: float = 0.1,
     w_std: float = 1.0,
     out_features: int = 1,
     init: str = "gaussian",
@@ -168,6 +169,7 @@ def run_convergence(
     progress: bool = True,
     on_width: Any | None = None,
     arch: str | ArchSpec | None = None,
+    beta: float | None = None,
 ) -> ConvergenceResult:
     """Sample networks over a width sweep and measure their NTK's distance to the limit.
 
@@ -179,6 +181,11 @@ def run_convergence(
         Hidden widths to sweep (every hidden layer has the same width).
     n_seeds : int
         Networks per width (``>= 1``; ``>= 2`` for a spread).
+    depth, activation, b_std, w_std, out_features, init
+        The fully connected network (:class:`ntkit.FCNetwork`; ``b_std`` the bias scale, ``w_std`` the
+        weight scale).
+    seed, dtype, device
+        Seed of the first network, precision and device of the networks.
     curve_seeds : int
         For the narrowest and widest width, keep the row ``Theta(x0, .)`` of this many networks
         (``x0`` is the input at index ``N // 2``) for plotting.
@@ -187,11 +194,13 @@ def run_convergence(
     arch : str or ArchSpec, optional
         Any architecture instead of the fully connected one (text such as
         ``"dense residual(relu, dense, relu, dense) relu dense"`` or a ``.py`` file, see
-        :mod:`ntkit.nn.arch_spec`): ``depth``, ``activation`` and ``init`` are then unused, ``beta`` and
+        :mod:`ntkit.nn.arch_spec`): ``depth``, ``activation`` and ``init`` are then unused, ``b_std`` and
         ``w_std`` are the default scales of its weight layers. The limit is
         :func:`ntkit.infinite_kernel` of the same model.
     progress : bool
         Print progress with an ETA to stderr.
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -201,7 +210,7 @@ def run_convergence(
     Raises
     ------
     ValueError
-        An empty or non-positive width list, ``n_seeds < 1``, ``depth < 0``, ``beta < 0``, an unknown
+        An empty or non-positive width list, ``n_seeds < 1``, ``depth < 0``, ``b_std < 0``, an unknown
         activation, inputs that are not a 2-D array of finite numbers, an architecture the limit does
         not cover.
 
@@ -215,6 +224,7 @@ def run_convergence(
     >>> res.config["arch"]
     'dense layernorm relu dense'
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.1)
     if x is None:
         x_t, _ = circle_inputs(64, dtype=dtype)
     else:
@@ -226,19 +236,19 @@ def run_convergence(
     widths = [check_int(w, "widths", minimum=1) for w in widths]
     n_seeds = check_int(n_seeds, "n_seeds", minimum=1)
     depth = check_int(depth, "depth", minimum=0)
-    check_float(beta, "beta", minimum=0.0)
+    check_float(b_std, "b_std", minimum=0.0)
     act = get_activation(activation)
     spec = load_arch(arch) if isinstance(arch, str) else arch
     in_shape = tuple(int(n) for n in x_t.shape[1:])
 
     def network(width: int, gen: torch.Generator) -> torch.nn.Module:
         if spec is not None:
-            return spec.build(width, in_shape, out_features, w_std=w_std, b_std=beta, generator=gen, dtype=dtype)
-        return FCNetwork(x_t.shape[1], [width] * depth, out_features, activation=act, beta=beta, w_std=w_std,
+            return spec.build(width, in_shape, out_features, w_std=w_std, b_std=b_std, generator=gen, dtype=dtype)
+        return FCNetwork(x_t.shape[1], [width] * depth, out_features, activation=act, b_std=b_std, w_std=w_std,
                          init=init, generator=gen, dtype=dtype)
 
     if spec is None:
-        limit = fc_kernel(x_t, depth=depth, activation=act, beta=beta, w_std=w_std, dtype=dtype)
+        limit = fc_kernel(x_t, depth=depth, activation=act, b_std=b_std, w_std=w_std, dtype=dtype)
     else:  # the widths do not enter the (NTK-parameterized) limit: any width describes it
         limit = infinite_kernel(network(8, torch.Generator().manual_seed(0)), x_t, dtype=dtype)
         assert isinstance(limit, Kernel)
@@ -250,7 +260,7 @@ def run_convergence(
         "depth": depth,
         "activation": act.name,
         "arch": None if spec is None else spec.source,
-        "beta": beta,
+        "beta": b_std,  # the key of the summary files
         "w_std": w_std,
         "out_features": out_features,
         "init": init,
@@ -383,7 +393,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "build(width, in_shape, out_features) (see ntkit.nn.arch_spec)")
     parser.add_argument("--depth", type=int, default=3, help="hidden layers (default 3, i.e. L = 4)")
     parser.add_argument("--activation", default="relu", help="activation name (default relu)")
-    parser.add_argument("--beta", type=float, default=0.1, help="bias scale (default 0.1)")
+    add_b_std_argument(parser, 0.1)
     parser.add_argument("--w-std", type=float, default=1.0, help="weight scale (default 1)")
     parser.add_argument("--outputs", type=int, default=1, help="output dimension n_L (default 1)")
     parser.add_argument("--init", default="gaussian", choices=["gaussian", "orthogonal"])
@@ -418,7 +428,7 @@ def main(args: argparse.Namespace) -> int:
         n_seeds=args.seeds,
         depth=args.depth,
         activation=args.activation,
-        beta=args.beta,
+        b_std=args.b_std,
         w_std=args.w_std,
         out_features=args.outputs,
         init=args.init,

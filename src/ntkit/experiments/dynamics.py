@@ -1,7 +1,7 @@
 """Training dynamics: real networks trained by gradient descent against what the NTK predicts.
 
 The default is the setting of Jacot et al. (2018), Fig. 1: ``depth = 3`` hidden ReLU layers
-(``L = 4``), ``n0 = 2``, ``beta = 0.1``, NTK parameterization, widths 500 and 10000, 10
+(``L = 4``), ``n0 = 2``, ``b_std = 0.1``, NTK parameterization, widths 500 and 10000, 10
 initialisations each, trained by 200 full-batch gradient-descent steps with learning rate 1.0 on
 ``f*(x) = x1 x2`` at ``n_train = 8`` training inputs drawn from ``N(0, I_2)`` (the paper does not
 state the count; 8 points keep the smallest eigen-direction of ``eta Theta t / N`` at order one, so
@@ -44,11 +44,12 @@ import torch
 
 from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
-from ntkit._validation import check_float, check_int, describe
+from ntkit._validation import check_float, check_int, describe, renamed_keyword
 from ntkit.activations import get_activation
 from ntkit.compute import fc_kernel
 from ntkit.data import circle_inputs
 from ntkit.empirical import empirical_ntk
+from ntkit.experiments._options import add_b_std_argument
 from ntkit.experiments.converge import fit_loglog_slope
 from ntkit.experiments.movement import MovementAnalysis, mean_slope, movement_vs_width
 from ntkit.networks import FCNetwork
@@ -182,13 +183,14 @@ def run_dynamics(
     n_test: int = 64,
     depth: int = 3,
     activation: Any = "relu",
-    beta: float = 0.1,
+    b_std: float = 0.1,
     learning_rate: float = 1.0,
     steps: int = 200,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     progress: bool = True,
     on_init: Callable[[DynamicsResult], None] | None = None,
+    beta: float | None = None,
 ) -> DynamicsResult:
     """Train networks of each width from several initialisations and compare with the NTK predictions.
 
@@ -202,12 +204,14 @@ def run_dynamics(
         Training inputs ``x ~ N(0, I_2)`` (seeded by ``seed``) with targets ``x1 x2``.
     n_test : int
         Test inputs on the unit circle (:func:`ntkit.data.circle_inputs`); ``x0 = (1, 0)``.
-    depth, activation, beta
-        The architecture (``n0 = 2``, one output, NTK parameterization).
+    depth, activation, b_std
+        The architecture (``n0 = 2``, one output, NTK parameterization; ``b_std`` the bias scale).
     learning_rate, steps
         Full-batch gradient descent on ``1/(2N) sum (f - y)^2``.
     on_init : callable, optional
         Called with the partial result after each finished network (to save progress).
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -218,7 +222,7 @@ def run_dynamics(
     ------
     ValueError
         An empty or non-positive width list, ``n_inits < 1``, ``n_train < 1``, ``n_test < 2``,
-        ``depth < 1``, ``beta < 0``, ``learning_rate <= 0``, ``steps < 0``, an unknown activation.
+        ``depth < 1``, ``b_std < 0``, ``learning_rate <= 0``, ``steps < 0``, an unknown activation.
 
     Examples
     --------
@@ -227,6 +231,7 @@ def run_dynamics(
     >>> [round(m, 1) for m in res.means("final_loss")] < [1.0, 1.0], len(res.means("movement"))
     (True, 2)
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.1)
     if isinstance(widths, (int, str)) or len(widths) == 0:
         raise ValueError(f"widths: expected a non-empty list of positive integers, got {describe(widths)}")
     widths = [check_int(w, "widths", minimum=1) for w in widths]
@@ -234,7 +239,7 @@ def run_dynamics(
     n_train = check_int(n_train, "n_train", minimum=1)
     n_test = check_int(n_test, "n_test", minimum=2)
     depth = check_int(depth, "depth", minimum=1)
-    beta = check_float(beta, "beta", minimum=0.0)
+    b_std = check_float(b_std, "b_std", minimum=0.0)
     learning_rate = check_float(learning_rate, "learning_rate", minimum=0.0, strict=True)
     steps = check_int(steps, "steps", minimum=0)
     act = get_activation(activation)
@@ -246,7 +251,7 @@ def run_dynamics(
     x_all = torch.cat([x_train, x_test])
     i0 = n_train + n_test // 2  # x0 = (1, 0) in x_all
 
-    lim = fc_kernel(x_all, depth=depth, activation=act, beta=beta, dtype=torch.float64)
+    lim = fc_kernel(x_all, depth=depth, activation=act, b_std=b_std, dtype=torch.float64)
     ntk_inf, nngp_inf = lim.get("ntk"), lim.nngp
     tr, te = slice(0, n_train), slice(n_train, None)
     kernel_fn = gradient_descent_mse(ntk_inf[tr, tr], y_train, learning_rate=learning_rate, discrete=True)
@@ -264,7 +269,7 @@ def run_dynamics(
     config = {
         "depth": depth,
         "activation": act.name,
-        "beta": beta,
+        "beta": b_std,  # the key of the summary files
         "n0": 2,
         "n_train": n_train,
         "n_test": n_test,
@@ -301,7 +306,7 @@ def run_dynamics(
                 result.curves[name][key] = []
             for s in range(n_inits):
                 g = torch.Generator().manual_seed(seed * 1_000_003 + width * 1009 + s)
-                net = FCNetwork(2, [width] * depth, 1, activation=act, beta=beta, generator=g, dtype=dtype)
+                net = FCNetwork(2, [width] * depth, 1, activation=act, b_std=b_std, generator=g, dtype=dtype)
                 theta0 = empirical_ntk(net, x_all, mode="trace", implementation="structured").to(torch.float64)
                 with torch.no_grad():
                     f0 = net(x_all).to(torch.float64)
@@ -456,7 +461,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-points", type=int, default=64, help="test inputs on the unit circle (default 64)")
     parser.add_argument("--depth", type=int, default=3, help="hidden layers (default 3, i.e. L = 4)")
     parser.add_argument("--activation", default="relu", help="activation name (default relu)")
-    parser.add_argument("--beta", type=float, default=0.1, help="bias scale (default 0.1)")
+    add_b_std_argument(parser, 0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float32", action="store_true", help="float32 networks (default float64)")
     parser.add_argument(
@@ -494,7 +499,7 @@ def main(args: argparse.Namespace) -> int:
         n_test=args.test_points,
         depth=args.depth,
         activation=args.activation,
-        beta=args.beta,
+        b_std=args.b_std,
         learning_rate=args.lr,
         steps=args.steps,
         seed=args.seed,

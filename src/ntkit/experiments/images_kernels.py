@@ -156,7 +156,7 @@ def kernel_blocks(
     xp, xt = xin[torch.as_tensor(pool)], xin[torch.as_tensor(test)]
     blocks = []
     for part, (a, b) in (("pool", (xp, None)), ("test", (xt, xp))):
-        res = compute_kernel(a, b, model=model, which="both", out=folder / f"{spec.token}_{part}.npy",
+        res = compute_kernel(model, a, b, which="both", out=folder / f"{spec.token}_{part}.npy",
                              progress=progress)
         blocks.append(np.stack([np.array(res.nngp), np.array(res.ntk)]))
         if res.tiles_computed:
@@ -232,9 +232,9 @@ def projected_seconds(spec: KernelSpec, x: torch.Tensor, n: int, n_pool: int, n_
             torch.mm(phi, phi.T)
             gram_seconds += time.perf_counter() - start
         return feature_seconds / n * (n_pool + n_test) + gram_seconds / (n * n) * pairs
-    compute_kernel(xin[:2], model=model, which="both")  # warm-up (native builds, caches)
+    compute_kernel(model, xin[:2], which="both")  # warm-up (native builds, caches)
     start = time.perf_counter()
-    compute_kernel(xin, model=model, which="both")
+    compute_kernel(model, xin, which="both")
     return (time.perf_counter() - start) / (n * (n + 1) / 2) * pairs
 
 

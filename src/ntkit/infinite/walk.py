@@ -393,16 +393,16 @@ def _track_means(ops: Sequence[KernelOp]) -> tuple[KernelOp, ...]:
     return rebuild(ops, ())
 
 
-def fc_model(in_features: int, *, depth: int, activation: Any = "relu", beta: float = 0.0, w_std: float = 1.0
+def fc_model(in_features: int, *, depth: int, activation: Any = "relu", b_std: float = 0.0, w_std: float = 1.0
              ) -> nn.Module:
-    """The fully connected model of the shortcut ``depth, activation, beta, w_std`` (on ``meta``: no memory).
+    """The fully connected model of the shortcut ``depth, activation, b_std, w_std`` (on ``meta``: no memory).
 
-    Raises ``ValueError`` / ``TypeError`` naming ``depth``, ``beta`` or ``w_std`` for bad values.
+    Raises ``ValueError`` / ``TypeError`` naming ``depth``, ``b_std`` or ``w_std`` for bad values.
     """
     depth = check_int(depth, "depth", minimum=0)
-    beta = check_float(beta, "beta", minimum=0.0)
+    b_std = check_float(b_std, "b_std", minimum=0.0)
     w_std = check_float(w_std, "w_std", minimum=0.0, strict=True)
-    return fc(in_features, 1, depth=depth, activation=activation, w_std=w_std, b_std=beta, device="meta")
+    return fc(in_features, 1, depth=depth, activation=activation, w_std=w_std, b_std=b_std, device="meta")
 
 
 def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture:

@@ -15,7 +15,7 @@ Layers: ``dense`` / ``linear`` and ``conv`` / ``conv2d`` / ``conv1d`` (``kernel_
 ``scale=``), ``layernorm`` (``eps=``), ``avgpool(window[, stride])``, ``gap``, ``flatten`` and
 ``repeat(n, ...)``. Hidden weight layers get the width of the sweep unless ``width=`` says otherwise;
 the last weight layer of the top level is the read-out (``out_features`` outputs); ``w_std`` and
-``b_std`` default to the command's ``--w-std`` / ``--beta``.
+``b_std`` default to the command's ``--w-std`` / ``--b-std``.
 
 A path ending in ``.py`` instead names a file that defines
 ``build(width: int, in_shape: tuple[int, ...], out_features: int) -> torch.nn.Module``

@@ -36,9 +36,9 @@ Solvers. :func:`gp_inference` (posterior mean) and :func:`gradient_descent_mse` 
 also take ``solver="cg"`` or ``"nystrom"`` (:class:`ntkit.solve.KernelSystem`): the training
 kernel may then be a :class:`ntkit.solve.KernelOperator` that is never stored, and test points are
 given as ``k_test_train`` or, for an operator, as ``x_test``. ``solver="auto"`` (the default) keeps
-the dense factorisation while the N x N float64 matrix fits ``memory_bytes`` (4 GiB: N <= 23,170),
-then CG up to N = 50,000, then Nystrom. Iterative solvers need ``diag_reg > 0``, give no finite-time
-dynamics and no posterior covariance.
+the dense factorisation while the N x N float64 matrix fits ``memory_budget`` (bytes, or a string
+such as ``"8G"``; default 4 GiB: N <= 23,170), then CG up to N = 50,000, then Nystrom. Iterative
+solvers need ``diag_reg > 0``, give no finite-time dynamics and no posterior covariance.
 
 Any loss. :func:`gradient_descent` (module :mod:`.any_loss`) integrates the function-space gradient
 flow ``d f / dt = -eta Theta dL/df`` for any differentiable total training loss ``L(f)`` (built in:

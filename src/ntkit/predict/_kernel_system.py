@@ -27,7 +27,7 @@ class SolverOptions(NamedTuple):
     tol: float
     n_centres: int | None
     generator: torch.Generator | None
-    memory_bytes: int
+    memory_budget: int | str
     n_features: int | None = None
 
 
@@ -61,12 +61,12 @@ def build_system(
         check_dtype(dtype)
         kt = as_tensor(k_train_train, name, dtype=dtype, ndim=None)
         n = int(kt.shape[0]) * (int(kt.shape[2]) if kt.ndim == 4 else 1)
-        if not dense and resolve_solver(opts.solver, max(n, 1), memory_bytes=opts.memory_bytes) == "cholesky":
+        if not dense and resolve_solver(opts.solver, max(n, 1), memory_budget=opts.memory_budget) == "cholesky":
             return None
         kernel, y2, layout = train_inputs(kt, y_train, dtype, name)
     system = KernelSystem(
         kernel, layout.y_to_matrix(y2), diag_reg=diag_reg, solver=opts.solver, tol=opts.tol,
-        n_centres=opts.n_centres, generator=opts.generator, memory_bytes=opts.memory_bytes,
+        n_centres=opts.n_centres, generator=opts.generator, memory_budget=opts.memory_budget,
         n_features=opts.n_features,
     )  # fmt: skip
     return system, layout, y2

@@ -63,7 +63,7 @@ def gradient_descent_mse_ensemble(
     >>> import torch, ntkit
     >>> from ntkit.predict import gradient_descent_mse_ensemble
     >>> x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    >>> k = ntkit.fc_kernel(x, depth=2, beta=0.1)
+    >>> k = ntkit.fc_kernel(x, depth=2, b_std=0.1)
     >>> ens = gradient_descent_mse_ensemble(k.ntk, k.nngp, x[:, :1] * x[:, 1:])
     >>> ens(None).cov.abs().max() < 1e-6  # at t = inf the training outputs are the targets
     tensor(True)

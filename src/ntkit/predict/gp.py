@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from ntkit._validation import as_tensor, check_float
+from ntkit._validation import as_tensor, check_float, renamed_keyword
 from ntkit.predict._common import GaussianPrediction, Layout, cross_kernel
 from ntkit.predict._kernel_system import SolverOptions, build_system, system_test_outputs
-from ntkit.solve.kernel_solvers import DEFAULT_MEMORY_BYTES
+from ntkit.solve.kernel_solvers import DEFAULT_MEMORY_BUDGET
 from ntkit.solve.operator import KernelOperator
 from ntkit.solve.system import KernelSystem
 
@@ -31,8 +31,9 @@ def gp_inference(
     tol: float = 1e-8,
     n_centres: int | None = None,
     generator: torch.Generator | None = None,
-    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     n_features: int | None = None,
+    memory_bytes: int | None = None,
 ) -> Callable[..., GaussianPrediction]:
     """Exact Gaussian-process posterior with a kernel (the NNGP, or the NTK), Cholesky-cached.
 
@@ -59,9 +60,11 @@ def gp_inference(
         ``"cholesky"``: the factorisation above (mean and covariance). ``"cg"`` / ``"nystrom"``
         (:class:`ntkit.solve.KernelSystem`): the posterior mean only, ``diag_reg > 0``, and
         ``k_train_train`` may be a :class:`ntkit.solve.KernelOperator`. ``"auto"``: ``"cholesky"``
-        while the matrix fits ``memory_bytes`` (see :mod:`ntkit.predict`).
-    tol, n_centres, generator, memory_bytes, n_features
+        while the matrix fits ``memory_budget`` (see :mod:`ntkit.predict`).
+    tol, n_centres, generator, memory_budget, n_features
         As in :func:`gradient_descent_mse`.
+    memory_bytes : int, optional
+        Deprecated alias of ``memory_budget`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -89,10 +92,12 @@ def gp_inference(
     >>> post.mean.round(decimals=12).tolist(), post.cov.diagonal().round(decimals=12).tolist()
     ([0.5, 1.0], [0.5, 0.5])
     """
+    memory_budget = renamed_keyword(memory_budget, memory_bytes, new="memory_budget", old="memory_bytes",
+                                    default=DEFAULT_MEMORY_BUDGET)
     diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0)
     if not isinstance(k_train_train, KernelOperator) and as_tensor(k_train_train, "k_train_train", ndim=None).ndim == 4:
         raise ValueError("k_train_train: gp_inference expects a kernel of shape (N, N) shared by the outputs")
-    opts = SolverOptions(solver, tol, n_centres, generator, memory_bytes, n_features)
+    opts = SolverOptions(solver, tol, n_centres, generator, memory_budget, n_features)
     built = build_system(k_train_train, y_train, dtype, diag_reg, opts, "k_train_train", dense=True)
     assert built is not None
     system, layout, like = built

@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from ntkit._validation import check_float
+from ntkit._validation import check_float, renamed_keyword
 from ntkit.predict._common import Layout, Prediction, check_time, cross_kernel, initial_outputs, train_inputs
 from ntkit.predict._kernel_system import SolverOptions, build_system, system_test_outputs
 from ntkit.predict._spectral import check_infinite_time, make_dynamics
-from ntkit.solve.kernel_solvers import DEFAULT_MEMORY_BYTES
+from ntkit.solve.kernel_solvers import DEFAULT_MEMORY_BUDGET
 from ntkit.solve.system import KernelSystem
 
 Tensor = torch.Tensor
@@ -32,8 +32,9 @@ def gradient_descent_mse(
     tol: float = 1e-8,
     n_centres: int | None = None,
     generator: torch.Generator | None = None,
-    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     n_features: int | None = None,
+    memory_bytes: int | None = None,
 ) -> Callable[..., Prediction]:
     """Closed-form outputs of a (linearized / infinitely wide) network trained on the MSE.
 
@@ -69,18 +70,21 @@ def gradient_descent_mse(
         ``k_train_train`` may be a :class:`ntkit.solve.KernelOperator`; ``predict_fn(t, ...)`` then
         solves ``(Theta + diag_reg I) alpha = Y - f_0(X)`` (once for ``fx_train_0 = None``) and
         returns ``f_0 + Theta(., basis) alpha``. No learning-rate check is made. ``"auto"`` is
-        ``"cholesky"`` while the matrix fits ``memory_bytes`` (see :mod:`ntkit.predict`).
+        ``"cholesky"`` while the matrix fits ``memory_budget`` (see :mod:`ntkit.predict`).
     tol : float
         Relative residual of ``"cg"`` / ``"nystrom"``.
     n_centres : int, optional
         Nystrom centres ``M <= N`` (default ``min(N, 5000)``).
     generator : torch.Generator, optional
         Sampling of the Nystrom centres.
-    memory_bytes : int
-        Budget of ``"auto"`` for the dense N x N float64 matrix.
+    memory_budget : int or str
+        Budget of ``"auto"`` for the dense N x N float64 matrix, in bytes or as a string such as
+        ``"512M"`` / ``"2GiB"`` (default 4 GiB).
     n_features : int, optional
         Random features of ``solver="features"`` (ridge on features of the operator's model,
         :mod:`ntkit.random_features`; default ``min(N, 4096)``; ``t = inf`` only).
+    memory_bytes : int, optional
+        Deprecated alias of ``memory_budget`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -111,9 +115,11 @@ def gradient_descent_mse(
     >>> round(float(predict_fn(None, k_test_train=k_test).test), 6)  # K* K^-1 y = (1, 0) (1, -1) = 1
     1.0
     """
+    memory_budget = renamed_keyword(memory_budget, memory_bytes, new="memory_budget", old="memory_bytes",
+                                    default=DEFAULT_MEMORY_BUDGET)
     learning_rate = check_float(learning_rate, "learning_rate", minimum=0.0, strict=True)
     diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0)
-    opts = SolverOptions(solver, tol, n_centres, generator, memory_bytes, n_features)
+    opts = SolverOptions(solver, tol, n_centres, generator, memory_budget, n_features)
     built = build_system(k_train_train, y_train, dtype, diag_reg, opts, "k_train_train")
     if built is not None:
         return _gradient_descent_system(*built, discrete=bool(discrete))

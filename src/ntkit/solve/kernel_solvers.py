@@ -1,7 +1,7 @@
 """Solvers of ``(K + diag_reg I) alpha = y`` on a kernel operator, and the choice among them.
 
 * :func:`resolve_solver`: the one place where ``solver="auto"`` is resolved (``"cholesky"`` when
-  the dense N x N float64 matrix fits ``memory_bytes``, ``"cg"`` up to ``N = 50k``, ``"nystrom"``
+  the dense N x N float64 matrix fits ``memory_budget``, ``"cg"`` up to ``N = 50k``, ``"nystrom"``
   beyond), for :class:`~ntkit.solve.KernelSystem`, :mod:`ntkit.predict` and :mod:`ntkit.sklearn`;
 * :func:`dense_cho_factor` / :func:`exact_solve`: the exact dense solve (``8 N^2`` bytes, O(N^3)),
   factored in place, retried with a jitter for a near-singular kernel;
@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from ntkit._validation import check_choice, check_int
+from ntkit._validation import check_choice, check_int, parse_memory_budget, renamed_keyword
 from ntkit.solve.cg import NotConvergedWarning, conjugate_gradient
 from ntkit.solve.linalg import cho_solve, warn_jitter
 from ntkit.solve.operator import KernelOperator
@@ -30,13 +30,22 @@ Tensor = torch.Tensor
 #: Names accepted by ``solver=``.
 SOLVERS = ("auto", "cholesky", "cg", "nystrom", "features")
 #: Budget of ``"auto"`` for the dense N x N float64 matrix (4 GiB: N <= 23,170).
-DEFAULT_MEMORY_BYTES = 4 * 1024**3
+DEFAULT_MEMORY_BUDGET = 4 * 1024**3
+#: The former name of :data:`DEFAULT_MEMORY_BUDGET`.
+DEFAULT_MEMORY_BYTES = DEFAULT_MEMORY_BUDGET
 
 
-def resolve_solver(solver: str, n: int, *, memory_bytes: int = DEFAULT_MEMORY_BYTES, cg_max_n: int = 50_000) -> str:
+def resolve_solver(
+    solver: str,
+    n: int,
+    *,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    cg_max_n: int = 50_000,
+    memory_bytes: int | None = None,
+) -> str:
     """The solver that runs for ``solver`` and ``n`` training points (``"auto"`` resolved).
 
-    ``"auto"``: ``"cholesky"`` if the dense N x N float64 matrix fits (``8 n^2 <= memory_bytes``),
+    ``"auto"``: ``"cholesky"`` if the dense N x N float64 matrix fits (``8 n^2 <= memory_budget``),
     else ``"cg"`` if ``n <= cg_max_n``, else ``"nystrom"``. Other names are returned unchanged.
 
     Parameters
@@ -45,10 +54,13 @@ def resolve_solver(solver: str, n: int, *, memory_bytes: int = DEFAULT_MEMORY_BY
         ``"features"`` (random features, :mod:`ntkit.random_features`) is never chosen by ``"auto"``.
     n : int
         Training points (``>= 1``).
-    memory_bytes : int
-        Budget for the dense matrix (default 4 GiB, i.e. ``n <= 23,170``).
+    memory_budget : int or str
+        Budget for the dense matrix, in bytes or as a string such as ``"512M"`` / ``"2GiB"``
+        (:func:`ntkit._validation.parse_memory_budget`; default 4 GiB, i.e. ``n <= 23,170``).
     cg_max_n : int
         Largest ``n`` for which ``"auto"`` picks ``"cg"`` over ``"nystrom"``.
+    memory_bytes : int, optional
+        Deprecated alias of ``memory_budget`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -58,7 +70,7 @@ def resolve_solver(solver: str, n: int, *, memory_bytes: int = DEFAULT_MEMORY_BY
     Raises
     ------
     ValueError
-        An unknown ``solver``, ``n < 1``.
+        An unknown ``solver``, ``n < 1``, an unreadable ``memory_budget``.
 
     Examples
     --------
@@ -66,14 +78,18 @@ def resolve_solver(solver: str, n: int, *, memory_bytes: int = DEFAULT_MEMORY_BY
     ('cholesky', 'cg', 'nystrom')
     >>> resolve_solver("cg", 10)
     'cg'
+    >>> resolve_solver("auto", 10_000, memory_budget="512M")
+    'cg'
     """
+    memory_budget = renamed_keyword(memory_budget, memory_bytes, new="memory_budget", old="memory_bytes",
+                                    default=DEFAULT_MEMORY_BUDGET)
+    budget = parse_memory_budget(memory_budget, "memory_budget")
     solver = check_choice(solver, "solver", SOLVERS)
     if solver != "auto":
         return solver
     n = check_int(n, "n", minimum=1)
-    memory_bytes = check_int(memory_bytes, "memory_bytes", minimum=1)
     cg_max_n = check_int(cg_max_n, "cg_max_n", minimum=0)
-    if 8 * n * n <= memory_bytes:
+    if 8 * n * n <= budget:
         return "cholesky"
     return "cg" if n <= cg_max_n else "nystrom"
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ntkit._progress import Progress
-from ntkit._validation import as_tensor, check_choice, check_dtype, check_float, check_int
+from ntkit._validation import as_tensor, check_choice, check_dtype, check_float, check_int, renamed_keyword
 from ntkit.solve.cg import CGResult, conjugate_gradient
 from ntkit.solve.operator import KernelOperator, TileFn
 
@@ -158,7 +158,7 @@ def nystrom_krr(
     tile_fn: TileFn | None = None,
     depth: int | None = None,
     activation: Any = "relu",
-    beta: float = 0.0,
+    b_std: float = 0.0,
     w_std: float = 1.0,
     which: str = "ntk",
     centres: Any | None = None,
@@ -173,6 +173,7 @@ def nystrom_krr(
     checkpoint: str | Path | None = None,
     progress: bool = False,
     callback: Callable[[int, Tensor, float], None] | None = None,
+    beta: float | None = None,
 ) -> NystromModel:
     """Fit Nystrom kernel ridge regression with ``n_centres`` centres by Falkon-preconditioned CG.
 
@@ -187,8 +188,8 @@ def nystrom_krr(
     diag_reg : float
         Ridge ``> 0`` in ``H = K_nm^T K_nm + diag_reg K_mm`` (the same scale as the exact solve
         ``(K + diag_reg I) alpha = y``, which it reproduces for ``M = N``).
-    model, tile_fn, depth, activation, beta, w_std, which
-        The kernel, as in :class:`~ntkit.solve.KernelOperator`.
+    model, tile_fn, depth, activation, b_std, w_std, which
+        The kernel, as in :class:`~ntkit.solve.KernelOperator` (``b_std``: the bias scale).
     centres : array-like of shape (M, n0), optional
         Explicit centres (then ``n_centres`` must equal ``M``).
     tile_dtype : torch.dtype, optional
@@ -214,6 +215,8 @@ def nystrom_krr(
     progress : bool
     callback : callable ``(iteration, alpha, max_rel_residual)``, optional
         Called after each CG iteration with the current coefficients (to checkpoint and resume).
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -236,6 +239,7 @@ def nystrom_krr(
     >>> model.predict(x[:3]).shape
     torch.Size([3])
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
     x = as_tensor(x_train, "x_train", dtype=torch.float64, ndim=None)
     n = x.shape[0]
     y = as_tensor(y_train, "y_train", dtype=torch.float64, ndim=None)
@@ -254,7 +258,7 @@ def nystrom_krr(
             raise ValueError(f"centres: expected shape {(m, *x.shape[1:])}, got {tuple(c.shape)}")
     tdt = check_dtype(tile_dtype) if tile_dtype is not None else torch.float64
     kwargs: dict[str, Any] = dict(
-        model=model, tile_fn=tile_fn, depth=depth, activation=activation, beta=beta, w_std=w_std, which=which,
+        model=model, tile_fn=tile_fn, depth=depth, activation=activation, b_std=b_std, w_std=w_std, which=which,
         tile_dtype=tdt,
     )
     op_nm = KernelOperator(x, c, **kwargs)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ntkit._progress import Progress
-from ntkit._validation import as_tensor, check_choice, check_dtype, check_int
+from ntkit._validation import as_tensor, check_choice, check_dtype, check_int, parse_memory_budget, renamed_keyword
 from ntkit.activations import Activation
 from ntkit.compute import architecture
 from ntkit.compute.sizing import fit_tile_shape
@@ -85,9 +85,11 @@ class ModelTiles:
     ----------
     model : torch.nn.Module, optional
         The architecture (see :func:`ntkit.infinite_kernel`), read when the first rows arrive.
-    depth, activation, beta, w_std
+    depth, activation, b_std, w_std
         Instead of ``model``: the fully connected network of :func:`ntkit.nn.fc`.
     which : {"ntk", "nngp"}
+    beta : float, optional
+        Deprecated spelling of ``b_std``.
 
     Raises
     ------
@@ -110,15 +112,17 @@ class ModelTiles:
         *,
         depth: int | None = None,
         activation: str | Activation | Any = "relu",
-        beta: float = 0.0,
+        b_std: float = 0.0,
         w_std: float = 1.0,
         which: str = "ntk",
+        beta: float | None = None,
     ) -> None:
+        b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
         self.which = check_choice(which, "which", ("ntk", "nngp"))
         if model is None:  # the shortcut: validate (and describe) it now
-            model = fc_model(1, depth=1 if depth is None else depth, activation=activation, beta=beta, w_std=w_std)
+            model = fc_model(1, depth=1 if depth is None else depth, activation=activation, b_std=b_std, w_std=w_std)
             self._shortcut: dict[str, Any] | None = {"depth": 1 if depth is None else depth, "activation": activation,
-                                                     "beta": beta, "w_std": w_std}
+                                                     "b_std": b_std, "w_std": w_std}
         elif depth is not None:
             raise ValueError("model and depth: expected one of them, got both")
         else:
@@ -191,16 +195,18 @@ class ModelTiles:
 
 
 class FusedTiles(ModelTiles):
-    """:class:`ModelTiles` of the fully connected shortcut (``depth``, ``activation``, ``beta``, ``w_std``).
+    """:class:`ModelTiles` of the fully connected shortcut (``depth``, ``activation``, ``b_std``, ``w_std``).
 
     Parameters
     ----------
     depth : int
         Hidden layers.
     activation : str, Activation or callable
-    beta, w_std : float
+    b_std, w_std : float
         Bias and weight scales.
     which : {"ntk", "nngp"}
+    beta : float, optional
+        Deprecated spelling of ``b_std``.
 
     Examples
     --------
@@ -210,9 +216,10 @@ class FusedTiles(ModelTiles):
     True
     """
 
-    def __init__(self, *, depth: int, activation: str | Activation | Any = "relu", beta: float = 0.0,
-                 w_std: float = 1.0, which: str = "ntk") -> None:
-        super().__init__(depth=depth, activation=activation, beta=beta, w_std=w_std, which=which)
+    def __init__(self, *, depth: int, activation: str | Activation | Any = "relu", b_std: float = 0.0,
+                 w_std: float = 1.0, which: str = "ntk", beta: float | None = None) -> None:
+        b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
+        super().__init__(depth=depth, activation=activation, b_std=b_std, w_std=w_std, which=which)
 
 
 #: The former name of :class:`FusedTiles` (one implementation serves both).
@@ -239,7 +246,7 @@ class KernelOperator:
         Any kernel tile function instead (for instance :func:`ntkit.kernel_tile_fn`). Objects with
         ``row_stats`` / ``tile`` / ``diag`` methods (as :class:`ModelTiles`) get the per-row
         precomputation and the cheap diagonal.
-    depth, activation, beta, w_std
+    depth, activation, b_std, w_std
         Without ``model`` and ``tile_fn``: the fully connected shortcut (:func:`ntkit.nn.fc`; ``depth``
         1 by default).
     which : {"ntk", "nngp"}
@@ -251,16 +258,20 @@ class KernelOperator:
     tile_rows, tile_cols : int
         Largest tile shape; memory is ``O(tile_rows * tile_cols)`` (a few temporaries of that size).
         With a model whose pairs cost more than one entry (a convolutional network on the
-        reference evaluator: up to pixels squared) the tiles shrink until they fit :attr:`budget`
+        reference evaluator: up to pixels squared) the tiles shrink until they fit ``memory_budget``
         (:attr:`tile_shape`), by the rule of :func:`ntkit.compute.compute_kernel`.
     progress : bool
         Report products that take more than a second (stderr).
+    memory_budget : int or str
+        Working memory of one tile of a model's kernel in bytes (``"512M"`` accepted; default
+        :data:`ntkit.compute.tiling.DEFAULT_BUDGET`, 256 MiB).
+    beta : float, optional
+        Deprecated spelling of ``b_std``.
 
     Attributes
     ----------
     budget : int
-        Working memory of one tile of a model's kernel in bytes (default
-        :data:`ntkit.compute.tiling.DEFAULT_BUDGET`, 256 MiB; ``"512M"`` accepted when set).
+        ``memory_budget`` in bytes (may be set: ``"512M"`` accepted).
     tile_shape : (int, int)
         The tile shape products use (``(tile_rows, tile_cols)`` unless shrunk to the budget).
 
@@ -293,7 +304,7 @@ class KernelOperator:
         tile_fn: TileFn | None = None,
         depth: int | None = None,
         activation: str | Activation | Any = "relu",
-        beta: float = 0.0,
+        b_std: float = 0.0,
         w_std: float = 1.0,
         which: str = "ntk",
         dtype: torch.dtype = torch.float64,
@@ -301,7 +312,10 @@ class KernelOperator:
         tile_rows: int = 1024,
         tile_cols: int = 2048,
         progress: bool = False,
+        memory_budget: int | str = DEFAULT_BUDGET,
+        beta: float | None = None,
     ) -> None:
+        b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
         self.dtype = check_dtype(dtype)
         self.tile_dtype = check_dtype(tile_dtype) if tile_dtype is not None else self.dtype
         self.x1 = as_tensor(x1, "x1", dtype=self.dtype, ndim=None)
@@ -316,7 +330,7 @@ class KernelOperator:
             if model is not None:
                 tile_fn = ModelTiles(model, which=which)
             else:
-                tile_fn = ModelTiles(depth=depth, activation=activation, beta=beta, w_std=w_std, which=which)
+                tile_fn = ModelTiles(depth=depth, activation=activation, b_std=b_std, w_std=w_std, which=which)
         elif model is not None:
             raise ValueError("model and tile_fn: expected one of them, got both")
         elif not callable(tile_fn):
@@ -325,7 +339,7 @@ class KernelOperator:
         self.tile_rows = check_int(tile_rows, "tile_rows", minimum=1)
         self.tile_cols = check_int(tile_cols, "tile_cols", minimum=1)
         self.progress = bool(progress)
-        self._budget = DEFAULT_BUDGET
+        self._budget = parse_memory_budget(memory_budget)
         self._t1 = self.x1.to(self.tile_dtype)
         self._t2 = self._t1 if self.symmetric else self.x2.to(self.tile_dtype)
         self._stats1: Any = None

@@ -12,7 +12,7 @@ Solvers:
   kernel work per iteration; pivoted-Cholesky preconditioner);
 * ``"nystrom"``: Falkon-style Nystrom KRR with ``n_centres`` centres (:func:`nystrom_krr`; O(N M)
   per iteration, an approximation that is exact for ``M = N``);
-* ``"auto"``: ``"cholesky"`` when the dense matrix fits ``memory_bytes``, ``"cg"`` up to
+* ``"auto"``: ``"cholesky"`` when the dense matrix fits ``memory_budget``, ``"cg"`` up to
   ``N = 50k``, ``"nystrom"`` beyond.
 
 :func:`kernel_regression` is a front over :class:`ntkit.solve.system.KernelSystem` (which also
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkit._validation import as_tensor
-from ntkit.solve.kernel_solvers import DEFAULT_MEMORY_BYTES
+from ntkit._validation import as_tensor, renamed_keyword
+from ntkit.solve.kernel_solvers import DEFAULT_MEMORY_BUDGET
 from ntkit.solve.operator import KernelOperator, TileFn
 from ntkit.solve.system import KernelSystem
 
@@ -46,7 +46,7 @@ def kernel_regression(
     tile_fn: TileFn | None = None,
     depth: int | None = None,
     activation: Any = "relu",
-    beta: float = 0.0,
+    b_std: float = 0.0,
     w_std: float = 1.0,
     which: str = "ntk",
     tile_dtype: torch.dtype | None = None,
@@ -57,10 +57,12 @@ def kernel_regression(
     n_centres: int = 1000,
     n_features: int | None = None,
     generator: torch.Generator | None = None,
-    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     refine: bool = True,
     nystrom_method: str = "auto",
     progress: bool = False,
+    beta: float | None = None,
+    memory_bytes: int | None = None,
 ) -> Tensor:
     """Kernel regression predictions ``K(x_test, x) (K(x, x) + diag_reg I)^{-1} y`` by any solver.
 
@@ -73,10 +75,10 @@ def kernel_regression(
     diag_reg : float
         Absolute ridge (``>= 0``; ``> 0`` for ``"cg"`` and ``"nystrom"``), e.g. the noise variance.
     solver : {"auto", "cholesky", "cg", "nystrom", "features"}
-    model, tile_fn, depth, activation, beta, w_std, which
+    model, tile_fn, depth, activation, b_std, w_std, which
         The kernel (see :class:`~ntkit.solve.KernelOperator`): a model's (any architecture
         :func:`ntkit.infinite_kernel` understands), a tile function's, or the fully connected shortcut's
-        (``depth`` 1 by default).
+        (``depth`` 1 by default; ``b_std`` and ``w_std`` the bias and weight scales).
     tile_dtype : torch.dtype, optional
         ``torch.float32`` evaluates tiles in single precision (accumulation stays float64).
     tol, max_iter
@@ -89,13 +91,18 @@ def kernel_regression(
         Random features for ``"features"`` (default ``min(N, 4096)``).
     generator : torch.Generator, optional
         Random centres / columns.
-    memory_bytes : int
-        Budget for ``"auto"`` (dense solve only if ``8 N^2`` bytes fit).
+    memory_budget : int or str
+        Budget for ``"auto"`` (dense solve only if ``8 N^2`` bytes fit), in bytes or as a string
+        such as ``"512M"`` / ``"2GiB"``.
     refine : bool
         ``"cg"`` with float32 tiles: mixed-precision iterative refinement against float64 products
         (:func:`cg_kernel_solve`), so that ``tol`` is met in float64.
     nystrom_method : {"auto", "falkon", "gram"}
         See :func:`~ntkit.solve.nystrom_krr`; ``"auto"``: ``"falkon"`` when ``K_nm`` fits 2 GiB, else ``"gram"``.
+    beta : float, optional
+        Deprecated alias of ``b_std`` (a ``DeprecationWarning``).
+    memory_bytes : int, optional
+        Deprecated alias of ``memory_budget`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -119,6 +126,9 @@ def kernel_regression(
     >>> bool(torch.allclose(a, b, rtol=1e-6, atol=1e-8))
     True
     """
+    b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
+    memory_budget = renamed_keyword(memory_budget, memory_bytes, new="memory_budget", old="memory_bytes",
+                                    default=DEFAULT_MEMORY_BUDGET)
     x = as_tensor(x_train, "x_train", dtype=torch.float64, ndim=None)
     n = x.shape[0]
     y = as_tensor(y_train, "y_train", dtype=torch.float64, ndim=None)
@@ -129,12 +139,12 @@ def kernel_regression(
         raise ValueError(f"x_test: expected examples of shape {tuple(x.shape[1:])} like x_train, got "
                          f"{tuple(xt.shape[1:])}")
     kw: dict[str, Any] = dict(
-        model=model, tile_fn=tile_fn, depth=depth, activation=activation, beta=beta, w_std=w_std, which=which
+        model=model, tile_fn=tile_fn, depth=depth, activation=activation, b_std=b_std, w_std=w_std, which=which
     )
     op = KernelOperator(x, tile_dtype=tile_dtype, progress=progress, **kw)
     system = KernelSystem(
         op, y, diag_reg=diag_reg, solver=solver, tol=tol, max_iter=max_iter, n_centres=n_centres, n_features=n_features,
-        generator=generator, memory_bytes=memory_bytes, precond=precond, precond_rank=precond_rank,
+        generator=generator, memory_budget=memory_budget, precond=precond, precond_rank=precond_rank,
         refine=refine, nystrom_method=nystrom_method, progress=progress,
     )  # fmt: skip
     return system.predict(x_test=xt)

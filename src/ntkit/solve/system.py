@@ -22,7 +22,7 @@ where the basis ``B`` is the training set (exact and CG solvers) or ``M`` Nystro
   ``O(N m^2)``, an approximation whose error falls like ``1 / sqrt(m)``); only for an operator built
   from a model (:class:`~ntkit.solve.ModelTiles`).
 * ``"auto"`` (:func:`~ntkit.solve.resolve_solver`): ``"cholesky"`` when the N x N float64 matrix
-  takes at most ``memory_bytes`` (default 4 GiB, i.e. N <= 23,170), else ``"cg"`` up to
+  takes at most ``memory_budget`` (default 4 GiB, i.e. N <= 23,170), else ``"cg"`` up to
   ``cg_max_n`` = 50,000 points, else ``"nystrom"``.
 
 The dense factor is exposed (:attr:`KernelSystem.factor`, :meth:`KernelSystem.whiten`) for the
@@ -38,10 +38,10 @@ from typing import Any
 
 import torch
 
-from ntkit._validation import as_tensor, check_choice, check_float, check_int, describe
+from ntkit._validation import as_tensor, check_choice, check_float, check_int, describe, renamed_keyword
 from ntkit.solve.feature_solver import FeatureSolver
 from ntkit.solve.kernel_solvers import (
-    DEFAULT_MEMORY_BYTES,
+    DEFAULT_MEMORY_BUDGET,
     SOLVERS,
     cg_kernel_solve,
     dense_cho_factor,
@@ -122,8 +122,9 @@ class KernelSystem:
         ``M`` for ``"nystrom"``, ``1 <= M <= N`` (default ``min(N, 5000)``).
     generator : torch.Generator, optional
         Sampling of the Nystrom centres (and of Nystrom-preconditioner columns).
-    memory_bytes : int
-        Budget of ``"auto"`` for the dense N x N float64 matrix.
+    memory_budget : int or str
+        Budget of ``"auto"`` for the dense N x N float64 matrix, in bytes or as a string such as
+        ``"512M"`` / ``"2GiB"`` (default 4 GiB).
     cg_max_n : int
         Largest N for which ``"auto"`` picks ``"cg"`` over ``"nystrom"``.
     precond : {"pivoted_cholesky", "nystrom", "none"}
@@ -137,6 +138,8 @@ class KernelSystem:
     progress : bool
     n_features : int, optional
         ``m`` for ``"features"`` (default ``min(N, 4096)``); the random draw comes from ``generator``.
+    memory_bytes : int, optional
+        Deprecated alias of ``memory_budget`` (a ``DeprecationWarning``).
 
     Attributes
     ----------
@@ -184,7 +187,7 @@ class KernelSystem:
         max_iter: int | None = None,
         n_centres: int | None = None,
         generator: torch.Generator | None = None,
-        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
         cg_max_n: int = 50_000,
         precond: str = "pivoted_cholesky",
         precond_rank: int | None = None,
@@ -192,7 +195,10 @@ class KernelSystem:
         nystrom_method: str = "auto",
         progress: bool = False,
         n_features: int | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
+        memory_budget = renamed_keyword(memory_budget, memory_bytes, new="memory_budget", old="memory_bytes",
+                                        default=DEFAULT_MEMORY_BUDGET)
         solver = check_choice(solver, "solver", SOLVERS)
         self.precond = check_choice(precond, "precond", ("pivoted_cholesky", "nystrom", "none"))
         self.nystrom_method = check_choice(nystrom_method, "nystrom_method", ("auto", "falkon", "gram"))
@@ -216,7 +222,7 @@ class KernelSystem:
             raise ValueError(f"y_train: expected shape ({self.n},) or ({self.n}, k) like the kernel, got {describe(y)}")
         self.y_train = y
         self.diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0)
-        self.solver = resolve_solver(solver, self.n, memory_bytes=memory_bytes, cg_max_n=cg_max_n)
+        self.solver = resolve_solver(solver, self.n, memory_budget=memory_budget, cg_max_n=cg_max_n)
         if self.solver in ("cg", "nystrom", "features") and self.diag_reg <= 0:
             raise ValueError(f"diag_reg: expected a ridge > 0 for solver {self.solver!r}, got {self.diag_reg}")
         self.tol = check_float(tol, "tol", minimum=0.0, strict=True)
