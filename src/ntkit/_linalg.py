@@ -84,7 +84,7 @@ def robust_cholesky(
     max_tries : int
         Jitter tries after the plain attempt: ``jitter = initial_jitter * 10^i``.
     initial_jitter : float, optional
-        Defaults to ``eps(dtype) * mean(diag(k))`` (times 10 per retry).
+        Defaults to ``10 eps(dtype) mean(diag(k))`` (times 10 per retry).
 
     Returns
     -------
