@@ -197,6 +197,46 @@ EQUIVALENT: dict[str, str] = {
         "pair_shape (the one 'diag' test) is read only for the input covariances"),
     "closed_form:rectified_moment.moment:+1:11:Lt->LtE#0": (
         "`if m <= k: m, k = k, m` also swaps when m == k, which leaves (m, k) unchanged"),
+    "ops:Pointwise.apply_dual:+14:12:delete statement": (
+        "the dual maps return the derivative kernel in the broadcast shape of (var_l, cov, var_r), which is the "
+        "pairs' shape already (even for a constant derivative: tests/test_ops_exact.py::"
+        "test_layer_kernels_of_a_constant_derivative_have_the_pairs_shape passes on the mutant), and p.ntk * dot "
+        "broadcasts the same way"),
+    "ops:LayerNormOp.apply:+10:27:Gt->GtE#0": (
+        "safe = where(scale >= 0, scale, 1) is 0 where scale == 0, so nngp / safe is inf or NaN there, but both "
+        "uses of safe sit inside where(scale > 0, ..., 0), which discards that branch (torch.where does not "
+        "propagate the unselected values)"),
+    "ops:LayerNormOp.apply:+13:34:Gt->GtE#0": (
+        "where scale == 0 (eps = 0, a channel of zero variance after the mean is removed) the channel is "
+        "deterministic, so its pre-activation had zero variance and its NTK row T(x, .) is exactly 0 "
+        "(|T(x, x')| <= sqrt(T(x, x) T(x', x')) and T(x, x) = 0 for a zero-variance input of a weight layer): "
+        "0 / 1 = 0 as before (checked exactly by test_layer_norm_without_eps_maps_a_zero_variance_channel_to_"
+        "exactly_zero on the mutant)"),
+    "ops:Flatten.output_mode:+1:15:string": (
+        "a vector layout (spatial shape ()) reads its mode only through pair_shape (() for every mode when there "
+        "are no spatial axes) and Flatten.apply's `mode == 'none'` shortcut, which the reduction reproduces "
+        "exactly on a vector state (no axes to average: the same tensors)"),
+    "ops:_reduce_space:+10:39:string": (
+        "as for Flatten.output_mode: the state after a read-out is a vector (spatial ()), whose mode string is "
+        "read only by pair_shape (() whatever the mode) and by a later Flatten, whose reduction of a vector "
+        "state has no axes and returns the same tensors"),
+    "ops:_reduce_space.reduce:+1:8:delete statement": (
+        "select is Flatten's pixel_diagonal or GlobalPool's identity; Flatten's input mode is always 'diag' "
+        "(Flatten.input_mode), where pixel_diagonal returns the tensor itself, so skipping select changes "
+        "nothing"),
+    "ops:Diagonal.apply:+3:61:And->Or": _NTK_PAIR,
+    "reference:snap_duplicates:+7:7:And->Or": _NTK_PAIR,
+    "spatial:_pad_axis:+1:7:Eq->NotEq#0": (
+        "`before != 0 and after == 0` returns early only for padding (before > 0, after == 0), which no padding "
+        "rule produces ('same' puts the larger half after: after >= before; 'valid' pads nothing), and where "
+        "both are 0 the mutant pads by 0 on both sides: a copy of the same tensor"),
+    "spatial:window_average:+3:53:0->1": (
+        "padding (0, 1) adds one zero after each axis, but the windows are sliced up to the given output size "
+        "(stencil: delta + stride (out - 1) + 1), which the unpadded input already covers: the extra entry is "
+        "never read"),
+    "spatial:AvgPool:+5:21:1->2": (
+        "the dataclass default of AvgPool.stride; walk always builds AvgPool with an explicit window and stride "
+        "(walk.py: AvgPool(label, shape, out_shape, window, stride)), so the default is never used"),
 }
 
 

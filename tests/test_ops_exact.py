@@ -428,6 +428,19 @@ def test_degree_through_spatial_layers() -> None:
             assert torch.allclose(a, 0.75 * b, rtol=1e-7, atol=0)  # angle ~0 pairs: sqrt(eps) through atan2
 
 
+def test_a_biased_convolution_breaks_homogeneity() -> None:
+    """K(s x, t x') = (s t) K(x, x') fails once a bias enters: a biased convolution's degree is None (the walk
+    must then refuse to rescale huge inputs), and its kernel at 2 x is not 4 times the kernel at x."""
+    model = nn.Sequential(ntkit.nn.Conv2d(1, 3, 2, b_std=0.3, device="meta"), ntkit.nn.Activation("relu"),
+                          ntkit.nn.GlobalAvgPool(), ntkit.nn.Linear(3, 1, device="meta"))
+    arch = describe_model(model, (1, 3, 3))
+    assert arch.degree is None and arch.inhomogeneous_at
+    x = torch.from_numpy(make_inputs("degree_conv", [1, 3, 3], 2, 1)[0])
+    nngp, _ = reference_kernel(arch, x, x)
+    nngp2, _ = reference_kernel(arch, 2 * x, 2 * x)
+    assert not torch.allclose(nngp2, 4 * nngp, rtol=1e-3)
+
+
 def test_output_layout() -> None:
     """The layout after each op of a CNN: spatial ops keep the input's mode, read-outs give vectors."""
     model = nn.Sequential(ntkit.nn.Conv2d(2, 3, 2, device="meta"), ntkit.nn.Activation("relu"),
@@ -522,3 +535,27 @@ def test_a_single_duplicated_pair_is_snapped() -> None:
     # the other pairs are left as computed: equal to a fresh evaluation without any identical pair
     fresh, _ = reference_kernel(arch, a[:2], b[:2])
     assert torch.allclose(nngp[:2, :2], fresh, rtol=1e-14, atol=0)
+
+
+def test_layer_kernels_of_a_constant_derivative_have_the_pairs_shape() -> None:
+    """SigmaDot of the identity is 1 everywhere: still one (N1, N2) matrix per layer, as documented (the
+    derivative map returns a scalar there; the evaluator broadcasts it to the pairs)."""
+    from ntkit.layerwise import layer_kernels
+
+    x = torch.from_numpy(make_inputs("identity_layers", [3], 4, 1)[0])
+    res = layer_kernels(x, x[:2], depth=2, activation="identity", b_std=0.2)
+    assert all(s.shape == (4, 2) for s in res.sigma_dot)
+    assert all(bool((s == 1.0).all()) for s in res.sigma_dot)
+
+
+def test_layer_norm_without_eps_maps_a_zero_variance_channel_to_exactly_zero() -> None:
+    """eps = 0 and an input whose channel is constant (zero input, bias-free layer, then a sigmoid: every channel
+    is sigmoid(0)): after removing the mean it has no variance, and its kernel row is 0 exactly, not the rounding
+    residue of K(x, x') - m m' (~2e-16)."""
+    model = nn.Sequential(ntkit.nn.Linear(3, 8, bias=False, device="meta"), nn.Sigmoid(),
+                          ntkit.nn.LayerNorm(eps=0.0), ntkit.nn.Linear(8, 1, device="meta"))
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, -0.5, 0.3], [0.2, 0.9, -1.1]], dtype=F64)
+    k = ntkit.infinite_kernel(model, x)
+    assert bool((k.nngp[0] == 0).all() and (k.nngp[:, 0] == 0).all())
+    assert bool((k.ntk[0] == 0).all() and (k.ntk[:, 0] == 0).all())
+    assert float(k.nngp[1, 1]) == pytest.approx(1.0, rel=1e-12)  # a normalised channel has unit variance
