@@ -234,6 +234,12 @@ EQUIVALENT: dict[str, str] = {
         "padding (0, 1) adds one zero after each axis, but the windows are sliced up to the given output size "
         "(stencil: delta + stride (out - 1) + 1), which the unpadded input already covers: the extra entry is "
         "never read"),
+    "reference:evaluate_diagonal:+2:45:0->1": (
+        "distinct_rows(a, a[:1], ids, ids[:0]): the extra row a[0] has no id, and the distinct rows are picked by "
+        "id positions (first occurrence among ids_a), so the rows and `left` are the same"),
+    "reference:evaluate_diagonal:+2:59:0->1": (
+        "distinct_rows(a, a[:0], ids, ids[:1]): the extra id is ids[0], already present; unique ids, their first "
+        "positions (in a) and `left` (the first Na inverse indices) are unchanged"),
     "spatial:AvgPool:+5:21:1->2": (
         "the dataclass default of AvgPool.stride; walk always builds AvgPool with an explicit window and stride "
         "(walk.py: AvgPool(label, shape, out_shape, window, stride)), so the default is never used"),

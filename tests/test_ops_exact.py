@@ -559,3 +559,4 @@ def test_layer_norm_without_eps_maps_a_zero_variance_channel_to_exactly_zero() -
     assert bool((k.nngp[0] == 0).all() and (k.nngp[:, 0] == 0).all())
     assert bool((k.ntk[0] == 0).all() and (k.ntk[:, 0] == 0).all())
     assert float(k.nngp[1, 1]) == pytest.approx(1.0, rel=1e-12)  # a normalised channel has unit variance
+
