@@ -202,7 +202,7 @@ EQUIVALENT: dict[str, str] = {
         "pairs' shape already (even for a constant derivative: tests/test_ops_exact.py::"
         "test_layer_kernels_of_a_constant_derivative_have_the_pairs_shape passes on the mutant), and p.ntk * dot "
         "broadcasts the same way"),
-    "ops:LayerNormOp.apply:+10:27:Gt->GtE#0": (
+    "ops:LayerNormOp.apply:+9:27:Gt->GtE#0": (
         "safe = where(scale >= 0, scale, 1) is 0 where scale == 0, so nngp / safe is inf or NaN there, but both "
         "uses of safe sit inside where(scale > 0, ..., 0), which discards that branch (torch.where does not "
         "propagate the unselected values)"),
@@ -234,6 +234,29 @@ EQUIVALENT: dict[str, str] = {
         "padding (0, 1) adds one zero after each axis, but the windows are sliced up to the given output size "
         "(stencil: delta + stride (out - 1) + 1), which the unpadded input already covers: the extra entry is "
         "never read"),
+    "ops:Pointwise.apply_dual:+3:15:And->Or": _NTK_PAIR,
+    "ops:_reduce_space:+9:63:And->Or": _NTK_PAIR,
+    "ops:Pointwise.apply_dual:+10:8:delete statement": (
+        "the dual maps return the kernel in the broadcast shape of (var_l, cov, var_r), which is the pairs' "
+        "shape already (cov has it), so the explicit broadcast_to changes nothing"),
+    "ops:Flatten.output_mode:+1:8:return None": (
+        "the mode of a vector state (spatial ()) is read only by pair_shape (() for any mode without spatial "
+        "axes), by Flatten.apply's 'none' shortcut (the reduction of a vector state has no axes: the same "
+        "tensors) and by walk._place_diagonals, which compares it with 'full' only"),
+    "ops:GlobalPool.output_mode:+1:8:return None": (
+        "as Flatten.output_mode returning None: a vector state's mode is never needed beyond 'not full'"),
+    "ops:Flatten.apply:+2:23:string": (
+        "without the 'none' shortcut a vector state goes through _reduce_space, whose mean over no axes returns "
+        "the same tensors (and the same layout, ((), 'none'))"),
+    "ops:Residual.combine:+3:46:1.0->2.0": (
+        "`fx * s2 if s2 != 2.0 else fx`: differs only where s2 = scale * scale == 2.0 exactly, which no float "
+        "scale gives (1.4142135623730951^2 = 2.0000000000000004, 1.414213562373095^2 = 1.9999999999999996); "
+        "at s2 == 1 both branches give x + fx"),
+    "ops:Residual.combine:+6:51:1.0->2.0": (
+        "as the NNGP line: no float scale has scale * scale == 2.0 exactly"),
+    "spatial:_pad_axis:+1:17:0->1": (
+        "`before == 1 and after == 0` returns early only for padding (1, 0), which no rule produces ('same' "
+        "puts the larger half after); (0, 0) then pads by nothing: a copy of the same tensor"),
     "reference:evaluate_diagonal:+2:45:0->1": (
         "distinct_rows(a, a[:1], ids, ids[:0]): the extra row a[0] has no id, and the distinct rows are picked by "
         "id positions (first occurrence among ids_a), so the rows and `left` are the same"),

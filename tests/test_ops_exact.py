@@ -96,6 +96,7 @@ CASES = [
      [1, 3, 3], 3, 2),  # the ReLU's channel mean pooled, then subtracted by the layer norm
     ("conv1d_same_flatten", [_conv(3, (4,), (2,), "same", b_std=0.1), LEAKY, _conv(2, (2,), (1,), "same"), RELU,
                              FLAT, _dense(1)], [2, 7], 3, 2),
+    ("fc_unit_bias", [_dense(8, 1.0, 1.0), RELU, _dense(1, 0.7, 1.0)], [3], 4, 3),  # b_std^2 == 1 exactly
     ("conv_relu_flatten_layernorm", [_conv(3, (2, 2), b_std=0.1), RELU, FLAT, {"op": "layernorm", "eps": 0.05},
                                      _dense(1, 1.0, 0.1)], [1, 3, 3], 3, 2),  # the ReLU's mean, pixel-averaged
 ]
