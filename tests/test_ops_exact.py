@@ -561,3 +561,27 @@ def test_layer_norm_without_eps_maps_a_zero_variance_channel_to_exactly_zero() -
     assert bool((k.ntk[0] == 0).all() and (k.ntk[:, 0] == 0).all())
     assert float(k.nngp[1, 1]) == pytest.approx(1.0, rel=1e-12)  # a normalised channel has unit variance
 
+
+
+def test_duplicated_rows_are_exact_where_the_direct_angle_is_not() -> None:
+    """Rows of many features: x.x' by a matrix product and x.x by a row sum round differently, so the
+    arc-cosine angle of a duplicated pair computed directly is ~sqrt(eps) instead of 0 (errors ~1e-8 through
+    arccos). The evaluator gives every duplicated pair its self value: NNGP and NTK equal K(x, x) bit for
+    bit, and the diagonal of K(X, X) too."""
+    model = nn.Sequential(ntkit.nn.Linear(64, 8, device="meta"), nn.ReLU(), ntkit.nn.Linear(8, 8, device="meta"),
+                          nn.ReLU(), ntkit.nn.Linear(8, 1, device="meta"))
+    arch = describe_model(model, (64,))
+    # features of magnitudes 1e-3 .. 1e3: x.x by a matrix product and by a row sum differ in the last bits
+    x1 = torch.randn(6, 64, generator=torch.Generator().manual_seed(11), dtype=F64) * torch.logspace(-3, 3, 64,
+                                                                                                  dtype=F64)
+    x2 = x1[[1, 3, 4]].clone()
+    direct, sums = x1 @ x2.T, (x1 * x1).sum(1)
+    assert any(bool(direct[i, j] != sums[i]) for j, i in enumerate([1, 3, 4]))  # the premise: they do differ
+    nngp, ntk = reference_kernel(arch, x1, x2)
+    self_nngp, self_ntk = reference_kernel(arch, x1, None)
+    assert ntk is not None and self_ntk is not None
+    for j, i in enumerate([1, 3, 4]):
+        assert nngp[i, j] == self_nngp[i, i] and ntk[i, j] == self_ntk[i, i], (i, j)
+    # the self values are the exact angle-0 values: E[relu(u)^2] = K / 2 per layer, K(x, x) = |x|^2 / (4 d)
+    sq = (x1 * x1).sum(1) / 64 / 4
+    torch.testing.assert_close(self_nngp.diagonal(), sq, rtol=1e-14, atol=0)
