@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from ntkit._progress import Progress
-from ntkit._validation import check_choice, check_int, check_pair, describe
+from ntkit._validation import check_choice, check_int, check_pair, describe, parse_memory_budget
 from ntkit.empirical import empirical_ntk
-from ntkit.empirical._common import IMPLEMENTATIONS, parse_memory
+from ntkit.empirical._common import IMPLEMENTATIONS
 from ntkit.empirical.api import _check_eval_mode
 from ntkit.kernel import Kernel
 
@@ -422,7 +422,7 @@ def monte_carlo_kernel(
     master = _master_generator(generator, seed)
     check_choice(implementation, "implementation", IMPLEMENTATIONS)
     if memory_budget is not None:
-        parse_memory(memory_budget)
+        parse_memory_budget(memory_budget)
     build = _builder(model_fn, reinit, master)
     t1, t2 = check_pair(x1, x2, ndim=None)
     sums = {w: _Running() for w in (("nngp", "ntk") if which == "both" else (which,))}

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from ntkit._progress import Progress
-from ntkit._validation import check_choice, check_dtype, check_int, check_pair, renamed_keyword
+from ntkit._validation import check_choice, check_dtype, check_int, check_pair, parse_memory_budget, renamed_keyword
 from ntkit.activations import get_activation
 from ntkit.compute.distributed import get_client, run_on_dask
 from ntkit.compute.sizing import size_tiles
 from ntkit.compute.storage import Ledger, Output, data_digest, open_output
 from ntkit.compute.tile_task import TileTask, run_tile, single_threaded
-from ntkit.compute.tiling import DEFAULT_BUDGET, TilePlan, parse_budget
+from ntkit.compute.tiling import DEFAULT_BUDGET, TilePlan
 from ntkit.infinite.tiles import KernelTiles, PreparedPair
 from ntkit.infinite.walk import Architecture, describe_model, fc_model
 
@@ -353,7 +353,7 @@ def evaluate_tiles(
     start = time.perf_counter() if start is None else start
     t1 = rows.x1
     n1, n2 = t1.shape[0], (t1 if rows.x2 is None else rows.x2).shape[0]
-    budget_bytes = parse_budget(budget)
+    budget_bytes = parse_memory_budget(budget)
     threads = _check_threads(threads, t1.device)
     edge, threads = size_tiles(tiles, t1, n1, n2, budget=budget_bytes, threads=threads, tile=tile, diag=diag)
     client, owned = None, False

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkit._validation import check_choice, check_pair, describe
+from ntkit._validation import check_choice, check_pair, describe, parse_memory_budget
 from ntkit.empirical._common import (
     DEFAULT_MEMORY_BUDGET,
     IMPLEMENTATIONS,
@@ -17,7 +17,6 @@ from ntkit.empirical._common import (
     Engine,
     Tensor,
     model_output,
-    parse_memory,
     select_parameters,
 )
 from ntkit.empirical.jacobian import JacobianEngine
@@ -157,7 +156,7 @@ def empirical_ntk(
     check_choice(pairs, "pairs", PAIRS)
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool or None, got {describe(progress)}")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else parse_memory(memory_budget)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else parse_memory_budget(memory_budget)
     ref = next(model.parameters(), None)
     dtype = ref.dtype if ref is not None else None
     device = ref.device if ref is not None else None

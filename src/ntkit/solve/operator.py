@@ -23,7 +23,7 @@ from ntkit._validation import as_tensor, check_choice, check_dtype, check_int, p
 from ntkit.activations import Activation
 from ntkit.compute import architecture
 from ntkit.compute.sizing import fit_tile_shape
-from ntkit.compute.tiling import DEFAULT_BUDGET, parse_budget
+from ntkit.compute.tiling import DEFAULT_BUDGET
 from ntkit.infinite.fused import row_ids
 from ntkit.infinite.tiles import KernelTiles, Rows
 from ntkit.infinite.walk import fc_model
@@ -356,7 +356,7 @@ class KernelOperator:
 
     @budget.setter
     def budget(self, value: int | str) -> None:
-        self._budget = parse_budget(value)
+        self._budget = parse_memory_budget(value)
 
     @property
     def tile_shape(self) -> tuple[int, int]:
