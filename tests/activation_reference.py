@@ -24,8 +24,8 @@ import mpmath as mp
 
 from ntkit.activations import (
     ABReLU,
-    Activation,
     Cos,
+    DualActivation,
     Erf,
     Exp,
     Gaussian,
@@ -116,7 +116,7 @@ class Reference:
     kinks: bool = False
 
 
-def reference_for(act: Activation) -> Reference:
+def reference_for(act: DualActivation) -> Reference:
     """The mpmath reference of a closed-form activation, built from its parameters only."""
     if isinstance(act, Identity):
         return Reference(lambda x: x, lambda x: mp.mpf(1), lambda m, t: m, lambda m, t: mp.mpf(1))
@@ -246,7 +246,7 @@ def expect_diag(ref: Reference, v: mp.mpf) -> mp.mpf:
 
 
 def fc_reference(
-    act: Activation,
+    act: DualActivation,
     x1: list[list[float]],
     x2: list[list[float]],
     *,

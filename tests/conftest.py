@@ -21,7 +21,7 @@ TOL: dict[torch.dtype, dict[str, float]] = {}
 #: 1e75, the general path 1e-75 .. 1e3), duplicates included, by :func:`nat_err` against the float64
 #: Gauss-Legendre / mpmath reference; known bugs (xfail there) excluded. Keys:
 #:
-#: * ``closed_form``: the dual maps of the closed forms (``Activation.expect`` / ``dual``);
+#: * ``closed_form``: the dual maps of the closed forms (``DualActivation.expect`` / ``dual``);
 #: * ``native`` / ``fused``: the fully connected ABReLU / erf / identity recursion, compiled loop / torch;
 #: * ``reference``: the reference evaluator (other closed forms; any architecture);
 #: * ``mehler``: the general path of smooth activations (Hermite expansion, quadrature fallback);

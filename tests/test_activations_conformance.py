@@ -16,8 +16,8 @@ import torch
 
 import ntkit
 from ntkit.activations import (
-    Activation,
     CallableActivation,
+    DualActivation,
     available_activations,
     get_activation,
 )
@@ -149,7 +149,7 @@ def test_closed_form_matches_general_path(name: str) -> None:
         assert rel_err(kg.ntk, kc.ntk) < tol
 
 
-def _finite_layer_terms(act: Activation, x: torch.Tensor, *, width: int, beta: float, w_std: float, seed: int):
+def _finite_layer_terms(act: DualActivation, x: torch.Tensor, *, width: int, beta: float, w_std: float, seed: int):
     """Per-hidden-unit terms of a one-hidden-layer FCNetwork's NNGP and NTK, and the network."""
     net = ntkit.FCNetwork(x.shape[1], [width], 1, activation=act, b_std=beta, w_std=w_std, seed=seed)
     lin1, lin2 = net.linears

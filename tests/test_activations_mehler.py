@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import ntkit
-from ntkit.activations import Activation, CallableActivation, get_activation
+from ntkit.activations import CallableActivation, DualActivation, get_activation
 from ntkit.activations.mehler import hermite_expansions, mehler_expectations
 from ntkit.activations.quadrature import gaussian_expectation
 from tests.activation_reference import fc_reference, scipy_expect
@@ -26,7 +26,7 @@ F64 = torch.float64
 SMOOTH = ["tanh", "sigmoid", "softplus", "silu", "swish", "mish", "gelu_tanh"]
 
 
-def _mehler_twin(act: Activation, method: str = "mehler") -> CallableActivation:
+def _mehler_twin(act: DualActivation, method: str = "mehler") -> CallableActivation:
     """A closed-form activation's own function and derivative, on the general path."""
     return CallableActivation(act.forward, derivative=act.derivative, name=f"{act.name}_{method}", method=method)
 
@@ -40,7 +40,7 @@ def _input_kernel(x: torch.Tensor, *, beta: float, w_std: float) -> tuple[torch.
     return var, cov
 
 
-def _by_depth(act: Activation, x: torch.Tensor, depth: int, *, beta: float, w_std: float) -> list[tuple]:
+def _by_depth(act: DualActivation, x: torch.Tensor, depth: int, *, beta: float, w_std: float) -> list[tuple]:
     """``[(nngp, ntk)]`` after 1..depth layers (the recursion of ``fc_kernel``, upper triangle only)."""
     var, cov = _input_kernel(x, beta=beta, w_std=w_std)
     n = x.shape[0]
@@ -106,7 +106,7 @@ def test_fast_path_needs_no_quadrature_on_ordinary_data(monkeypatch: pytest.Monk
     def refuse(*args: object) -> None:
         raise AssertionError("quadrature called")
 
-    monkeypatch.setattr(Activation, "_quadrature", refuse)
+    monkeypatch.setattr(DualActivation, "_quadrature", refuse)
     x = torch.randn(40, 5, generator=torch.Generator().manual_seed(3), dtype=F64)
     for name in ("tanh", "softplus", "silu"):
         k = ntkit.fc_kernel(x, depth=3, activation=name, b_std=0.1)

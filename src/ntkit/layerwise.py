@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from ntkit._validation import check_dtype, check_float, check_int, check_pair, renamed_keyword
-from ntkit.activations import Activation, get_activation
+from ntkit.activations import DualActivation, get_activation
 from ntkit.infinite.ops import Dense, Pointwise
 from ntkit.infinite.reference import distinct_rows, iter_layers
 from ntkit.infinite.tiles import KernelTiles
@@ -114,7 +114,7 @@ def _layer_stream(
     x2: Any | None,
     *,
     depth: int,
-    activation: str | Activation | Any,
+    activation: str | DualActivation | Any,
     b_std: float,
     w_std: float,
     dtype: torch.dtype,
@@ -148,7 +148,7 @@ def _layer_stream(
             yield cross.nngp, sdot, rows.nngp[left], rows.nngp[right]
 
 
-def _fc_architecture(n0: int, depth: int, act: Activation, b_std: float, w_std: float) -> Architecture:
+def _fc_architecture(n0: int, depth: int, act: DualActivation, b_std: float, w_std: float) -> Architecture:
     return describe_model(fc(n0, 1, depth=depth, activation=act, w_std=w_std, b_std=b_std, device="meta"), (n0,))
 
 
@@ -163,7 +163,7 @@ def layer_kernels(
     x2: Any | None = None,
     *,
     depth: int,
-    activation: str | Activation | Any = "relu",
+    activation: str | DualActivation | Any = "relu",
     b_std: float = 0.0,
     w_std: float = 1.0,
     dtype: torch.dtype = torch.float64,
@@ -219,7 +219,7 @@ def iter_fixed_layer_ntks(
     x2: Any | None = None,
     *,
     depth: int,
-    activation: str | Activation | Any = "relu",
+    activation: str | DualActivation | Any = "relu",
     b_std: float = 0.0,
     w_std: float = 1.0,
     scale: float = 1.0,
@@ -284,7 +284,7 @@ def fixed_layer_ntks(
     x2: Any | None = None,
     *,
     depth: int,
-    activation: str | Activation | Any = "relu",
+    activation: str | DualActivation | Any = "relu",
     b_std: float = 0.0,
     w_std: float = 1.0,
     scale: float = 1.0,
@@ -338,7 +338,7 @@ def fc_kernel_diag(
     x: Any,
     *,
     depth: int,
-    activation: str | Activation | Any = "relu",
+    activation: str | DualActivation | Any = "relu",
     b_std: float = 0.0,
     w_std: float = 1.0,
     which: str = "ntk",

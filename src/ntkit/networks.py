@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ntkit._validation import check_choice, check_dtype, check_float, check_int, describe, renamed_keyword
-from ntkit.activations import get_activation
+from ntkit.activations import DualActivation, get_activation
 from ntkit.compute.model_kernels import infinite_kernel
 from ntkit.nn import Activation, Linear, orthogonal_
 from ntkit.nn._init import INITS, PARAMETERIZATIONS
@@ -114,7 +114,7 @@ class FCNetwork(nn.Module):
         Hidden widths ``n_1 .. n_{L-1}`` (``depth = len(hidden)``; empty for a linear model).
     out_features : int
         Output dimension ``n_L``.
-    activation : str, Activation or callable
+    activation : str, DualActivation or callable
         The nonlinearity ``sigma`` (see :func:`ntkit.activations.get_activation`).
     b_std : float
         Bias scale (``>= 0``).
@@ -154,7 +154,7 @@ class FCNetwork(nn.Module):
         hidden: Sequence[int],
         out_features: int = 1,
         *,
-        activation: str | Activation | Any = "relu",
+        activation: str | DualActivation | Any = "relu",
         b_std: float = 0.0,
         w_std: float = 1.0,
         parameterization: str = "ntk",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ntkit.activations.base import Activation, CallableActivation
+from ntkit.activations.base import CallableActivation, DualActivation
 from ntkit.activations.closed_form import (
     ABReLU,
     Abs,
@@ -27,12 +27,16 @@ from ntkit.activations.closed_form import (
 )
 from ntkit.activations.closed_form_smooth import Cos, Exp, Gaussian, Gelu, Hermite, Monomial, Polynomial, Sin
 
+#: The former name of :class:`DualActivation`; internal modules still import it (no warning here, unlike
+#: the top-level ``ntkit.Activation``). Not in ``__all__``: the documented name is ``DualActivation``.
+Activation = DualActivation
+
 __all__ = [
     "ABReLU",
     "Abs",
-    "Activation",
     "CallableActivation",
     "Cos",
+    "DualActivation",
     "Erf",
     "Exp",
     "Gaussian",
@@ -67,7 +71,7 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
-_REGISTRY: dict[str, Callable[[], Activation]] = {
+_REGISTRY: dict[str, Callable[[], DualActivation]] = {
     "identity": Identity,
     "linear": Identity,
     "relu": ReLU,
@@ -106,15 +110,15 @@ _REGISTRY: dict[str, Callable[[], Activation]] = {
 }
 
 
-def register_activation(name: str, factory: Callable[[], Activation]) -> None:
-    """Register ``factory`` (a zero-argument callable returning an Activation) under ``name``.
+def register_activation(name: str, factory: Callable[[], DualActivation]) -> None:
+    """Register ``factory`` (a zero-argument callable returning a :class:`DualActivation`) under ``name``.
 
     Parameters
     ----------
     name : str
         The name (stored lower-case); an existing name is replaced.
     factory : callable
-        ``factory() -> Activation``, called by each :func:`get_activation` of the name.
+        ``factory() -> DualActivation``, called by each :func:`get_activation` of the name.
 
     Raises
     ------
@@ -145,26 +149,26 @@ def available_activations() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_activation(activation: str | Activation | Callable[[torch.Tensor], torch.Tensor]) -> Activation:
-    """Resolve a name, an :class:`Activation`, or any elementwise callable to an Activation.
+def get_activation(activation: str | DualActivation | Callable[[torch.Tensor], torch.Tensor]) -> DualActivation:
+    """Resolve a name, a :class:`DualActivation`, or any elementwise callable to a DualActivation.
 
     Raises
     ------
     ValueError
         For an unknown name (the message lists the known ones).
     TypeError
-        For anything that is neither a string, an Activation nor a callable.
+        For anything that is neither a string, a DualActivation nor a callable.
 
     Parameters
     ----------
-    activation : str, Activation or callable
-        A registered name (case-insensitive, :func:`available_activations`), an Activation (returned
+    activation : str, DualActivation or callable
+        A registered name (case-insensitive, :func:`available_activations`), a DualActivation (returned
         as it is), or an elementwise callable / torch module (wrapped in a
         :class:`CallableActivation`).
 
     Returns
     -------
-    Activation
+    DualActivation
 
     Examples
     --------
@@ -175,18 +179,18 @@ def get_activation(activation: str | Activation | Callable[[torch.Tensor], torch
     >>> get_activation(torch.tanh).name
     'tanh'
     """
-    if isinstance(activation, Activation):
+    if isinstance(activation, DualActivation):
         return activation
     if isinstance(activation, str):
         key = activation.lower()
         if key not in _REGISTRY:
             raise ValueError(
-                f"activation: expected one of {available_activations()} or an Activation / callable, "
+                f"activation: expected one of {available_activations()} or a DualActivation / callable, "
                 f"got {activation!r}"
             )
         return _REGISTRY[key]()
     if isinstance(activation, torch.nn.Module) or callable(activation):
         return CallableActivation(activation)
     raise TypeError(
-        f"activation: expected a name, an ntkit Activation or a callable, got {type(activation).__name__}"
+        f"activation: expected a name, an ntkit DualActivation or a callable, got {type(activation).__name__}"
     )

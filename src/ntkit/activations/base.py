@@ -1,6 +1,6 @@
 """The activation object: one description serving the finite network and the kernels.
 
-An :class:`Activation` is a pointwise nonlinearity ``sigma`` together with its Gaussian *dual maps*:
+A :class:`DualActivation` is a pointwise nonlinearity ``sigma`` together with its Gaussian *dual maps*:
 for a centred bivariate Gaussian ``(u, v)`` with covariance ``[[var1, cov], [cov, var2]]``
 
 * ``expect(var1, cov, var2)            = E[sigma(u) sigma(v)]``       (drives the NNGP recursion)
@@ -17,7 +17,7 @@ polynomial in the correlation, with a rigorous truncation bound that hands the e
 certify (correlation near +-1 with a slowly converging expansion) to split composite quadrature
 (:mod:`ntkit.activations.quadrature`). Activations declared ``smooth=False`` (ELU, SELU: their
 derivative jumps) or with breakpoints other than 0, and ``method="quadrature"``, use the quadrature
-for everything; kinks at the declared :attr:`Activation.breakpoints` (default ``(0,)``) are integrated
+for everything; kinks at the declared :attr:`DualActivation.breakpoints` (default ``(0,)``) are integrated
 to full accuracy. :meth:`dual` returns both maps at once (sharing the function evaluations); the
 kernel recursion uses it.
 """
@@ -33,13 +33,14 @@ from ntkit.activations.mehler import MAX_TERMS, MehlerInfo, gaussian_norms, mehl
 from ntkit.activations.quadrature import _checked, gaussian_dual, gaussian_expectation, gaussian_expectation_1d
 
 Tensor = torch.Tensor
-#: The general-path methods (see :meth:`Activation.general_method`).
+#: The general-path methods (see :meth:`DualActivation.general_method`).
 METHODS = ("auto", "mehler", "quadrature")
 
 
-class Activation:
-    """Base class of all activations.
+class DualActivation:
+    """Base class of all activations: a pointwise ``sigma`` with its Gaussian dual maps.
 
+    Not to be confused with :class:`ntkit.nn.Activation`, the torch module that applies one in a model.
     Subclasses implement :meth:`forward`; they may override :meth:`derivative`,
     :meth:`expect` and :meth:`expect_derivative` with exact formulas.
 
@@ -101,7 +102,7 @@ class Activation:
             Naming the activation, when ``sigma`` is not differentiable by autograd (its output
             does not depend on its input through torch operations).
         """
-        if type(self).derivative is not Activation.derivative:
+        if type(self).derivative is not DualActivation.derivative:
             return self.forward(x), self.derivative(x)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
@@ -209,7 +210,8 @@ class Activation:
         """
         if not derivative:
             return self.expect(var1, cov, var2), None
-        if type(self).expect is Activation.expect and type(self).expect_derivative is Activation.expect_derivative:
+        base = DualActivation
+        if type(self).expect is base.expect and type(self).expect_derivative is base.expect_derivative:
             nngp, deriv = self._general(var1, cov, var2, "both")
             return nngp, deriv
         return self.expect(var1, cov, var2), self.expect_derivative(var1, cov, var2)
@@ -231,7 +233,7 @@ class Activation:
         On the Mehler path this is the Parseval norm of the expansion (the same rule, so that
         :meth:`dual` at ``(q, q, q)`` returns exactly this value).
         """
-        if type(self).expect is Activation.expect:
+        if type(self).expect is DualActivation.expect:
 
             def square(x: Tensor) -> Tensor:
                 y = self.forward(x)
@@ -255,7 +257,7 @@ class Activation:
         return f"{type(self).__name__}()"
 
 
-class CallableActivation(Activation):
+class CallableActivation(DualActivation):
     """Any pointwise callable ``fn(x) -> tensor`` (e.g. ``torch.tanh``), kernels by the general path.
 
     Parameters
@@ -343,3 +345,8 @@ class CallableActivation(Activation):
 
     def __repr__(self) -> str:
         return f"CallableActivation({self.name})"
+
+
+#: The former name of :class:`DualActivation` (kept so that old imports and pickles still work; the top
+#: level ``ntkit.Activation`` warns, see :mod:`ntkit`).
+Activation = DualActivation

@@ -1,4 +1,4 @@
-"""Smooth activations with exact Gaussian dual maps: GELU, sin / cos, Gaussian, exp and polynomials.
+"""Smooth activations with exact Gaussian dual maps: GELU, sin / cos, Gaussian and exp.
 
 Notation as in :mod:`ntkit.activations.closed_form`: ``(u, v) ~ N(0, [[v1, c], [c, v2]])`` and
 ``det = v1 v2 - c^2`` (clipped at 0, taken from the covariance entries). Every formula below is
@@ -8,20 +8,23 @@ inputs need no special case and no correlation ``c / sqrt(v1 v2)`` is ever round
 Derivations: Gaussian reweighting ``E[h(u, v) phi(u)] = (2 pi (1 + v1))^(-1/2) E'[h]`` under the
 covariance ``(Sigma^-1 + e1 e1^T)^-1`` and Stein's lemma ``E[u h] = v1 E[d_u h] + c E[d_v h]``
 (GELU: Tsuchida, Pearce, van der Heide, Roosta & Gallagher 2021); characteristic functions
-(sin, cos, exp); Gaussian integrals of quadratic forms (Gaussian activation); the Hermite / Mehler
-expansion for polynomials (Lee et al. 2018, Daniely et al. 2016).
+(sin, cos, exp); Gaussian integrals of quadratic forms (Gaussian activation).
+
+The polynomial activations (:class:`Polynomial`, :class:`Monomial`, :class:`Hermite` and
+:func:`polynomial_dual`: the Hermite / Mehler expansion, Lee et al. 2018, Daniely et al. 2016) live in
+:mod:`ntkit.activations.polynomial`; this module re-exports them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from ntkit._validation import check_float
-from ntkit.activations.base import Activation
+from ntkit.activations.base import DualActivation
+from ntkit.activations.polynomial import Hermite, Monomial, Polynomial, polynomial_dual
+from ntkit.activations.polynomial import _hermite_table as _hermite_table  # re-exported (moved there)
 from ntkit.activations.quadrature import scaled_covariance, unscale
 
 Tensor = torch.Tensor
@@ -31,7 +34,7 @@ def _det(v1: Tensor, c: Tensor, v2: Tensor) -> Tensor:
     return (v1 * v2 - c * c).clamp_min(0)
 
 
-class Gelu(Activation):
+class Gelu(DualActivation):
     """Exact GELU ``sigma(x) = x Phi(x)`` (Hendrycks & Gimpel 2016), ``Phi`` the normal CDF.
 
     With ``D = (1 + v1)(1 + v2) - c^2 = 1 + v1 + v2 + det`` and
@@ -101,7 +104,7 @@ class Gelu(Activation):
         return "Gelu()"
 
 
-class Sin(Activation):
+class Sin(DualActivation):
     """``sigma(x) = a sin(b x + c0)``; :class:`Cos` is the same with a quarter-period phase.
 
     With ``x = b^2 c``, ``m = exp(-b^2 (v1 + v2) / 2)`` and ``sin(s) sin(t) = (cos(s - t) - cos(s + t)) / 2``,
@@ -214,7 +217,7 @@ class Cos(Sin):
         return self.a * math.cos(self.c) * damp
 
 
-class Gaussian(Activation):
+class Gaussian(DualActivation):
     """Gaussian (RBF) activation ``sigma(x) = a exp(-b x^2)`` with ``b >= 0``.
 
     With ``Q = det(I + 2 b Sigma) = 1 + 2 b (v1 + v2) + 4 b^2 det``:
@@ -275,7 +278,7 @@ class Gaussian(Activation):
         return f"Gaussian(a={self.a}, b={self.b})"
 
 
-class Exp(Activation):
+class Exp(DualActivation):
     """``sigma(x) = a exp(b x)``: ``E = a^2 exp(b^2 (v1 + v2 + 2 c) / 2)``, ``E' = b^2 E``.
 
     The kernel grows like ``exp(variance)``: deep or large-norm recursions overflow exactly where
@@ -324,180 +327,4 @@ class Exp(Activation):
         return f"Exp(a={self.a}, b={self.b})"
 
 
-def _hermite_table(degree: int) -> np.ndarray:
-    """``T[m, k]``: coefficient of ``He_k(z)`` in ``z^m`` (``m! / (k! 2^j j!)`` for ``m - k = 2 j``)."""
-    table = np.zeros((degree + 1, degree + 1))
-    for m in range(degree + 1):
-        for j in range(m // 2 + 1):
-            k = m - 2 * j
-            table[m, k] = math.factorial(m) / (math.factorial(k) * 2**j * math.factorial(j))
-    return table
-
-
-def polynomial_dual(coeffs: Sequence[float], var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-    """``E[p(u) p(v)]`` for ``p(x) = sum_m coeffs[m] x^m`` (Hermite / Mehler expansion).
-
-    Writing ``p(s z) = sum_k s^k beta_k(s^2) He_k(z)`` with
-    ``beta_k(v) = sum_{m = k + 2j} coeffs[m] m! / (k! 2^j j!) v^j`` and
-    ``E[He_j(z1) He_k(z2)] = delta_jk k! rho^k`` gives
-
-        E[p(u) p(v)] = sum_k k! beta_k(v1) beta_k(v2) c^k,
-
-    a finite sum in ``v1, v2, c`` (no square roots, no correlation).
-    """
-    var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
-    degree = len(coeffs) - 1
-    table = _hermite_table(degree)
-    out = torch.zeros_like(cov)
-    for k in range(degree + 1):
-        b1 = torch.zeros_like(var1)
-        b2 = torch.zeros_like(var2)
-        for m in range(degree, k - 1, -1):  # Horner in v over m = k, k + 2, ...
-            if (m - k) % 2:
-                continue
-            coef = coeffs[m] * table[m, k]
-            b1 = b1 * var1 + coef
-            b2 = b2 * var2 + coef
-        out = out + math.factorial(k) * b1 * b2 * cov**k
-    return out
-
-
-class Polynomial(Activation):
-    """``sigma(x) = sum_m coeffs[m] x^m``: exact maps by :func:`polynomial_dual` (NNGP and derivative).
-
-    Parameters
-    ----------
-    coeffs : sequence of float
-        Coefficients in increasing degree (``[0, 0, 1]`` is ``x^2``).
-
-    Raises
-    ------
-    TypeError
-        ``coeffs`` is not a sequence of numbers.
-    ValueError
-        ``coeffs`` is empty or holds a non-finite number.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from ntkit.activations import Polynomial
-    >>> act = Polynomial([1, 0, 2])  # 1 + 2 x^2
-    >>> act(torch.tensor([0.0, 1.0]))
-    tensor([1., 3.])
-    >>> one = torch.ones((), dtype=torch.float64)
-    >>> float(act.expect(one, one, one))  # E[(1 + 2u^2)^2] = 1 + 4 + 12
-    17.0
-    """
-
-    closed_form = True
-
-    def __init__(self, coeffs: Sequence[float], name: str = "polynomial") -> None:
-        try:
-            values = [float(c) for c in coeffs]
-        except (TypeError, ValueError):
-            raise TypeError(f"coeffs: expected a sequence of floats, got {coeffs!r}") from None
-        if not values or not all(math.isfinite(c) for c in values):
-            raise ValueError(f"coeffs: expected a non-empty sequence of finite floats, got {coeffs!r}")
-        self.coeffs = tuple(values)
-        self.name = name
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.full_like(x, self.coeffs[-1])
-        for c in reversed(self.coeffs[:-1]):
-            out = out * x + c
-        return out
-
-    @property
-    def derivative_coeffs(self) -> tuple[float, ...]:
-        """Coefficients of ``sigma'``."""
-        return tuple(m * c for m, c in enumerate(self.coeffs))[1:] or (0.0,)
-
-    def derivative(self, x: Tensor) -> Tensor:
-        coeffs = self.derivative_coeffs
-        out = torch.full_like(x, coeffs[-1])
-        for c in reversed(coeffs[:-1]):
-            out = out * x + c
-        return out
-
-    def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        return polynomial_dual(self.coeffs, var1, cov, var2)
-
-    def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        return polynomial_dual(self.derivative_coeffs, var1, cov, var2)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({list(self.coeffs)})"
-
-
-class Monomial(Polynomial):
-    """``sigma(x) = x^n``.
-
-    Parameters
-    ----------
-    degree : int
-        ``n >= 0``.
-
-    Raises
-    ------
-    ValueError
-        ``degree`` is not an integer >= 0.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from ntkit.activations import Monomial
-    >>> one, zero = torch.ones((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-    >>> float(Monomial(2).expect(one, zero, one))  # E[u^2] E[v^2]
-    1.0
-    """
-
-    def __init__(self, degree: int = 2) -> None:
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise ValueError(f"degree: expected an integer >= 0, got {degree!r}")
-        super().__init__([0.0] * degree + [1.0], name=f"monomial{degree}")
-        self.degree = degree
-        self.homogeneous_degree = degree
-
-    def __repr__(self) -> str:
-        return f"Monomial(degree={self.degree})"
-
-
-class Hermite(Polynomial):
-    """Probabilists' Hermite polynomial ``He_n(x)`` (divided by ``sqrt(n!)`` if ``normalized``).
-
-    For unit-variance inputs ``E[He_n(u) He_n(v)] = n! rho^n``: the normalised ``He_n / sqrt(n!)``
-    has the dual ``rho^n`` (Daniely, Frostig & Singer 2016).
-
-    Parameters
-    ----------
-    degree : int
-        ``n >= 0``.
-    normalized : bool
-        Divide by ``sqrt(n!)`` (then the dual map of unit-variance inputs is ``rho^n``).
-
-    Raises
-    ------
-    ValueError
-        ``degree`` is not an integer >= 0.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from ntkit.activations import Hermite
-    >>> one, half = torch.ones((), dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
-    >>> round(float(Hermite(3, normalized=True).expect(one, half, one)), 12)  # rho^3
-    0.125
-    """
-
-    def __init__(self, degree: int = 2, *, normalized: bool = False) -> None:
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise ValueError(f"degree: expected an integer >= 0, got {degree!r}")
-        coeffs = np.polynomial.hermite_e.herme2poly([0.0] * degree + [1.0])
-        if normalized:
-            coeffs = coeffs / math.sqrt(math.factorial(degree))
-        super().__init__([float(c) for c in coeffs], name=f"hermite{degree}")
-        self.degree = degree
-        self.normalized = normalized
-
-    def __repr__(self) -> str:
-        return f"Hermite(degree={self.degree}, normalized={self.normalized})"
+__all__ = ["Cos", "Exp", "Gaussian", "Gelu", "Hermite", "Monomial", "Polynomial", "Sin", "polynomial_dual"]

@@ -1,27 +1,30 @@
-"""``compute_kernel``: tiled, fused, resumable and optionally distributed analytic kernels."""
+"""``compute_kernel``: tiled, fused, resumable and optionally distributed analytic kernels.
+
+The deprecated data-first call form is read by :mod:`ntkit.compute.legacy`; tiles run here on threads
+and are written into the output by :mod:`ntkit.compute.local` (whose names this module re-exports), or on
+Dask by :mod:`ntkit.compute.distributed`.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
 import time
-import warnings
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ntkit._progress import Progress
-from ntkit._validation import check_choice, check_dtype, check_int, check_pair, parse_memory_budget, renamed_keyword
+from ntkit._validation import check_choice, check_dtype, check_pair, parse_memory_budget, renamed_keyword
 from ntkit.activations import get_activation
 from ntkit.compute.distributed import get_client, run_on_dask
+from ntkit.compute.legacy import _model_first
+from ntkit.compute.local import _check_threads, run_threaded, write_tile
 from ntkit.compute.sizing import size_tiles
-from ntkit.compute.storage import Ledger, Output, data_digest, open_output
-from ntkit.compute.tile_task import TileTask, run_tile, single_threaded
+from ntkit.compute.storage import Ledger, data_digest, open_output
+from ntkit.compute.tile_task import TileTask, run_tile
 from ntkit.compute.tiling import DEFAULT_BUDGET, TilePlan
 from ntkit.infinite.tiles import KernelTiles, PreparedPair
 from ntkit.infinite.walk import Architecture, describe_model, fc_model
@@ -70,90 +73,6 @@ class KernelResult:
     tiles_computed: int
     seconds: float
     params: dict[str, Any] = field(default_factory=dict)
-
-
-def _check_threads(threads: Any, device: torch.device) -> int:
-    if threads is None:
-        return 1 if device.type != "cpu" else max(1, torch.get_num_threads())
-    return check_int(threads, "threads", minimum=1)
-
-
-def run_threaded(
-    task: TileTask,
-    todo: list[tuple[int, int]],
-    finish: Callable[[int, int, Any], None],
-    threads: int,
-    store: Callable[[int, int, Tensor], None] | None = None,
-) -> None:
-    """Evaluate the tiles of ``todo`` on ``threads`` Python threads (torch releases the GIL), at most
-    ``threads`` tiles in flight, calling ``finish(i, j, block)`` here as each completes.
-
-    With ``store``, each worker thread also calls ``store(i, j, block)`` itself (an output that
-    takes concurrent writes of disjoint tiles: the copies into memory then run in parallel) and
-    ``finish`` receives None. When a tile fails, no further tile starts; those already in flight
-    complete (and are finished) before the first error is raised.
-    """
-
-    def work(i: int, j: int) -> Tensor | None:
-        block = task(i, j)
-        if store is None:
-            return block
-        store(i, j, block)
-        return None
-
-    if task.device.type != "cpu":
-        for i, j in todo:
-            finish(i, j, work(i, j))
-        return
-    if len(todo) <= 1 and threads > 1:  # one tile: its own operations use the threads
-        for i, j in todo:
-            finish(i, j, work(i, j))
-        return
-    if threads <= 1:
-        with single_threaded():
-            for i, j in todo:
-                finish(i, j, work(i, j))
-        return
-    with single_threaded(), ThreadPoolExecutor(threads) as pool:
-        pending = list(todo)[::-1]
-        running: dict[Future[Tensor | None], tuple[int, int]] = {}
-        failure: BaseException | None = None
-        try:
-            while running or (pending and failure is None):
-                while failure is None and pending and len(running) < threads:
-                    i, j = pending.pop()
-                    running[pool.submit(work, i, j)] = (i, j)
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    i, j = running.pop(fut)
-                    err = fut.exception()
-                    if err is not None:
-                        # Start nothing new, but let the tiles in flight finish and be recorded:
-                        # a tile that was wholly written next to a failing one is kept.
-                        failure = failure or err
-                        continue
-                    finish(i, j, fut.result())
-        finally:
-            for fut in running:
-                fut.cancel()
-        if failure is not None:
-            raise failure
-
-
-def write_tile(output: Output, plan: TilePlan, which: tuple[str, ...], i: int, j: int, block: Any) -> None:
-    """Write the stacked block of tile ``(i, j)`` (and its mirror for a symmetric plan)."""
-    r = plan.rows(i)
-    for k in range(len(which)):
-        kk = None if len(which) == 1 else k
-        if plan.diag:
-            output.write(kk, r, None, block[k])
-            continue
-        c = plan.cols(j)
-        output.write(kk, r, c, block[k])
-        if plan.symmetric and i != j:
-            mirrored = block[k].T
-            mirrored = mirrored.contiguous() if isinstance(mirrored, Tensor) else np.ascontiguousarray(mirrored)
-            output.write(kk, c, r, mirrored)
 
 
 def compute_kernel(
@@ -284,46 +203,6 @@ def compute_kernel(
                           described=described, start=start)
 
 
-def _model_first(model: Any, x1: Any, x2: Any, legacy: dict[str, Any], *, shortcut: bool) -> tuple[Any, Any, Any]:
-    """``(model, x1, x2)`` of a call in the model-first form, or of the deprecated data-first one.
-
-    Model first: ``compute_kernel(model, x1, x2)`` (``model`` None with the ``depth=`` shortcut).
-    Data first (one release, with a ``DeprecationWarning``): ``compute_kernel(x1, x2, model=...)`` or
-    ``compute_kernel(x1, depth=...)``; ``x1=`` / ``x2=`` / ``model=`` given by keyword are read too.
-    """
-    unknown = sorted(set(legacy) - {"model", "x1", "x2"})
-    if unknown:
-        raise TypeError(f"compute_kernel() got an unexpected keyword argument {unknown[0]!r}")
-    data_first = model is not None and not isinstance(model, nn.Module)
-    if data_first or "model" in legacy or (model is None and x1 is None and "x1" not in legacy):
-        if data_first:
-            if x2 is not None:
-                raise TypeError("compute_kernel: expected (model, x1, x2) or the deprecated (x1, x2, model=...), "
-                                "got three positional arguments and no model first")
-            model, x1, x2 = legacy.pop("model", None), model, x1
-        else:
-            model = legacy.pop("model", model)
-        warnings.warn(
-            "compute_kernel(x1, x2, model=...) is deprecated; use compute_kernel(model, x1, x2) (model first; "
-            "None first with depth=... for the fully connected shortcut)", DeprecationWarning, stacklevel=3)
-    for name, value in (("x1", x1), ("x2", x2)):
-        if name in legacy:
-            if value is not None:
-                raise TypeError(f"compute_kernel() got multiple values for argument {name!r}")
-            if name == "x1":
-                x1 = legacy.pop(name)
-            else:
-                x2 = legacy.pop(name)
-    if x1 is None:
-        raise TypeError("compute_kernel: expected the inputs x1 after the model, got none")
-    if model is not None and not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {type(model).__name__}")
-    if model is None and not shortcut:
-        raise ValueError("model: expected a model (e.g. built from ntkit.nn) or the fully connected shortcut "
-                         "depth=..., got neither")
-    return model, x1, x2
-
-
 def distinct_x2(t1: Tensor, t2: Tensor | None) -> Tensor | None:
     """``t2``, or None when it equals ``t1`` (``K(x, x)`` is then evaluated as the exactly symmetric kernel)."""
     if t2 is not None and t2.shape == t1.shape and torch.equal(t1, t2):
@@ -441,7 +320,7 @@ def _run(
 
 __all__ = [
     "KernelResult", "Ledger", "TileTask", "architecture", "check_ntk", "compute_kernel", "distinct_x2",
-    "evaluate_tiles", "run_tile", "write_tile",
+    "evaluate_tiles", "run_threaded", "run_tile", "write_tile",
 ]
 
 

@@ -153,7 +153,7 @@ def fc_kernel(
         Defaults to ``x1``.
     depth : int
         Number of hidden layers (``>= 0``; 0 gives the linear kernel ``Sigma(1)``).
-    activation : str, Activation or callable
+    activation : str, DualActivation or callable
         Closed forms where available (``ntkit.activations.available_activations()``); any other
         callable by the general path (Mehler / Hermite expansion certified below 1e-13 per layer,
         quadrature for kinked ones); derivatives by autograd.

@@ -25,6 +25,9 @@ The NTK-GP over initialisations (Lee et al. 2019, eqs. 15-16) gives the predicte
 spread of the trained outputs drawn in the figure. Empirical NTKs use the structured
 (layer-factored) implementation of :func:`ntkit.empirical_ntk`: Gram products of layer inputs and
 cotangents, never a Jacobian.
+
+The result record is :mod:`ntkit.experiments.dynamics_result`, the figure
+:mod:`ntkit.experiments.dynamics_plot`; this module runs the experiment and the command.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,108 +52,13 @@ from ntkit.compute import fc_kernel
 from ntkit.data import circle_inputs
 from ntkit.empirical import empirical_ntk
 from ntkit.experiments._options import add_b_std_argument
-from ntkit.experiments.converge import fit_loglog_slope
-from ntkit.experiments.movement import MovementAnalysis, mean_slope, movement_vs_width
+from ntkit.experiments.dynamics_plot import plot_dynamics
+from ntkit.experiments.dynamics_result import MEASURES, N_BOOT, DynamicsResult
 from ntkit.networks import FCNetwork
 from ntkit.predict import LearningRateWarning, gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate
 from ntkit.train import kernel_movement, train_gd
 
 DEFAULT_WIDTHS = (500, 10000)
-#: Bootstrap resamples (over initialisations) for the slopes' standard errors in the summary.
-N_BOOT = 1000
-#: The scalar measurements recorded per network.
-MEASURES = ("movement", "dist_linearized", "dist_kernel", "init_distance", "final_loss")
-
-
-@dataclass
-class DynamicsResult:
-    """Outcome of :func:`run_dynamics`; per-width lists hold one value per finished initialisation.
-
-    Attributes
-    ----------
-    widths : list of int
-    config : dict
-        The settings of the run.
-    movement, dist_linearized, dist_kernel, init_distance, final_loss : dict of str to list of float
-        Per width (the key is ``str(width)``), one value per network: the kernel movement
-        ``||Theta_T - Theta_0|| / ||Theta_0||``, the RMS distances of the trained network to its
-        linearization and to the kernel prediction, ``||Theta_0 - Theta_inf|| / ||Theta_inf||``, the
-        final training loss.
-    curves : dict
-        The rows and outputs the figure draws.
-    seconds : float
-    complete : bool
-
-    Examples
-    --------
-    >>> from ntkit.experiments.dynamics import run_dynamics
-    >>> res = run_dynamics(widths=[32, 64], n_inits=2, steps=5, n_test=8, progress=False)
-    >>> res.finished_widths(), len(res.movement["32"]), res.complete
-    ([32, 64], 2, True)
-    """
-
-    widths: list[int]
-    config: dict[str, Any]
-    movement: dict[str, list[float]] = field(default_factory=dict)
-    dist_linearized: dict[str, list[float]] = field(default_factory=dict)
-    dist_kernel: dict[str, list[float]] = field(default_factory=dict)
-    init_distance: dict[str, list[float]] = field(default_factory=dict)
-    final_loss: dict[str, list[float]] = field(default_factory=dict)
-    curves: dict[str, Any] = field(default_factory=dict)
-    #: per width, the relative kernel changes ``(Theta_T - Theta_0) / ||Theta_0||_F`` (N, N) per network
-    changes: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    seconds: float = 0.0
-    complete: bool = False
-
-    def means(self, which: str) -> list[float]:
-        data: dict[str, list[float]] = getattr(self, which)
-        return [float(np.mean(data[str(w)])) for w in self.widths if data.get(str(w))]
-
-    def finished_widths(self) -> list[int]:
-        return [w for w in self.widths if self.movement.get(str(w))]
-
-    def slope(self, which: str) -> float:
-        return fit_loglog_slope(self.finished_widths(), self.means(which))[0]
-
-    def movement_analysis(self, *, n_boot: int = N_BOOT, seed: int = 0) -> MovementAnalysis | None:
-        """Mean / fluctuation split of the kernel change over the widths with >= 2 finished networks
-        (:func:`ntkit.experiments.movement.movement_vs_width`); ``None`` when there are none."""
-        changes = {w: np.stack(c) for w in self.widths if len(c := self.changes.get(str(w), [])) >= 2}
-        return movement_vs_width(changes, n_boot=n_boot, seed=seed) if changes else None
-
-    def to_dict(self, *, n_boot: int = N_BOOT) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("curves")
-        out.pop("changes")
-        summary = {}
-        for name in MEASURES:
-            data = getattr(self, name)
-            summary[name] = {
-                str(w): {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
-                for w in self.widths
-                if (v := data.get(str(w)))
-            }
-        out["summary"] = summary
-        out["slopes"] = {
-            "movement": self.slope("movement"),
-            "dist_linearized": self.slope("dist_linearized"),
-            "dist_kernel": self.slope("dist_kernel"),
-            "theory_bound": -0.5,
-            "theory_mean_change": -1.0,
-        }
-        # slopes of the per-width means with bootstrap standard errors (resampling initialisations)
-        fits = {}
-        for name in ("movement", "dist_linearized", "dist_kernel", "init_distance"):
-            data = {w: v for w in self.finished_widths() if (v := getattr(self, name).get(str(w)))}
-            if data:
-                fits[name] = mean_slope(data, n_boot=n_boot).as_dict()
-        analysis = self.movement_analysis(n_boot=n_boot)
-        if analysis is not None:
-            for part, fit in analysis.slopes.items():
-                fits[f"movement_{part}"] = fit.as_dict()
-            out["movement_parts"] = analysis.to_dict()["parts"]
-        out["slope_fits"] = fits
-        return out
 
 
 def target_function(x: torch.Tensor) -> torch.Tensor:
@@ -351,104 +258,6 @@ def run_dynamics(
     return result
 
 
-def plot_dynamics(result: DynamicsResult, path: str | Path) -> Path:
-    """Write a three-panel PNG (NTK rows before/after training vs the limit; trained outputs vs the
-    NTK-GP prediction; kernel movement and distances vs width, log-log). Needs matplotlib.
-
-    Parameters
-    ----------
-    result : DynamicsResult
-    path : str or Path
-        Where to write the PNG.
-
-    Returns
-    -------
-    Path
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> from ntkit.experiments.dynamics import plot_dynamics, run_dynamics
-    >>> res = run_dynamics(widths=[32, 64], n_inits=2, steps=5, n_test=8, progress=False)
-    >>> png = plot_dynamics(res, pathlib.Path(tempfile.mkdtemp()) / "dynamics.png")
-    >>> png.read_bytes()[:4] == b"\\x89PNG"
-    True
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install 'ntkit[plot]'") from err
-    c = result.curves
-    gamma = np.asarray(c["gamma"])
-    widths = result.finished_widths()
-    palette = ["tab:green", "tab:red", "tab:blue", "tab:purple", "tab:orange", "tab:brown"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
-    ax = axes[0]
-    for j, w in enumerate(widths):
-        col = palette[j % len(palette)]
-        for r, (row0, rowt) in enumerate(zip(c["rows_init"][str(w)], c["rows_trained"][str(w)], strict=True)):
-            ax.plot(gamma, row0, color=col, lw=0.8, alpha=0.6, ls="--", label=f"n={w}, t=0" if r == 0 else None)
-            label = f"n={w}, t={result.config['steps']}" if r == 0 else None
-            ax.plot(gamma, rowt, color=col, lw=0.8, alpha=0.9, label=label)
-    ax.plot(gamma, c["limit_row"], "k-", lw=2, label=r"$\Theta_\infty$")
-    ax.set_xlabel(r"$\gamma$, $x = (\cos\gamma, \sin\gamma)$")
-    ax.set_ylabel(r"$\Theta(x_0, x)$, $x_0 = (1, 0)$")
-    ax.set_title("NTK at initialisation (dashed) and after training (solid)")
-    ax.legend(fontsize=8)
-
-    ax = axes[1]
-    mean, std = np.asarray(c["ensemble_mean"]), np.asarray(c["ensemble_std"])
-    ax.fill_between(gamma, mean - 2 * std, mean + 2 * std, color="0.85", label="NTK-GP mean ± 2 sd")
-    ax.plot(gamma, mean, "k-", lw=2, label="NTK-GP mean (eq. 15)")
-    ax.plot(gamma, c["target"], "k:", lw=1.5, label=r"$f^*(x) = x_1 x_2$")
-    for j, w in enumerate(widths):
-        col = palette[j % len(palette)]
-        for r, out in enumerate(c["outputs"][str(w)]):
-            ax.plot(gamma, out, color=col, lw=0.8, alpha=0.7, label=f"trained, n={w}" if r == 0 else None)
-    ax.set_xlabel(r"$\gamma$")
-    ax.set_ylabel(r"$f_t(x)$")
-    ax.set_title(f"outputs after {result.config['steps']} GD steps vs the kernel prediction")
-    ax.legend(fontsize=8)
-
-    ax = axes[2]
-    w_arr = np.asarray(widths, float)
-    for name, label, marker in (
-        ("movement", r"$\|\Theta_t - \Theta_0\|_F / \|\Theta_0\|_F$", "o"),
-        ("dist_linearized", "RMS(trained - linearized)", "s"),
-        ("dist_kernel", r"RMS(trained - $\Theta_\infty$ prediction)", "^"),
-    ):
-        data = getattr(result, name)
-        m = np.asarray([np.mean(data[str(w)]) for w in widths])
-        sd = np.asarray([np.std(data[str(w)], ddof=1) if len(data[str(w)]) > 1 else 0.0 for w in widths])
-        slope = result.slope(name)
-        ax.errorbar(w_arr, m, yerr=sd, fmt=marker + "-", capsize=3, label=f"{label}: slope {slope:.2f}")
-    analysis = result.movement_analysis(n_boot=200)
-    if analysis is not None and len(analysis.widths) >= 2:
-        aw = np.asarray(analysis.widths, float)
-        for part, marker in (("mean", "v"), ("fluctuation", "D")):
-            vals = np.asarray([getattr(analysis.parts[w], part) for w in analysis.widths])
-            fit = analysis.slopes[part]
-            label = f"movement, {part} part: slope {fit.slope:.2f} ± {fit.stderr:.2f}"
-            ax.plot(aw, vals, marker + "--", lw=1, label=label)
-    if len(w_arr) >= 2:
-        m0 = np.mean(result.movement[str(widths[0])])
-        ax.plot(w_arr, m0 * (w_arr / w_arr[0]) ** -0.5, "k:", label="slope -1/2 (Jacot/Lee bound)")
-        ax.plot(w_arr, m0 * (w_arr / w_arr[0]) ** -1.0, "k-.", lw=0.8, label="slope -1 (expected change)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("width n")
-    ax.set_title("movement and distance to the kernel prediction vs width")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ntkit dynamics``."""
     parser.add_argument(
@@ -516,6 +325,7 @@ def main(args: argparse.Namespace) -> int:
             f"{np.mean(result.dist_linearized[k]):>12.4g} {np.mean(result.dist_kernel[k]):>15.4g} "
             f"{np.mean(result.init_distance[k]):>12.4g}"
         )
+
     def fmt(name: str) -> str:
         f = fits.get(name)
         return "n/a" if f is None else f"{f['slope']:.3f} ± {f['stderr']:.3f}"

@@ -51,7 +51,7 @@ def fc(
     out_features : int
     depth : int
         Hidden layers (``>= 0``; 0 gives a linear model).
-    activation : str, ntkit.activations.Activation or callable
+    activation : str, ntkit.DualActivation or callable
     w_std, b_std, parameterization, init, generator, device, dtype
         As in :class:`ntkit.nn.Linear` (every layer alike).
 

@@ -1,6 +1,6 @@
 """Parameter-free building blocks of :mod:`ntkit.nn`: activations, residual blocks, layer norm, global pooling.
 
-* :class:`Activation` applies an :class:`ntkit.activations.Activation` (a name such as ``"erf"``, an
+* :class:`Activation` applies an :class:`ntkit.DualActivation` (a name such as ``"erf"``, an
   object such as ``RectifiedMonomial(2)``, or any elementwise callable) pointwise. Every torch
   activation module with a Gaussian dual map (``nn.ReLU``, ``nn.Tanh``, ``nn.GELU``, ...) can be used
   directly instead.
@@ -18,18 +18,20 @@ import torch
 from torch import nn
 
 from ntkit._validation import check_float, describe
-from ntkit.activations import Activation as ActivationFn
-from ntkit.activations import get_activation
+from ntkit.activations import DualActivation, get_activation
 
 Tensor = torch.Tensor
 
 
 class Activation(nn.Module):
-    """Pointwise nonlinearity from an ntkit activation (name, object or callable).
+    """Pointwise nonlinearity from an ntkit activation (name, object or callable): the torch module.
+
+    It holds the dual-map object (:class:`ntkit.DualActivation`) as ``.activation`` and applies it in the
+    forward pass; the kernels read the dual maps from there.
 
     Parameters
     ----------
-    activation : str, ntkit.activations.Activation or callable
+    activation : str, ntkit.DualActivation or callable
         Resolved by :func:`ntkit.activations.get_activation`: closed-form dual maps for ~20 named
         activations, the general (Mehler / quadrature) path for any other callable.
 
@@ -40,7 +42,7 @@ class Activation(nn.Module):
     [0.0, 0.0]
     """
 
-    def __init__(self, activation: str | ActivationFn | Any = "relu") -> None:
+    def __init__(self, activation: str | DualActivation | Any = "relu") -> None:
         super().__init__()
         self.activation = get_activation(activation)
 

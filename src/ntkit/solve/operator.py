@@ -20,7 +20,7 @@ from torch import nn
 
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_choice, check_dtype, check_int, parse_memory_budget, renamed_keyword
-from ntkit.activations import Activation
+from ntkit.activations import DualActivation
 from ntkit.compute import architecture
 from ntkit.compute.sizing import fit_tile_shape
 from ntkit.compute.tiling import DEFAULT_BUDGET
@@ -111,7 +111,7 @@ class ModelTiles:
         model: nn.Module | None = None,
         *,
         depth: int | None = None,
-        activation: str | Activation | Any = "relu",
+        activation: str | DualActivation | Any = "relu",
         b_std: float = 0.0,
         w_std: float = 1.0,
         which: str = "ntk",
@@ -201,7 +201,7 @@ class FusedTiles(ModelTiles):
     ----------
     depth : int
         Hidden layers.
-    activation : str, Activation or callable
+    activation : str, DualActivation or callable
     b_std, w_std : float
         Bias and weight scales.
     which : {"ntk", "nngp"}
@@ -216,7 +216,7 @@ class FusedTiles(ModelTiles):
     True
     """
 
-    def __init__(self, *, depth: int, activation: str | Activation | Any = "relu", b_std: float = 0.0,
+    def __init__(self, *, depth: int, activation: str | DualActivation | Any = "relu", b_std: float = 0.0,
                  w_std: float = 1.0, which: str = "ntk", beta: float | None = None) -> None:
         b_std = renamed_keyword(b_std, beta, new="b_std", old="beta", default=0.0)
         super().__init__(depth=depth, activation=activation, b_std=b_std, w_std=w_std, which=which)
@@ -303,7 +303,7 @@ class KernelOperator:
         model: nn.Module | None = None,
         tile_fn: TileFn | None = None,
         depth: int | None = None,
-        activation: str | Activation | Any = "relu",
+        activation: str | DualActivation | Any = "relu",
         b_std: float = 0.0,
         w_std: float = 1.0,
         which: str = "ntk",

@@ -1,4 +1,4 @@
-"""Training finite networks the way :mod:`ntkit.predict` predicts them, and measuring how they move.
+"""Training a model in place by (stochastic) gradient descent on the MSE: :func:`train_gd` and its record.
 
 Loss and learning-rate scaling (the conventions of :mod:`ntkit.predict`): on a batch ``B`` of the
 training set with ``k`` outputs,
@@ -10,17 +10,12 @@ correspond to ``gradient_descent_mse(..., learning_rate=eta, discrete=True)`` at
 for small ``eta`` to the gradient flow at the same ``t``. With ``|B| < N`` it is SGD whose expected
 step is the full-batch one.
 
-* :func:`train_gd` trains a model in place (plain autograd, or for :class:`ntkit.FCNetwork` an
-  exact low-rank accumulation of the weight updates that makes very wide networks cheap);
-* :func:`linearize` returns the first-order Taylor model ``f_lin(x; theta) = f(x; theta_0) +
-  J(x; theta_0) (theta - theta_0)`` (Lee et al. 2019), computed with ``torch.func.jvp``;
-* :func:`kernel_movement` and :func:`function_distance` measure ``||Theta_t - Theta_0||_F /
-  ||Theta_0||_F`` and the distance between two models' outputs.
+Two implementations give the same updates: plain autograd on any model, and for :class:`ntkit.FCNetwork`
+an exact low-rank accumulation of the weight updates (``W_0 + U V^T``) that makes very wide networks cheap.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -29,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, jvp
 
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_choice, check_float, check_int, describe
@@ -101,174 +95,6 @@ class TrainHistory:
     batch_size: int = 0
     implementation: str = ""
     seconds: float = 0.0
-
-
-class LinearizedModel(nn.Module):
-    """``f_lin(x) = f(x; theta_0) + J(x; theta_0) delta`` with trainable ``delta`` (starting at 0).
-
-    The frozen copy ``base`` holds ``theta_0`` (its parameters have ``requires_grad=False``); the
-    trainable parameters are the displacements ``delta`` (``theta = theta_0 + delta``), so the
-    empirical NTK of this model is the constant ``Theta_0`` of the original, and gradient descent on
-    it is exactly linear in function space. Built by :func:`linearize`.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The model to expand around its current parameters (copied; the original is not changed).
-
-    Examples
-    --------
-    >>> import torch, ntkit
-    >>> net = ntkit.FCNetwork(2, [16], 1, seed=0)
-    >>> lin = ntkit.train.LinearizedModel(net)
-    >>> [p.shape for p in lin.parameters()][:2]  # the displacements delta, one per parameter
-    [torch.Size([16, 2]), torch.Size([16])]
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        _prepare_jvp()
-        self.base = copy.deepcopy(model)
-        self._names = [n for n, p in self.base.named_parameters() if p.requires_grad]
-        for p in self.base.parameters():
-            p.requires_grad_(False)
-        self.delta = nn.ParameterList(
-            [nn.Parameter(torch.zeros_like(p)) for n, p in self.base.named_parameters() if n in self._names]
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        primals = {n: p for n, p in self.base.named_parameters() if n in self._names}
-        tangents = dict(zip(self._names, self.delta, strict=True))
-
-        def f(params: dict[str, Tensor]) -> Tensor:
-            return functional_call(self.base, params, (x,))
-
-        res = jvp(f, (primals,), (tangents,))
-        return res[0] + res[1]
-
-
-_JVP_READY = False
-
-
-def _prepare_jvp() -> None:
-    """Run one tiny ``torch.func.jvp`` with torch's one-time import-time DeprecationWarning
-    (``torch.jit.script`` in its jvp decompositions) silenced, so later calls are warning-free."""
-    global _JVP_READY
-    if _JVP_READY:
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.*")
-        jvp(lambda t: 2.0 * t, (torch.zeros(1),), (torch.ones(1),))
-    _JVP_READY = True
-
-
-def linearize(model: nn.Module) -> LinearizedModel:
-    """The first-order Taylor expansion of ``model`` around its current parameters ``theta_0``.
-
-    ``f_lin(x; theta) = f(x; theta_0) + J(x; theta_0)(theta - theta_0)`` (Lee et al. 2019, eq. 6),
-    evaluated with a forward-mode Jacobian-vector product (``torch.func.jvp``) and differentiable
-    in ``theta``: train it with :func:`train_gd` to get the linearized dynamics that
-    :func:`ntkit.predict.gradient_descent_mse` solves in closed form with the empirical NTK.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Any module with trainable parameters.
-
-    Returns
-    -------
-    LinearizedModel
-
-    Raises
-    ------
-    TypeError
-        ``model`` is not a ``torch.nn.Module``.
-    ValueError
-        ``model`` has no trainable parameter.
-
-    Examples
-    --------
-    >>> import torch, ntkit
-    >>> net = ntkit.FCNetwork(2, [16], 1, seed=0)
-    >>> lin = ntkit.linearize(net)
-    >>> x = torch.randn(3, 2, dtype=torch.float64)
-    >>> torch.allclose(lin(x), net(x))  # equal at initialisation
-    True
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("model: expected at least one trainable parameter, got none")
-    return LinearizedModel(model)
-
-
-def kernel_movement(theta_0: Any, theta_t: Any) -> float:
-    """``||Theta_t - Theta_0||_F / ||Theta_0||_F`` for two empirical NTKs of the same shape.
-
-    Parameters
-    ----------
-    theta_0, theta_t : Tensor
-        The kernels before and after training, of the same shape.
-
-    Returns
-    -------
-    float
-
-    Raises
-    ------
-    ValueError
-        Different shapes, or ``theta_0`` all zeros.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from ntkit.train import kernel_movement
-    >>> kernel_movement(torch.eye(2), 1.1 * torch.eye(2))  # doctest: +ELLIPSIS
-    0.100000...
-    """
-    a = as_tensor(theta_0, "theta_0", ndim=None)
-    b = as_tensor(theta_t, "theta_t", dtype=a.dtype, device=a.device, ndim=None)
-    if a.shape != b.shape:
-        raise ValueError(f"theta_t: expected the shape of theta_0 {tuple(a.shape)}, got {tuple(b.shape)}")
-    norm = float(torch.linalg.vector_norm(a))
-    if norm == 0:
-        raise ValueError("theta_0: expected a non-zero kernel, got all zeros")
-    return float(torch.linalg.vector_norm(b - a)) / norm
-
-
-def function_distance(model_a: nn.Module, model_b: nn.Module, x: Any) -> float:
-    """Root-mean-square difference ``sqrt(mean (f_a(x) - f_b(x))^2)`` of two models' outputs on ``x``.
-
-    Parameters
-    ----------
-    model_a, model_b : torch.nn.Module
-        Models with outputs of the same shape.
-    x : Tensor of shape (N, ...)
-        Inputs (converted to ``model_a``'s dtype and device).
-
-    Returns
-    -------
-    float
-
-    Raises
-    ------
-    ValueError
-        The outputs have different shapes.
-
-    Examples
-    --------
-    >>> import torch, ntkit
-    >>> net = ntkit.FCNetwork(2, [16], 1, seed=0)
-    >>> ntkit.train.function_distance(net, ntkit.linearize(net), torch.randn(4, 2))  # equal at theta_0
-    0.0
-    """
-    ref = next(model_a.parameters())
-    xt = as_tensor(x, "x", dtype=ref.dtype, device=ref.device, ndim=None)
-    with torch.no_grad():
-        fa, fb = model_a(xt), model_b(xt)
-    if fa.shape != fb.shape:
-        raise ValueError(f"model_b: expected outputs of shape {tuple(fa.shape)}, got {tuple(fb.shape)}")
-    return float(torch.sqrt(((fa - fb) ** 2).mean()))
 
 
 def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator | None) -> list[Tensor | None]:
@@ -509,12 +335,4 @@ def _train_fc_lowrank(
             p.grad = None
 
 
-__all__ = [
-    "LinearizedModel",
-    "TrainHistory",
-    "function_distance",
-    "kernel_movement",
-    "linearize",
-    "mse_loss",
-    "train_gd",
-]
+__all__ = ["IMPLEMENTATIONS", "TrainHistory", "mse_loss", "train_gd"]
