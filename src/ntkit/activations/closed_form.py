@@ -19,7 +19,8 @@ import math
 import torch
 
 from ntkit._validation import check_float
-from ntkit.activations.base import Activation
+from ntkit.activations.arccos import abrelu_closed_form, abrelu_constants
+from ntkit.activations.base import DualActivation
 from ntkit.activations.quadrature import scaled_covariance, unscale
 
 Tensor = torch.Tensor
@@ -35,7 +36,7 @@ def arccos_angle(v1: Tensor, c: Tensor, v2: Tensor) -> Tensor:
     return torch.atan2((v1s * v2s - cs * cs).clamp_min(0).sqrt(), cs)
 
 
-class Identity(Activation):
+class Identity(DualActivation):
     """``sigma(x) = x``: ``E[uv] = c``, ``E[sigma' sigma'] = 1``.
 
     Examples
@@ -67,10 +68,11 @@ class Identity(Activation):
         return torch.zeros_like(var)
 
 
-class ABReLU(Activation):
+class ABReLU(DualActivation):
     """``sigma(x) = a min(x, 0) + b max(x, 0)``: ReLU (a=0, b=1), leaky ReLU (a=alpha, b=1), abs (a=-1, b=1).
 
-    With ``J1 = (sqrt(det) + (pi - theta) c) / (2 pi) = E[relu(u) relu(v)]`` (Cho & Saul 2009):
+    With ``J1 = (sqrt(det) + (pi - theta) c) / (2 pi) = E[relu(u) relu(v)]`` (Cho & Saul 2009; evaluated by
+    :func:`~ntkit.activations.arccos.abrelu_closed_form`, the one definition, also used by the fast paths):
 
     * ``E[sigma(u) sigma(v)] = a b c + (b - a)^2 J1``
     * ``E[sigma'(u) sigma'(v)] = a^2 + a (b - a) (p1 + p2) + (b - a)^2 p12`` where
@@ -118,20 +120,16 @@ class ABReLU(Activation):
         return torch.where(x > 0, torch.full_like(x, self.b), torch.full_like(x, self.a))
 
     def expect(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
-        v1s, cs, v2s, p = scaled_covariance(var1, cov, var2)  # J1 is homogeneous: J1 = J1' / p^2
-        root = (v1s * v2s - cs * cs).clamp_min(0).sqrt()
-        theta = torch.atan2(root, cs)
-        j1 = unscale((root + (math.pi - theta) * cs) / (2 * math.pi), p, 2)
-        return self.a * self.b * cov + (self.b - self.a) ** 2 * j1
+        v1s, cs, v2s, p = scaled_covariance(var1, cov, var2)  # homogeneous of degree 1: E = E' / p^2
+        out, _ = abrelu_closed_form(v1s, v2s, cs, abrelu_constants(self.a, self.b), derivative=False)
+        assert out is not None
+        return unscale(out, p, 2)
 
     def expect_derivative(self, var1: Tensor, cov: Tensor, var2: Tensor) -> Tensor:
-        var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
-        pos1 = (var1 > 0).to(var1.dtype)
-        pos2 = (var2 > 0).to(var1.dtype)
-        p12 = (math.pi - arccos_angle(var1, cov, var2)) / (2 * math.pi) * pos1 * pos2
-        a, d = self.a, self.b - self.a
-        return a * a + a * d * 0.5 * (pos1 + pos2) + d * d * p12
+        v1s, cs, v2s, _ = scaled_covariance(var1, cov, var2)  # homogeneous of degree 0
+        _, out = abrelu_closed_form(v1s, v2s, cs, abrelu_constants(self.a, self.b), nngp=False)  # ks = 1
+        assert out is not None
+        return out
 
     def mean(self, var: Tensor) -> Tensor:
         return (self.b - self.a) * (var.clamp_min(0) / (2 * math.pi)).sqrt()
@@ -212,7 +210,7 @@ class Abs(ABReLU):
         return "Abs()"
 
 
-class Step(Activation):
+class Step(DualActivation):
     """Heaviside step ``sigma(x) = 1[x > 0]``: ``E = P(u > 0, v > 0) = (pi - theta) / (2 pi)``.
 
     The derivative is a Dirac delta, so only the NNGP map exists (``has_derivative_map = False``).
@@ -327,7 +325,7 @@ def rectified_moment(n: int, cos_t: Tensor, sin_t: Tensor, theta: Tensor) -> Ten
     return moment(n, n)
 
 
-class RectifiedMonomial(Activation):
+class RectifiedMonomial(DualActivation):
     """``sigma(x) = max(x, 0)^n``: the arc-cosine kernel of order ``n`` (Cho & Saul 2009).
 
     ``E[sigma(u) sigma(v)] = (v1 v2)^(n/2) J_n(theta) / (2 pi)`` (:func:`rectified_moment`) and
@@ -398,7 +396,7 @@ class RectifiedMonomial(Activation):
         return f"RectifiedMonomial(degree={self.degree})"
 
 
-class Erf(Activation):
+class Erf(DualActivation):
     """``sigma(x) = a erf(b x) + c`` (Williams 1997).
 
     With ``D_i = 1 + 2 b^2 v_i`` and ``Q = D_1 D_2 - 4 b^4 c^2 = 1 + 2 b^2 (v1 + v2) + 4 b^4 det``:

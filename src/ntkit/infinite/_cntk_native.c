@@ -10,6 +10,8 @@
  *         sqrt(det) = sqrt(max(v1 v2 - c^2, 0)),  pi - theta = atan2(sqrt(det), -c)
  *         K' = (sqrt(det) + (pi - theta) c) k1 + c k2,   k1 = d^2 / (2 pi), k2 = a b       (Cho & Saul 2009)
  *         T' = T (ka (pi - theta) p1 p2 + kb (p1 + p2) + kc),  p = [v > 0],  ka = k1, kb = a d / 2, kc = a^2
+ *         (ntkit.activations.arccos.abrelu_closed_form; the constants come from its abrelu_constants(a, b),
+ *         passed in by ntkit.infinite.conv_fast: none is derived here)
  *   POOL  average pooling (window, stride, no padding): independent offsets on the two sides
  *   DIAG  keep the same-pixel entries only (full -> diag layout)
  *   GAP / FLAT   the read-out: mean of all pixel pairs / of the same-pixel entries (in double)

@@ -8,6 +8,10 @@
  *     SigmaDot  = w2 [a^2 + a d (p1 + p2) / 2 + d^2 (pi - theta) / (2 pi) p1 p2],  p = [v > 0]
  *     Theta'    = Sigma' + Theta SigmaDot                                              (ka, kb, kc, ks)
  *
+ * This is the closed form of ntkit.activations.arccos.abrelu_closed_form; the constants k[] are those of
+ * abrelu_constants(a, b, w2, factored=True) (and beta^2), passed in by ntkit.infinite.native: none is
+ * derived here.
+ *
  * Every entry, full block or ragged tail, goes through the same LANES-wide vector code (tails are
  * padded), so a value never depends on its position in a tile: tiled, one-shot and distributed
  * results are bitwise identical. Compiled with -ffp-contract=off: v1 v2 - c^2 of a duplicated input

@@ -16,8 +16,9 @@ the closed forms allow:
   bit at every layer and its angle stays exactly 0, as in the reference evaluator;
 * NNGP and NTK are advanced in one pass per layer, with in-place operations on at most four
   tile-sized buffers (``cov``, ``ntk``, and two temporaries);
-* for ABReLU (ReLU, leaky ReLU, abs; Cho & Saul 2009) the angle is ``theta = atan2(sqrt(det), c)``
-  with ``det = v1 v2 - c^2`` clipped at 0; for erf (Williams 1997) the ``arcsin`` form.
+* for ABReLU (ReLU, leaky ReLU, abs; Cho & Saul 2009) the arc-cosine closed form of
+  :func:`ntkit.activations.arccos.abrelu_closed_form` (the dual map's own definition), on the padded
+  buffers below; for erf (Williams 1997) the ``arcsin`` form.
 
 Any other activation, and any architecture that is not this plain fully connected stack, is
 evaluated by the reference evaluator (:mod:`ntkit.infinite.reference`), which is also the
@@ -43,6 +44,7 @@ import torch
 
 from ntkit._validation import check_float, check_int
 from ntkit.activations import ABReLU, Activation, Erf, Identity, get_activation
+from ntkit.activations.arccos import abrelu_closed_form, abrelu_constants
 from ntkit.infinite import native as _native
 from ntkit.infinite.ops import Dense, Pointwise
 from ntkit.infinite.walk import Architecture
@@ -184,40 +186,14 @@ def _abrelu_layer(
     v1b: Tensor, v2b: Tensor, c: Tensor, ntk: Tensor | None, shape: tuple[int, ...], act: ABReLU, w2: float,
     b2: float,
 ) -> tuple[Tensor, Tensor | None]:
-    a, d = act.a, act.b - act.a
-    s = padded_empty(shape, c)
-    torch.mul(v1b, v2b, out=_view(s, shape))
-    tmp = c * c
-    s.sub_(tmp).clamp_min_(0).sqrt_()  # sqrt(det), det = v1 v2 - c^2 clipped at 0 (no fma: a duplicate gives 0)
-    pmt = torch.atan2(s, torch.neg(c, out=tmp), out=tmp)  # pi - theta = atan2(sqrt(det), -c), in [0, pi]
-    sdot: Tensor | None = None
-    sdot_scale = w2
-    if ntk is not None:  # SigmaDot = w2 (a^2 + a d (p1 + p2) / 2 + d^2 p12), p12 = (pi - theta) / (2 pi) [v1, v2 > 0]
-        # The same arithmetic for every entry whatever the other rows of the tile (masks multiply by
-        # 1.0 or add 0.0 exactly), so results do not depend on the tiling.
-        pos1, pos2 = v1b > 0, v2b > 0
-        all_pos = bool(pos1.all()) and bool(pos2.all())
-        if a == 0.0:
-            sdot = pmt
-            if not all_pos:
-                sdot = pmt.clone()
-                _view(sdot, shape).mul_(pos1 & pos2)
-            sdot_scale = w2 * d * d / (2 * _PI)
-        else:
-            sdot = pmt * (d * d / (2 * _PI))
-            if all_pos:
-                sdot.add_(a * d + a * a)
-            else:
-                sv = _view(sdot, shape)
-                sv.mul_(pos1 & pos2).add_((pos1.to(c.dtype) + pos2.to(c.dtype)) * (0.5 * a * d) + a * a)
-    # J1 = (sqrt(det) + (pi - theta) c) / (2 pi);  Sigma' = w2 (a b c + d^2 J1) + b2
-    s.addcmul_(pmt, c).mul_(w2 * d * d / (2 * _PI))
-    if a != 0.0:
-        s.add_(c, alpha=w2 * a * act.b)
-    if b2 != 0.0:
-        s.add_(b2)
-    if ntk is not None and sdot is not None:
-        ntk = torch.addcmul(s, ntk, sdot, value=sdot_scale, out=ntk)
+    # Sigma' = w2 E[sigma sigma] + b2 and SigmaDot = w2 E[sigma' sigma'] = ks g by the one closed form
+    # (:mod:`ntkit.activations.arccos`); the same arithmetic for every entry whatever the other rows of the
+    # tile, so results do not depend on the tiling.
+    k = abrelu_constants(act.a, act.b, w2, factored=True)
+    s, g = abrelu_closed_form(v1b, v2b, c, k, derivative=ntk is not None, shift=b2, shape=shape)
+    assert s is not None
+    if ntk is not None and g is not None:
+        ntk = torch.addcmul(s, ntk, g, value=k.ks, out=ntk)
     return s, ntk
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ntkit.activations.arccos import abrelu_constants
 
 Tensor = torch.Tensor
 
@@ -239,17 +240,13 @@ def _ptr(t: Tensor | None) -> int | None:
 
 
 def _consts(spec: Any) -> Any:
-    """The seven constants (k1, k2, b2, ka, kb, kc, ks) of ``_fc_native.c`` for an ABReLU spec."""
-    act = spec.activation
-    a, b = float(act.a), float(act.b)
-    d = b - a
-    w2, b2 = spec.w_std**2, spec.beta**2
-    k1, k2 = w2 * d * d / (2 * math.pi), w2 * a * b
-    if a == 0.0:
-        ka, kb, kc, ks = 1.0, 0.0, 0.0, w2 * d * d / (2 * math.pi)
-    else:
-        ka, kb, kc, ks = d * d / (2 * math.pi), 0.5 * a * d, a * a, w2
-    return (ctypes.c_double * 7)(k1, k2, b2, ka, kb, kc, ks)
+    """The seven constants (k1, k2, b2, ka, kb, kc, ks) of ``_fc_native.c`` for an ABReLU spec.
+
+    All but the bias variance ``b2`` come from :func:`ntkit.activations.arccos.abrelu_constants`
+    (factored, scaled by ``w_std^2``): the C loop derives none itself.
+    """
+    k = abrelu_constants(spec.activation.a, spec.activation.b, spec.w_std**2, factored=True)
+    return (ctypes.c_double * 7)(k.k1, k.k2, spec.beta**2, k.ka, k.kb, k.kc, k.ks)
 
 
 def usable(*tensors: Tensor | None) -> bool:
