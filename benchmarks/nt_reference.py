@@ -84,7 +84,10 @@ NT_NOTES = [
     "n and stride, e.g. n=6, k=3, stride 2 pads (0, 1), not (1, 1) (conv_same_stride2 along W).",
     "CIRCULAR conv/pool: wrap-pads with those SAME pads and applies VALID, so the output size is "
     "ceil(n / stride) and output i reads inputs (i * stride - low + t) mod n, t < k.",
-    "AvgPool (normalize_edges=False): divides by prod(window) (only matters with SAME padding).",
+    "AvgPool (normalize_edges=False): divides by prod(window) (only matters with SAME padding); "
+    "normalize_edges=True divides the pair (q, q') by n(q) n(q'), the in-range taps of the two windows. "
+    "Pooling pads as SAME convolutions do (TF's pads); torch's symmetric padding p matches where they coincide.",
+    "SumPool: the window sums of both sides, no divisor (|W|^2 x AvgPool for VALID windows).",
     "Flatten: the kernel is the mean over positions of the same-position covariance; GlobalAvgPool: the mean "
     "over all pairs of positions.",
     "Standard parameterization: NNGP as under 'ntk'; NTK_out = fan_in * K_in + W_std**2 * NTK_in (+ 1 with a "
@@ -158,7 +161,10 @@ def nt_layer(layer: dict[str, Any], n_spatial: int) -> Any:
                          dimension_numbers=DIMENSION_NUMBERS[n_spatial],
                          parameterization=layer["parameterization"])
     if op == "avgpool":
-        return stax.AvgPool(tuple(layer["window"]), tuple(layer["stride"]), padding=layer["padding"].upper())
+        return stax.AvgPool(tuple(layer["window"]), tuple(layer["stride"]), padding=layer["padding"].upper(),
+                            normalize_edges=layer.get("normalize_edges", False))
+    if op == "sumpool":
+        return stax.SumPool(tuple(layer["window"]), tuple(layer["stride"]), padding=layer["padding"].upper())
     if op == "gap":
         return stax.GlobalAvgPool()
     if op == "flatten":

@@ -95,10 +95,28 @@ NEW_SOLVE = "tests/test_solve_exact.py"
 TARGETS = {
     t.name: t
     for t in (
-        Target("ops", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops.py", "ntkit.infinite.ops",
-               (*INF_EXISTING, NEW_INF)),
-        Target("spatial", "infinite-width ops + reference evaluator", "src/ntkit/infinite/spatial.py",
-               "ntkit.infinite.spatial", (*INF_EXISTING, NEW_INF)),
+        Target("base", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/base.py",
+               "ntkit.infinite.ops.base", (*INF_EXISTING, NEW_INF)),
+        Target("dense", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/dense.py",
+               "ntkit.infinite.ops.dense", (*INF_EXISTING, NEW_INF)),
+        Target("conv", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/conv.py",
+               "ntkit.infinite.ops.conv", (*INF_EXISTING, NEW_INF)),
+        Target("pointwise", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/pointwise.py",
+               "ntkit.infinite.ops.pointwise", (*INF_EXISTING, NEW_INF)),
+        Target("layer_norm", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/layer_norm.py",
+               "ntkit.infinite.ops.layer_norm", (*INF_EXISTING, NEW_INF)),
+        Target("flatten", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/flatten.py",
+               "ntkit.infinite.ops.flatten", (*INF_EXISTING, NEW_INF)),
+        Target("global_pool", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/global_pool.py",
+               "ntkit.infinite.ops.global_pool", (*INF_EXISTING, NEW_INF)),
+        Target("avg_pool", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/avg_pool.py",
+               "ntkit.infinite.ops.avg_pool", (*INF_EXISTING, NEW_INF)),
+        Target("diagonal", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/diagonal.py",
+               "ntkit.infinite.ops.diagonal", (*INF_EXISTING, NEW_INF)),
+        Target("residual", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/residual.py",
+               "ntkit.infinite.ops.residual", (*INF_EXISTING, NEW_INF)),
+        Target("stencil", "infinite-width ops + reference evaluator", "src/ntkit/infinite/ops/stencil.py",
+               "ntkit.infinite.ops.stencil", (*INF_EXISTING, NEW_INF)),
         Target("reference", "infinite-width ops + reference evaluator", "src/ntkit/infinite/reference.py",
                "ntkit.infinite.reference", (*INF_EXISTING, NEW_INF)),
         Target("closed_form", "closed-form activations", "src/ntkit/activations/closed_form.py",
@@ -144,19 +162,19 @@ EQUIVALENT: dict[str, str] = {
         "tries) breaks, so the extra last value is never reached"),
     "linalg:robust_cholesky:+46:16:0->1": (
         "n = k.shape[0] -> k.shape[1]: two lines above, k is checked to be square (else ValueError)"),
-    "ops:Dense.apply:+1:74:string": (
+    "dense:Dense.apply:+1:74:string": (
         "the layout of a vector state (spatial shape ()) is read only through Layout.pair_shape, pixel_diagonal, "
         "left and right, which treat every mode but 'full' alike when there are no spatial axes (pair shape (), "
         "no reshape); no op compares a dense layer's output mode with 'none' (Flatten, pooling and convolutions "
         "never follow a dense layer)"),
-    "ops:Residual.combine:+5:11:And->Or": _NTK_PAIR,
-    "spatial:Conv:+6:19:string": (
+    "residual:Residual.combine:+5:11:And->Or": _NTK_PAIR,
+    "conv:Conv:+6:19:string": (
         "the default padding 'same' -> 'XXsameXX': conv_output_size treats every padding but 'valid' as 'same' "
         "and stencil wraps around only for 'circular', so 'XXsameXX' is zero padding of the 'same' size"),
-    "ops:LayerNormOp.apply:+12:11:And->Or": (
+    "layer_norm:LayerNormOp.apply:+12:11:And->Or": (
         "p.ntk is None exactly when ntk is False (input_pairs gives no NTK then and every op keeps it None), so "
         "`ntk and p.ntk is not None` and `ntk or p.ntk is not None` are equal on every reachable state"),
-    "ops:GlobalPool.output_mode:+1:15:string": (
+    "global_pool:GlobalPool.output_mode:+1:15:string": (
         "a GlobalPool's output mode is read by walk._place_diagonals (compared with 'full' only, and passed "
         "through the dense layers after it), and by _pair_entries / output_layout, which use 'none' for every "
         "vector output whatever output_mode says"),
@@ -166,105 +184,105 @@ EQUIVALENT: dict[str, str] = {
     "reference:input_pairs:+6:22:string": (
         "vector inputs then take the image branch with C = d channels and one pixel: sum_c x_c x'_c / C is "
         "x.x'/d, and the reshape to the pair shape () gives the same (Na,) / (Na, Nb) tensors"),
-    "ops:KernelOp.output_layout:+2:73:Gt->GtE#0": (
+    "base:KernelOp.output_layout:+2:73:Gt->GtE#0": (
         "for an op with vector output (out_shape (n,)) the mutant returns Layout((), output_mode(mode)) instead of "
         "Layout((), 'none'): the same, since such an op is a Dense (its input, a vector state, has mode 'none', "
         "which it passes through), a Flatten or a GlobalPool (output_mode 'none')"),
-    "spatial:AvgPool.apply:+11:63:And->Or": (
+    "avg_pool:AvgPool.apply:+11:63:And->Or": (
         "p.ntk is None exactly when ntk is False (input_pairs gives no NTK then and every op keeps it None), so "
         "`ntk and p.ntk is not None` and `ntk or p.ntk is not None` are equal on every reachable state"),
     "closed_form:ABReLU.expect:+1:8:delete statement": (
         "without the explicit broadcast_tensors every later operation (frexp, products, where, atan2, the sums) "
         "broadcasts its operands implicitly to the same common shape, elementwise, so the values and the shape "
         "are unchanged"),
-    "ops:Pointwise:+6:23:False->True": (
+    "pointwise:Pointwise:+6:23:False->True": (
         "track_mean defaults to True: every activation also computes its channel mean E[sigma(u)] on the self "
         "batch. walk already sets track_mean=True on exactly the activations whose mean reaches a layer norm "
         "(_track_means); any other mean is dropped by the next weight layer (affine sets mean=None) before a "
         "layer norm could read it, so no kernel changes (only extra work; caveat: an activation whose mean "
         "could not be computed while its dual map can would now raise -- none is known)"),
-    "ops:Residual.input_mode:+3:12:delete statement": (
+    "residual:Residual.input_mode:+3:12:delete statement": (
         "Residual.input_mode then ignores what the block needs. Only pooling needs more than its output mode "
         "('full'), and a block must keep its input's shape, so a pooling inside one has a 1-tap window (an "
         "identity), whose result is the same on the 'diag' and the 'full' layout; every other op passes the "
         "mode through"),
-    **{f"ops:Residual.combine:+9:{col}:{op}": _RESIDUAL_MEAN
+    **{f"residual:Residual.combine:+9:{col}:{op}": _RESIDUAL_MEAN
        for col, op in [(19, "Mult->Div"), (43, "Is->IsNot#0"), (61, "Add->Sub"), (68, "Mult->Div"),
                        (12, "delete statement")]},
-    "ops:Diagonal.apply:+4:73:string": (
+    "diagonal:Diagonal.apply:+4:73:string": (
         "after a Diagonal the layout mode is only compared with 'full' (Layout.pixel_diagonal / left / right, "
         "spatial._groups) or 'none' (Flatten.apply); 'XXdiagXX' fails both comparisons exactly as 'diag' does, and "
         "pair_shape (the one 'diag' test) is read only for the input covariances"),
     "closed_form:rectified_moment.moment:+1:11:Lt->LtE#0": (
         "`if m <= k: m, k = k, m` also swaps when m == k, which leaves (m, k) unchanged"),
-    "ops:Pointwise.apply_dual:+14:12:delete statement": (
+    "pointwise:Pointwise.apply_dual:+14:12:delete statement": (
         "the dual maps return the derivative kernel in the broadcast shape of (var_l, cov, var_r), which is the "
         "pairs' shape already (even for a constant derivative: tests/test_ops_exact.py::"
         "test_layer_kernels_of_a_constant_derivative_have_the_pairs_shape passes on the mutant), and p.ntk * dot "
         "broadcasts the same way"),
-    "ops:LayerNormOp.apply:+9:27:Gt->GtE#0": (
+    "layer_norm:LayerNormOp.apply:+9:27:Gt->GtE#0": (
         "safe = where(scale >= 0, scale, 1) is 0 where scale == 0, so nngp / safe is inf or NaN there, but both "
         "uses of safe sit inside where(scale > 0, ..., 0), which discards that branch (torch.where does not "
         "propagate the unselected values)"),
-    "ops:LayerNormOp.apply:+13:34:Gt->GtE#0": (
+    "layer_norm:LayerNormOp.apply:+13:34:Gt->GtE#0": (
         "where scale == 0 (eps = 0, a channel of zero variance after the mean is removed) the channel is "
         "deterministic, so its pre-activation had zero variance and its NTK row T(x, .) is exactly 0 "
         "(|T(x, x')| <= sqrt(T(x, x) T(x', x')) and T(x, x) = 0 for a zero-variance input of a weight layer): "
         "0 / 1 = 0 as before (checked exactly by test_layer_norm_without_eps_maps_a_zero_variance_channel_to_"
         "exactly_zero on the mutant)"),
-    "ops:Flatten.output_mode:+1:15:string": (
+    "flatten:Flatten.output_mode:+1:15:string": (
         "a vector layout (spatial shape ()) reads its mode only through pair_shape (() for every mode when there "
         "are no spatial axes) and Flatten.apply's `mode == 'none'` shortcut, which the reduction reproduces "
         "exactly on a vector state (no axes to average: the same tensors)"),
-    "ops:_reduce_space:+10:39:string": (
+    "base:reduce_space:+10:39:string": (
         "as for Flatten.output_mode: the state after a read-out is a vector (spatial ()), whose mode string is "
         "read only by pair_shape (() whatever the mode) and by a later Flatten, whose reduction of a vector "
         "state has no axes and returns the same tensors"),
-    "ops:_reduce_space.reduce:+1:8:delete statement": (
+    "base:reduce_space.reduce:+1:8:delete statement": (
         "select is Flatten's pixel_diagonal or GlobalPool's identity; Flatten's input mode is always 'diag' "
         "(Flatten.input_mode), where pixel_diagonal returns the tensor itself, so skipping select changes "
         "nothing"),
-    "ops:Diagonal.apply:+3:61:And->Or": _NTK_PAIR,
+    "diagonal:Diagonal.apply:+3:61:And->Or": _NTK_PAIR,
     "reference:snap_duplicates:+7:7:And->Or": _NTK_PAIR,
-    "spatial:_pad_axis:+1:7:Eq->NotEq#0": (
+    "stencil:pad_axis:+1:7:Eq->NotEq#0": (
         "`before != 0 and after == 0` returns early only for padding (before > 0, after == 0), which no padding "
         "rule produces ('same' puts the larger half after: after >= before; 'valid' pads nothing), and where "
         "both are 0 the mutant pads by 0 on both sides: a copy of the same tensor"),
-    "spatial:window_average:+3:53:0->1": (
+    "stencil:window_average:+3:53:0->1": (
         "padding (0, 1) adds one zero after each axis, but the windows are sliced up to the given output size "
         "(stencil: delta + stride (out - 1) + 1), which the unpadded input already covers: the extra entry is "
         "never read"),
-    "ops:Pointwise.apply_dual:+3:15:And->Or": _NTK_PAIR,
-    "ops:_reduce_space:+9:63:And->Or": _NTK_PAIR,
-    "ops:Pointwise.apply_dual:+10:8:delete statement": (
+    "pointwise:Pointwise.apply_dual:+3:15:And->Or": _NTK_PAIR,
+    "base:reduce_space:+9:63:And->Or": _NTK_PAIR,
+    "pointwise:Pointwise.apply_dual:+10:8:delete statement": (
         "the dual maps return the kernel in the broadcast shape of (var_l, cov, var_r), which is the pairs' "
         "shape already (cov has it), so the explicit broadcast_to changes nothing"),
-    "ops:Flatten.output_mode:+1:8:return None": (
+    "flatten:Flatten.output_mode:+1:8:return None": (
         "the mode of a vector state (spatial ()) is read only by pair_shape (() for any mode without spatial "
         "axes), by Flatten.apply's 'none' shortcut (the reduction of a vector state has no axes: the same "
         "tensors) and by walk._place_diagonals, which compares it with 'full' only"),
-    "ops:GlobalPool.output_mode:+1:8:return None": (
+    "global_pool:GlobalPool.output_mode:+1:8:return None": (
         "as Flatten.output_mode returning None: a vector state's mode is never needed beyond 'not full'"),
-    "ops:Flatten.apply:+2:23:string": (
+    "flatten:Flatten.apply:+2:23:string": (
         "without the 'none' shortcut a vector state goes through _reduce_space, whose mean over no axes returns "
         "the same tensors (and the same layout, ((), 'none'))"),
-    "ops:Residual.combine:+3:46:1.0->2.0": (
+    "residual:Residual.combine:+3:46:1.0->2.0": (
         "`fx * s2 if s2 != 2.0 else fx`: differs only where s2 = scale * scale == 2.0 exactly, which no float "
         "scale gives (1.4142135623730951^2 = 2.0000000000000004, 1.414213562373095^2 = 1.9999999999999996); "
         "at s2 == 1 both branches give x + fx"),
-    "ops:Residual.combine:+6:51:1.0->2.0": (
+    "residual:Residual.combine:+6:51:1.0->2.0": (
         "as the NNGP line: no float scale has scale * scale == 2.0 exactly"),
-    "spatial:_pad_axis:+1:17:0->1": (
+    "stencil:pad_axis:+1:17:0->1": (
         "`before == 1 and after == 0` returns early only for padding (1, 0), which no rule produces ('same' "
         "puts the larger half after); (0, 0) then pads by nothing: a copy of the same tensor"),
-    "spatial:window_average:+3:86:False->True": (
+    "stencil:window_average:+3:86:False->True": (
         "pooling pads nothing ((0, 0) on every axis), and stencil wraps indices around only inside the padding, "
         "so circular=True reads the same entries"),
-    "spatial:Conv._geometry:+2:77:True->False": (
+    "conv:Conv._geometry:+2:77:True->False": (
         "zip(..., strict=False): spatial_in, filter and stride always have one entry per spatial axis (the walk "
         "builds them from the module and checks the input's rank), so strictness never triggers"),
-    "spatial:Conv.apply:+9:58:And->Or": _NTK_PAIR,
-    "spatial:AvgPool:+4:21:1->2": (
+    "conv:Conv.apply:+9:58:And->Or": _NTK_PAIR,
+    "avg_pool:AvgPool:+4:21:1->2": (
         "the dataclass default of AvgPool.window; walk always passes the window explicitly"),
     "reference:input_pairs:+10:33:drop USub": (
         "(a2 * a2).sum(1) instead of sum(-1): a2 is 2-D (na, d), so axis 1 is the last axis"),
@@ -284,7 +302,7 @@ EQUIVALENT: dict[str, str] = {
     "reference:evaluate_diagonal:+2:59:0->1": (
         "distinct_rows(a, a[:0], ids, ids[:1]): the extra id is ids[0], already present; unique ids, their first "
         "positions (in a) and `left` (the first Na inverse indices) are unchanged"),
-    "spatial:AvgPool:+5:21:1->2": (
+    "avg_pool:AvgPool:+5:21:1->2": (
         "the dataclass default of AvgPool.stride; walk always builds AvgPool with an explicit window and stride "
         "(walk.py: AvgPool(label, shape, out_shape, window, stride)), so the default is never used"),
 }

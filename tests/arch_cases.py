@@ -26,7 +26,12 @@ Layer dicts (widths only matter for the standard parameterization):
     ``V = K(x, x) - m^2``.
 ``{"op": "conv", "width": 8, "filter": [3, 3], "stride": [1, 1], "padding": "same" | "valid" | "circular",
 "w_std", "b_std", "parameterization"}``
-``{"op": "avgpool", "window": [2, 2], "stride": [2, 2], "padding": "valid"}``
+``{"op": "avgpool", "window": [2, 2], "stride": [2, 2], "padding": "valid" | "same", "normalize_edges": False}``
+    ``"same"`` is TF's SAME padding (neural-tangents' ``AvgPool(..., 'SAME', normalize_edges)``); ntkit's
+    model uses ``nn.AvgPool2d(..., padding=p, count_include_pad=not normalize_edges)``, so a case must
+    pick a geometry where SAME pads ``p`` on both sides (odd window and stride 1, or e.g. n=7, w=3, s=2).
+``{"op": "sumpool", "window": [2, 2], "stride": [2, 2], "padding": "valid" | "same"}``
+    :class:`ntkit.nn.SumPool2d` / ``SumPool1d`` (neural-tangents' ``SumPool``), the same SAME rule.
 ``{"op": "gap"}`` (global average pooling over space) and ``{"op": "flatten"}``.
 
 Inputs: ``make_inputs(name, input_shape, n1, n2)`` returns ``(x1, x2)`` as float64 numpy arrays of shape
@@ -65,6 +70,15 @@ def _conv(width: int = 8, filt: tuple[int, ...] = (3, 3), stride: tuple[int, ...
           w_std: float = 1.0, b_std: float | None = 0.0, parameterization: str = "ntk") -> dict:
     return {"op": "conv", "width": width, "filter": list(filt), "stride": list(stride), "padding": padding,
             "w_std": w_std, "b_std": b_std, "parameterization": parameterization}
+
+
+def _pool(op: str, window: tuple[int, ...], stride: tuple[int, ...], padding: str = "valid", *,
+          edges: bool = False) -> dict:
+    """A ``sumpool`` / ``avgpool`` layer (``edges``: average pooling's ``normalize_edges``)."""
+    layer: dict[str, Any] = {"op": op, "window": list(window), "stride": list(stride), "padding": padding}
+    if op == "avgpool" and padding != "valid":
+        layer["normalize_edges"] = edges
+    return layer
 
 
 RELU = _act("relu")
@@ -136,6 +150,22 @@ CONV_CASES: list[tuple[str, Spec, list[int], int, int]] = [
                      _conv(filt=(2,), stride=(1,), padding="valid"), RELU, {"op": "gap"}, _dense(1)], [3, 9], 4, 3),
     ("conv1d_circular_flatten", [_conv(filt=(4,), stride=(2,), padding="circular", b_std=0.1), _act("gelu"),
                                  {"op": "flatten"}, _dense(1)], [2, 8], 4, 3),
+    # sum pooling and zero-padded average pooling (the padding is TF SAME's, symmetric here)
+    ("conv_sumpool", [_conv(), RELU, _pool("sumpool", (2, 2), (2, 2)), _conv(b_std=0.1), RELU, {"op": "flatten"},
+                      _dense(1)], [2, 8, 8], 4, 3),
+    ("conv_sumpool_same", [_conv(), _act("erf", a=1.0, b=1.0, c=0.0), _pool("sumpool", (3, 3), (1, 1), "same"),
+                           _conv(), RELU, {"op": "gap"}, _dense(1)], [1, 5, 5], 4, 3),
+    ("conv_avgpool_same", [_conv(), RELU, _pool("avgpool", (3, 3), (1, 1), "same"), _conv(), RELU, {"op": "gap"},
+                           _dense(1)], [2, 6, 6], 4, 3),
+    ("conv_avgpool_same_edges", [_conv(b_std=0.2), RELU, _pool("avgpool", (3, 3), (1, 1), "same", edges=True),
+                                 _conv(), RELU, {"op": "flatten"}, _dense(1)], [2, 6, 6], 4, 3),
+    ("conv_avgpool_same_stride2", [_conv(), RELU, _pool("avgpool", (3, 3), (2, 2), "same", edges=True),
+                                   {"op": "flatten"}, _dense(1)], [1, 7, 7], 4, 3),
+    ("conv1d_sumpool", [_conv(filt=(3,), stride=(1,)), RELU, _pool("sumpool", (2,), (2,)),
+                        _conv(filt=(3,), stride=(1,)), RELU, {"op": "gap"}, _dense(1)], [3, 10], 4, 3),
+    ("conv1d_avgpool_same_edges", [_conv(filt=(3,), stride=(1,)), _act("gelu"),
+                                   _pool("avgpool", (5,), (1,), "same", edges=True), {"op": "flatten"}, _dense(1)],
+     [2, 9], 4, 3),
 ]
 
 CASES = DENSE_CASES + CONV_CASES

@@ -11,7 +11,7 @@ import ntkit
 from ntkit.activations import ABReLU, Erf, Gelu, Identity, LeakyReLU, ReLU, Sin
 
 
-def activation(layer: dict[str, Any]) -> ntkit.activations.Activation:
+def activation(layer: dict[str, Any]) -> ntkit.DualActivation:
     """The ntkit activation of an ``{"op": "act", ...}`` layer."""
     name = layer["name"]
     if name == "relu":
@@ -29,6 +29,24 @@ def activation(layer: dict[str, Any]) -> ntkit.activations.Activation:
     if name == "identity":
         return Identity()
     raise KeyError(name)
+
+
+def symmetric_padding(spatial: list[int], window: list[int], stride: list[int], padding: str) -> list[int]:
+    """Torch's symmetric pooling padding equal to ``padding`` (``"valid"``: none; ``"same"``: TF's SAME pads,
+    ``low = total // 2``, ``high = total - low``, which must be equal and give the same output size)."""
+    if padding == "valid":
+        return [0] * len(window)
+    assert padding == "same", padding
+    pads = []
+    for n, w, s in zip(spatial, window, stride, strict=True):
+        out = -(-n // s)
+        total = max((out - 1) * s + w - n, 0)
+        low = total // 2
+        if total - low != low or (n + 2 * low - w) // s + 1 != out:
+            raise ValueError(f"SAME pooling of {n} with window {w}, stride {s} pads ({low}, {total - low}): "
+                             "not a symmetric torch padding")
+        pads.append(low)
+    return pads
 
 
 def build(spec: list[dict[str, Any]], input_shape: list[int], *, width: int | None = None,
@@ -72,11 +90,20 @@ def build(spec: list[dict[str, Any]], input_shape: list[int], *, width: int | No
                                last=shape[0])
             assert end == shape
             layers.append(ntkit.nn.Residual(block))
-        elif op == "avgpool":
-            pool = nn.AvgPool2d if len(layer["window"]) == 2 else nn.AvgPool1d
-            layers.append(pool(layer["window"], layer["stride"]))
-            shape = [shape[0], *((n - w) // s + 1 for n, w, s in zip(shape[1:], layer["window"], layer["stride"],
-                                                                      strict=True))]
+        elif op in ("avgpool", "sumpool"):
+            pads = symmetric_padding(shape[1:], layer["window"], layer["stride"], layer["padding"])
+            two_d = len(layer["window"]) == 2
+            if op == "sumpool":
+                layers.append((ntkit.nn.SumPool2d if two_d else ntkit.nn.SumPool1d)(
+                    layer["window"], layer["stride"], padding=pads))
+            elif any(pads):
+                layers.append((nn.AvgPool2d if two_d else nn.AvgPool1d)(
+                    layer["window"], layer["stride"], padding=pads,
+                    count_include_pad=not layer["normalize_edges"]))
+            else:
+                layers.append((nn.AvgPool2d if two_d else nn.AvgPool1d)(layer["window"], layer["stride"]))
+            shape = [shape[0], *((n + 2 * p - w) // s + 1 for n, w, s, p in zip(
+                shape[1:], layer["window"], layer["stride"], pads, strict=True))]
         elif op == "gap":
             layers.append(ntkit.nn.GlobalAvgPool())
             shape = shape[:1]

@@ -34,7 +34,7 @@ from torch import nn
 
 from ntkit.activations import CallableActivation, available_activations, get_activation
 from ntkit.nn import Activation as ActivationModule
-from ntkit.nn import Conv1d, Conv2d, GlobalAvgPool, LayerNorm, Linear, Residual
+from ntkit.nn import Conv1d, Conv2d, GlobalAvgPool, LayerNorm, Linear, Residual, SumPool1d, SumPool2d
 from tests.moment_inputs import Data, Field
 from tests.moments import FLOOR, Maker, MomentCase
 
@@ -133,7 +133,7 @@ def _act(name: str, module: nn.Module) -> MomentCase:
                       floor=_FLOORS.get(name, FLOOR))
 
 
-#: Torch activation modules with a kernel (every type of ntkit.infinite.modules.ACTIVATION_MODULES).
+#: Torch activation modules with a kernel (every type of ntkit.infinite.ops.activation_modules.ACTIVATION_MODULES).
 TORCH_ACTIVATIONS: dict[str, nn.Module] = {
     "relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.1), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid(),
     "gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "silu": nn.SiLU(), "softplus": nn.Softplus(),
@@ -211,6 +211,14 @@ CASES: list[MomentCase] = [
     MomentCase("avgpool1d_2", fixed(lambda: nn.AvgPool1d(2)), GAUSS_SIGNALS),
     MomentCase("avgpool1d_3_s2", fixed(lambda: nn.AvgPool1d(3, stride=2)), GAUSS_SIGNALS),
     MomentCase("adaptive_avgpool1d", fixed(lambda: nn.AdaptiveAvgPool1d(3)), GAUSS_SIGNALS),
+    MomentCase("avgpool2d_3_s1_pad1", fixed(lambda: nn.AvgPool2d(3, stride=1, padding=1)), GAUSS_IMAGES),
+    MomentCase("avgpool2d_3_pad1_exclude", fixed(lambda: nn.AvgPool2d(3, stride=(1, 2), padding=1,
+                                                                       count_include_pad=False)), GAUSS_IMAGES),
+    MomentCase("avgpool1d_3_s2_pad1_exclude", fixed(lambda: nn.AvgPool1d(3, stride=2, padding=1,
+                                                                          count_include_pad=False)), GAUSS_SIGNALS),
+    MomentCase("sumpool2d_2_s1", fixed(lambda: SumPool2d(2, stride=1)), GAUSS_IMAGES),
+    MomentCase("sumpool2d_3_pad1", fixed(lambda: SumPool2d(3, stride=(1, 2), padding=1)), GAUSS_IMAGES),
+    MomentCase("sumpool1d_3_s2_pad1", fixed(lambda: SumPool1d(3, stride=2, padding=1)), GAUSS_SIGNALS),
     MomentCase("global_avgpool2d", fixed(GlobalAvgPool), GAUSS_IMAGES),
     MomentCase("global_avgpool1d", fixed(GlobalAvgPool), GAUSS_SIGNALS),
     # layer norm: one draw of a huge number of channels (the limit is over the channels)

@@ -68,10 +68,13 @@ without spatial axes (one pixel).
 * LayerNorm over channels: ``K' = (K - m m') / sqrt((ε + V)(ε + V'))``, ``Θ' = Θ / sqrt((ε + V)(ε + V'))``
   with ``V = var(x, p) - m(x, p)²`` (``m = 0`` for a centred Gaussian input, the usual case). The
   channel mean and the derivative of the normaliser contribute O(1/width) to the NTK.
-* AvgPool: ``K'(q, q') = mean_{p ∈ W(q), p' ∈ W(q')} K(p, p')``; GAP: the mean over all pixel
-  pairs; Flatten: the mean over same-pixel pairs ``K(p, p)`` (different channels are independent);
-  the same for Θ. GAP keeps the width ``C``, Flatten makes it ``C |S|`` (the standard
-  parameterization's ``n_in`` of the next dense layer).
+* AvgPool: ``K'(q, q') = mean_{p ∈ W(q), p' ∈ W(q')} K(p, p')``; with "same" padding (TF's pads, as
+  for a conv) the taps outside the input read 0 and the sum is divided by ``|W|²``, or, with
+  ``normalize_edges``, by ``n(q) n(q')``, the numbers of in-range taps of the two windows; SumPool: the
+  plain sum ``Σ_{p ∈ W(q), p' ∈ W(q')} K(p, p')`` (no divisor); the channel mean is pooled by the same
+  window and divisor. GAP: the mean over all pixel pairs; Flatten: the mean over same-pixel pairs
+  ``K(p, p)`` (different channels are independent); the same for Θ. GAP keeps the width ``C``,
+  Flatten makes it ``C |S|`` (the standard parameterization's ``n_in`` of the next dense layer).
 
 References: Jacot, Gabriel & Hongler 2018 (NTK); Lee et al. 2018 (deep NNGP); Arora et al. 2019
 (CNTK, pooling, padding); Novak et al. 2020 (neural-tangents, standard parameterization, LayerNorm,
@@ -121,7 +124,8 @@ class _Op:
     out_width: int
     block: list[_Op] = field(default_factory=list)
     taps: list[list[int]] = field(default_factory=list)  # conv: [out pixel][tap] -> input pixel or -1
-    windows: list[list[int]] = field(default_factory=list)  # avgpool: [out pixel] -> input pixels
+    windows: list[list[int]] = field(default_factory=list)  # pools: [out pixel] -> its in-range input pixels
+    divisors: list[int] = field(default_factory=list)  # pools: [out pixel] -> what its window sum is divided by
     need: set[int] = field(default_factory=set)  # cross pairs needed at the output
     self_need: set[int] = field(default_factory=set)  # self pairs needed at the output (symmetric)
     self_upper: list[int] = field(default_factory=list)  # the p <= p' part of self_need
@@ -188,13 +192,15 @@ def _conv_taps(shape: tuple[int, ...], filt: tuple[int, ...], stride: tuple[int,
 
 def _pool_windows(shape: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...],
                   padding: str) -> tuple[list[list[int]], tuple[int, ...]]:
-    if padding != "valid":
-        raise NotImplementedError("avgpool: only valid padding")
-    out_shape = tuple((n - w) // s + 1 for n, w, s in zip(shape, window, stride, strict=True))
+    """Per output pixel, the input pixels of its window inside the input ("valid" or "same" padding)."""
+    if padding not in ("valid", "same"):
+        raise NotImplementedError(f"pooling: padding {padding!r}")
+    axes = [_axis_taps(n, w, s, padding) for n, w, s in zip(shape, window, stride, strict=True)]
+    out_shape = tuple(len(a) for a in axes)
     windows = []
     for q in itertools.product(*(range(n) for n in out_shape)):
-        windows.append([_ravel(tuple(q[k] * stride[k] + t[k] for k in range(len(shape))), shape)
-                        for t in itertools.product(*(range(w) for w in window))])
+        windows.append([_ravel(idx, shape) for t in itertools.product(*(range(w) for w in window))
+                        if min(idx := tuple(axes[k][q[k]][t[k]] for k in range(len(shape)))) >= 0])
     return windows, out_shape
 
 
@@ -223,11 +229,17 @@ def _compile(spec: Spec, shape: tuple[int, ...], width: int, uids: itertools.cou
             op = _Op(uid, kind, layer, shape, out_shape, width, int(layer["width"]), taps=taps)
         elif kind in _NONLINEAR:
             op = _Op(uid, kind, layer, shape, shape, width, width)
-        elif kind == "avgpool":
-            windows, out_shape = _pool_windows(shape, tuple(layer["window"]),
-                                               tuple(layer.get("stride") or layer["window"]),
+        elif kind in ("avgpool", "sumpool"):
+            window = tuple(layer["window"])
+            windows, out_shape = _pool_windows(shape, window, tuple(layer.get("stride") or window),
                                                layer.get("padding", "valid"))
-            op = _Op(uid, kind, layer, shape, out_shape, width, width, windows=windows)
+            if kind == "sumpool":
+                divisors = [1] * len(windows)
+            elif layer.get("normalize_edges", False):
+                divisors = [len(w) for w in windows]
+            else:
+                divisors = [math.prod(window)] * len(windows)
+            op = _Op(uid, kind, layer, shape, out_shape, width, width, windows=windows, divisors=divisors)
         elif kind == "gap":
             op = _Op(uid, kind, layer, shape, (), width, width)
         elif kind == "flatten":
@@ -255,7 +267,7 @@ def _reads(op: _Op, pair: int) -> list[int]:
     q1, q2 = divmod(pair, op.n_out)
     if op.kind in ("dense", "conv"):
         return [p1 * n_in + p2 for p1, p2 in zip(op.taps[q1], op.taps[q2], strict=True) if p1 >= 0 and p2 >= 0]
-    if op.kind == "avgpool":
+    if op.kind in ("avgpool", "sumpool"):
         return [p1 * n_in + p2 for p1 in op.windows[q1] for p2 in op.windows[q2]]
     if op.kind == "gap":
         return list(range(n_in * n_in))
@@ -416,8 +428,8 @@ class _Evaluator:
                 self.consts[op.uid] = (_activation(ctx, layer), _activation_mean(ctx, layer))
             elif op.kind == "layernorm":
                 self.consts[op.uid] = ctx.mpf(layer.get("eps", 0.0))
-            elif op.kind == "avgpool":
-                self.consts[op.uid] = ctx.mpf(len(op.windows[0]) ** 2)
+            elif op.kind in ("avgpool", "sumpool"):  # per output pixel pair (q, q'): d(q) d(q')
+                self.consts[op.uid] = [ctx.mpf(d) for d in op.divisors]
             elif op.kind == "gap":
                 self.consts[op.uid] = ctx.mpf(op.n_in**2)
             elif op.kind == "flatten":
@@ -479,10 +491,16 @@ class _Evaluator:
                     k = cw * s_nn + b2
                     new_nn[pr] = k
                     new_nt[pr] = n_in * s_nn + cw * s_nt + bias1 if standard else cw * s_nt + k
-            else:  # avgpool, gap, flatten: plain means
-                count = self.consts[op.uid]
+            else:  # pools, gap, flatten: window sums over a divisor
+                pool = op.kind in ("avgpool", "sumpool")
+                divisors = self.consts[op.uid]
                 for pr in targets:
                     reads = op.reads[pr]
+                    if pool:
+                        q1, q2 = divmod(pr, n)
+                        count = divisors[q1] * divisors[q2]
+                    else:
+                        count = divisors
                     new_nn[pr] = fsum([nn[r] for r in reads]) / count
                     new_nt[pr] = fsum([nt[r] for r in reads]) / count
                 if self_mode and mean is not None:  # the channel mean at the needed output pixels
@@ -490,8 +508,8 @@ class _Evaluator:
                     for pr in targets:
                         q, q2 = divmod(pr, n)
                         if q == q2:
-                            pixels = op.windows[q] if op.kind == "avgpool" else range(op.n_in)
-                            new_mean[q] = fsum([mean[p] for p in pixels]) / len(pixels)
+                            pixels = op.windows[q] if pool else range(op.n_in)
+                            new_mean[q] = fsum([mean[p] for p in pixels]) / (divisors[q] if pool else len(pixels))
             if self_mode:  # mirror the upper triangle
                 for pr in targets:
                     q1, q2 = divmod(pr, n)

@@ -2,7 +2,7 @@
 
 Covered: every name of the registry (:func:`ntkit.activations.available_activations`: closed forms,
 the Mehler / quadrature general path, aliases) and every torch activation module with a dual map
-(:data:`ntkit.infinite.modules.ACTIVATION_MODULES`, with non-default parameters where it has some).
+(:data:`ntkit.infinite.ops.activation_modules.ACTIVATION_MODULES`, with non-default parameters where it has some).
 The inputs (d = 3) hold a generic row, its exact duplicate, the zero row, two tiny rows (unit
 directions at 53 degrees), a huge row:
 
@@ -49,7 +49,7 @@ import ntkit
 from ntkit.activations import Activation, available_activations, get_activation
 from ntkit.infinite import describe_model
 from ntkit.infinite.fused import fused_kind
-from ntkit.infinite.modules import ACTIVATION_MODULES, activation_of
+from ntkit.infinite.ops.activation_modules import ACTIVATION_MODULES, activation_of
 from tests.activation_reference import expect as mp_expect
 from tests.activation_reference import reference_for
 from tests.conftest import TOL, nat_err, nat_errors

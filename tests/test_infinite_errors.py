@@ -52,7 +52,7 @@ VECTORS = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(1
         (nn.Sequential(nn.ReLU(), nn.Tanh()), VECTORS, r"at least one weight layer"),
         (nn.Sequential(ntkit.nn.Conv2d(1, 4, 3), nn.Flatten(start_dim=2), ntkit.nn.Linear(36, 1)), IMAGES,
          r"expected start_dim=1"),
-        (_conv(nn.AvgPool2d(2, padding=1)), IMAGES, r"expected padding=0"),
+        (_conv(nn.AvgPool2d(2, ceil_mode=True)), IMAGES, r"expected ceil_mode=False and no divisor_override"),
         (nn.Sequential(nn.MaxPool2d(2), ntkit.nn.Conv2d(1, 4, 3), ntkit.nn.GlobalAvgPool(), ntkit.nn.Linear(4, 1)),
          IMAGES, r"0 \(MaxPool2d\) has no infinite-width kernel transform"),
     ],
@@ -63,7 +63,7 @@ def test_unsupported_or_misfit_models_name_the_module(model: nn.Module, x: torch
         ntkit.infinite_kernel(model, x)
     assert isinstance(info.value, ValueError)
     if "no infinite-width kernel transform" in str(info.value):
-        assert "Supported: ntkit.nn.Linear" in str(info.value)
+        assert "Supported: ntkit.nn.Conv1d, ntkit.nn.Conv2d, ntkit.nn.Linear" in str(info.value)
 
 
 def test_model_on_meta_device_and_eval_mode_dropout() -> None:

@@ -27,9 +27,8 @@ import torch
 
 from ntkit.activations import CallableActivation, available_activations, get_activation
 from ntkit.infinite import ops as ops_module
-from ntkit.infinite import spatial
-from ntkit.infinite.modules import ACTIVATION_MODULES
 from ntkit.infinite.ops import KernelOp, Pointwise
+from ntkit.infinite.ops.activation_modules import ACTIVATION_MODULES
 from ntkit.infinite.walk import iter_ops
 from ntkit.nn.linear import PADDINGS, _ConvNd, _WeightLayer
 from tests.moment_cases import CASES
@@ -87,7 +86,7 @@ def _subclasses(cls: type) -> set[type]:
 
 def test_every_op_type_has_a_case() -> None:
     """A new op type (a subclass of KernelOp in ntkit.infinite) needs a moment case."""
-    assert {ops_module.Dense, spatial.Conv, spatial.AvgPool} <= _subclasses(KernelOp)
+    assert {ops_module.Dense, ops_module.Conv, ops_module.AvgPool} <= _subclasses(KernelOp)
     covered = {type(op) for op in _case_ops()}
     missing = {t.__name__ for t in _subclasses(KernelOp) if t.__module__.startswith("ntkit.")} - {
         t.__name__ for t in covered}

@@ -26,6 +26,7 @@ from torch import nn
 
 import ntkit
 from ntkit.infinite.ops import Pointwise
+from ntkit.infinite.ops.stencil import stencil, window_average
 from ntkit.infinite.reference import (
     distinct_rows,
     evaluate,
@@ -34,7 +35,6 @@ from ntkit.infinite.reference import (
     iter_layers,
     reference_kernel,
 )
-from ntkit.infinite.spatial import stencil, window_average
 from ntkit.infinite.state import Layout
 from ntkit.infinite.walk import describe_model
 from tests.arch_cases import make_inputs
@@ -486,7 +486,7 @@ def test_op_defaults_are_the_plain_layers() -> None:
 
 def test_flatten_of_vectors_and_conv_defaults() -> None:
     """``nn.Flatten`` of vector features changes nothing; a default ``Conv`` op is a 1x1 unit-variance convolution."""
-    from ntkit.infinite.spatial import Conv
+    from ntkit.infinite.ops import Conv
     from ntkit.infinite.state import Context
 
     x = torch.from_numpy(make_inputs("flatten_vectors", [4], 3, 1)[0])

@@ -2,8 +2,9 @@
 
 * :mod:`~ntkit.infinite.walk`: a torch model -> its :class:`~ntkit.infinite.walk.Architecture`, the
   sequence of kernel transforms (clear errors for what has none);
-* :mod:`~ntkit.infinite.ops`, :mod:`~ntkit.infinite.spatial`: each layer's transform, on the record of
-  :mod:`~ntkit.infinite.state` (covariances with ``none`` / ``diag`` / ``full`` spatial layout);
+* :mod:`~ntkit.infinite.ops`: one module per layer kind (its transform on the record of
+  :mod:`~ntkit.infinite.state` — covariances with ``none`` / ``diag`` / ``full`` spatial layout —, its
+  shape rule, its lowerings) and the registry from torch module types to ops;
 * :mod:`~ntkit.infinite.reference`: the reference evaluator (every entry exact, the diagonal and
   duplicated inputs included);
 * :mod:`~ntkit.infinite.fused`, :mod:`~ntkit.infinite.native`: the fast path of the fully connected

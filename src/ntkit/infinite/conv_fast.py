@@ -19,7 +19,6 @@ GPU the reference evaluator's batched tensor code runs).
 
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,11 +29,11 @@ import torch
 from torch import nn
 
 from ntkit.activations import ABReLU
+from ntkit.activations.arccos import abrelu_constants
 from ntkit.infinite import native as _native
 from ntkit.infinite.fused import fused_kind
-from ntkit.infinite.ops import Diagonal, Flatten, GlobalPool, KernelOp, LayerNormOp, Pointwise
+from ntkit.infinite.ops import KernelOp
 from ntkit.infinite.reference import distinct_rows, reference_kernel, run_ops, snap_duplicates
-from ntkit.infinite.spatial import AvgPool, Conv
 from ntkit.infinite.state import Layout, Pairs
 from ntkit.infinite.walk import Architecture, describe_model, iter_ops
 from ntkit.nn.linear import Conv1d, Conv2d, Linear, conv_output_size
@@ -78,11 +77,78 @@ class SpatialProgram:
     tail: tuple[KernelOp, ...]
 
 
-def _axes(op: Conv | AvgPool) -> tuple[tuple[int, int], tuple[int, int]]:
+def _axes(filt: tuple[int, ...], stride: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
     """Per-op (filter, stride) for (h, w); 1-D layers act on w with h = 1."""
-    f = op.filter if isinstance(op, Conv) else op.window
-    s = op.stride
-    return ((f[0], s[0]), (f[1], s[1])) if len(f) == 2 else ((1, 1), (f[0], s[0]))
+    return ((filt[0], stride[0]), (filt[1], stride[1])) if len(filt) == 2 else ((1, 1), (filt[0], stride[0]))
+
+
+class NativeProgramBuilder:
+    """The instruction set of ``_cntk_native.c``: ops append their step with these methods.
+
+    Each op's :meth:`~ntkit.infinite.ops.base.KernelOp.lower_native` calls the method of its step
+    and returns its answer (False: the step cannot run natively here, e.g. pooling on a ``diag``
+    layout). The builder tracks the spatial size, the layout and the workspace as it goes;
+    :meth:`readout` ends the program.
+    """
+
+    def __init__(self, c: int, h: int, w: int, full: bool) -> None:
+        self.c, self.h, self.w, self.full = c, h, w, full
+        self.records: list[list[int]] = []
+        self.params: list[list[float]] = []
+        self.max_size = self._size()
+        self.var_len = 0
+        self.done = False
+
+    def _size(self) -> int:
+        return (self.h * self.w) ** 2 if self.full else self.h * self.w
+
+    def _emit(self, rec: list[int], dp: list[float]) -> bool:
+        self.records.append(rec + [0] * (NI - len(rec)))
+        self.params.append(dp + [0.0] * (ND - len(dp)))
+        self.max_size = max(self.max_size, self._size())
+        return True
+
+    def conv(self, filt: tuple[int, ...], stride: tuple[int, ...], padding: str, w2: float, b2: float) -> bool:
+        """A convolution (zero padding ``same`` / ``valid``): ``K' = w2 A(K) + b2``, ``T' = w2 A(T) + K'``."""
+        (kh, sh), (kw, sw) = _axes(filt, stride)
+        ho, ph, _ = conv_output_size(self.h, kh, sh, padding) if kh > 1 or sh > 1 else (self.h, 0, 0)
+        wo, pw, _ = conv_output_size(self.w, kw, sw, padding)
+        self.h, self.w = ho, wo
+        return self._emit([OP_CONV, kh, kw, sh, sw, ph, pw, ho, wo], [w2, b2])
+
+    def activation(self, act: Any) -> bool:
+        """A pointwise activation: the ABReLU family only (its arc-cosine constants)."""
+        if fused_kind(act) != "abrelu":
+            return False
+        assert isinstance(act, ABReLU)
+        rec = [OP_ACT, self.var_len]
+        self.var_len += self.h * self.w
+        return self._emit(rec, list(abrelu_constants(act.a, act.b)[:5]))  # k1, k2, ka, kb, kc (unfactored)
+
+    def pool(self, window: tuple[int, ...], stride: tuple[int, ...], out: tuple[int, ...]) -> bool:
+        """Average pooling without padding (needs the ``full`` layout)."""
+        if not self.full:
+            return False
+        (kh, sh), (kw, sw) = _axes(window, stride)
+        self.h, self.w = (1, out[0]) if len(out) == 1 else out
+        return self._emit([OP_POOL, kh, kw, sh, sw, self.h, self.w], [])
+
+    def diagonal(self) -> bool:
+        """Drop the cross-pixel entries (``full -> diag``)."""
+        if not self.full:
+            return False
+        self._emit([OP_DIAG], [])
+        self.full = False
+        return True
+
+    def readout(self, global_pool: bool) -> bool:
+        """Global average pooling (needs ``full``) or flatten: the end of the program."""
+        if global_pool and not self.full:
+            return False
+        self.records.append([OP_GAP if global_pool else OP_FLAT] + [0] * (NI - 1))
+        self.params.append([0.0] * ND)
+        self.done = True
+        return True
 
 
 def match_spatial(arch: Architecture) -> SpatialProgram | None:
@@ -91,60 +157,17 @@ def match_spatial(arch: Architecture) -> SpatialProgram | None:
     if arch.input_mode not in ("full", "diag") or len(shape) not in (2, 3):
         return None
     c, h, w = (shape[0], 1, shape[1]) if len(shape) == 2 else shape
-    full = arch.input_mode == "full"
-    ops, dps = [], []
-    size = (h * w) ** 2 if full else h * w
-    max_size, var_len = size, 0
+    prog = NativeProgramBuilder(c, h, w, arch.input_mode == "full")
     for n_done, op in enumerate(arch.ops):
-        rec, dp = [0] * NI, [0.0] * ND
-        if type(op) is Conv:
-            if op.parameterization != "ntk" or op.padding == "circular":
-                return None
-            (kh, sh), (kw, sw) = _axes(op)
-            ho, ph, _ = conv_output_size(h, kh, sh, op.padding) if kh > 1 or sh > 1 else (h, 0, 0)
-            wo, pw, _ = conv_output_size(w, kw, sw, op.padding)
-            rec[:9] = [OP_CONV, kh, kw, sh, sw, ph, pw, ho, wo]
-            dp[:2] = [op.w_std**2, op.b2]
-            h, w = ho, wo
-        elif isinstance(op, Pointwise):
-            act = op.fn
-            if fused_kind(act) != "abrelu":
-                return None
-            assert isinstance(act, ABReLU)
-            a, d = act.a, act.b - act.a
-            rec[:2] = [OP_ACT, var_len]
-            dp[:5] = [d * d / (2 * math.pi), a * act.b, d * d / (2 * math.pi), 0.5 * a * d, a * a]
-            var_len += h * w
-        elif isinstance(op, AvgPool):
-            if not full:
-                return None
-            (kh, sh), (kw, sw) = _axes(op)
-            ho, wo = (1, op.out_shape[1]) if len(op.out_shape) == 2 else op.out_shape[1:]
-            rec[:7] = [OP_POOL, kh, kw, sh, sw, ho, wo]
-            h, w = ho, wo
-        elif isinstance(op, Diagonal):
-            if not full:
-                return None
-            rec[0] = OP_DIAG
-            full = False
-        elif isinstance(op, (GlobalPool, Flatten)):
-            if isinstance(op, GlobalPool) and not full:
-                return None
-            rec[0] = OP_GAP if isinstance(op, GlobalPool) else OP_FLAT
-            tail = arch.ops[n_done + 1 :]
-            if any(isinstance(t, LayerNormOp) for t in iter_ops(tail)):
-                return None  # a layer norm would need the channel means of the prefix
-            ops.append(rec)
-            dps.append(dp)
-            return SpatialProgram(np.asarray(ops, dtype=np.int32), np.asarray(dps, dtype=np.float64), c,
-                                  arch.data_shape[1] if len(shape) == 3 else 1, arch.data_shape[-1],
-                                  arch.input_mode == "full", max_size, max(var_len, 1), tuple(tail))
-        else:
+        if not op.lower_native(prog):
             return None
-        size = (h * w) ** 2 if full else h * w
-        max_size = max(max_size, size)
-        ops.append(rec)
-        dps.append(dp)
+        if prog.done:
+            tail = arch.ops[n_done + 1 :]
+            if any(t.mean_role == "sink" for t in iter_ops(tail)):
+                return None  # a layer norm would need the channel means of the prefix
+            return SpatialProgram(np.asarray(prog.records, dtype=np.int32), np.asarray(prog.params, dtype=np.float64),
+                                  c, arch.data_shape[1] if len(shape) == 3 else 1, arch.data_shape[-1],
+                                  arch.input_mode == "full", prog.max_size, max(prog.var_len, 1), tuple(tail))
     return None
 
 

@@ -4,7 +4,7 @@ For inputs ``a`` (Na rows) and ``b`` (Nb rows), already through the architecture
 
 1. the input covariances ``K0(x, x')[p, p'] = sum_c x[c, p] x'[c, p'] / C`` (``x.x' / d`` for
    vectors) of every pair ``(a_i, b_j)`` and of every distinct input with itself;
-2. every layer's transform (:mod:`ntkit.infinite.ops`, :mod:`ntkit.infinite.spatial`) applied to
+2. every layer's transform (:mod:`ntkit.infinite.ops`) applied to
    both; the variances feeding the dual maps are read from the self batch;
 3. after every layer, the pairs of *identical* inputs (equal ids) get the self batch's values.
 
@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ntkit.infinite.ops import KernelOp, Pointwise, Residual
+from ntkit.infinite.ops import KernelOp
 from ntkit.infinite.state import Context, Layout, Pairs
 from ntkit.infinite.walk import Architecture
 
@@ -93,15 +93,12 @@ def _walk(
     for op in ops:
         rows, cross = state
         dot: Tensor | None = None
-        if isinstance(op, Residual):
-            yield from _walk(op.block, state, left, right, dup, ntk)
+        if op.children():
+            yield from _walk(op.children(), state, left, right, dup, ntk)
             rows, cross = op.combine(rows, state[0], ntk), op.combine(cross, state[1], ntk)
         else:
             new_rows = op.apply(rows, Context(rows), ntk)
-            if isinstance(op, Pointwise):
-                cross, dot = op.apply_dual(cross, Context(rows, left, right), ntk)
-            else:
-                cross = op.apply(cross, Context(rows, left, right), ntk)
+            cross, dot = op.apply_dual(cross, Context(rows, left, right), ntk)
             rows = new_rows
         cross = snap_duplicates(cross, rows, dup)
         state[:] = [rows, cross]

@@ -1,8 +1,8 @@
 """From a torch model to its :class:`Architecture`: the sequence of kernel transforms it describes.
 
 The walk visits ``nn.Sequential`` containers (nested) and any module with a ``kernel_layers()``
-method (returning its layers in order, as :class:`ntkit.FCNetwork` does), and maps every leaf with
-:mod:`ntkit.infinite.modules`:
+method (returning its layers in order, as :class:`ntkit.FCNetwork` does), and maps every leaf to its
+op through the registry the op modules fill (:mod:`ntkit.infinite.ops.registry`):
 
 * the modules before the first weight layer act on the data itself, deterministically (a
   flatten, a pooling, a layer norm or an activation of the raw inputs): they form the *prelude*,
@@ -28,34 +28,22 @@ import torch
 from torch import nn
 
 from ntkit._validation import check_float, check_int, describe
-from ntkit.activations import Identity
-from ntkit.infinite.modules import SUPPORTED, UNSUPPORTED_REASONS, activation_of, is_pass_through
-from ntkit.infinite.ops import Dense, Diagonal, Flatten, GlobalPool, KernelOp, LayerNormOp, Pointwise, Residual
-from ntkit.infinite.spatial import AvgPool, Conv
+from ntkit.infinite.errors import ArchitectureError
+from ntkit.infinite.ops import Diagonal, KernelOp, Pointwise
+from ntkit.infinite.ops.registry import (
+    UNSUPPORTED_REASONS,
+    Item,
+    block_has_weights,
+    is_pass_through,
+    leaves,
+    lookup,
+    supported,
+)
 from ntkit.nn.builders import fc
-from ntkit.nn.linear import Linear, _ConvNd
-from ntkit.nn.structure import GlobalAvgPool, LayerNorm
-from ntkit.nn.structure import Residual as ResidualModule
 
 Tensor = torch.Tensor
 Shape = tuple[int, ...]
-Item = tuple[str, nn.Module]
-
-
-class ArchitectureError(ValueError):
-    """A model (or one of its modules) that has no infinite-width kernel, or does not fit the input shape.
-
-    Examples
-    --------
-    >>> import torch, ntkit
-    >>> from ntkit.infinite import describe_model
-    >>> model = torch.nn.Sequential(ntkit.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), ntkit.nn.Linear(8, 1))
-    >>> try:
-    ...     describe_model(model, (3,))
-    ... except ValueError as err:  # an ArchitectureError is a ValueError
-    ...     print(type(err).__name__, "--", str(err).split(": ")[1])
-    ArchitectureError -- module 1 (BatchNorm1d) has no infinite-width kernel transform
-    """
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 
 
 @dataclass(frozen=True)
@@ -126,177 +114,51 @@ class Architecture:
 
 
 def iter_ops(ops: Sequence[KernelOp]) -> Iterator[KernelOp]:
-    """Every op, residual blocks included (depth first)."""
+    """Every op, inner branches (residual blocks) included (depth first)."""
     for op in ops:
         yield op
-        if isinstance(op, Residual):
-            yield from iter_ops(op.block)
-
-
-def _leaves(module: nn.Module, name: str) -> Iterator[Item]:
-    if isinstance(module, nn.Sequential):
-        for child, sub in module._modules.items():  # not named_children(): it skips a module used twice
-            if sub is not None:
-                yield from _leaves(sub, f"{name}.{child}" if name else child)
-        return
-    layers = getattr(module, "kernel_layers", None)
-    if callable(layers):
-        for child, sub in layers():
-            yield from _leaves(sub, f"{name}.{child}" if name else child)
-        return
-    yield name or "model", module
+        yield from iter_ops(op.children())
 
 
 def _label(name: str, module: nn.Module) -> str:
     return f"{name} ({type(module).__name__})"
 
 
-def _has_weights(module: nn.Module) -> bool:
-    if isinstance(module, (Linear, _ConvNd)):
-        return True
-    if isinstance(module, ResidualModule):
-        return any(_has_weights(m) for _, m in _leaves(module.block, ""))
-    return False
-
-
 def _unsupported(name: str, module: nn.Module) -> ArchitectureError:
-    if isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)):
-        why = "it is random in training mode; call model.eval() first"
+    if isinstance(module, _DROPOUT):
+        hint = ": it is random in training mode; call model.eval() first"
     else:
         why = UNSUPPORTED_REASONS.get(type(module), "")
-    hint = f": {why}" if why else ""
-    if not isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)):
-        hint += ". ntkit.monte_carlo_kernel estimates the kernels of any model (averaged over random initialisations)"
+        hint = (f": {why}" if why else "") + (
+            ". ntkit.monte_carlo_kernel estimates the kernels of any model (averaged over random initialisations)")
     return ArchitectureError(
         f"infinite_kernel: module {_label(name, module)} has no infinite-width kernel transform{hint}. "
-        f"Supported: {SUPPORTED}"
+        f"Supported: {supported()}"
     )
 
 
 def _check_prelude_module(name: str, module: nn.Module) -> None:
-    if activation_of(module) is not None or is_pass_through(module):
+    """A module before the first weight layer must act on the data deterministically."""
+    if is_pass_through(module):
         return
-    if isinstance(module, (LayerNorm, GlobalAvgPool, nn.Flatten, nn.AvgPool1d, nn.AvgPool2d,
-                           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
-        return
-    if isinstance(module, ResidualModule):
-        for sub_name, sub in _leaves(module.block, f"{name}.block"):
+    entry = lookup(module)
+    if entry is None or not entry.on_data:
+        raise _unsupported(name, module)
+    if entry.children is not None:
+        for sub_name, sub in entry.children(module, name):
             _check_prelude_module(sub_name, sub)
-        return
-    raise _unsupported(name, module)
 
 
 def _prelude_degree(module: nn.Module, d: int | None) -> int | None:
-    act = activation_of(module)
-    if act is not None:
-        return 0 if d == 0 else (None if d is None or act.homogeneous_degree is None else d * act.homogeneous_degree)
-    if isinstance(module, LayerNorm):
-        return 0 if module.eps == 0.0 and d is not None else None
-    if isinstance(module, ResidualModule):
-        inner = d
-        for _, sub in _leaves(module.block, ""):
-            inner = _prelude_degree(sub, inner)
-        return d if inner == d else None
-    return d  # pooling, flatten, identity: linear
-
-
-def _shape_error(label: str, expected: str, shape: Shape) -> ArchitectureError:
-    return ArchitectureError(f"infinite_kernel: module {label} expected {expected}, got an input of shape {shape}")
-
-
-def _pool_geometry(label: str, module: nn.Module, shape: Shape, ndim: int) -> tuple[Shape, Shape, Shape]:
-    """(window, stride, out spatial) of an average pooling module, validated."""
-    if len(shape) != ndim + 1:
-        raise _shape_error(label, f"an input of shape (C, {ndim} spatial axes)", shape)
-    spatial = shape[1:]
-    if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
-        size = module.output_size
-        sizes = (size,) * ndim if isinstance(size, int) or size is None else tuple(size)
-        outs: Shape = tuple(n if o is None else int(o) for n, o in zip(spatial, sizes, strict=True))
-        if any(n % o for n, o in zip(spatial, outs, strict=True)):
-            raise _shape_error(label, f"spatial sizes divisible by its output size {outs}", shape)
-        window = tuple(n // o for n, o in zip(spatial, outs, strict=True))
-        return window, window, outs
-    assert isinstance(module, (nn.AvgPool1d, nn.AvgPool2d))
-    k = module.kernel_size
-    s = module.stride if module.stride is not None else k
-    pad = module.padding
-    window = (k,) * ndim if isinstance(k, int) else tuple(k)
-    stride = (s,) * ndim if isinstance(s, int) else tuple(s)
-    pads = (pad,) * ndim if isinstance(pad, int) else tuple(pad)
-    if any(pads) or module.ceil_mode or getattr(module, "divisor_override", None):
-        raise ArchitectureError(
-            f"infinite_kernel: module {label}: expected padding=0, ceil_mode=False and no divisor_override "
-            f"(pad the input with a convolution's padding instead), got padding={pad}, ceil_mode={module.ceil_mode}"
-        )
-    out = tuple((n - w) // st + 1 for n, w, st in zip(spatial, window, stride, strict=True))
-    if any(o < 1 for o in out):
-        raise _shape_error(label, f"spatial sizes >= the pooling window {window}", shape)
-    return window, stride, out
+    entry = lookup(module)
+    return d if entry is None else entry.data_degree(module, d)
 
 
 def _op(name: str, module: nn.Module, shape: Shape) -> KernelOp:
-    label = _label(name, module)
-    if isinstance(module, Linear):
-        if shape != (module.in_features,):
-            raise _shape_error(label, f"({module.in_features},) features (add nn.Flatten or a global pooling "
-                               "before it for images)", shape)
-        return Dense(label, shape, (module.out_features,), module.w_std, module.b_std, module.bias is not None,
-                     module.parameterization, module.fan_in)
-    if isinstance(module, _ConvNd):
-        nd = module.ndim
-        if len(shape) != nd + 1 or shape[0] != module.in_channels:
-            raise _shape_error(label, f"(C={module.in_channels}, {nd} spatial axes)", shape)
-        try:
-            out = module.output_shape(shape[1:])
-        except ValueError as err:
-            raise ArchitectureError(f"infinite_kernel: module {label}: {err}") from None
-        return Conv(label, shape, (module.out_channels, *out), module.w_std, module.b_std, module.bias is not None,
-                    module.parameterization, module.fan_in, module.kernel_size, module.stride, module.padding)
-    act = activation_of(module)
-    if act is not None:
-        return Pointwise(label, shape, shape, act)
-    if isinstance(module, LayerNorm):
-        return LayerNormOp(label, shape, shape, module.eps)
-    if isinstance(module, nn.Flatten):
-        if module.start_dim != 1 or module.end_dim != -1:
-            raise ArchitectureError(f"infinite_kernel: module {label}: expected start_dim=1, end_dim=-1, got "
-                                    f"start_dim={module.start_dim}, end_dim={module.end_dim}")
-        size = 1
-        for n in shape:
-            size *= n
-        return Flatten(label, shape, (size,))
-    if isinstance(module, GlobalAvgPool):
-        if len(shape) < 2:
-            raise _shape_error(label, "an input of shape (C, *spatial)", shape)
-        return GlobalPool(label, shape, shape[:1])
-    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
-        nd = 1 if isinstance(module, (nn.AvgPool1d, nn.AdaptiveAvgPool1d)) else 2
-        window, stride, out = _pool_geometry(label, module, shape, nd)
-        return AvgPool(label, shape, (shape[0], *out), window, stride)
-    if isinstance(module, ResidualModule):
-        block = _ops(list(_leaves(module.block, f"{name}.block")), shape)
-        end = block[-1].out_shape if block else shape
-        if end != shape:
-            raise ArchitectureError(
-                f"infinite_kernel: module {label}: expected its block to keep the input's shape {shape}, got {end}"
-            )
-        if block and not isinstance(_last_weighted(block), (Dense, Conv)):
-            raise ArchitectureError(
-                f"infinite_kernel: module {label}: expected a block that ends with a weight layer (then the two "
-                "branches are independent in the limit), got one ending with "
-                f"{block[-1].position}"
-            )
-        return Residual(label, shape, shape, tuple(block), module.scale)
-    raise _unsupported(name, module)
-
-
-def _last_weighted(block: Sequence[KernelOp]) -> KernelOp:
-    """The last op of a block that is not a linear reshaping (pooling / flatten keep the branch Gaussian)."""
-    for op in reversed(block):
-        if not isinstance(op, (AvgPool, GlobalPool, Flatten, Diagonal)):
-            return op
-    return block[-1]
+    entry = lookup(module)
+    if entry is None:
+        raise _unsupported(name, module)
+    return entry.build(name, module, shape, _ops)
 
 
 def _ops(items: list[Item], shape: Shape) -> list[KernelOp]:
@@ -315,24 +177,11 @@ def _check_gaussian(ops: Sequence[KernelOp], gaussian: bool) -> bool:
 
     Weight layers output centred Gaussian processes; activations do not (but for the identity);
     linear reshaping and layer norm keep the property; a residual sum is Gaussian when both branches
-    are. A dual map is the exact expectation only for Gaussian inputs (as in neural-tangents).
+    are (each op's :meth:`~ntkit.infinite.ops.base.KernelOp.gaussian_out`). A dual map is the exact
+    expectation only for Gaussian inputs (as in neural-tangents).
     """
     for op in ops:
-        if isinstance(op, (Dense, Conv)):
-            gaussian = True
-        elif isinstance(op, Pointwise):
-            if isinstance(op.fn, Identity):
-                continue
-            if not gaussian:
-                raise ArchitectureError(
-                    f"infinite_kernel: module {op.position} receives a non-Gaussian input (an activation's output, "
-                    "possibly through a residual sum); its kernel is not a function of the input covariance. "
-                    "Expected a weight layer (or a pre-activation residual block) before each activation"
-                )
-            gaussian = False
-        elif isinstance(op, Residual):
-            inner = _check_gaussian(op.block, gaussian)
-            gaussian = gaussian and inner
+        gaussian = op.gaussian_out(gaussian)
     return gaussian
 
 
@@ -365,16 +214,16 @@ def _track_means(ops: Sequence[KernelOp]) -> tuple[KernelOp, ...]:
     def visit(seq: Sequence[KernelOp], prefix: tuple[int, ...], pend: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         for i, op in enumerate(seq):
             key = (*prefix, i)
-            if isinstance(op, (Dense, Conv)):
+            if op.children():
+                inner = visit(op.children(), key, list(pend))
+                pend = pend + inner
+            elif op.mean_role == "reset":
                 pend = []
-            elif isinstance(op, Pointwise):
+            elif op.mean_role == "source":
                 pend = [key]
-            elif isinstance(op, LayerNormOp):
+            elif op.mean_role == "sink":
                 marks.update(pend)
                 pend = []
-            elif isinstance(op, Residual):
-                inner = visit(op.block, key, list(pend))
-                pend = pend + inner
         return pend
 
     visit(ops, (), [])
@@ -385,8 +234,8 @@ def _track_means(ops: Sequence[KernelOp]) -> tuple[KernelOp, ...]:
             key = (*prefix, i)
             if isinstance(op, Pointwise) and key in marks:
                 op = dataclasses.replace(op, track_mean=True)
-            elif isinstance(op, Residual):
-                op = dataclasses.replace(op, block=rebuild(op.block, key))
+            elif op.children():
+                op = op.with_children(rebuild(op.children(), key))
             new.append(op)
         return tuple(new)
 
@@ -440,8 +289,8 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {describe(model)}")
     shape = tuple(int(n) for n in input_shape)
-    items = list(_leaves(model, ""))
-    first = next((i for i, (_, m) in enumerate(items) if _has_weights(m)), None)
+    items = list(leaves(model, ""))
+    first = next((i for i, item in enumerate(items) if block_has_weights([item])), None)
     if first is None:
         for name, module in items:  # a module without a transform explains more than "no weight layer"
             if not is_pass_through(module):
@@ -504,7 +353,7 @@ def _pair_entries(ops: Sequence[KernelOp], shape: Shape, mode: str) -> int:
 
     best = size(shape, mode)
     for op in iter_ops(ops):
-        if isinstance(op, Residual):
+        if op.children():
             continue
         mode = op.output_mode(mode) if len(op.out_shape) > 1 else "none"
         best = max(best, size(op.out_shape, mode))

@@ -7,10 +7,12 @@ same object.
 
 Layers: :class:`Linear`, :class:`Conv1d`, :class:`Conv2d` (NTK or standard parameterization,
 Gaussian or orthogonal init), :class:`Activation`, :class:`Residual`, :class:`LayerNorm`,
-:class:`GlobalAvgPool`. Standard torch modules understood by :func:`ntkit.infinite_kernel`: the
+:class:`GlobalAvgPool`, :class:`SumPool1d`, :class:`SumPool2d` (the sum over a window, neural-tangents'
+``SumPool``). Standard torch modules understood by :func:`ntkit.infinite_kernel`: the
 activation modules with a Gaussian dual map (``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Tanh``,
 ``nn.Sigmoid``, ``nn.GELU``, ``nn.SiLU``, ``nn.Softplus``, ``nn.ELU``, ``nn.SELU``, ``nn.Mish``,
-``nn.ReLU6``, ``nn.Hardtanh``, ...), ``nn.AvgPool1d/2d``, ``nn.AdaptiveAvgPool1d/2d``,
+``nn.ReLU6``, ``nn.Hardtanh``, ...), ``nn.AvgPool1d/2d`` (also with ``padding`` and either
+``count_include_pad``), ``nn.AdaptiveAvgPool1d/2d``,
 ``nn.Flatten``, ``nn.Identity``, ``nn.Dropout`` (in eval mode) and nested ``nn.Sequential``.
 
 Builders: :func:`fc`, :func:`cntk` (Arora et al. 2019), :func:`myrtle` (Shankar et al. 2020).
@@ -25,6 +27,7 @@ Builders: :func:`fc`, :func:`cntk` (Arora et al. 2019), :func:`myrtle` (Shankar 
 from ntkit.nn._init import orthogonal_
 from ntkit.nn.builders import cntk, fc, myrtle
 from ntkit.nn.linear import Conv1d, Conv2d, Linear
+from ntkit.nn.pooling import SumPool1d, SumPool2d
 from ntkit.nn.structure import Activation, GlobalAvgPool, LayerNorm, Residual
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "LayerNorm",
     "Linear",
     "Residual",
+    "SumPool1d",
+    "SumPool2d",
     "cntk",
     "fc",
     "myrtle",

@@ -1,9 +1,9 @@
-"""Which torch modules have an infinite-width kernel transform, and the activation each one applies.
+"""Which torch activation modules have a Gaussian dual map, and the ntkit activation each applies.
 
-The table below is the single place that maps a module *type* to what :mod:`ntkit.infinite.walk`
-does with it: a weight layer of :mod:`ntkit.nn`, a pointwise activation (with the
-:class:`ntkit.activations.Activation` whose Gaussian dual maps it uses), a pooling / reshaping
-layer, or a module that does nothing at inference (``nn.Identity``, ``nn.Dropout`` in eval mode).
+:data:`ACTIVATION_MODULES` maps a torch module type to a factory of the
+:class:`ntkit.activations.Activation` of its (finite) function, its parameters read from the
+module; :func:`activation_of` also understands :class:`ntkit.nn.Activation`. The pointwise op
+(:mod:`ntkit.infinite.ops.pointwise`) registers every type listed here.
 """
 
 from __future__ import annotations
@@ -73,31 +73,6 @@ ACTIVATION_MODULES: dict[type[nn.Module], Callable[[Any], ActivationFn]] = {
                                                 breakpoints=(-float(m.lambd), float(m.lambd)), smooth=False),
 }
 
-#: Modules that are the identity at inference.
-PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-
-#: Why some common modules have no transform (shown in the error).
-UNSUPPORTED_REASONS: dict[type[nn.Module], str] = {
-    nn.Linear: "torch.nn.Linear is standard-parameterized with uniform init; use ntkit.nn.Linear "
-    "(parameterization='ntk' or 'standard')",
-    nn.Conv1d: "use ntkit.nn.Conv1d (NTK or standard parameterization)",
-    nn.Conv2d: "use ntkit.nn.Conv2d (NTK or standard parameterization)",
-    nn.LayerNorm: "use ntkit.nn.LayerNorm (over the channel axis, without learned gain and bias)",
-    nn.MaxPool1d: "max pooling has no closed-form Gaussian kernel; use nn.AvgPool1d",
-    nn.MaxPool2d: "max pooling has no closed-form Gaussian kernel; use nn.AvgPool2d",
-    nn.BatchNorm1d: "batch norm couples the examples of a batch; it has no per-pair kernel",
-    nn.BatchNorm2d: "batch norm couples the examples of a batch; it has no per-pair kernel",
-    nn.PReLU: "its slope is a trained parameter; use nn.LeakyReLU",
-    nn.RReLU: "its slope is random per forward pass; use nn.LeakyReLU",
-}
-
-SUPPORTED = (
-    "ntkit.nn.Linear, ntkit.nn.Conv1d, ntkit.nn.Conv2d, ntkit.nn.Activation, ntkit.nn.Residual, "
-    "ntkit.nn.LayerNorm, ntkit.nn.GlobalAvgPool, nn.Sequential, nn.Flatten, nn.AvgPool1d/2d, "
-    "nn.AdaptiveAvgPool1d/2d, nn.Identity, nn.Dropout (eval mode) and the activation modules "
-    + ", ".join(f"nn.{t.__name__}" for t in ACTIVATION_MODULES)
-)
-
 
 def activation_of(module: nn.Module) -> ActivationFn | None:
     """The ntkit activation a pointwise module applies, or None if ``module`` is not one."""
@@ -107,13 +82,4 @@ def activation_of(module: nn.Module) -> ActivationFn | None:
     return None if factory is None else factory(module)
 
 
-def is_pass_through(module: nn.Module) -> bool:
-    """True for modules that are the identity at inference (dropout must be in eval mode or have p = 0)."""
-    if not isinstance(module, PASS_THROUGH):
-        return False
-    if isinstance(module, nn.Identity):
-        return True
-    return not module.training or float(getattr(module, "p", 0.0)) == 0.0
-
-
-__all__ = ["ACTIVATION_MODULES", "SUPPORTED", "UNSUPPORTED_REASONS", "activation_of", "is_pass_through"]
+__all__ = ["ACTIVATION_MODULES", "activation_of"]

@@ -1,0 +1,171 @@
+"""The kernel-op protocol: what one layer of an architecture is at infinite width.
+
+A :class:`KernelOp` maps the covariances of its input (a :class:`~ntkit.infinite.state.Pairs`) to
+those of its output; its :meth:`~KernelOp.apply` is the readable reference definition every fast
+path is tested against. Writing ``K`` for the NNGP covariance and ``T`` for the NTK of one channel,
+each op module states its own rule (Jacot et al. 2018; Lee et al. 2018; Arora et al. 2019; Novak et
+al. 2020). Besides the transform, an op owns:
+
+* its shape rule and errors: the builder registered for its torch module types
+  (:func:`ntkit.infinite.ops.registry.register`) checks the input shape and returns the op;
+* the spatial layout it needs (:meth:`~KernelOp.input_mode`) and gives (:meth:`~KernelOp.output_mode`);
+* its homogeneity degree (:meth:`~KernelOp.degree`), used to evaluate inputs of huge or tiny norm;
+* whether it keeps the features Gaussian (:meth:`~KernelOp.gaussian_out`): a dual map is the exact
+  expectation only for Gaussian inputs;
+* its optional lowerings: a step of the compiled convolution program
+  (:meth:`~KernelOp.lower_native`) and a random-feature step (:meth:`~KernelOp.feature_step`). An op
+  without a lowering is evaluated by the reference path, never approximated.
+
+Ops never mutate their input. ``ntk=False`` skips the NTK (the NNGP alone).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from ntkit.infinite.state import Context, Layout, Pairs
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ntkit.infinite.conv_fast import NativeProgramBuilder
+
+Tensor = torch.Tensor
+Shape = tuple[int, ...]
+#: One random-feature step: ``(phi, psi) -> (phi', psi')`` (``psi`` None for the NNGP alone).
+FeatureStep = Callable[[Tensor, "Tensor | None"], "tuple[Tensor, Tensor | None]"]
+
+
+@dataclass(frozen=True)
+class KernelOp:
+    """Base class: one layer's kernel transform.
+
+    Attributes
+    ----------
+    position : str
+        Where the layer sits in the model (``"layers.2 (ReLU)"``), for messages.
+    in_shape, out_shape : tuple of int
+        Shapes of one example at the layer's input and output (``(F,)`` or ``(C, *S)``).
+    """
+
+    position: str
+    in_shape: Shape
+    out_shape: Shape
+
+    #: A weight layer: its output is a fresh centred Gaussian process, independent of earlier branches.
+    weighted: ClassVar[bool] = False
+    #: A linear reshaping of the features (pooling, flatten, dropping cross-pixel entries): it keeps a
+    #: branch Gaussian and independent.
+    reshapes: ClassVar[bool] = False
+    #: How the op treats channel means that a later layer norm needs: ``"keep"`` passes them on,
+    #: ``"reset"`` starts from zero-mean features (weight layers), ``"source"`` creates them
+    #: (activations), ``"sink"`` consumes them (layer norm).
+    mean_role: ClassVar[str] = "keep"
+
+    @property
+    def spatial_in(self) -> Shape:
+        """Spatial shape of the input (``()`` for vectors)."""
+        return self.in_shape[1:]
+
+    def input_mode(self, out_mode: str) -> str:
+        """The covariance layout this layer needs at its input when its output must carry ``out_mode``."""
+        return out_mode
+
+    def output_mode(self, in_mode: str) -> str:
+        """The layout of the output for an input carried in ``in_mode``."""
+        return in_mode
+
+    def degree(self, d: int | None) -> int | None:
+        """Homogeneity degree of the features after this layer, given ``d`` before (None: not homogeneous)."""
+        return d
+
+    def gaussian_out(self, gaussian: bool) -> bool:
+        """Whether the output is a centred Gaussian process given whether the input is (raises if the op
+        needs a Gaussian input and does not get one)."""
+        return True if self.weighted else gaussian
+
+    def children(self) -> tuple[KernelOp, ...]:
+        """The ops of an inner branch this op runs (a residual block); empty for a plain layer."""
+        return ()
+
+    def with_children(self, ops: tuple[KernelOp, ...]) -> KernelOp:
+        """The same op with its inner branch replaced (only for ops with :meth:`children`)."""
+        raise TypeError(f"{type(self).__name__} has no inner branch")
+
+    def apply(self, p: Pairs, ctx: Context, ntk: bool) -> Pairs:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply_dual(self, p: Pairs, ctx: Context, ntk: bool) -> tuple[Pairs, Tensor | None]:
+        """:meth:`apply`, also returning the derivative kernel ``E[sigma'(u) sigma'(v)]`` of an activation
+        (None for every other op, or without the NTK)."""
+        return self.apply(p, ctx, ntk), None
+
+    def combine(self, x: Pairs, fx: Pairs, ntk: bool) -> Pairs:
+        """Kernels of the merged output from the input's ``x`` and the inner branch's ``fx``
+        (only for ops with :meth:`children`)."""
+        raise TypeError(f"{type(self).__name__} has no inner branch")
+
+    def output_layout(self, lay: Layout) -> Layout:
+        """The layout after this layer."""
+        return Layout(self.out_shape[1:], self.output_mode(lay.mode)) if len(self.out_shape) > 1 else Layout((), "none")
+
+    # --- optional lowerings --------------------------------------------------------------------------
+
+    def lower_native(self, prog: NativeProgramBuilder) -> bool:
+        """Append this op's step to the compiled convolution program; False: the op has none here
+        (the reference evaluator then runs the architecture)."""
+        return False
+
+    def feature_step(self, fmap: Any, dims: Any) -> FeatureStep:
+        """The random-feature step of this op (see :mod:`ntkit.random_features.network`); ``dims`` is
+        updated to the output's feature counts. Raises :class:`~ntkit.infinite.errors.ArchitectureError`
+        where the op has no random-feature map."""
+        from ntkit.infinite.errors import ArchitectureError
+
+        raise ArchitectureError(f"features: {self.position} has no random-feature map")
+
+
+def affine(p: Pairs, layer: Any, avg_nngp: Tensor, avg_ntk: Tensor | None, layout: Layout) -> Pairs:
+    """``K' = w^2 A(K) + b^2`` and the NTK update of a weight layer, from the averaged ``A(K)``, ``A(T)``.
+
+    NTK parameterization: ``T' = w^2 A(T) + K'``; standard parameterization (Sohl-Dickstein et al.
+    2020, as neural-tangents): ``T' = fan_in A(K) + w^2 A(T) + [bias]``. ``layer`` carries
+    ``w_std``, ``b2``, ``bias``, ``parameterization`` and ``fan_in`` (a :class:`~ntkit.infinite.ops.dense.Dense`).
+    """
+    w2, b2 = layer.w_std**2, layer.b2
+    nngp = avg_nngp * w2
+    if b2 != 0.0:
+        nngp = nngp + b2
+    out_ntk: Tensor | None = None
+    if avg_ntk is not None:
+        if layer.parameterization == "ntk":
+            out_ntk = avg_ntk * w2 + nngp
+        else:  # standard: every weight's gradient is an input feature (no 1/fan_in), the bias's is 1
+            out_ntk = avg_nngp * float(layer.fan_in) + avg_ntk * w2
+            if layer.bias:
+                out_ntk = out_ntk + 1.0
+    return p.replace(nngp=nngp, ntk=out_ntk, layout=layout, mean=None)
+
+
+def reduce_space(p: Pairs, ntk: bool, select: Callable[[Tensor], Tensor]) -> Pairs:
+    """The vector state after a read-out: the mean over the spatial axes of ``select(kernel)``."""
+
+    def reduce(t: Tensor) -> Tensor:
+        t = select(t)
+        axes = tuple(range(p.batch_ndim, t.ndim))
+        return t.mean(dim=axes) if axes else t
+
+    mean = None if p.mean is None else p.mean.mean(dim=tuple(range(1, p.mean.ndim)))
+    return p.replace(nngp=reduce(p.nngp), ntk=reduce(p.ntk) if ntk and p.ntk is not None else None,
+                     layout=Layout((), "none"), mean=mean)
+
+
+def count_taps(shape: Shape) -> int:
+    """Number of taps of a filter / pooling window."""
+    return math.prod(shape)
+
+
+__all__ = ["FeatureStep", "KernelOp", "affine", "count_taps", "reduce_space"]

@@ -1,0 +1,138 @@
+"""A residual block ``x + scale * block(x)`` (:class:`ntkit.nn.Residual`).
+
+The block must end with a weight layer (possibly followed by pooling / flatten): its output is then
+independent of ``x`` in the limit, and the kernels add::
+
+    K' = K_x + scale^2 K_block,    T' = T_x + scale^2 T_block.
+
+The evaluator runs the block (:meth:`ResidualOp.children`) on the same state and merges with
+:meth:`ResidualOp.combine`. Random features: ``[phi_x, s phi_f]`` projected back to ``m``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ntkit.infinite.errors import ArchitectureError
+from ntkit.infinite.ops.base import FeatureStep, KernelOp, Shape
+from ntkit.infinite.ops.registry import BlockBuilder, Item, block_has_weights, leaves, lookup, register
+from ntkit.infinite.state import Pairs, max_mode
+from ntkit.nn.structure import Residual as ResidualModule
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Residual(KernelOp):
+    """``x + scale * block(x)``: the evaluator runs ``block`` and adds the two branches' kernels."""
+
+    block: tuple[KernelOp, ...] = ()
+    scale: float = 1.0
+
+    def input_mode(self, out_mode: str) -> str:
+        mode = out_mode
+        for op in reversed(self.block):
+            mode = op.input_mode(mode)
+        return max_mode(mode, out_mode)
+
+    def degree(self, d: int | None) -> int | None:
+        inner = d
+        for op in self.block:
+            inner = op.degree(inner)
+        return d if inner == d else None
+
+    def gaussian_out(self, gaussian: bool) -> bool:
+        inner = gaussian
+        for op in self.block:
+            inner = op.gaussian_out(inner)
+        return gaussian and inner
+
+    def children(self) -> tuple[KernelOp, ...]:
+        return self.block
+
+    def with_children(self, ops: tuple[KernelOp, ...]) -> KernelOp:
+        return dataclasses.replace(self, block=ops)
+
+    def combine(self, x: Pairs, fx: Pairs, ntk: bool) -> Pairs:
+        """Kernels of ``x + scale f(x)`` from those of ``x`` and ``f(x)`` (independent branches)."""
+        s2 = self.scale * self.scale
+        nngp = x.nngp + fx.nngp * s2 if s2 != 1.0 else x.nngp + fx.nngp
+        out_ntk = None
+        if ntk and x.ntk is not None and fx.ntk is not None:
+            out_ntk = x.ntk + fx.ntk * s2 if s2 != 1.0 else x.ntk + fx.ntk
+        mean = x.mean
+        if fx.mean is not None:
+            mean = fx.mean * self.scale if mean is None else mean + fx.mean * self.scale
+        return x.replace(nngp=nngp, ntk=out_ntk, mean=mean)
+
+    def feature_step(self, fmap: Any, dims: Any) -> FeatureStep:
+        inner = dataclasses.replace(dims)
+        block = fmap.build(self.block, inner)
+        proj_phi = fmap.proj(dims.phi + inner.phi, fmap.m_phi)
+        proj_psi = fmap.proj(dims.psi + inner.psi, fmap.m_psi) if fmap.ntk else None
+        dims.phi, dims.psi = fmap.m_phi, (fmap.m_psi if fmap.ntk else 0)
+        s, ntk = self.scale, fmap.ntk
+
+        def step(phi: Tensor, psi: Tensor | None) -> tuple[Tensor, Tensor | None]:
+            f_phi, f_psi = phi, psi
+            for inner_step in block:
+                f_phi, f_psi = inner_step(f_phi, f_psi)
+            new_phi = proj_phi(torch.cat([phi, f_phi * s], dim=1))
+            new_psi = None
+            if ntk:
+                assert psi is not None and f_psi is not None and proj_psi is not None
+                new_psi = proj_psi(torch.cat([psi, f_psi * s], dim=1))
+            return new_phi, new_psi
+
+        return step
+
+
+def _last_weighted(block: list[KernelOp]) -> KernelOp:
+    """The last op of a block that is not a linear reshaping (pooling / flatten keep the branch Gaussian)."""
+    for op in reversed(block):
+        if not op.reshapes:
+            return op
+    return block[-1]
+
+
+def _block_items(module: nn.Module, name: str) -> list[Item]:
+    assert isinstance(module, ResidualModule)
+    return list(leaves(module.block, f"{name}.block"))
+
+
+def _build(name: str, module: nn.Module, shape: Shape, block: BlockBuilder) -> KernelOp:
+    assert isinstance(module, ResidualModule)
+    label = f"{name} ({type(module).__name__})"
+    ops = block(_block_items(module, name), shape)
+    end = ops[-1].out_shape if ops else shape
+    if end != shape:
+        raise ArchitectureError(
+            f"infinite_kernel: module {label}: expected its block to keep the input's shape {shape}, got {end}"
+        )
+    if ops and not _last_weighted(ops).weighted:
+        raise ArchitectureError(
+            f"infinite_kernel: module {label}: expected a block that ends with a weight layer (then the two "
+            f"branches are independent in the limit), got one ending with {ops[-1].position}"
+        )
+    return Residual(label, shape, shape, tuple(ops), module.scale)
+
+
+def _data_degree(module: nn.Module, d: int | None) -> int | None:
+    inner = d
+    for _, sub in _block_items(module, ""):
+        entry = lookup(sub)
+        if entry is not None:  # pass-through modules (identity, eval dropout) keep the degree
+            inner = entry.data_degree(sub, inner)
+    return d if inner == d else None
+
+
+register(ResidualModule, build=_build, names="ntkit.nn.Residual",
+         has_weights=lambda m: block_has_weights(_block_items(m, "")), data_degree=_data_degree,
+         children=_block_items)
+
+__all__ = ["Residual"]
