@@ -42,6 +42,8 @@ VECTORS = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(1
         (_conv(), VECTORS, r"0 \(Conv2d\) expected \(C=1, 2 spatial axes\)"),
         (nn.Sequential(ntkit.nn.Conv2d(1, 4, 7, padding="valid"), nn.Flatten(), ntkit.nn.Linear(4, 1)), IMAGES,
          r"expected a spatial size >= 7"),
+        (nn.Sequential(ntkit.nn.Linear(4, 8), ntkit.nn.Residual(nn.Identity()), ntkit.nn.Linear(8, 1)),
+         VECTORS, r"1 \(Residual\).*expected a block with a weight layer.*identity"),
         (nn.Sequential(ntkit.nn.Linear(4, 8), ntkit.nn.Residual(ntkit.nn.Linear(8, 6)), ntkit.nn.Linear(6, 1)),
          VECTORS, r"1 \(Residual\).*keep the input's shape \(8,\), got \(6,\)"),
         (nn.Sequential(ntkit.nn.Linear(4, 8), ntkit.nn.Residual(ntkit.nn.Linear(8, 8), nn.ReLU()),

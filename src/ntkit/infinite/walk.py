@@ -1,8 +1,10 @@
 """From a torch model to its :class:`Architecture`: the sequence of kernel transforms it describes.
 
 The walk visits ``nn.Sequential`` containers (nested) and any module with a ``kernel_layers()``
-method (returning its layers in order, as :class:`ntkit.FCNetwork` does), and maps every leaf to its
-op through the registry the op modules fill (:mod:`ntkit.infinite.ops.registry`):
+method (returning its layers in order, as :class:`ntkit.FCNetwork` does), captures any other module
+with its own ``forward`` by torch.fx (:mod:`ntkit.infinite.capture`: the traced chain and its residual
+sums, lifted to modules), and maps every leaf to its op through the registry the op modules fill
+(:mod:`ntkit.infinite.ops.registry`):
 
 * the modules before the first weight layer act on the data itself, deterministically (a
   flatten, a pooling, a layer norm or an activation of the raw inputs): they form the *prelude*,
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from ntkit._validation import check_float, check_int, describe
+from ntkit.infinite.capture import expand
 from ntkit.infinite.errors import ArchitectureError
 from ntkit.infinite.ops import Diagonal, KernelOp, Pointwise
 from ntkit.infinite.ops.registry import (
@@ -35,7 +38,6 @@ from ntkit.infinite.ops.registry import (
     Item,
     block_has_weights,
     is_pass_through,
-    leaves,
     lookup,
     supported,
 )
@@ -261,8 +263,9 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
     ----------
     model : torch.nn.Module
         Built from :mod:`ntkit.nn` layers and the torch modules :func:`ntkit.infinite_kernel` lists
-        (nested ``nn.Sequential``; a module with a ``kernel_layers()`` method is walked through it);
-        it is read, not run, so it may live on the ``meta`` device.
+        (nested ``nn.Sequential``; a module with a ``kernel_layers()`` method is walked through it; a
+        module with its own ``forward`` is traced by torch.fx, :mod:`ntkit.infinite.capture`); it is
+        read, not run, so it may live on the ``meta`` device.
     input_shape : sequence of int
         Shape of one input example: ``(d,)`` for vectors, ``(C, *S)`` for images.
 
@@ -275,7 +278,8 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
     TypeError
         ``model`` is not a ``torch.nn.Module``.
     ArchitectureError (a ValueError)
-        A module without a kernel transform (named, with its position and the supported list), a
+        A module without a kernel transform (named, with its position and the supported list), an
+        operation of a captured forward without one (named, with its source line), a
         module whose expected input shape does not match, a residual block that changes the shape
         or does not end with a weight layer, a model without weight layers, a spatial output.
 
@@ -289,7 +293,7 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {describe(model)}")
     shape = tuple(int(n) for n in input_shape)
-    items = list(leaves(model, ""))
+    items = list(expand(model, ""))
     first = next((i for i, item in enumerate(items) if block_has_weights([item])), None)
     if first is None:
         for name, module in items:  # a module without a transform explains more than "no weight layer"

@@ -19,6 +19,7 @@ module                        op and the torch modules it accepts
 :mod:`.avg_pool`              :class:`AvgPool`: ``nn.AvgPool1d/2d`` (padded too), ``nn.AdaptiveAvgPool1d/2d``
 :mod:`.sum_pool`              :class:`SumPool`: :class:`ntkit.nn.SumPool1d` / :class:`ntkit.nn.SumPool2d`
 :mod:`.pointwise`             :class:`Pointwise`: :class:`ntkit.nn.Activation`, torch activation modules
+:mod:`.spatial_mean`          :class:`GlobalPool` again: ``x.mean(spatial dims)`` of a captured forward
 :mod:`.diagonal`              :class:`Diagonal`: inserted by the walk (``full -> diag`` layout)
 ============================  =======================================================================
 """
@@ -33,8 +34,9 @@ from ntkit.infinite.ops.global_pool import GlobalPool
 from ntkit.infinite.ops.layer_norm import LayerNormOp
 from ntkit.infinite.ops.pointwise import Pointwise
 from ntkit.infinite.ops.residual import Residual
+from ntkit.infinite.ops.spatial_mean import SpatialMean
 from ntkit.infinite.ops.stencil import stencil, window_average
 from ntkit.infinite.ops.sum_pool import SumPool
 
 __all__ = ["AvgPool", "Conv", "Dense", "Diagonal", "Flatten", "GlobalPool", "KernelOp", "LayerNormOp", "Pointwise",
-           "Residual", "SumPool", "affine", "count_taps", "reduce_space", "stencil", "window_average"]
+           "Residual", "SpatialMean", "SumPool", "affine", "count_taps", "reduce_space", "stencil", "window_average"]

@@ -114,7 +114,12 @@ def _build(name: str, module: nn.Module, shape: Shape, block: BlockBuilder) -> K
         raise ArchitectureError(
             f"infinite_kernel: module {label}: expected its block to keep the input's shape {shape}, got {end}"
         )
-    if ops and not _last_weighted(ops).weighted:
+    if not ops:  # x + s x is (1 + s) x, whose kernels are (1 + s)^2 times, not (1 + s^2) times x's
+        raise ArchitectureError(
+            f"infinite_kernel: module {label}: expected a block with a weight layer (then the two branches are "
+            "independent in the limit), got a block that is the identity"
+        )
+    if not _last_weighted(ops).weighted:
         raise ArchitectureError(
             f"infinite_kernel: module {label}: expected a block that ends with a weight layer (then the two "
             f"branches are independent in the limit), got one ending with {ops[-1].position}"

@@ -1,0 +1,498 @@
+"""Any torch ``forward`` as a description: capture it with torch.fx and lift it to the walk's items.
+
+A model with its own ``forward`` (not an ``nn.Sequential``, no ``kernel_layers()``, not a registered
+module) is traced symbolically by :func:`torch.fx.Tracer` -- nothing runs, so the model may live on
+the ``meta`` device -- treating every registered module type (:func:`~ntkit.infinite.ops.registry.lookup`),
+every plain ``nn.Sequential``, every module with ``kernel_layers()`` and every torch module as a leaf,
+and inlining the other custom modules (an ``nn.Sequential`` subclass with its own forward included).
+The graph is then *lifted* to the ``(name, module)`` items the walk (:mod:`ntkit.infinite.walk`)
+already understands:
+
+* a call of a leaf module is that module (a Sequential is opened, its custom children captured too);
+* the functional forms are their modules: ``F.relu`` / ``torch.relu`` / ``x.relu()`` -> ``nn.ReLU``,
+  ``torch.tanh``, ``torch.sigmoid``, ``F.gelu``, ``F.silu``, ``F.leaky_relu``, ``F.elu``, ``F.selu``,
+  ``F.softplus``, ``F.mish``, ``F.relu6``, ``F.hardtanh`` likewise, ``torch.erf`` ->
+  ``ntkit.nn.Activation("erf")``; ``F.avg_pool1d/2d`` and ``F.adaptive_avg_pool1d/2d`` -> the pooling
+  modules; ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], -1)`` ->
+  ``nn.Flatten()``; a mean over the spatial axes (``x.mean((2, 3))``, or an adaptive average pooling to
+  size 1 then a flatten) -> :class:`~ntkit.infinite.ops.spatial_mean.SpatialMean` (global average
+  pooling, its axes checked against the input's rank); ``x.contiguous()`` and dropout in eval mode
+  are the identity;
+* ``x + c * f(x)`` (also ``f(x) + x``, ``x - f(x)``, ``f(x) / c``, ``torch.add(x, f, alpha=c)``),
+  where ``f`` is the chain from ``x`` to the other operand, is
+  ``ntkit.nn.Residual(nn.Sequential(*f), scale=c)``: ``K' = K_x + c^2 K_f`` when ``f`` ends with a
+  weight layer (the residual op checks it).
+
+Everything else -- concatenation, products or sums of two branches, max pooling, a constant
+scaling outside a residual sum, parameters used directly, data-dependent control flow -- is an
+:class:`~ntkit.infinite.errors.ArchitectureError` naming the graph node, its target and the source
+line of the forward, never a silently different kernel.
+
+Each graph value is a *link* ``value = items(prev)`` (the placeholder has no ``prev``), so the value
+of every node is exactly its chain of items from the input, whatever else uses the intermediates.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+import os
+import re
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ntkit.infinite.errors import ArchitectureError
+from ntkit.infinite.ops.registry import PASS_THROUGH, Item, block_has_weights, lookup
+from ntkit.infinite.ops.spatial_mean import SpatialMean
+from ntkit.nn.structure import Activation
+from ntkit.nn.structure import Residual as ResidualModule
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_FX_ASSERTS = (torch._assert, fx._symbolic_trace._assert_is_none)
+
+#: What a forward may contain, for the error messages.
+SUPPORTED_FORWARD = (
+    "calls of the supported modules; F.relu, torch.tanh, torch.sigmoid, F.gelu, F.silu, F.leaky_relu, torch.erf "
+    "(and the other activations with a module); F.avg_pool1d/2d, F.adaptive_avg_pool1d/2d; torch.flatten(x, 1), "
+    "x.view(x.size(0), -1); x.mean over the spatial axes; residual sums x + c * f(x) with f ending in a weight layer"
+)
+
+#: Functional activations -> the module applying the same function (built from the call's other arguments).
+_ACTIVATIONS: dict[Any, Callable[..., nn.Module]] = {
+    F.relu: nn.ReLU, torch.relu: nn.ReLU, torch.relu_: nn.ReLU, F.relu_: nn.ReLU, torch.tanh: nn.Tanh,
+    torch.sigmoid: nn.Sigmoid, F.gelu: nn.GELU, F.silu: nn.SiLU, F.leaky_relu: nn.LeakyReLU, F.elu: nn.ELU,
+    F.selu: nn.SELU, F.softplus: nn.Softplus, F.mish: nn.Mish, F.relu6: nn.ReLU6, F.hardtanh: nn.Hardtanh,
+    torch.erf: lambda: Activation("erf"), torch.special.erf: lambda: Activation("erf"),
+}
+#: Tensor methods (and their in-place forms ``name_``) -> the module.
+_METHOD_ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
+    "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "erf": lambda: Activation("erf"),
+}
+_POOLS: dict[Any, Callable[..., nn.Module]] = {
+    F.avg_pool2d: nn.AvgPool2d, F.avg_pool1d: nn.AvgPool1d,
+    F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d, F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d,
+}
+_GLOBAL_AXES = {F.adaptive_avg_pool2d: (2, 3), F.adaptive_avg_pool1d: (2,)}
+_INPLACE = (torch.relu_, F.relu_)
+_DROPOUTS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout)
+_ADDS = (operator.add, operator.iadd, torch.add)
+_SUBS = (operator.sub, operator.isub, torch.sub)
+_MULS = (operator.mul, operator.imul, torch.mul)
+_DIVS = (operator.truediv, operator.itruediv, torch.div)
+_MERGES = {torch.cat: "concatenates branches", torch.stack: "stacks branches", torch.concat: "concatenates branches"}
+_MAX_POOLS = (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d)
+
+
+def _layers(module: nn.Module) -> bool:
+    return callable(getattr(module, "kernel_layers", None))
+
+
+def _sequential(module: nn.Module) -> bool:
+    """An ``nn.Sequential`` that runs its children in order (a subclass with its own forward is captured)."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _opened(module: nn.Module) -> bool:
+    """Containers opened into their children rather than traced."""
+    return _sequential(module) or _layers(module)
+
+
+def needs_capture(module: nn.Module) -> bool:
+    """Whether ``module`` is described by tracing its ``forward``: a custom forward that is neither a
+    container the walk opens, nor a registered or pass-through module, nor a torch module."""
+    if _layers(module) or lookup(module) is not None or isinstance(module, PASS_THROUGH):
+        return False
+    if isinstance(module, nn.Sequential):
+        return not _sequential(module)
+    return (not type(module).__module__.startswith(("torch.nn", "torch.ao.nn", "torch.jit"))
+            and getattr(type(module), "forward", nn.Module.forward) is not nn.Module.forward)
+
+
+def expand(module: nn.Module, name: str) -> Iterator[Item]:
+    """The walk's items of ``module``, as :func:`~ntkit.infinite.ops.registry.leaves` opens containers, with
+    every module that :func:`needs_capture` replaced by the items of its captured forward (:func:`capture`)."""
+    if needs_capture(module):
+        yield from capture(module, name)
+    elif _sequential(module):
+        for child, sub in module._modules.items():  # not named_children(): it skips a module used twice
+            if sub is not None:
+                yield from expand(sub, f"{name}.{child}" if name else child)
+    elif _layers(module):
+        for child, sub in module.kernel_layers():  # type: ignore[operator]
+            yield from expand(sub, f"{name}.{child}" if name else child)
+    else:
+        yield name or "model", module
+
+
+class _Tracer(fx.Tracer):
+    """Keeps registered, pass-through, opened and torch modules as calls; inlines custom modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (_opened(m) or lookup(m) is not None or isinstance(m, PASS_THROUGH)
+                or super().is_leaf_module(m, module_qualified_name))
+
+
+def _frame(frames: list[tuple[str, str, str, str]]) -> str:
+    """``file.py:42 in forward: y = torch.cat([a, b], 1)`` for the innermost frame of the user's code."""
+    here = os.path.abspath(__file__)
+    for file, line, func, code in reversed(frames):
+        path = os.path.abspath(file)
+        if not path.startswith(_TORCH_DIR) and path != here:
+            return f"{os.path.basename(file)}:{line} in {func}: {code.strip()}"
+    return "an unknown line"
+
+
+def _where(node: fx.Node) -> str:
+    return _frame(re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', node.stack_trace or ""))
+
+
+def _target(node: fx.Node) -> str:
+    """The call as written: ``torch.cat``, ``Tensor.view``, ``operator.mul``, ``pool (MaxPool2d)``."""
+    if node.op in ("call_method", "call_module"):
+        return f"Tensor.{node.target}" if node.op == "call_method" else str(node.target)
+    if node.op == "call_function":
+        try:
+            name = fx.node._get_qualified_name(node.target)  # type: ignore[arg-type]
+        except (RuntimeError, AttributeError):
+            name = getattr(node.target, "__name__", repr(node.target))
+        return name.replace("_operator.", "operator.").replace("torch._C._nn.", "torch.nn.functional.")
+    return f"{node.op} {node.target}"
+
+
+def _trace(module: nn.Module, label: str) -> fx.Graph:
+    """The fx graph of ``module.forward``, its parameters after the first fixed to their defaults."""
+    params = list(inspect.signature(module.forward).parameters.values())
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    concrete = {p.name: p.default for p in params[1:] if p.kind not in variadic}
+    if not params or params[0].kind in (*variadic, params[0].KEYWORD_ONLY) or params[0].default is not params[0].empty \
+            or any(v is inspect.Parameter.empty for v in concrete.values()):
+        raise ArchitectureError(
+            f"infinite_kernel: {label}: expected a forward of one tensor input (other parameters with defaults), "
+            f"got forward({', '.join(p.name for p in params)})")
+    try:
+        return _Tracer().trace(module, concrete_args=concrete or None)
+    except Exception as err:  # any failure of symbolic tracing is the model's: reported with its line
+        where = _frame([(f.filename, str(f.lineno), f.name, f.line or "")
+                        for f in traceback.extract_tb(err.__traceback__)])
+        if isinstance(err, fx.proxy.TraceError) and "control flow" in str(err):
+            raise ArchitectureError(
+                f"infinite_kernel: {label}: the forward has data-dependent control flow (a Python condition on a "
+                f"traced tensor, its values or its shape): its architecture depends on the input and has no "
+                f"kernel; at {where}. Supported in a forward: {SUPPORTED_FORWARD}") from None
+        raise ArchitectureError(f"infinite_kernel: {label}: the forward cannot be traced symbolically "
+                                f"({type(err).__name__}: {err}); at {where}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class _Link:
+    """A graph value: ``items`` applied to ``prev`` (None: the input), then times ``scale`` (None: 1,
+    pending until a residual sum takes it); ``pooled`` marks an adaptive pooling to size 1 (over those
+    axes) that a flatten turns into a spatial mean."""
+
+    node: fx.Node
+    prev: _Link | None
+    items: tuple[Item, ...] = ()
+    scale: float | None = None
+    pooled: tuple[int, ...] | None = None
+
+
+def _number(a: Any) -> bool:
+    return isinstance(a, (int, float)) and not isinstance(a, bool)
+
+
+def capture(module: nn.Module, name: str) -> list[Item]:
+    """The items of ``module``'s traced forward (names prefixed by ``name``); see the module docstring.
+
+    Raises
+    ------
+    ArchitectureError
+        A forward with data-dependent control flow, or a node that is not a chain step or a residual
+        sum (its name, target and source line in the message).
+    """
+    label = f"the forward of {name or 'model'} ({type(module).__name__})"
+    return _Lifter(module, name, label).run(_trace(module, label))
+
+
+class _Lifter:
+    """Lifts one traced graph to items (see :func:`capture`)."""
+
+    def __init__(self, root: nn.Module, prefix: str, label: str) -> None:
+        self.root, self.prefix, self.label = root, prefix, label
+        self.links: dict[fx.Node, _Link] = {}
+        self.batch: set[fx.Node] = set()  # nodes holding x.size(0) / x.shape[0]
+        self.shapes: set[fx.Node] = set()  # nodes holding x.shape / x.size()
+        self.ignored: set[fx.Node] = set()  # forward parameters fixed to their defaults, and fx's checks of them
+
+    def error(self, node: fx.Node, what: str) -> ArchitectureError:
+        return ArchitectureError(
+            f"infinite_kernel: {self.label}: node {node.name} ({_target(node)}): {what}; at {_where(node)}. "
+            f"Supported in a forward: {SUPPORTED_FORWARD}")
+
+    def qual(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def run(self, graph: fx.Graph) -> list[Item]:
+        out: _Link | None = None
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                if self.links:
+                    self.ignored.add(node)
+                else:
+                    self.links[node] = _Link(node, None)
+            elif node.op == "output":
+                out = self.tensor(node, node.args[0])
+            elif node.op == "get_attr":
+                raise self.error(node, "a parameter or buffer used directly in the forward has no kernel transform; "
+                                 "use a weight layer (ntkit.nn.Linear / Conv1d / Conv2d)")
+            else:
+                self.step(node)
+        assert out is not None
+        items: list[Item] = []
+        link: _Link | None = self.unscaled(out)
+        while link is not None:
+            items[:0] = link.items
+            link = link.prev
+        return items
+
+    def tensor(self, node: fx.Node, arg: Any) -> _Link:
+        """The link of the tensor ``arg`` of ``node`` (a value of the chain)."""
+        if isinstance(arg, fx.Node) and arg in self.links:
+            return self.links[arg]
+        raise self.error(node, f"expected a tensor computed from the input, got {arg!r} (a tuple, a constant or a "
+                         "value the forward computes otherwise)")
+
+    def unscaled(self, link: _Link) -> _Link:
+        """``link``, which a step other than a residual sum takes: no pending scale."""
+        if link.scale is not None:
+            raise self.error(link.node, f"multiplication by the constant {link.scale} outside a residual sum "
+                             "x + c * f(x) is not yet supported")
+        return link
+
+    def chain(self, node: fx.Node, arg: Any, module: nn.Module | None) -> None:
+        """``node = module(arg)`` (None: the identity)."""
+        link = self.unscaled(self.tensor(node, arg))
+        self.links[node] = _Link(node, link, () if module is None else ((self.qual(node.name), module),))
+
+    def step(self, node: fx.Node) -> None:
+        args, kwargs = node.args, node.kwargs
+        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, fx.Node)]
+        if node.op == "call_function" and (node.target in _FX_ASSERTS or (inputs and all(a in self.ignored
+                                                                                        for a in inputs))):
+            self.ignored.add(node)
+            return
+        if node.op == "call_module":
+            self.call_module(node)
+            return
+        target, method = node.target, node.op == "call_method"
+        name = str(target) if method else ""
+        inplace = method and name.endswith("_") and not name.endswith("__")
+        if inplace or kwargs.get("inplace") is True or target in _INPLACE:
+            self.check_inplace(node)
+        base = name[:-1] if inplace else name
+        if target in _ADDS or target in _SUBS or base in ("add", "sub"):
+            self.residual(node, subtract=target in _SUBS or base == "sub")
+        elif target in _MULS or target in _DIVS or target in (operator.neg, torch.neg) or base in ("mul", "div",
+                                                                                                  "neg"):
+            self.scale(node, divide=target in _DIVS or base == "div")
+        elif target in _MERGES:
+            raise self.error(node, f"{_MERGES[target]} (a merge of branches by {_target(node)}): not yet supported; "
+                             "only chains and residual sums x + c * f(x)")
+        elif target in _MAX_POOLS or base.startswith("max_pool"):
+            raise self.error(node, "max pooling has no closed-form Gaussian kernel; use F.avg_pool1d/2d")
+        elif target is getattr and len(args) == 2 and args[1] == "shape":
+            self.tensor(node, args[0])
+            self.shapes.add(node)
+        elif base == "size" and len(args) + len(kwargs) <= 2:
+            self.tensor(node, args[0])
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            (self.batch if dim == 0 else self.shapes).add(node)
+        elif target is operator.getitem and args[0] in self.shapes and args[1] == 0:
+            self.batch.add(node)
+        elif base in ("view", "reshape") or target is torch.reshape:
+            self.view(node)
+        else:
+            self.unary(node, target, base)
+
+    def unary(self, node: fx.Node, target: Any, base: str) -> None:
+        """A step of one tensor input and constant arguments: an activation, a pooling, a reshaping."""
+        args, kwargs = node.args, node.kwargs
+        others = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, fx.Node)]
+        if others:
+            raise self.error(node, "expected constant arguments besides the input tensor, got "
+                             + ", ".join(a.name for a in others))
+        if target in _ACTIVATIONS or base in _METHOD_ACTIVATIONS:
+            factory = _ACTIVATIONS[target] if target in _ACTIVATIONS else _METHOD_ACTIVATIONS[base]
+            self.chain(node, args[0] if args else kwargs.get("input"), self.build(node, factory))
+        elif target in _POOLS:
+            self.chain(node, args[0], self.build(node, _POOLS[target]))
+            size = args[1] if len(args) > 1 else kwargs.get("output_size")
+            if target in _GLOBAL_AXES and size in (1, (1,), (1, 1), [1], [1, 1]):
+                link = self.links[node]
+                self.links[node] = _Link(node, link.prev, link.items, pooled=_GLOBAL_AXES[target])
+        elif target is torch.flatten or base == "flatten":
+            start, end = self.bind(node, lambda input, start_dim=0, end_dim=-1: (start_dim, end_dim))
+            self.flatten(node, bool(start == 1 and end == -1))
+        elif target is torch.mean or base == "mean":
+            self.mean(node)
+        elif target in _DROPOUTS:
+            p, training = self.bind(node, (lambda input, p, train: (p, train)) if target is torch.dropout else
+                                    lambda input, p=0.5, training=True, inplace=False: (p, training))
+            if training and p != 0:
+                raise self.error(node, "dropout is random in training mode; call model.eval() first")
+            self.chain(node, args[0], None)
+        elif base == "contiguous":  # the identity
+            self.chain(node, args[0], None)
+        else:
+            raise self.error(node, "this operation has no infinite-width kernel transform yet")
+
+    def bind(self, node: fx.Node, signature: Callable[..., Any]) -> Any:
+        """``signature(*node.args, **node.kwargs)``: the call's arguments read by a lambda of its signature."""
+        try:
+            return signature(*node.args, **node.kwargs)
+        except TypeError as err:
+            raise self.error(node, f"unexpected arguments ({err})") from None
+
+    def build(self, node: fx.Node, factory: Callable[..., nn.Module]) -> nn.Module:
+        """The module of a functional call, from its arguments after the input (``inplace`` dropped: the
+        lifted module may run on the data before the first weight layer)."""
+        try:
+            sig = inspect.signature(factory)
+            bound = sig.bind(*node.args[1:], **{k: v for k, v in node.kwargs.items() if k != "input"})
+            if "inplace" in bound.arguments:
+                bound.arguments["inplace"] = False
+            return factory(*bound.args, **bound.kwargs)
+        except (TypeError, ValueError) as err:
+            raise self.error(node, f"unexpected arguments for {getattr(factory, '__name__', 'its module')} "
+                             f"({err})") from None
+
+    def check_inplace(self, node: fx.Node) -> None:
+        """An in-place step mutates its input: that input must not be used elsewhere (fx records the
+        step, not the mutation)."""
+        arg = node.args[0] if node.args else node.kwargs.get("input")
+        if isinstance(arg, fx.Node) and len(arg.users) > 1:
+            raise self.error(node, f"an in-place operation on node {arg.name}, which is also used elsewhere: use the "
+                             "out-of-place form")
+
+    def call_module(self, node: fx.Node) -> None:
+        qual = str(node.target)
+        module = self.root.get_submodule(qual)
+        if len(node.args) != 1 or node.kwargs:
+            raise self.error(node, f"expected a module call on one tensor, got {len(node.args)} arguments and "
+                             f"keywords {sorted(node.kwargs)}")
+        if getattr(module, "inplace", False) is True:
+            self.check_inplace(node)
+        link = self.unscaled(self.tensor(node, node.args[0]))
+        items = tuple(expand(module, self.qual(qual))) if _opened(module) else ((self.qual(qual), module),)
+        self.links[node] = _Link(node, link, items)
+
+    def scale(self, node: fx.Node, divide: bool) -> None:
+        """``c * value``, ``value / c``, ``-value``: a scale pending until a residual sum takes it."""
+        args = list(node.args)
+        args += [-1.0] if len(args) == 1 else []  # a negation
+        tensors = [a for a in args if isinstance(a, fx.Node)]
+        numbers = [a for a in args if _number(a)]
+        if node.kwargs or len(args) != 2 or len(tensors) != 1 or len(numbers) != 1 or (divide and
+                                                                                     args[0] is not tensors[0]):
+            what = ("between two branches (a product of branches)" if len(tensors) == 2 else
+                    "by a factor that is not a Python number")
+            raise self.error(node, f"{_target(node)} {what} is not yet supported; only x + c * f(x) with a Python "
+                             "number c")
+        link = self.tensor(node, tensors[0])
+        c = float(numbers[0])  # type: ignore[arg-type]
+        if divide:
+            if c == 0.0:
+                raise self.error(node, "division by zero")
+            c = 1.0 / c
+        if link.scale is not None:  # c2 * (c1 * f): one pending scale
+            self.links[node] = _Link(node, link.prev, link.items, scale=link.scale * c)
+        else:
+            self.links[node] = _Link(node, link, (), scale=c)
+
+    def residual(self, node: fx.Node, subtract: bool) -> None:
+        """``x + c * f(x)``: one operand an earlier value ``x``, the other its chain ``f`` (then a scale)."""
+        args = list(node.args)
+        alpha = node.kwargs.get("alpha", 1)
+        if len(args) != 2 or set(node.kwargs) - {"alpha"} or not _number(alpha):
+            raise self.error(node, "expected a sum of two tensors")
+        if not all(isinstance(a, fx.Node) and a in self.links for a in args):
+            raise self.error(node, "adding a constant (or a value not computed from the input) has no kernel "
+                             "transform yet; only x + c * f(x)")
+        a, b = (self.links[arg] for arg in args if isinstance(arg, fx.Node))
+        factor = float(alpha) * (-1.0 if subtract else 1.0)  # type: ignore[arg-type]
+        if a is b:
+            raise self.error(node, "a sum of a value with itself (a scaling): not yet supported")
+        if _reaches(b, a):
+            anc, cont = a, b
+        elif _reaches(a, b) and not subtract and alpha == 1:
+            anc, cont, factor = b, a, 1.0
+        else:
+            raise self.error(node, "a sum of two branches (neither is the input of the other's chain) is not yet "
+                             "supported; only x + c * f(x)")
+        self.unscaled(anc)
+        start = cont
+        if cont.scale is not None:
+            factor *= cont.scale
+            start = cont.prev  # type: ignore[assignment]
+        block: list[Item] = []
+        link: _Link | None = start
+        while link is not anc:
+            assert link is not None
+            block[:0] = link.items
+            link = link.prev
+        if not block_has_weights(block):
+            raise self.error(node, "a sum x + f(x) whose branch f has no weight layer: the two terms are not "
+                             "independent; not yet supported")
+        names: dict[str, nn.Module] = {}
+        for item_name, module in block:  # a child's name has no dots: the last part, made unique
+            base = item_name.rsplit(".", 1)[-1]
+            key = next(k for k in (base, *(f"{base}_{i}" for i in range(1, len(block) + 1))) if k not in names)
+            names[key] = module
+        res = ResidualModule(nn.Sequential(OrderedDict(names)), scale=factor)
+        self.links[node] = _Link(node, anc, ((self.qual(node.name), res),))
+
+    def flatten(self, node: fx.Node, ok: bool) -> None:
+        """``(N, C, *S) -> (N, C |S|)``; after an adaptive average pooling to size 1, a spatial mean."""
+        if not ok:
+            raise self.error(node, "expected a flatten of every axis after the batch (torch.flatten(x, 1), "
+                             "x.view(x.size(0), -1))")
+        link = self.tensor(node, node.args[0] if node.args else node.kwargs.get("input"))
+        if link.pooled is not None and link.scale is None and len(link.node.users) == 1:
+            self.links[node] = _Link(node, link.prev, ((self.qual(link.node.name), SpatialMean(link.pooled)),))
+        else:
+            self.chain(node, link.node, nn.Flatten())
+
+    def view(self, node: fx.Node) -> None:
+        args = list(node.args[1:]) or list(node.kwargs.values())[:1]
+        shape = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        self.flatten(node, len(shape) == 2 and shape[0] in self.batch and bool(shape[1] == -1))
+
+    def mean(self, node: fx.Node) -> None:
+        """``x.mean(dims)`` over the spatial axes (checked against the input's rank by the op)."""
+        dim, keepdim = self.bind(node, lambda input, dim=None, keepdim=False, dtype=None: (dim, keepdim))
+        dims = (dim,) if isinstance(dim, int) else dim
+        if keepdim or not isinstance(dims, (tuple, list)) or not dims or not all(isinstance(d, int) for d in dims):
+            raise self.error(node, f"expected a mean over the spatial axes (x.mean((2, 3)), keepdim=False), got "
+                             f"dim={dim!r}, keepdim={keepdim!r}")
+        self.chain(node, node.args[0] if node.args else node.kwargs.get("input"), SpatialMean(dims))
+
+
+def _reaches(link: _Link, target: _Link) -> bool:
+    """Whether ``target`` is a strict ancestor of ``link`` on its chain."""
+    step = link.prev
+    while step is not None:
+        if step is target:
+            return True
+        step = step.prev
+    return False
