@@ -46,7 +46,6 @@ from ntkit._validation import check_float, check_int
 from ntkit.activations import ABReLU, Activation, Erf, Identity, get_activation
 from ntkit.activations.arccos import abrelu_closed_form, abrelu_constants
 from ntkit.infinite import native as _native
-from ntkit.infinite.ops import Dense, Pointwise
 from ntkit.infinite.walk import Architecture
 
 Tensor = torch.Tensor
@@ -413,36 +412,68 @@ def _native_tile(
     list(pool.map(lambda r0: rows(r0, min(r0 + step, t1)), range(0, t1, step)))
 
 
+class FCProgramBuilder:
+    """The fused fully connected program: ops append themselves with :meth:`dense` / :meth:`activation`.
+
+    Each op's :meth:`~ntkit.infinite.ops.base.KernelOp.lower_fc` calls the method of its step and
+    returns its answer; the builder accepts the pattern ``Dense, (Pointwise, Dense) * depth`` with
+    every weight layer in NTK parameterization with the same ``w_std`` and bias variance and one
+    activation of a fused kind (ABReLU family, erf, identity) throughout.
+    """
+
+    def __init__(self) -> None:
+        self.first: Any = None
+        self.activation: Activation | None = None
+        self.depth = 0
+        self.expect_dense = True
+
+    def dense(self, w_std: float, b_std: float, bias: bool, parameterization: str) -> bool:
+        """A weight layer ``K' = w^2 K + b^2``; False if it breaks the pattern."""
+        if not self.expect_dense or parameterization != "ntk":
+            return False
+        b2 = b_std**2 if bias else 0.0
+        if self.first is None:
+            self.first = (w_std, b2, b_std if bias else 0.0)
+        elif w_std != self.first[0] or b2 != self.first[1]:
+            return False
+        self.expect_dense = False
+        return True
+
+    def activation_step(self, fn: Activation) -> bool:
+        """An activation between two weight layers; False if it breaks the pattern."""
+        if self.expect_dense or self.first is None:
+            return False
+        if self.activation is None:
+            if fused_kind(fn) == "generic":
+                return False
+            self.activation = fn
+        elif fn is not self.activation and (type(fn) is not type(self.activation) or repr(fn) != repr(self.activation)):
+            return False
+        self.depth += 1
+        self.expect_dense = True
+        return True
+
+    def spec(self) -> FCSpec | None:
+        """The program, once it ends with a weight layer."""
+        if self.first is None or self.expect_dense:
+            return None
+        activation = self.activation if self.activation is not None else Identity()
+        return FCSpec(depth=self.depth, activation=activation, beta=self.first[2], w_std=self.first[0])
+
+
 def match_fc(arch: Architecture) -> FCSpec | None:
     """The :class:`FCSpec` of ``arch`` if it is a plain fully connected stack with a fused recursion, else None.
 
-    The pattern: ``Dense, (Pointwise, Dense) * depth`` on vector inputs, every weight layer in NTK
-    parameterization with the same ``w_std`` and bias variance, one activation of a fused kind
-    (ABReLU family, erf, identity) throughout. Anything else runs on the reference evaluator.
+    Every op lowers itself (:meth:`~ntkit.infinite.ops.base.KernelOp.lower_fc`) into an
+    :class:`FCProgramBuilder`; anything it refuses runs on the reference evaluator.
     """
-    ops = arch.ops
-    if arch.input_mode != "none" or len(ops) % 2 == 0:
+    if arch.input_mode != "none":
         return None
-    dense = ops[0::2]
-    acts = ops[1::2]
-    if not all(isinstance(op, Dense) and type(op) is Dense for op in dense):
-        return None
-    if not all(isinstance(op, Pointwise) for op in acts):
-        return None
-    first = dense[0]
-    assert isinstance(first, Dense)
-    for op in dense:
-        assert isinstance(op, Dense)
-        if op.parameterization != "ntk" or op.w_std != first.w_std or op.b2 != first.b2:
+    prog = FCProgramBuilder()
+    for op in arch.ops:
+        if not op.lower_fc(prog):
             return None
-    activation: Activation = acts[0].fn if acts else Identity()  # type: ignore[attr-defined]
-    if acts and fused_kind(activation) == "generic":
-        return None
-    for op in acts:
-        fn = op.fn  # type: ignore[attr-defined]
-        if fn is not activation and (type(fn) is not type(activation) or repr(fn) != repr(activation)):
-            return None
-    return FCSpec(depth=len(acts), activation=activation, beta=first.b_std if first.bias else 0.0, w_std=first.w_std)
+    return prog.spec()
 
 
 def _native_self_check() -> str:

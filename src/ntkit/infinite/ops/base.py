@@ -12,9 +12,10 @@ al. 2020). Besides the transform, an op owns:
 * its homogeneity degree (:meth:`~KernelOp.degree`), used to evaluate inputs of huge or tiny norm;
 * whether it keeps the features Gaussian (:meth:`~KernelOp.gaussian_out`): a dual map is the exact
   expectation only for Gaussian inputs;
-* its optional lowerings: a step of the compiled convolution program
-  (:meth:`~KernelOp.lower_native`) and a random-feature step (:meth:`~KernelOp.feature_step`). An op
-  without a lowering is evaluated by the reference path, never approximated.
+* its optional lowerings: a step of the fused fully connected program (:meth:`~KernelOp.lower_fc`),
+  a step of the compiled convolution program (:meth:`~KernelOp.lower_native`) and a random-feature
+  step (:meth:`~KernelOp.feature_step`). An op without a lowering is evaluated by the reference
+  path, never approximated.
 
 Ops never mutate their input. ``ntk=False`` skips the NTK (the NNGP alone).
 """
@@ -32,6 +33,7 @@ from ntkit.infinite.state import Context, Layout, Pairs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ntkit.infinite.conv_fast import NativeProgramBuilder
+    from ntkit.infinite.fused import FCProgramBuilder
 
 Tensor = torch.Tensor
 Shape = tuple[int, ...]
@@ -113,6 +115,11 @@ class KernelOp:
         return Layout(self.out_shape[1:], self.output_mode(lay.mode)) if len(self.out_shape) > 1 else Layout((), "none")
 
     # --- optional lowerings --------------------------------------------------------------------------
+
+    def lower_fc(self, prog: FCProgramBuilder) -> bool:
+        """Append this op's step to the fused fully connected program; False: the op has none (the
+        reference evaluator then runs the architecture)."""
+        return False
 
     def lower_native(self, prog: NativeProgramBuilder) -> bool:
         """Append this op's step to the compiled convolution program; False: the op has none here

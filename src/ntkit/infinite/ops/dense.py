@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from ntkit.infinite.ops.base import FeatureStep, KernelOp, Shape, affine
 from ntkit.infinite.ops.registry import BlockBuilder, register
 from ntkit.infinite.state import Context, Layout, Pairs
 from ntkit.nn.linear import Linear
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ntkit.infinite.fused import FCProgramBuilder
 
 Tensor = torch.Tensor
 
@@ -47,6 +50,9 @@ class Dense(KernelOp):
 
     def apply(self, p: Pairs, ctx: Context, ntk: bool) -> Pairs:
         return affine(p, self, p.nngp, p.ntk if ntk else None, Layout((), "none"))
+
+    def lower_fc(self, prog: FCProgramBuilder) -> bool:
+        return type(self) is Dense and prog.dense(self.w_std, self.b_std, self.bias, self.parameterization)
 
     def feature_step(self, fmap: Any, dims: Any) -> FeatureStep:
         w, b = self.w_std, math.sqrt(self.b2)

@@ -28,6 +28,7 @@ from ntkit.nn.structure import Activation as ActivationModule
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ntkit.infinite.conv_fast import NativeProgramBuilder
+    from ntkit.infinite.fused import FCProgramBuilder
 
 Tensor = torch.Tensor
 
@@ -81,6 +82,9 @@ class Pointwise(KernelOp):
         if self.track_mean and p.batch_ndim == 1:
             mean = self.fn.mean(p.variances())
         return p.replace(nngp=nngp, ntk=out_ntk, mean=mean), dot if want else None
+
+    def lower_fc(self, prog: FCProgramBuilder) -> bool:
+        return prog.activation_step(self.fn)
 
     def lower_native(self, prog: NativeProgramBuilder) -> bool:
         return prog.activation(self.fn)
