@@ -216,3 +216,9 @@ def test_subpackage_imports_without_the_root_init(name: str) -> None:
     assert loaded == imported_by(name, module_graph())
     if name == "ntkit.random_features":
         assert not any(unit(m) == "ntkit.solve" for m in loaded)
+
+
+def test_every_module_is_under_500_lines() -> None:
+    """One concept per module: no source file of the package over 500 lines (the house rule)."""
+    long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f"modules over 500 lines: {long}"
