@@ -22,10 +22,17 @@ breaks NT 0.6.5)::
 
 ``tests/arch_cases.py`` is imported by file path, so the ntkit package need not be importable here.
 
+``--branches`` does the same for the series-parallel cases of ``tests/arch_cases_branches.py`` (inputs
+from ``tests/arch_cases.py``'s ``make_inputs``), written to ``tests/data/nt_reference_branches.npz`` /
+``.json``; their ``parallel`` layer is ``serial(FanOut(n), parallel(*branches), FanInSum() |
+FanInConcat(axis=-1) | FanInProd())`` (an empty branch: ``Identity()``).
+
 Mapping (NT conventions an exact implementation has to follow are listed in ``NT_NOTES`` below):
 images are transposed from ntkit's channels-first ``(N, C, H, W)`` / ``(N, C, L)`` to NT's
 channels-last ``NHWC`` / ``NWC``; convolutions get explicit channels-last dimension numbers;
-``layernorm`` normalises over the channel axis only (``axis=-1``, i.e. per pixel for images);
+``layernorm`` normalises over the channel axis only (``axis=-1``, i.e. per pixel for images), or with
+``"axes": "all"`` over every axis but the batch's (``axis=(1, ..., d + 1)``: channels and pixels);
+``convtranspose`` is ``stax.ConvTranspose`` with the same channels-last dimension numbers;
 ``residual`` is ``serial(FanOut(2), parallel(Identity(), serial(*block)), FanInSum())``.
 """
 
@@ -61,6 +68,7 @@ warnings.filterwarnings("ignore", message="`FanIn` layers assume independent inp
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH_CASES_PATH = REPO / "tests" / "arch_cases.py"
+BRANCH_CASES_PATH = REPO / "tests" / "arch_cases_branches.py"
 OUT_DIR = REPO / "tests" / "data"
 SETUP_COMMAND = ('python3 -m venv /work/nt-venv && /work/nt-venv/bin/pip install "neural-tangents==0.6.5" '
                  '"jax==0.4.25" "jaxlib==0.4.25" "numpy<2"')
@@ -95,7 +103,13 @@ NT_NOTES = [
     "of the previous weight layer (the data's d / C for the first layer; C * H * W after a Flatten). "
     "Widths enter only here.",
     "LayerNorm(axis=-1): nngp and ntk are divided by sqrt((eps + q11) (eps + q22)), q the same-position "
-    "variances (eps added to the variance, default 1e-12); it requires a Gaussian input.",
+    "variances (eps added to the variance, default 1e-12); it requires a Gaussian input. With the spatial axes "
+    "in `axis` too, q is the mean of the same-position variances over those axes (one scalar per example).",
+    "ConvTranspose: lax.conv_transpose, i.e. the input upsampled (s - 1 zeros between pixels, pads (pad_a, pad_b)) "
+    "and a stride-1 VALID conv; SAME: n s outputs, pad_a = k - 1 if s >= k else ceil((k + s - 2) / 2), "
+    "pad_a + pad_b = k + s - 2; VALID: n s + max(k - s, 0) outputs, pad_a = k - 1. The kernel is the conv "
+    "kernel of the upsampled covariance (same offset on both sides, divided by prod(filter), zero taps "
+    "counted); fan_in = C_in * prod(filter) (standard parameterization).",
     "Erf(a, b, c) = a erf(b x) + c: nngp -> a^2 * (2/pi) arcsin(...) + c^2 (c enters squared), ntk gets a^2 b^2.",
     "Sin(a, b, c) = a sin(b x + c) (c is a phase). Gelu: the kernel is that of the exact x Phi(x) whatever "
     "`approximate` says (it only affects apply_fn).",
@@ -109,13 +123,24 @@ NT_NOTES = [
 ]
 
 
-def load_arch_cases() -> ModuleType:
-    """``tests/arch_cases.py`` imported by file path."""
-    spec = importlib.util.spec_from_file_location("arch_cases", ARCH_CASES_PATH)
+#: What the branch merges of NT 0.6.5 compute (``--branches``), read from ``stax/branching.py``.
+BRANCH_NOTES = [
+    "FanInSum: the sum of the branches' kernels (cross-covariances assumed 0: independent branches); every "
+    "input must be Gaussian (is_gaussian), else NotImplementedError.",
+    "FanInConcat(axis=-1), the channel axis: sum_i C_i K_i / sum_i C_i (sum_i K_i / n for equal widths), "
+    "C_i = shape1[channel_axis]; the output is marked non-Gaussian (no activation may follow before a weight layer).",
+    "FanInProd: nngp = prod_i K_i, ntk = sum_i T_i prod_{j != i} K_j (accumulated as ntk * K_i + nngp * T_i); "
+    "non-Gaussian output; independence is not checked.",
+]
+
+
+def load_arch_cases(path: Path = ARCH_CASES_PATH, name: str = "arch_cases") -> ModuleType:
+    """``tests/arch_cases.py`` (or another case file) imported by file path."""
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(ARCH_CASES_PATH)
+        raise ImportError(path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["arch_cases"] = module  # dataclasses / typing look modules up by name
+    sys.modules[name] = module  # dataclasses / typing look modules up by name
     spec.loader.exec_module(module)
     return module
 
@@ -148,11 +173,23 @@ def nt_layer(layer: dict[str, Any], n_spatial: int) -> Any:
                           parameterization=layer["parameterization"])
     if op == "act":
         return activation(layer)
+    if op == "parallel":
+        merges = {"sum": stax.FanInSum, "concat": lambda: stax.FanInConcat(axis=-1), "prod": stax.FanInProd}
+        branches = [stax.serial(*[nt_layer(sub, n_spatial) for sub in branch]) if branch else stax.Identity()
+                    for branch in layer["branches"]]
+        return stax.serial(stax.FanOut(len(branches)), stax.parallel(*branches), merges[layer["merge"]]())
     if op == "residual":
         block = [nt_layer(sub, n_spatial) for sub in layer["block"]]
         return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), stax.serial(*block)), stax.FanInSum())
     if op == "layernorm":
+        if layer.get("axes") == "all":  # channels last: (N, *S, C), every axis but the batch's
+            return stax.LayerNorm(axis=tuple(range(1, n_spatial + 2)), eps=layer["eps"])
         return stax.LayerNorm(axis=-1, eps=layer["eps"])
+    if op == "convtranspose":
+        return stax.ConvTranspose(layer["width"], tuple(layer["filter"]), tuple(layer["stride"]),
+                                  padding=layer["padding"].upper(), W_std=layer["w_std"], b_std=layer["b_std"],
+                                  dimension_numbers=DIMENSION_NUMBERS[n_spatial],
+                                  parameterization=layer["parameterization"])
     if op == "conv":
         if len(layer["filter"]) != n_spatial or len(layer["stride"]) != n_spatial:
             raise ValueError(f"conv filter/stride {layer['filter']}/{layer['stride']} for {n_spatial}-d inputs")
@@ -287,12 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", help="only these cases (requires --dry-run)")
     parser.add_argument("--dry-run", action="store_true", help="compute and check, write nothing")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="default: tests/data of the repo")
+    parser.add_argument("--branches", action="store_true",
+                        help="the cases of tests/arch_cases_branches.py, written to nt_reference_branches.*")
     args = parser.parse_args(argv)
     if args.cases and not args.dry_run:
         parser.error("--cases writes a partial reference; add --dry-run")
 
     arch = load_arch_cases()
-    cases = [arch.case_by_name(n) for n in args.cases] if args.cases else list(arch.CASES)
+    source = load_arch_cases(BRANCH_CASES_PATH, "arch_cases_branches") if args.branches else arch
+    cases = [source.case_by_name(n) for n in args.cases] if args.cases else list(source.CASES)
     print(f"neural-tangents {neural_tangents.__version__}, jax {jax.__version__}, jaxlib {jaxlib.__version__}, "
           f"numpy {np.__version__}, x64 {jax.config.jax_enable_x64}, {len(cases)} cases", flush=True)
 
@@ -338,16 +378,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         return 0
-    npz_path, json_path = args.out_dir / "nt_reference.npz", args.out_dir / "nt_reference.json"
+    stem, case_file = ("nt_reference_branches", "arch_cases_branches.py") if args.branches else ("nt_reference",
+                                                                                                "arch_cases.py")
+    npz_path, json_path = args.out_dir / f"{stem}.npz", args.out_dir / f"{stem}.json"
     write_npz(npz_path, arrays)
     meta = {
-        "description": "neural-tangents infinite-width NNGP/NTK (float64) of the cases of tests/arch_cases.py",
+        "description": f"neural-tangents infinite-width NNGP/NTK (float64) of the cases of tests/{case_file}",
         "versions": {"neural_tangents": neural_tangents.__version__, "jax": jax.__version__,
                      "jaxlib": jaxlib.__version__, "numpy": np.__version__,
                      "python": sys.version.split()[0]},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "setup": SETUP_COMMAND,
-        "command": COMMAND,
+        "command": COMMAND + (" --branches" if args.branches else ""),
         "seconds": round(total, 1),
         "layout": "NAME/x1 (n1, *shape), NAME/x2 (n2, *shape) channels first; NAME/cross/{nngp,ntk} (n1, n2); "
                   "NAME/sym/{nngp,ntk} (n1, n1)",
@@ -355,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         "unsupported": unsupported,
         "squeezed": squeezed,
         "checks": {name: {k: float(f"{v:.3e}") for k, v in c.items()} for name, c in checks.items()},
-        "nt_notes": NT_NOTES,
+        "nt_notes": NT_NOTES + (BRANCH_NOTES if args.branches else []),
     }
     json_path.write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {npz_path.relative_to(REPO) if npz_path.is_relative_to(REPO) else npz_path} "

@@ -19,13 +19,19 @@ Layer dicts (widths only matter for the standard parameterization):
     ``x + block(x)`` (the block must end with a weight layer). When ``x`` is not Gaussian (it comes
     from an activation) the sum is not Gaussian either: only a weight layer or a layer norm may
     follow it (``residual_relu``, ``conv_residual_layernorm``; neural-tangents refuses these).
-``{"op": "layernorm", "eps": 1e-12}``
-    Normalisation over the feature / channel axis. Its input is usually a centred Gaussian (after a
+``{"op": "layernorm", "eps": 1e-12}`` (``"axes": "all"``: over the channels and the pixels of each example)
+    Normalisation over the feature / channel axis (``ntkit.nn.LayerNorm()``, neural-tangents'
+    ``LayerNorm(axis=-1)``), or with ``"axes": "all"`` over whole examples (``ntkit.nn.LayerNorm((C, *S))``,
+    neural-tangents' ``LayerNorm(axis=(1, ..., d + 1))``: one variance ``V = mean_p K(x, x)[p, p] - mu^2`` per
+    example, ``mu`` the mean of the channel means). Its input is usually a centred Gaussian (after a
     weight layer); after a residual sum whose skip branch is an activation's output, the channel
     mean ``E[sigma(u)]`` is subtracted: ``K' = (K - m m') / sqrt((V + eps)(V' + eps))`` with
     ``V = K(x, x) - m^2``.
 ``{"op": "conv", "width": 8, "filter": [3, 3], "stride": [1, 1], "padding": "same" | "valid" | "circular",
 "w_std", "b_std", "parameterization"}``
+``{"op": "convtranspose", "width": 8, "filter": [3, 3], "stride": [2, 2], "padding": "same" | "valid", ...}``
+    A transposed convolution (:class:`ntkit.nn.ConvTranspose2d` / ``1d``, neural-tangents' ``ConvTranspose``),
+    the other keys as ``conv``'s: outputs ``n s`` ("same") or ``n s + max(k - s, 0)`` ("valid") per axis.
 ``{"op": "avgpool", "window": [2, 2], "stride": [2, 2], "padding": "valid" | "same", "normalize_edges": False}``
     ``"same"`` is TF's SAME padding (neural-tangents' ``AvgPool(..., 'SAME', normalize_edges)``); ntkit's
     model uses ``nn.AvgPool2d(..., padding=p, count_include_pad=not normalize_edges)``, so a case must
@@ -79,6 +85,16 @@ def _pool(op: str, window: tuple[int, ...], stride: tuple[int, ...], padding: st
     if op == "avgpool" and padding != "valid":
         layer["normalize_edges"] = edges
     return layer
+
+
+def _convt(width: int = 8, filt: tuple[int, ...] = (3, 3), stride: tuple[int, ...] = (2, 2), padding: str = "same",
+           w_std: float = 1.0, b_std: float | None = 0.0, parameterization: str = "ntk") -> dict:
+    return {**_conv(width, filt, stride, padding, w_std, b_std, parameterization), "op": "convtranspose"}
+
+
+def _norm(eps: float = 1e-12, axes: str | None = None) -> dict:
+    """A ``layernorm`` layer (``axes="all"``: over whole examples)."""
+    return {"op": "layernorm", "eps": eps} if axes is None else {"op": "layernorm", "eps": eps, "axes": axes}
 
 
 RELU = _act("relu")
@@ -168,7 +184,40 @@ CONV_CASES: list[tuple[str, Spec, list[int], int, int]] = [
      [2, 9], 4, 3),
 ]
 
-CASES = DENSE_CASES + CONV_CASES
+#: Transposed convolutions and layer norm over whole examples (channels and pixels).
+UPSAMPLING_CASES: list[tuple[str, Spec, list[int], int, int]] = [
+    ("conv_transpose_same_s1", [_conv(b_std=0.1), RELU, _convt(filt=(3, 2), stride=(1, 1), b_std=0.2), RELU,
+                                {"op": "gap"}, _dense(1)], [2, 4, 5], 4, 3),
+    ("conv_transpose_same_s2", [_convt(filt=(3, 3), stride=(2, 2), w_std=1.2), RELU, _conv(), RELU, {"op": "gap"},
+                                _dense(1)], [2, 3, 4], 4, 3),
+    ("conv_transpose_valid_s2_flatten", [_convt(filt=(2, 3), stride=(2, 1), padding="valid", b_std=0.2),
+                                         _act("erf", a=1.0, b=1.0, c=0.0),
+                                         _convt(filt=(3, 3), stride=(1, 2), padding="valid"), RELU,
+                                         {"op": "flatten"}, _dense(1)], [1, 3, 4], 4, 3),
+    ("conv_transpose_standard_even", [_convt(width=5, filt=(2, 2), stride=(2, 2), b_std=0.2,
+                                             parameterization="standard"), RELU,
+                                      _convt(width=4, filt=(3, 2), stride=(1, 1), padding="valid",
+                                             parameterization="standard"), RELU, {"op": "gap"},
+                                      _dense(1, parameterization="standard", b_std=0.2)], [3, 3, 3], 4, 3),
+    ("conv_transpose1d_same_s2", [_conv(filt=(3,), stride=(1,)), RELU, _convt(filt=(4,), stride=(2,), b_std=0.1),
+                                  _act("gelu"), {"op": "gap"}, _dense(1)], [3, 6], 4, 3),
+    ("conv_transpose1d_valid_standard", [_convt(filt=(3,), stride=(1,), padding="valid"), RELU,
+                                         _convt(width=6, filt=(2,), stride=(3,), padding="valid", b_std=0.3,
+                                                parameterization="standard"), RELU, {"op": "flatten"},
+                                         _dense(1, parameterization="standard")], [2, 5], 4, 3),
+    ("conv_layernorm_all", [_conv(b_std=0.1), RELU, _conv(b_std=0.2), _norm(axes="all"), RELU, {"op": "gap"},
+                            _dense(1)], [2, 5, 5], 4, 3),
+    ("conv_transpose_layernorm_all_eps", [_convt(filt=(2, 2), stride=(2, 2)), _norm(0.05, "all"), _act("gelu"),
+                                          _conv(b_std=0.1), RELU, {"op": "flatten"}, _dense(1)], [2, 3, 3], 4, 3),
+    ("conv1d_layernorm_all", [_conv(filt=(3,), stride=(1,)), _act("erf", a=1.0, b=1.0, c=0.0),
+                              _conv(filt=(2,), stride=(1,), padding="valid"), _norm(0.01, "all"), RELU,
+                              {"op": "flatten"}, _dense(1)], [2, 7], 4, 3),
+    # after an activation the input is not centred (neural-tangents refuses it): the means are subtracted
+    ("conv_relu_layernorm_all", [_conv(b_std=0.1), RELU, _norm(axes="all"), _conv(), RELU, {"op": "gap"},
+                                 _dense(1)], [2, 4, 4], 4, 3),
+]
+
+CASES = DENSE_CASES + CONV_CASES + UPSAMPLING_CASES
 
 
 def make_inputs(name: str, input_shape: list[int], n1: int, n2: int) -> tuple[np.ndarray, np.ndarray]:

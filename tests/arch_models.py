@@ -59,11 +59,11 @@ def build(spec: list[dict[str, Any]], input_shape: list[int], *, width: int | No
     """
     shape = list(input_shape)
     layers: list[nn.Module] = []
-    n_weighted = sum(1 for layer in spec if layer["op"] in ("dense", "conv"))
+    n_weighted = sum(1 for layer in spec if layer["op"] in ("dense", "conv", "convtranspose"))
     seen = 0
     for layer in spec:
         op = layer["op"]
-        if op in ("dense", "conv"):
+        if op in ("dense", "conv", "convtranspose"):
             seen += 1
             out = layer["width"] if width is None or seen == n_weighted else width
             if seen == n_weighted and last is not None:
@@ -76,6 +76,11 @@ def build(spec: list[dict[str, Any]], input_shape: list[int], *, width: int | No
             if op == "dense":
                 layers.append(ntkit.nn.Linear(shape[0], out, **opts))
                 shape = [out]
+            elif op == "convtranspose":
+                up = (ntkit.nn.ConvTranspose1d if len(layer["filter"]) == 1 else ntkit.nn.ConvTranspose2d)(
+                    shape[0], out, layer["filter"], layer["stride"], layer["padding"], **opts)
+                layers.append(up)
+                shape = [out, *up.output_shape(shape[1:])]
             else:
                 cls = ntkit.nn.Conv1d if len(layer["filter"]) == 1 else ntkit.nn.Conv2d
                 conv = cls(shape[0], out, layer["filter"], stride=layer["stride"], padding=layer["padding"], **opts)
@@ -84,7 +89,8 @@ def build(spec: list[dict[str, Any]], input_shape: list[int], *, width: int | No
         elif op == "act":
             layers.append(ntkit.nn.Activation(activation(layer)))
         elif op == "layernorm":
-            layers.append(ntkit.nn.LayerNorm(eps=layer["eps"]))
+            axes = tuple(shape) if layer.get("axes") == "all" else None
+            layers.append(ntkit.nn.LayerNorm(axes, eps=layer["eps"]))
         elif op == "residual":
             block, end = build(layer["block"], shape, width=width, generator=generator, device=device, dtype=dtype,
                                last=shape[0])

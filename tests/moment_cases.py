@@ -7,12 +7,14 @@ A new op plugs in with one line appended to :data:`CASES`::
 Inputs (seeded, float64):
 
 * :data:`VECTORS`, :data:`SIGNALS`, :data:`IMAGES`: deterministic inputs of the weight layers
-  (vectors of 5 features, 1-D signals of 3 channels x 6, images of 2 channels x 3 x 4); each holds a
+  (vectors of 5 features, 1-D signals of 3 channels x 6, images of 2 channels x 3 x 4;
+  :data:`SMALL_IMAGES` of 2 x 2 x 3 for the transposed convolutions, which upsample them); each holds a
   near-collinear pair and a zero input, the vectors an anti-collinear pair and a duplicated row
   too, with tangent directions of the same shape;
 * :data:`GAUSS_VECTORS`, :data:`GAUSS_SIGNALS`, :data:`GAUSS_IMAGES`: Gaussian fields with i.i.d.
   channels for the parameter-free modules (variances 0.5-2, correlations up to ~0.95 in magnitude,
   a duplicated input and an exactly-zero input), independent Gaussian tangents;
+  :data:`GAUSS_SHORT_SIGNALS` has 3 pixels (a layer norm over whole examples, 1M channels);
   :data:`GAUSS_VECTORS_MEAN` / :data:`GAUSS_IMAGES_MEAN` add a channel mean (a layer norm after an
   activation sees one); :data:`GAUSS_VECTORS_LOW` has a quarter of the variances (``exp``: the
   variance of ``exp(u)^2`` grows like ``e^{4 var}``).
@@ -34,7 +36,19 @@ from torch import nn
 
 from ntkit.activations import CallableActivation, available_activations, get_activation
 from ntkit.nn import Activation as ActivationModule
-from ntkit.nn import Conv1d, Conv2d, GlobalAvgPool, LayerNorm, Linear, Residual, SumPool1d, SumPool2d
+from ntkit.nn import (
+    Conv1d,
+    Conv2d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    GlobalAvgPool,
+    LayerNorm,
+    Linear,
+    Parallel,
+    Residual,
+    SumPool1d,
+    SumPool2d,
+)
 from tests.moment_inputs import Data, Field
 from tests.moments import FLOOR, Maker, MomentCase
 
@@ -95,12 +109,14 @@ def _field(spatial: tuple[int, ...], seed: int, *, mean: bool = False, scale: fl
 VECTORS = _deterministic((5,), 10)
 SIGNALS = _deterministic((3, 6), 11)
 IMAGES = _deterministic((2, 3, 4), 12)
+SMALL_IMAGES = _deterministic((2, 2, 3), 14)  # upsampled by transposed convolutions
 GAUSS_VECTORS = _field((), 20)
 GAUSS_VECTORS_MEAN = _field((), 23, mean=True)
 GAUSS_VECTORS_LOW = _field((), 27, scale=0.25)
 GAUSS_SIGNALS = _field((6,), 21)
 GAUSS_IMAGES = _field((3, 4), 22)
 GAUSS_IMAGES_MEAN = _field((2, 2), 24, mean=True)
+GAUSS_SHORT_SIGNALS = _field((3,), 28)
 
 
 def dense(**kw: Any) -> Maker:
@@ -109,7 +125,7 @@ def dense(**kw: Any) -> Maker:
 
 
 def conv(cls: type[nn.Module], cin: int, k: int | tuple[int, ...], **kw: Any) -> Maker:
-    """``cls(cin, width, k, **kw)`` (Conv1d / Conv2d)."""
+    """``cls(cin, width, k, **kw)`` (Conv1d / Conv2d / ConvTranspose1d / ConvTranspose2d)."""
     return lambda w, g: cls(cin, w, k, generator=g, dtype=F64, **kw)
 
 
@@ -195,11 +211,28 @@ CASES: list[MomentCase] = [
     MomentCase("conv2d_standard_nobias_s2", conv(Conv2d, 2, 3, stride=2, padding="valid", bias=False,
                                                  parameterization="standard"), IMAGES),
     MomentCase("conv2d_orthogonal", conv(Conv2d, 2, 3, padding="same", b_std=0.1, init="orthogonal"), IMAGES),
+    # transposed convolutions: every output pixel reads the upsampled input (zeros between the pixels)
+    MomentCase("conv_transpose1d_same_s2", conv(ConvTranspose1d, 3, 3, stride=2, padding="same", w_std=1.2,
+                                                b_std=0.3), SIGNALS),
+    MomentCase("conv_transpose1d_valid_s3_standard", conv(ConvTranspose1d, 3, 2, stride=3, padding="valid",
+                                                          b_std=0.2, parameterization="standard"), SIGNALS),
+    MomentCase("conv_transpose2d_same_s21", conv(ConvTranspose2d, 2, 3, stride=(2, 1), padding="same"),
+               SMALL_IMAGES),
+    MomentCase("conv_transpose2d_valid_rect_nobias_standard", conv(
+        ConvTranspose2d, 2, (2, 3), padding="valid", bias=False, parameterization="standard"), SMALL_IMAGES),
     MomentCase("flatten_linear", lambda w, g: nn.Sequential(nn.Flatten(), Linear(24, w, b_std=0.2, generator=g,
                                                                                  dtype=F64)), IMAGES),
     # pooling of deterministic images, then flatten (the walk drops the cross-pixel terms: a Diagonal op)
     MomentCase("avgpool_flatten_linear", lambda w, g: nn.Sequential(
         nn.AvgPool2d(2, stride=1), nn.Flatten(), Linear(12, w, w_std=1.5, generator=g, dtype=F64)), IMAGES),
+    # parallel branches summed (independent weight layers: the channels stay i.i.d. draws). Products and
+    # concatenations are checked against neural-tangents (tests/test_branches_nt.py): a product's own-parameter
+    # NTK is random per channel, and a concatenation needs the next weight layer (whole instances as draws)
+    MomentCase("parallel_sum_linear", lambda w, g: Parallel(Linear(5, w, b_std=0.2, generator=g, dtype=F64),
+                                                            Linear(5, w, w_std=1.3, generator=g, dtype=F64)), VECTORS),
+    MomentCase("parallel_sum_conv2d", lambda w, g: Parallel(
+        Conv2d(2, w, 3, padding="same", generator=g, dtype=F64), Conv2d(2, w, 1, b_std=0.3, generator=g, dtype=F64)),
+        IMAGES),
     # residual x + s f(x): the block mixes the channels, so whole blocks are the draws
     MomentCase("residual_linear", lambda w, g: Residual(Linear(w, w, b_std=0.3, generator=g, dtype=F64), scale=0.7),
                _deterministic((128,), 13), draws=3000, max_draws=3000, width=128, instances=True),
@@ -226,6 +259,10 @@ CASES: list[MomentCase] = [
     MomentCase("layernorm_eps", fixed(lambda: LayerNorm(eps=0.5)), GAUSS_VECTORS, **_ONE_DRAW),
     MomentCase("layernorm_mean", fixed(LayerNorm), GAUSS_VECTORS_MEAN, **_ONE_DRAW),
     MomentCase("layernorm_images_mean", fixed(lambda: LayerNorm(eps=0.1)), GAUSS_IMAGES_MEAN, **_ONE_DRAW),
+    # over the channels and pixels of each example (normalized_shape = the whole example: it names the width)
+    MomentCase("layernorm_all_signals", lambda w, g: LayerNorm((w, 3)), GAUSS_SHORT_SIGNALS, **_ONE_DRAW),
+    MomentCase("layernorm_all_images_mean", lambda w, g: LayerNorm((w, 2, 2), eps=0.1), GAUSS_IMAGES_MEAN,
+               **_ONE_DRAW),
     # activations on spatial fields (the full-layout broadcasting of the dual maps)
     MomentCase("act_relu_images", fixed(nn.ReLU), _field((2, 3), 26), draws=1_000_000, width=250_000),
     MomentCase("act_erf_signals", fixed(lambda: ActivationModule("erf")), GAUSS_SIGNALS, draws=400_000,

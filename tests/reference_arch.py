@@ -76,6 +76,8 @@ without spatial axes (one pixel).
   ``K(p, p)`` (different channels are independent); the same for Θ. GAP keeps the width ``C``,
   Flatten makes it ``C |S|`` (the standard parameterization's ``n_in`` of the next dense layer).
 
+Transposed convolutions and layer norm over whole examples: ``tests/reference_arch_more.py``.
+
 References: Jacot, Gabriel & Hongler 2018 (NTK); Lee et al. 2018 (deep NNGP); Arora et al. 2019
 (CNTK, pooling, padding); Novak et al. 2020 (neural-tangents, standard parameterization, LayerNorm,
 circular padding); Cho & Saul 2009; Williams 1997.
@@ -100,6 +102,8 @@ from typing import Any
 import mpmath
 import numpy as np
 from mpmath.libmp import round_nearest, to_float
+
+from tests.reference_arch_more import layernorm_examples, normalises_examples, transpose_taps
 
 Spec = list[dict[str, Any]]
 Mpf = Any  # an mpf of the private mpmath context
@@ -218,14 +222,15 @@ def _compile(spec: Spec, shape: tuple[int, ...], width: int, uids: itertools.cou
             if b_shape != shape:
                 raise ValueError(f"residual block changes the spatial shape {shape} -> {b_shape}")
             op = _Op(uid, kind, layer, shape, shape, width, b_width, block=block)
-        elif kind in ("dense", "conv"):
+        elif kind in ("dense", "conv", "convtranspose"):
             if kind == "dense":  # pointwise over the channel axis
                 filt, stride, padding = (1,) * len(shape), (1,) * len(shape), "valid"
             else:
                 filt = tuple(layer["filter"])
                 stride = tuple(layer.get("stride") or (1,) * len(filt))
                 padding = layer.get("padding", "valid")
-            taps, out_shape = _conv_taps(shape, filt, stride, padding)
+            taps, out_shape = (transpose_taps if kind == "convtranspose" else _conv_taps)(shape, filt, stride, padding)
+            kind = "conv" if kind == "convtranspose" else kind  # a conv with these taps
             op = _Op(uid, kind, layer, shape, out_shape, width, int(layer["width"]), taps=taps)
         elif kind in _NONLINEAR:
             op = _Op(uid, kind, layer, shape, shape, width, width)
@@ -287,6 +292,8 @@ def _propagate(ops: list[_Op], need: set[int], self_need: set[int]) -> tuple[set
             need, self_need = need | b_need, self_need | b_self
         elif op.kind in _NONLINEAR:
             pixels = {pr // n for pr in need | self_need} | {pr % n for pr in need | self_need}
+            if op.kind == "layernorm" and normalises_examples(op.layer):
+                pixels = set(range(n))  # the variance is a mean over every pixel
             op.var_pixels = sorted(pixels)
             self_need = self_need | {p * (n + 1) for p in pixels}
         else:
@@ -470,6 +477,9 @@ class _Evaluator:
                         new_nt[pr] = nt[pr] * ed
                     if self_mode and op.layer["name"] != "identity":
                         new_mean = {p: mean_fn(var1[p]) for p in op.var_pixels}
+                elif normalises_examples(op.layer):
+                    new_nn, new_nt = layernorm_examples(ctx, self.consts[op.uid], ra[op.uid], rb[op.uid], n, targets,
+                                                        nn, nt)
                 else:
                     eps = self.consts[op.uid]
                     for pr in targets:

@@ -233,7 +233,7 @@ class Cat(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.a(x), self.b(x)
-        y = torch.cat([a, b], 1)
+        y = torch.cat([a, b], 0)
         return self.out(y)
 
 
@@ -264,7 +264,8 @@ class Product(nn.Module):
         self.a, self.b, self.out = ntkit.nn.Linear(3, 4), ntkit.nn.Linear(3, 4), ntkit.nn.Linear(4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.a(x) * self.b(x))
+        h = self.a(x)
+        return self.out(F.relu(h) * torch.tanh(h))
 
 
 class TwoBranches(nn.Module):
@@ -273,7 +274,18 @@ class TwoBranches(nn.Module):
         self.a, self.b, self.out = ntkit.nn.Linear(3, 4), ntkit.nn.Linear(3, 4), ntkit.nn.Linear(4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.a(x) + self.b(x))
+        return self.out(self.a(x) - self.b(x))
+
+
+class NotSeriesParallel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = ntkit.nn.Linear(3, 4), ntkit.nn.Linear(3, 4), ntkit.nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        m = h + self.b(x)
+        return self.out(m + F.relu(h))
 
 
 class Scaled(nn.Module):
@@ -327,16 +339,19 @@ class InPlace(nn.Module):
 @pytest.mark.parametrize(
     ("model", "x", "match", "line"),
     [
-        (Cat(), VECTORS, r"node cat \(torch\.cat\).*concatenates branches.*not yet supported",
-         "y = torch.cat([a, b], 1)"),
+        (Cat(), VECTORS, r"node cat \(torch\.cat\): expected a concatenation along the channels \(dim=1\), got dim=0",
+         "y = torch.cat([a, b], 0)"),
         (MaxPool(), IMAGES, r"node max_pool2d \(torch\.nn\.functional\.max_pool2d\).*max pooling",
          "x = F.max_pool2d(F.relu(self.conv(x)), 2)"),
         (Branchy(), VECTORS, r"Branchy\): the forward has data-dependent control flow", "if x.sum() > 0:"),
-        (Product(), VECTORS,
-         r"node mul \(operator\.mul\): operator\.mul between two branches \(a product of branches\) is not yet",
-         "return self.out(self.a(x) * self.b(x))"),
-        (TwoBranches(), VECTORS, r"node add \(operator\.add\).*a sum of two branches.*not yet supported",
-         "return self.out(self.a(x) + self.b(x))"),
+        (Product(), VECTORS, r"module mul \(Parallel\) at .*: the product of branch 0 \(ending with mul\.branches\.0"
+         r"\.relu \(ReLU\)\) and branch 1 \(ending with mul\.branches\.1\.tanh \(Tanh\)\) is not independent",
+         "return self.out(F.relu(h) * torch.tanh(h))"),
+        (TwoBranches(), VECTORS, r"node sub \(operator\.sub\).*a difference or a scaled sum of two branches.*not yet",
+         "return self.out(self.a(x) - self.b(x))"),
+        (NotSeriesParallel(), VECTORS, r"node add_1 \(operator\.add\): node a \(a\) is computed in two of the merged "
+         r"branches \(operands 0 and 1 from their fork x\): the graph is not series-parallel",
+         "return self.out(m + F.relu(h))"),
         (Scaled(), VECTORS, r"node mul \(operator\.mul\).*constant 2\.0 outside a residual sum.*not yet",
          "return self.out(2.0 * self.a(x))"),
         (Weight(), VECTORS, r"node w \(get_attr w\).*parameter or buffer used directly", "return x @ self.w"),

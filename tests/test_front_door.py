@@ -40,7 +40,7 @@ def _cntk_gap() -> nn.Module:
 def _conv_reference(channels: int = 3) -> nn.Module:
     """A pooled CNN with a layer norm: no fast path, the reference evaluator (pixels^2 entries a pair)."""
     return nn.Sequential(
-        ntkit.nn.Conv2d(channels, 8, 3, padding="same", **META), ntkit.nn.LayerNorm(8), nn.ReLU(),
+        ntkit.nn.Conv2d(channels, 8, 3, padding="same", **META), ntkit.nn.LayerNorm(), nn.ReLU(),
         ntkit.nn.Conv2d(8, 8, 3, padding="same", **META), nn.ReLU(), ntkit.nn.GlobalAvgPool(),
         ntkit.nn.Linear(8, 1, **META),
     )

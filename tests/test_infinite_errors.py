@@ -65,7 +65,8 @@ def test_unsupported_or_misfit_models_name_the_module(model: nn.Module, x: torch
         ntkit.infinite_kernel(model, x)
     assert isinstance(info.value, ValueError)
     if "no infinite-width kernel transform" in str(info.value):
-        assert "Supported: ntkit.nn.Conv1d, ntkit.nn.Conv2d, ntkit.nn.Linear" in str(info.value)
+        assert ("Supported: ntkit.nn.Conv1d, ntkit.nn.Conv2d, ntkit.nn.ConvTranspose1d, ntkit.nn.ConvTranspose2d, "
+                "ntkit.nn.Linear") in str(info.value)
 
 
 def test_model_on_meta_device_and_eval_mode_dropout() -> None:

@@ -41,7 +41,8 @@ FAULT = 1.01
 FAULT_Z = 7.5
 #: Cases taking more than ~3.3 s of CPU on one core (1e7-2e7 draws, 3000 instances, big fields): marked slow.
 SLOW = {"act_cube", "act_rectified_cubic", "act_hermite3", "residual_linear", "layernorm_images_mean",
-        "avgpool2d_2", "conv2d_orthogonal"}
+        "avgpool2d_2", "conv2d_orthogonal", "conv_transpose2d_same_s21", "layernorm_all_signals",
+        "layernorm_all_images_mean"}
 
 
 def _params(cases: list[MomentCase]) -> list[object]:

@@ -480,7 +480,7 @@ def test_op_defaults_are_the_plain_layers() -> None:
     v = torch.diagonal(cross.nngp)
     scale = torch.sqrt((v[:, None] + 1e-5) * (v[None, :] + 1e-5))
     assert torch.allclose(ln.nngp, cross.nngp / scale, rtol=1e-14, atol=0)
-    res = Residual("r", (4,), (4,)).combine(cross, out, True)
+    res = Residual("r", (4,), (4,)).merge([cross, out], True)
     assert torch.allclose(res.nngp, cross.nngp + out.nngp, rtol=1e-15, atol=0)
 
 

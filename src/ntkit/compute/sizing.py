@@ -106,7 +106,7 @@ def fit_tile_shape(
     --------
     >>> import torch, ntkit
     >>> from ntkit.infinite import KernelTiles, describe_model
-    >>> model = torch.nn.Sequential(ntkit.nn.Conv2d(1, 4, 3, device="meta"), ntkit.nn.LayerNorm(4),
+    >>> model = torch.nn.Sequential(ntkit.nn.Conv2d(1, 4, 3, device="meta"), ntkit.nn.LayerNorm(),
     ...                             torch.nn.ReLU(), ntkit.nn.GlobalAvgPool(), ntkit.nn.Linear(4, 1, device="meta"))
     >>> x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)  # reference path: 256 entries a pair, 16 KiB
     >>> fit_tile_shape(KernelTiles(describe_model(model, (1, 4, 4))), x, 1024, 2048, budget=2**24)

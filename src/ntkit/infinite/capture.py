@@ -21,15 +21,19 @@ already understands:
 * ``x + c * f(x)`` (also ``f(x) + x``, ``x - f(x)``, ``f(x) / c``, ``torch.add(x, f, alpha=c)``),
   where ``f`` is the chain from ``x`` to the other operand, is
   ``ntkit.nn.Residual(nn.Sequential(*f), scale=c)``: ``K' = K_x + c^2 K_f`` when ``f`` ends with a
-  weight layer (the residual op checks it).
+  weight layer (the residual op checks it);
+* a series-parallel merge ``a + b``, ``torch.cat([a, b, ...], 1)`` or ``a * b`` of branches from a common
+  value ``h`` (the *fork*) that share no node is ``ntkit.nn.Parallel(f_a, f_b, ..., merge="sum" |
+  "concat" | "prod")`` of ``h``, ``f_a`` the chain from ``h`` to ``a`` (the identity for ``h`` itself;
+  merges nest); the op checks the limit's conditions (independent branches, a weight layer after a
+  concatenation).
 
-Everything else -- concatenation, products or sums of two branches, max pooling, a constant
-scaling outside a residual sum, parameters used directly, data-dependent control flow -- is an
-:class:`~ntkit.infinite.errors.ArchitectureError` naming the graph node, its target and the source
-line of the forward, never a silently different kernel.
-
-Each graph value is a *link* ``value = items(prev)`` (the placeholder has no ``prev``), so the value
-of every node is exactly its chain of items from the input, whatever else uses the intermediates.
+Everything else -- a graph that is not series-parallel, differences or scaled sums of branches,
+concatenation along another axis, stacking, max pooling, a constant scaling outside a residual sum,
+parameters used directly, data-dependent control flow -- is an
+:class:`~ntkit.infinite.errors.ArchitectureError` naming the graph node, its target and the source line
+of the forward, never a silently different kernel. Each graph value is a *link* ``value = items(prev)``
+(:mod:`ntkit.infinite.capture_links`): exactly its chain of items from the input.
 """
 
 from __future__ import annotations
@@ -39,57 +43,38 @@ import operator
 import os
 import re
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
+from ntkit.infinite.capture_links import Link, between, computed, fork_of, reaches, sequential_of, shared_node
+from ntkit.infinite.capture_vocabulary import (
+    ACTIVATIONS,
+    ADDS,
+    CATS,
+    DIVS,
+    DROPOUTS,
+    GLOBAL_AXES,
+    INPLACE,
+    MAX_POOLS,
+    METHOD_ACTIVATIONS,
+    MULS,
+    POOLS,
+    STACKS,
+    SUBS,
+    SUPPORTED_FORWARD,
+)
 from ntkit.infinite.errors import ArchitectureError
 from ntkit.infinite.ops.registry import PASS_THROUGH, Item, block_has_weights, lookup
 from ntkit.infinite.ops.spatial_mean import SpatialMean
-from ntkit.nn.structure import Activation
+from ntkit.nn.branches import Parallel
 from ntkit.nn.structure import Residual as ResidualModule
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _FX_ASSERTS = (torch._assert, fx._symbolic_trace._assert_is_none)
-
-#: What a forward may contain, for the error messages.
-SUPPORTED_FORWARD = (
-    "calls of the supported modules; F.relu, torch.tanh, torch.sigmoid, F.gelu, F.silu, F.leaky_relu, torch.erf "
-    "(and the other activations with a module); F.avg_pool1d/2d, F.adaptive_avg_pool1d/2d; torch.flatten(x, 1), "
-    "x.view(x.size(0), -1); x.mean over the spatial axes; residual sums x + c * f(x) with f ending in a weight layer"
-)
-
-#: Functional activations -> the module applying the same function (built from the call's other arguments).
-_ACTIVATIONS: dict[Any, Callable[..., nn.Module]] = {
-    F.relu: nn.ReLU, torch.relu: nn.ReLU, torch.relu_: nn.ReLU, F.relu_: nn.ReLU, torch.tanh: nn.Tanh,
-    torch.sigmoid: nn.Sigmoid, F.gelu: nn.GELU, F.silu: nn.SiLU, F.leaky_relu: nn.LeakyReLU, F.elu: nn.ELU,
-    F.selu: nn.SELU, F.softplus: nn.Softplus, F.mish: nn.Mish, F.relu6: nn.ReLU6, F.hardtanh: nn.Hardtanh,
-    torch.erf: lambda: Activation("erf"), torch.special.erf: lambda: Activation("erf"),
-}
-#: Tensor methods (and their in-place forms ``name_``) -> the module.
-_METHOD_ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
-    "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "erf": lambda: Activation("erf"),
-}
-_POOLS: dict[Any, Callable[..., nn.Module]] = {
-    F.avg_pool2d: nn.AvgPool2d, F.avg_pool1d: nn.AvgPool1d,
-    F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d, F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d,
-}
-_GLOBAL_AXES = {F.adaptive_avg_pool2d: (2, 3), F.adaptive_avg_pool1d: (2,)}
-_INPLACE = (torch.relu_, F.relu_)
-_DROPOUTS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout)
-_ADDS = (operator.add, operator.iadd, torch.add)
-_SUBS = (operator.sub, operator.isub, torch.sub)
-_MULS = (operator.mul, operator.imul, torch.mul)
-_DIVS = (operator.truediv, operator.itruediv, torch.div)
-_MERGES = {torch.cat: "concatenates branches", torch.stack: "stacks branches", torch.concat: "concatenates branches"}
-_MAX_POOLS = (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d)
-
 
 def _layers(module: nn.Module) -> bool:
     return callable(getattr(module, "kernel_layers", None))
@@ -195,19 +180,6 @@ def _trace(module: nn.Module, label: str) -> fx.Graph:
                                 f"({type(err).__name__}: {err}); at {where}") from None
 
 
-@dataclass(frozen=True, eq=False)
-class _Link:
-    """A graph value: ``items`` applied to ``prev`` (None: the input), then times ``scale`` (None: 1,
-    pending until a residual sum takes it); ``pooled`` marks an adaptive pooling to size 1 (over those
-    axes) that a flatten turns into a spatial mean."""
-
-    node: fx.Node
-    prev: _Link | None
-    items: tuple[Item, ...] = ()
-    scale: float | None = None
-    pooled: tuple[int, ...] | None = None
-
-
 def _number(a: Any) -> bool:
     return isinstance(a, (int, float)) and not isinstance(a, bool)
 
@@ -218,8 +190,8 @@ def capture(module: nn.Module, name: str) -> list[Item]:
     Raises
     ------
     ArchitectureError
-        A forward with data-dependent control flow, or a node that is not a chain step or a residual
-        sum (its name, target and source line in the message).
+        A forward with data-dependent control flow, or a node that is not a chain step, a residual
+        sum or a series-parallel merge (its name, target and source line in the message).
     """
     label = f"the forward of {name or 'model'} ({type(module).__name__})"
     return _Lifter(module, name, label).run(_trace(module, label))
@@ -230,7 +202,7 @@ class _Lifter:
 
     def __init__(self, root: nn.Module, prefix: str, label: str) -> None:
         self.root, self.prefix, self.label = root, prefix, label
-        self.links: dict[fx.Node, _Link] = {}
+        self.links: dict[fx.Node, Link] = {}
         self.batch: set[fx.Node] = set()  # nodes holding x.size(0) / x.shape[0]
         self.shapes: set[fx.Node] = set()  # nodes holding x.shape / x.size()
         self.ignored: set[fx.Node] = set()  # forward parameters fixed to their defaults, and fx's checks of them
@@ -244,13 +216,13 @@ class _Lifter:
         return f"{self.prefix}.{name}" if self.prefix else name
 
     def run(self, graph: fx.Graph) -> list[Item]:
-        out: _Link | None = None
+        out: Link | None = None
         for node in graph.nodes:
             if node.op == "placeholder":
                 if self.links:
                     self.ignored.add(node)
                 else:
-                    self.links[node] = _Link(node, None)
+                    self.links[node] = Link(node, None)
             elif node.op == "output":
                 out = self.tensor(node, node.args[0])
             elif node.op == "get_attr":
@@ -260,20 +232,20 @@ class _Lifter:
                 self.step(node)
         assert out is not None
         items: list[Item] = []
-        link: _Link | None = self.unscaled(out)
+        link: Link | None = self.unscaled(out)
         while link is not None:
             items[:0] = link.items
             link = link.prev
         return items
 
-    def tensor(self, node: fx.Node, arg: Any) -> _Link:
+    def tensor(self, node: fx.Node, arg: Any) -> Link:
         """The link of the tensor ``arg`` of ``node`` (a value of the chain)."""
         if isinstance(arg, fx.Node) and arg in self.links:
             return self.links[arg]
         raise self.error(node, f"expected a tensor computed from the input, got {arg!r} (a tuple, a constant or a "
                          "value the forward computes otherwise)")
 
-    def unscaled(self, link: _Link) -> _Link:
+    def unscaled(self, link: Link) -> Link:
         """``link``, which a step other than a residual sum takes: no pending scale."""
         if link.scale is not None:
             raise self.error(link.node, f"multiplication by the constant {link.scale} outside a residual sum "
@@ -283,7 +255,7 @@ class _Lifter:
     def chain(self, node: fx.Node, arg: Any, module: nn.Module | None) -> None:
         """``node = module(arg)`` (None: the identity)."""
         link = self.unscaled(self.tensor(node, arg))
-        self.links[node] = _Link(node, link, () if module is None else ((self.qual(node.name), module),))
+        self.links[node] = Link(node, link, () if module is None else ((self.qual(node.name), module),))
 
     def step(self, node: fx.Node) -> None:
         args, kwargs = node.args, node.kwargs
@@ -298,18 +270,20 @@ class _Lifter:
         target, method = node.target, node.op == "call_method"
         name = str(target) if method else ""
         inplace = method and name.endswith("_") and not name.endswith("__")
-        if inplace or kwargs.get("inplace") is True or target in _INPLACE:
+        if inplace or kwargs.get("inplace") is True or target in INPLACE:
             self.check_inplace(node)
         base = name[:-1] if inplace else name
-        if target in _ADDS or target in _SUBS or base in ("add", "sub"):
-            self.residual(node, subtract=target in _SUBS or base == "sub")
-        elif target in _MULS or target in _DIVS or target in (operator.neg, torch.neg) or base in ("mul", "div",
+        if target in ADDS or target in SUBS or base in ("add", "sub"):
+            self.residual(node, subtract=target in SUBS or base == "sub")
+        elif target in MULS or target in DIVS or target in (operator.neg, torch.neg) or base in ("mul", "div",
                                                                                                   "neg"):
-            self.scale(node, divide=target in _DIVS or base == "div")
-        elif target in _MERGES:
-            raise self.error(node, f"{_MERGES[target]} (a merge of branches by {_target(node)}): not yet supported; "
-                             "only chains and residual sums x + c * f(x)")
-        elif target in _MAX_POOLS or base.startswith("max_pool"):
+            self.scale(node, divide=target in DIVS or base == "div")
+        elif target in CATS:
+            self.concat(node)
+        elif target in STACKS:
+            raise self.error(node, "stacking branches along a new axis has no kernel transform; concatenate them "
+                             "along the channels (torch.cat([a, b], 1))")
+        elif target in MAX_POOLS or base.startswith("max_pool"):
             raise self.error(node, "max pooling has no closed-form Gaussian kernel; use F.avg_pool1d/2d")
         elif target is getattr and len(args) == 2 and args[1] == "shape":
             self.tensor(node, args[0])
@@ -332,21 +306,21 @@ class _Lifter:
         if others:
             raise self.error(node, "expected constant arguments besides the input tensor, got "
                              + ", ".join(a.name for a in others))
-        if target in _ACTIVATIONS or base in _METHOD_ACTIVATIONS:
-            factory = _ACTIVATIONS[target] if target in _ACTIVATIONS else _METHOD_ACTIVATIONS[base]
+        if target in ACTIVATIONS or base in METHOD_ACTIVATIONS:
+            factory = ACTIVATIONS[target] if target in ACTIVATIONS else METHOD_ACTIVATIONS[base]
             self.chain(node, args[0] if args else kwargs.get("input"), self.build(node, factory))
-        elif target in _POOLS:
-            self.chain(node, args[0], self.build(node, _POOLS[target]))
+        elif target in POOLS:
+            self.chain(node, args[0], self.build(node, POOLS[target]))
             size = args[1] if len(args) > 1 else kwargs.get("output_size")
-            if target in _GLOBAL_AXES and size in (1, (1,), (1, 1), [1], [1, 1]):
+            if target in GLOBAL_AXES and size in (1, (1,), (1, 1), [1], [1, 1]):
                 link = self.links[node]
-                self.links[node] = _Link(node, link.prev, link.items, pooled=_GLOBAL_AXES[target])
+                self.links[node] = Link(node, link.prev, link.items, pooled=GLOBAL_AXES[target])
         elif target is torch.flatten or base == "flatten":
             start, end = self.bind(node, lambda input, start_dim=0, end_dim=-1: (start_dim, end_dim))
             self.flatten(node, bool(start == 1 and end == -1))
         elif target is torch.mean or base == "mean":
             self.mean(node)
-        elif target in _DROPOUTS:
+        elif target in DROPOUTS:
             p, training = self.bind(node, (lambda input, p, train: (p, train)) if target is torch.dropout else
                                     lambda input, p=0.5, training=True, inplace=False: (p, training))
             if training and p != 0:
@@ -395,7 +369,7 @@ class _Lifter:
             self.check_inplace(node)
         link = self.unscaled(self.tensor(node, node.args[0]))
         items = tuple(expand(module, self.qual(qual))) if _opened(module) else ((self.qual(qual), module),)
-        self.links[node] = _Link(node, link, items)
+        self.links[node] = Link(node, link, items)
 
     def scale(self, node: fx.Node, divide: bool) -> None:
         """``c * value``, ``value / c``, ``-value``: a scale pending until a residual sum takes it."""
@@ -403,12 +377,15 @@ class _Lifter:
         args += [-1.0] if len(args) == 1 else []  # a negation
         tensors = [a for a in args if isinstance(a, fx.Node)]
         numbers = [a for a in args if _number(a)]
+        if not node.kwargs and len(args) == 2 and len(tensors) == 2 and not divide:  # a product of branches
+            self.merge(node, [self.tensor(node, t) for t in tensors], "prod")
+            return
         if node.kwargs or len(args) != 2 or len(tensors) != 1 or len(numbers) != 1 or (divide and
                                                                                      args[0] is not tensors[0]):
-            what = ("between two branches (a product of branches)" if len(tensors) == 2 else
+            what = ("between two tensors (a quotient of branches)" if len(tensors) == 2 else
                     "by a factor that is not a Python number")
             raise self.error(node, f"{_target(node)} {what} is not yet supported; only x + c * f(x) with a Python "
-                             "number c")
+                             "number c, and products of branches a * b")
         link = self.tensor(node, tensors[0])
         c = float(numbers[0])  # type: ignore[arg-type]
         if divide:
@@ -416,9 +393,9 @@ class _Lifter:
                 raise self.error(node, "division by zero")
             c = 1.0 / c
         if link.scale is not None:  # c2 * (c1 * f): one pending scale
-            self.links[node] = _Link(node, link.prev, link.items, scale=link.scale * c)
+            self.links[node] = Link(node, link.prev, link.items, scale=link.scale * c, inner=computed(link))
         else:
-            self.links[node] = _Link(node, link, (), scale=c)
+            self.links[node] = Link(node, link, (), scale=c)
 
     def residual(self, node: fx.Node, subtract: bool) -> None:
         """``x + c * f(x)``: one operand an earlier value ``x``, the other its chain ``f`` (then a scale)."""
@@ -433,34 +410,58 @@ class _Lifter:
         factor = float(alpha) * (-1.0 if subtract else 1.0)  # type: ignore[arg-type]
         if a is b:
             raise self.error(node, "a sum of a value with itself (a scaling): not yet supported")
-        if _reaches(b, a):
+        if reaches(b, a):
             anc, cont = a, b
-        elif _reaches(a, b) and not subtract and alpha == 1:
+        elif reaches(a, b) and not subtract and alpha == 1:
             anc, cont, factor = b, a, 1.0
+        elif factor == 1.0 and a.scale is None and b.scale is None:
+            self.merge(node, [a, b], "sum")
+            return
         else:
-            raise self.error(node, "a sum of two branches (neither is the input of the other's chain) is not yet "
-                             "supported; only x + c * f(x)")
+            raise self.error(node, "a difference or a scaled sum of two branches (neither is the input of the other's "
+                             "chain) is not yet supported; only x + c * f(x) and plain sums of branches a + b")
         self.unscaled(anc)
         start = cont
         if cont.scale is not None:
             factor *= cont.scale
             start = cont.prev  # type: ignore[assignment]
-        block: list[Item] = []
-        link: _Link | None = start
-        while link is not anc:
-            assert link is not None
-            block[:0] = link.items
-            link = link.prev
+        block, covers = between(start, anc)
         if not block_has_weights(block):
             raise self.error(node, "a sum x + f(x) whose branch f has no weight layer: the two terms are not "
                              "independent; not yet supported")
-        names: dict[str, nn.Module] = {}
-        for item_name, module in block:  # a child's name has no dots: the last part, made unique
-            base = item_name.rsplit(".", 1)[-1]
-            key = next(k for k in (base, *(f"{base}_{i}" for i in range(1, len(block) + 1))) if k not in names)
-            names[key] = module
-        res = ResidualModule(nn.Sequential(OrderedDict(names)), scale=factor)
-        self.links[node] = _Link(node, anc, ((self.qual(node.name), res),))
+        res = ResidualModule(sequential_of(block), scale=factor)
+        self.links[node] = Link(node, anc, ((self.qual(node.name), res),), inner=covers | computed(cont))
+
+    def concat(self, node: fx.Node) -> None:
+        """``torch.cat([a, b, ...], dim)``: a merge of branches along ``dim`` (the channels; the op checks it)."""
+        tensors, dim = self.bind(node, lambda tensors, dim=0, axis=None, out=None: (tensors, dim if axis is None
+                                                                                   else axis))
+        if not isinstance(tensors, (list, tuple)) or not tensors:
+            raise self.error(node, f"expected a list of tensors, got {tensors!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+            raise self.error(node, f"expected a concatenation along the channels (dim=1), got dim={dim!r}")
+        links = [self.tensor(node, t) for t in tensors]
+        if len(links) == 1:
+            self.chain(node, tensors[0], None)
+        else:
+            self.merge(node, links, "concat", dim)
+
+    def merge(self, node: fx.Node, operands: list[Link], rule: str, dim: int = 1) -> None:
+        """``node = merge(operands)``: ``Parallel`` of the chains from the operands' fork to each operand."""
+        for link in operands:
+            self.unscaled(link)
+        fork = fork_of(operands)
+        paths = [between(link, fork) for link in operands]
+        shared = shared_node([covers for _, covers in paths])
+        if shared is not None:
+            raise self.error(node, f"node {shared[0].name} ({_target(shared[0])}) is computed in two of the merged "
+                             f"branches (operands {shared[1]} and {shared[2]} from their fork {fork.node.name}): the "
+                             "graph is not series-parallel; not supported")
+        branches = [sequential_of(items) if items else nn.Identity() for items, _ in paths]
+        merged = Parallel(*branches, merge=rule, dim=dim)
+        merged.traced_at = _where(node)  # the op's errors (dependent branches, shapes) name the line
+        inner = frozenset().union(*(covers for _, covers in paths))
+        self.links[node] = Link(node, fork, ((self.qual(node.name), merged),), inner=inner)
 
     def flatten(self, node: fx.Node, ok: bool) -> None:
         """``(N, C, *S) -> (N, C |S|)``; after an adaptive average pooling to size 1, a spatial mean."""
@@ -469,7 +470,8 @@ class _Lifter:
                              "x.view(x.size(0), -1))")
         link = self.tensor(node, node.args[0] if node.args else node.kwargs.get("input"))
         if link.pooled is not None and link.scale is None and len(link.node.users) == 1:
-            self.links[node] = _Link(node, link.prev, ((self.qual(link.node.name), SpatialMean(link.pooled)),))
+            self.links[node] = Link(node, link.prev, ((self.qual(link.node.name), SpatialMean(link.pooled)),),
+                                    inner=computed(link))
         else:
             self.chain(node, link.node, nn.Flatten())
 
@@ -486,13 +488,3 @@ class _Lifter:
             raise self.error(node, f"expected a mean over the spatial axes (x.mean((2, 3)), keepdim=False), got "
                              f"dim={dim!r}, keepdim={keepdim!r}")
         self.chain(node, node.args[0] if node.args else node.kwargs.get("input"), SpatialMean(dims))
-
-
-def _reaches(link: _Link, target: _Link) -> bool:
-    """Whether ``target`` is a strict ancestor of ``link`` on its chain."""
-    step = link.prev
-    while step is not None:
-        if step is target:
-            return True
-        step = step.prev
-    return False

@@ -89,13 +89,18 @@ def _walk(
     ops: Sequence[KernelOp], state: list[Pairs], left: Tensor, right: Tensor, dup: tuple[Tensor, Tensor, Tensor],
     ntk: bool,
 ) -> Iterator[Step]:
-    """Apply ``ops`` to ``state = [rows, cross]`` in place, yielding after every layer (residual blocks inside)."""
+    """Apply ``ops`` to ``state = [rows, cross]`` in place, yielding after every layer (inner branches inside:
+    each branch runs from the op's input state, then the op merges the branches' output states)."""
     for op in ops:
         rows, cross = state
         dot: Tensor | None = None
-        if op.children():
-            yield from _walk(op.children(), state, left, right, dup, ntk)
-            rows, cross = op.combine(rows, state[0], ntk), op.combine(cross, state[1], ntk)
+        if op.branches():
+            outs = []
+            for branch in op.branches():
+                sub = [rows, cross]
+                yield from _walk(branch, sub, left, right, dup, ntk)
+                outs.append(sub)
+            rows, cross = op.merge([o[0] for o in outs], ntk), op.merge([o[1] for o in outs], ntk)
         else:
             new_rows = op.apply(rows, Context(rows), ntk)
             cross, dot = op.apply_dual(cross, Context(rows, left, right), ntk)
@@ -177,9 +182,9 @@ def iter_layers(arch: Architecture, a: Tensor, b: Tensor, ids_a: Tensor, ids_b: 
 
     The self batch holds one entry per distinct row (:func:`distinct_rows` gives each input's).
 
-    Layers inside residual blocks are yielded too (before the residual itself). Holding on to the
-    yielded tensors is up to the caller (at most the current layer's are alive otherwise): the
-    per-layer kernels of :mod:`ntkit.layerwise` come from here.
+    Layers inside residual blocks and parallel branches are yielded too (before the op that merges them).
+    Holding on to the yielded tensors is up to the caller (at most the current layer's are alive
+    otherwise): the per-layer kernels of :mod:`ntkit.layerwise` come from here.
     """
     state, left, right, dup = _start(arch, a, b, ids_a, ids_b, ntk)
     yield from _walk(arch.ops, state, left, right, dup, ntk)

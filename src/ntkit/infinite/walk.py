@@ -33,6 +33,7 @@ from ntkit._validation import check_float, check_int, describe
 from ntkit.infinite.capture import expand
 from ntkit.infinite.errors import ArchitectureError
 from ntkit.infinite.ops import Diagonal, KernelOp, Pointwise
+from ntkit.infinite.ops.base import branch_gaussian, branch_mixed
 from ntkit.infinite.ops.registry import (
     UNSUPPORTED_REASONS,
     Item,
@@ -116,10 +117,11 @@ class Architecture:
 
 
 def iter_ops(ops: Sequence[KernelOp]) -> Iterator[KernelOp]:
-    """Every op, inner branches (residual blocks) included (depth first)."""
+    """Every op, inner branches (residual blocks, parallel branches) included (depth first)."""
     for op in ops:
         yield op
-        yield from iter_ops(op.children())
+        for branch in op.branches():
+            yield from iter_ops(branch)
 
 
 def _label(name: str, module: nn.Module) -> str:
@@ -178,13 +180,21 @@ def _check_gaussian(ops: Sequence[KernelOp], gaussian: bool) -> bool:
     """Check that every activation receives a Gaussian input; return whether the output is Gaussian.
 
     Weight layers output centred Gaussian processes; activations do not (but for the identity);
-    linear reshaping and layer norm keep the property; a residual sum is Gaussian when both branches
-    are (each op's :meth:`~ntkit.infinite.ops.base.KernelOp.gaussian_out`). A dual map is the exact
-    expectation only for Gaussian inputs (as in neural-tangents).
+    linear reshaping and layer norm keep the property; a sum of branches is Gaussian when every branch
+    is, a product is not (each op's :meth:`~ntkit.infinite.ops.base.KernelOp.gaussian_out`). A dual map
+    is the exact expectation only for Gaussian inputs (as in neural-tangents).
     """
-    for op in ops:
-        gaussian = op.gaussian_out(gaussian)
-    return gaussian
+    return branch_gaussian(ops, gaussian)
+
+
+def _check_mixtures(ops: Sequence[KernelOp]) -> None:
+    """After a concatenation along channels only linear reshaping may come before the next weight layer
+    (:meth:`~ntkit.infinite.ops.base.KernelOp.mixed_out`), and the output must not be such a mixture."""
+    mixed = branch_mixed(ops, "")
+    if mixed:
+        raise ArchitectureError(
+            f"infinite_kernel: expected a weight layer after the concatenation {mixed} (its channel groups have "
+            "different kernels), got the model's output: end with a Linear read-out")
 
 
 def _modes(ops: list[KernelOp], out_mode: str) -> tuple[str, list[str]]:
@@ -216,9 +226,9 @@ def _track_means(ops: Sequence[KernelOp]) -> tuple[KernelOp, ...]:
     def visit(seq: Sequence[KernelOp], prefix: tuple[int, ...], pend: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         for i, op in enumerate(seq):
             key = (*prefix, i)
-            if op.children():
-                inner = visit(op.children(), key, list(pend))
-                pend = pend + inner
+            if op.branches():  # the merge carries every branch's means (the identity's: those before it)
+                outs = [visit(branch, (*key, b), list(pend)) for b, branch in enumerate(op.branches())]
+                pend = [k for out in outs for k in out]
             elif op.mean_role == "reset":
                 pend = []
             elif op.mean_role == "source":
@@ -236,8 +246,8 @@ def _track_means(ops: Sequence[KernelOp]) -> tuple[KernelOp, ...]:
             key = (*prefix, i)
             if isinstance(op, Pointwise) and key in marks:
                 op = dataclasses.replace(op, track_mean=True)
-            elif op.children():
-                op = op.with_children(rebuild(op.children(), key))
+            elif op.branches():
+                op = op.with_branches(tuple(rebuild(branch, (*key, b)) for b, branch in enumerate(op.branches())))
             new.append(op)
         return tuple(new)
 
@@ -331,6 +341,7 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
             f"infinite_kernel: expected the model to output vectors (end with nn.Flatten or a global pooling and "
             f"a Linear read-out), got outputs of shape {ops[-1].out_shape} after {ops[-1].position}"
         )
+    _check_mixtures(ops)
     _check_gaussian(ops, False)
     mode, needs = _modes(ops, "none")
     if len(data_shape) == 1:
@@ -355,13 +366,17 @@ def _pair_entries(ops: Sequence[KernelOp], shape: Shape, mode: str) -> int:
             pixels *= n
         return {"none": 1, "diag": pixels, "full": pixels * pixels}[m]
 
-    best = size(shape, mode)
-    for op in iter_ops(ops):
-        if op.children():
-            continue
-        mode = op.output_mode(mode) if len(op.out_shape) > 1 else "none"
-        best = max(best, size(op.out_shape, mode))
-    return best
+    def visit(seq: Sequence[KernelOp], mode: str) -> tuple[int, str]:
+        """The largest size along ``seq`` from ``mode``, and the mode after it."""
+        best = 0
+        for op in seq:
+            for branch in op.branches():  # every branch starts from the op's input
+                best = max(best, visit(branch, mode)[0])
+            mode = op.output_mode(mode) if len(op.out_shape) > 1 else "none"
+            best = max(best, size(op.out_shape, mode))
+        return best, mode
+
+    return max(size(shape, mode), visit(ops, mode)[0])
 
 
 __all__ = ["Architecture", "ArchitectureError", "describe_model", "fc_model", "iter_ops"]

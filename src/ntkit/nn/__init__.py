@@ -5,8 +5,10 @@ A model built from these layers (and the standard torch modules listed below) is
 exact infinite-width NNGP / NTK of its architecture with :func:`ntkit.infinite_kernel` — from the
 same object.
 
-Layers: :class:`Linear`, :class:`Conv1d`, :class:`Conv2d` (NTK or standard parameterization,
-Gaussian or orthogonal init), :class:`Activation`, :class:`Residual`, :class:`LayerNorm`,
+Layers: :class:`Linear`, :class:`Conv1d`, :class:`Conv2d`, :class:`ConvTranspose1d`, :class:`ConvTranspose2d`
+(NTK or standard parameterization, Gaussian or orthogonal init; the transposed convolutions are
+neural-tangents' ``ConvTranspose``), :class:`Activation`, :class:`Residual`, :class:`Parallel` (branches
+merged by a sum, a concatenation along channels or a product), :class:`LayerNorm`,
 :class:`GlobalAvgPool`, :class:`SumPool1d`, :class:`SumPool2d` (the sum over a window, neural-tangents'
 ``SumPool``). Standard torch modules understood by :func:`ntkit.infinite_kernel`: the
 activation modules with a Gaussian dual map (``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Tanh``,
@@ -25,7 +27,9 @@ Builders: :func:`fc`, :func:`cntk` (Arora et al. 2019), :func:`myrtle` (Shankar 
 """
 
 from ntkit.nn._init import orthogonal_
+from ntkit.nn.branches import Parallel
 from ntkit.nn.builders import cntk, fc, myrtle
+from ntkit.nn.conv_transpose import ConvTranspose1d, ConvTranspose2d
 from ntkit.nn.linear import Conv1d, Conv2d, Linear
 from ntkit.nn.pooling import SumPool1d, SumPool2d
 from ntkit.nn.structure import Activation, GlobalAvgPool, LayerNorm, Residual
@@ -34,9 +38,12 @@ __all__ = [
     "Activation",
     "Conv1d",
     "Conv2d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
     "GlobalAvgPool",
     "LayerNorm",
     "Linear",
+    "Parallel",
     "Residual",
     "SumPool1d",
     "SumPool2d",

@@ -16,7 +16,10 @@ features at pixel ``p`` (``phi(x, p).phi(x', p') ~ K(x, x')[p, p']``) and ``psi`
   sqrt(m))``, a tensor sketch of the product ``Theta E[sigma' sigma']`` (Pham & Pagh 2013);
 * average / global pooling: the same averages of the features (exact); flatten: a count sketch of
   all (feature, pixel) entries scaled by ``1 / sqrt(pixels)``;
-* residual block: ``[phi_x, s phi_f]`` projected back to ``m`` (independent branches).
+* residual block: ``[phi_x, s phi_f]`` projected back to ``m`` (independent branches); branches of
+  :class:`ntkit.nn.Parallel` (each built by :meth:`FeatureMap.build` from the same features): a sum
+  ``[phi_1, phi_2, ...]`` projected, a concatenation ``[sqrt(f_1) phi_1, ...]`` (``f_i`` the channel
+  fractions) projected, a product the tensor sketch ``TS(phi_1 (x) phi_2)``.
 
 Every random draw is made once, when the map is built from a ``torch.Generator``; the map then
 applies to any batch of inputs, so features of different batches (streaming over N) and of

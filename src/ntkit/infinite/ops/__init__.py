@@ -12,8 +12,10 @@ module                        op and the torch modules it accepts
 ============================  =======================================================================
 :mod:`.dense`                 :class:`Dense`: :class:`ntkit.nn.Linear`
 :mod:`.conv`                  :class:`Conv`: :class:`ntkit.nn.Conv1d` / :class:`ntkit.nn.Conv2d`
+:mod:`.conv_transpose`        :class:`ConvTranspose`: :class:`ntkit.nn.ConvTranspose1d` / ``ConvTranspose2d``
 :mod:`.residual`              :class:`Residual`: :class:`ntkit.nn.Residual`
-:mod:`.layer_norm`            :class:`LayerNormOp`: :class:`ntkit.nn.LayerNorm`
+:mod:`.branches`              :class:`Parallel`: :class:`ntkit.nn.Parallel` (sum, concatenation, product)
+:mod:`.layer_norm`            :class:`LayerNormOp`, :class:`LayerNormSpatialOp`: :class:`ntkit.nn.LayerNorm`
 :mod:`.global_pool`           :class:`GlobalPool`: :class:`ntkit.nn.GlobalAvgPool`
 :mod:`.flatten`               :class:`Flatten`: ``nn.Flatten``
 :mod:`.avg_pool`              :class:`AvgPool`: ``nn.AvgPool1d/2d`` (padded too), ``nn.AdaptiveAvgPool1d/2d``
@@ -26,17 +28,20 @@ module                        op and the torch modules it accepts
 
 from ntkit.infinite.ops.avg_pool import AvgPool
 from ntkit.infinite.ops.base import KernelOp, affine, count_taps, reduce_space
+from ntkit.infinite.ops.branches import Parallel
 from ntkit.infinite.ops.conv import Conv
+from ntkit.infinite.ops.conv_transpose import ConvTranspose
 from ntkit.infinite.ops.dense import Dense
 from ntkit.infinite.ops.diagonal import Diagonal
 from ntkit.infinite.ops.flatten import Flatten
 from ntkit.infinite.ops.global_pool import GlobalPool
-from ntkit.infinite.ops.layer_norm import LayerNormOp
+from ntkit.infinite.ops.layer_norm import LayerNormOp, LayerNormSpatialOp
 from ntkit.infinite.ops.pointwise import Pointwise
 from ntkit.infinite.ops.residual import Residual
 from ntkit.infinite.ops.spatial_mean import SpatialMean
 from ntkit.infinite.ops.stencil import stencil, window_average
 from ntkit.infinite.ops.sum_pool import SumPool
 
-__all__ = ["AvgPool", "Conv", "Dense", "Diagonal", "Flatten", "GlobalPool", "KernelOp", "LayerNormOp", "Pointwise",
-           "Residual", "SpatialMean", "SumPool", "affine", "count_taps", "reduce_space", "stencil", "window_average"]
+__all__ = ["AvgPool", "Conv", "ConvTranspose", "Dense", "Diagonal", "Flatten", "GlobalPool", "KernelOp", "LayerNormOp",
+           "LayerNormSpatialOp", "Parallel", "Pointwise", "Residual", "SpatialMean", "SumPool", "affine", "count_taps",
+           "reduce_space", "stencil", "window_average"]

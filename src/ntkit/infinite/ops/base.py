@@ -17,13 +17,18 @@ al. 2020). Besides the transform, an op owns:
   step (:meth:`~KernelOp.feature_step`). An op without a lowering is evaluated by the reference
   path, never approximated.
 
+An op may run inner *branches* (:meth:`~KernelOp.branches`: a residual block beside the identity, the
+branches of :class:`ntkit.nn.Parallel`): the evaluator runs every branch from the op's input state and
+merges their output states with :meth:`~KernelOp.merge`. A branch is a tuple of ops (empty: the
+identity); the ``branch_*`` helpers below fold a hook along one.
+
 Ops never mutate their input. ``ntk=False`` skips the NTK (the NNGP alone).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -89,12 +94,39 @@ class KernelOp:
         needs a Gaussian input and does not get one)."""
         return True if self.weighted else gaussian
 
-    def children(self) -> tuple[KernelOp, ...]:
-        """The ops of an inner branch this op runs (a residual block); empty for a plain layer."""
+    def mixed_out(self, mixed: str) -> str:
+        """The position of a concatenation whose channel groups still have different kernels after this op
+        ("" if none), given ``mixed`` before it.
+
+        The state after a concatenation along channels is the channel-weighted mean of its branches'
+        kernels: exact for what averages over the channels next (a weight layer), and through linear
+        reshaping on the way (pooling, flatten), but not for an op acting on each channel's law (an
+        activation, a layer norm), which raises here.
+        """
+        if not mixed or self.weighted:
+            return ""
+        if self.reshapes:
+            return mixed
+        from ntkit.infinite.errors import ArchitectureError
+
+        raise ArchitectureError(
+            f"infinite_kernel: module {self.position} follows the concatenation {mixed}, whose channel groups "
+            "have different kernels: expected a weight layer after a concatenation (pooling or flatten between "
+            "them at most); this layer would see a mixture of laws, which has no kernel here")
+
+    def fresh(self) -> bool:
+        """Whether the output is, in the limit, a centred process independent of every value computed outside
+        this op from the same input (a weight layer: its weights are fresh). A branch ending so adds to
+        another without a cross-covariance (:func:`ends_fresh`)."""
+        return self.weighted
+
+    def branches(self) -> tuple[tuple[KernelOp, ...], ...]:
+        """The inner branches this op runs from its input (each a tuple of ops, empty: the identity) and
+        merges with :meth:`merge`; empty for a plain layer."""
         return ()
 
-    def with_children(self, ops: tuple[KernelOp, ...]) -> KernelOp:
-        """The same op with its inner branch replaced (only for ops with :meth:`children`)."""
+    def with_branches(self, branches: tuple[tuple[KernelOp, ...], ...]) -> KernelOp:
+        """The same op with its inner branches replaced (only for ops with :meth:`branches`)."""
         raise TypeError(f"{type(self).__name__} has no inner branch")
 
     def apply(self, p: Pairs, ctx: Context, ntk: bool) -> Pairs:  # pragma: no cover - abstract
@@ -105,9 +137,9 @@ class KernelOp:
         (None for every other op, or without the NTK)."""
         return self.apply(p, ctx, ntk), None
 
-    def combine(self, x: Pairs, fx: Pairs, ntk: bool) -> Pairs:
-        """Kernels of the merged output from the input's ``x`` and the inner branch's ``fx``
-        (only for ops with :meth:`children`)."""
+    def merge(self, states: Sequence[Pairs], ntk: bool) -> Pairs:
+        """Kernels of the merged output from the output state of each of :meth:`branches` (in order, all
+        run from the same input; only for ops with branches)."""
         raise TypeError(f"{type(self).__name__} has no inner branch")
 
     def output_layout(self, lay: Layout) -> Layout:
@@ -175,4 +207,54 @@ def count_taps(shape: Shape) -> int:
     return math.prod(shape)
 
 
-__all__ = ["FeatureStep", "KernelOp", "affine", "count_taps", "reduce_space"]
+# --- folding a hook along a branch -------------------------------------------------------------------
+
+
+def branch_input_mode(branch: Sequence[KernelOp], out_mode: str) -> str:
+    """The layout a branch needs at its input for ``out_mode`` at its output (backwards through it)."""
+    mode = out_mode
+    for op in reversed(branch):
+        mode = op.input_mode(mode)
+    return mode
+
+
+def branch_output_mode(branch: Sequence[KernelOp], in_mode: str) -> str:
+    """The layout at a branch's output for an input carried in ``in_mode``."""
+    for op in branch:
+        in_mode = op.output_mode(in_mode)
+    return in_mode
+
+
+def branch_degree(branch: Sequence[KernelOp], d: int | None) -> int | None:
+    """The homogeneity degree at a branch's output given ``d`` at its input."""
+    for op in branch:
+        d = op.degree(d)
+    return d
+
+
+def branch_gaussian(branch: Sequence[KernelOp], gaussian: bool) -> bool:
+    """Whether a branch's output is a centred Gaussian process (each op checks its input)."""
+    for op in branch:
+        gaussian = op.gaussian_out(gaussian)
+    return gaussian
+
+
+def branch_mixed(branch: Sequence[KernelOp], mixed: str) -> str:
+    """:meth:`KernelOp.mixed_out` folded along a branch."""
+    for op in branch:
+        mixed = op.mixed_out(mixed)
+    return mixed
+
+
+def ends_fresh(branch: Sequence[KernelOp]) -> bool:
+    """Whether the last op of a branch that is not a linear reshaping (pooling, flatten) is
+    :meth:`~KernelOp.fresh` (False for the identity): the branch's output is then centred and independent
+    of the other branches in the limit."""
+    for op in reversed(branch):
+        if not op.reshapes:
+            return op.fresh()
+    return False
+
+
+__all__ = ["FeatureStep", "KernelOp", "affine", "branch_degree", "branch_gaussian", "branch_input_mode",
+           "branch_mixed", "branch_output_mode", "count_taps", "ends_fresh", "reduce_space"]

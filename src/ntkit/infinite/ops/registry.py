@@ -76,7 +76,10 @@ UNSUPPORTED_REASONS: dict[type, str] = {
     "(parameterization='ntk' or 'standard')",
     nn.Conv1d: "use ntkit.nn.Conv1d (NTK or standard parameterization)",
     nn.Conv2d: "use ntkit.nn.Conv2d (NTK or standard parameterization)",
-    nn.LayerNorm: "use ntkit.nn.LayerNorm (over the channel axis, without learned gain and bias)",
+    nn.ConvTranspose1d: "use ntkit.nn.ConvTranspose1d (NTK or standard parameterization)",
+    nn.ConvTranspose2d: "use ntkit.nn.ConvTranspose2d (NTK or standard parameterization)",
+    nn.LayerNorm: "use ntkit.nn.LayerNorm (over the channels at each pixel or over whole examples, without learned "
+    "gain and bias)",
     nn.MaxPool1d: "max pooling has no closed-form Gaussian kernel; use nn.AvgPool1d",
     nn.MaxPool2d: "max pooling has no closed-form Gaussian kernel; use nn.AvgPool2d",
     nn.BatchNorm1d: "batch norm couples the examples of a batch; it has no per-pair kernel",

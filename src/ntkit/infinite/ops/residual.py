@@ -5,13 +5,16 @@ independent of ``x`` in the limit, and the kernels add::
 
     K' = K_x + scale^2 K_block,    T' = T_x + scale^2 T_block.
 
-The evaluator runs the block (:meth:`ResidualOp.children`) on the same state and merges with
-:meth:`ResidualOp.combine`. Random features: ``[phi_x, s phi_f]`` projected back to ``m``.
+Its branches (:meth:`Residual.branches`) are the identity and the block: the evaluator runs both from
+the same state and merges with :meth:`Residual.merge`. Random features: ``[phi_x, s phi_f]`` projected
+back to ``m``. (:class:`~ntkit.infinite.ops.branches.Parallel` merges any branches; a residual block
+stays its own op, with its scale.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +22,16 @@ import torch
 from torch import nn
 
 from ntkit.infinite.errors import ArchitectureError
-from ntkit.infinite.ops.base import FeatureStep, KernelOp, Shape
+from ntkit.infinite.ops.base import (
+    FeatureStep,
+    KernelOp,
+    Shape,
+    branch_degree,
+    branch_gaussian,
+    branch_input_mode,
+    branch_mixed,
+    ends_fresh,
+)
 from ntkit.infinite.ops.registry import BlockBuilder, Item, block_has_weights, leaves, lookup, register
 from ntkit.infinite.state import Pairs, max_mode
 from ntkit.nn.structure import Residual as ResidualModule
@@ -35,31 +47,30 @@ class Residual(KernelOp):
     scale: float = 1.0
 
     def input_mode(self, out_mode: str) -> str:
-        mode = out_mode
-        for op in reversed(self.block):
-            mode = op.input_mode(mode)
-        return max_mode(mode, out_mode)
+        return max_mode(branch_input_mode(self.block, out_mode), out_mode)
 
     def degree(self, d: int | None) -> int | None:
-        inner = d
-        for op in self.block:
-            inner = op.degree(inner)
-        return d if inner == d else None
+        return d if branch_degree(self.block, d) == d else None
 
     def gaussian_out(self, gaussian: bool) -> bool:
-        inner = gaussian
-        for op in self.block:
-            inner = op.gaussian_out(inner)
+        inner = branch_gaussian(self.block, gaussian)
         return gaussian and inner
 
-    def children(self) -> tuple[KernelOp, ...]:
-        return self.block
+    def mixed_out(self, mixed: str) -> str:
+        inner = branch_mixed(self.block, mixed)
+        return mixed or inner
 
-    def with_children(self, ops: tuple[KernelOp, ...]) -> KernelOp:
-        return dataclasses.replace(self, block=ops)
+    def branches(self) -> tuple[tuple[KernelOp, ...], ...]:
+        return ((), self.block)
 
-    def combine(self, x: Pairs, fx: Pairs, ntk: bool) -> Pairs:
+    def with_branches(self, branches: tuple[tuple[KernelOp, ...], ...]) -> KernelOp:
+        identity, block = branches
+        assert not identity
+        return dataclasses.replace(self, block=block)
+
+    def merge(self, states: Sequence[Pairs], ntk: bool) -> Pairs:
         """Kernels of ``x + scale f(x)`` from those of ``x`` and ``f(x)`` (independent branches)."""
+        x, fx = states
         s2 = self.scale * self.scale
         nngp = x.nngp + fx.nngp * s2 if s2 != 1.0 else x.nngp + fx.nngp
         out_ntk = None
@@ -92,14 +103,6 @@ class Residual(KernelOp):
         return step
 
 
-def _last_weighted(block: list[KernelOp]) -> KernelOp:
-    """The last op of a block that is not a linear reshaping (pooling / flatten keep the branch Gaussian)."""
-    for op in reversed(block):
-        if not op.reshapes:
-            return op
-    return block[-1]
-
-
 def _block_items(module: nn.Module, name: str) -> list[Item]:
     assert isinstance(module, ResidualModule)
     return list(leaves(module.block, f"{name}.block"))
@@ -119,7 +122,7 @@ def _build(name: str, module: nn.Module, shape: Shape, block: BlockBuilder) -> K
             f"infinite_kernel: module {label}: expected a block with a weight layer (then the two branches are "
             "independent in the limit), got a block that is the identity"
         )
-    if not _last_weighted(ops).weighted:
+    if not ends_fresh(ops):
         raise ArchitectureError(
             f"infinite_kernel: module {label}: expected a block that ends with a weight layer (then the two "
             f"branches are independent in the limit), got one ending with {ops[-1].position}"
