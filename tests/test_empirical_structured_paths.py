@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import ntkit
+import ntkit.empirical._choice as choice
 import ntkit.empirical._structured_products as products
 import ntkit.empirical.structured as st
 from ntkit.empirical._common import select_parameters
@@ -40,7 +41,9 @@ def cases() -> dict[str, tuple[Any, ...]]:
 
 @pytest.fixture
 def strict(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
-    """Record which capture paths ran; a failing vectorised pass raises instead of falling back."""
+    """Record which capture paths ran; a failing vectorised pass raises instead of falling back. The
+    stored engine is used throughout (never the streamed one, tested in test_empirical_streamed.py)."""
+    monkeypatch.setattr(choice, "STREAMED_MARGIN", float("inf"))
     calls: list[bool] = []
     original = st.StructuredEngine._capture_once
 

@@ -1,12 +1,14 @@
 """Empirical (finite-width) NTK and NNGP of any PyTorch model.
 
 One concept per module: :mod:`.jacobian` (Jacobian contraction), :mod:`.ntvp` (NTK-vector
-products), :mod:`.structured` (layer-factored Linear / Conv), :mod:`.tiling` (memory budget and
-progress), :mod:`.api` (:func:`empirical_ntk`), :mod:`.nngp` (:func:`empirical_nngp`).
+products), :mod:`.structured` (layer-factored Linear / Conv), :mod:`.streamed` (layer contributions
+formed during the backward passes: convolutions, batch norm), :mod:`.pntk` (the pseudo-NTK),
+:mod:`.tiling` (memory budget and progress), :mod:`.api` (:func:`empirical_ntk`), :mod:`.nngp`
+(:func:`empirical_nngp`).
 """
 
-from ntkit.empirical._common import IMPLEMENTATIONS, MODES, PAIRS
+from ntkit.empirical._common import IMPLEMENTATIONS, MODES, NTK_MODES, PAIRS
 from ntkit.empirical.api import empirical_ntk
 from ntkit.empirical.nngp import empirical_nngp
 
-__all__ = ["IMPLEMENTATIONS", "MODES", "PAIRS", "empirical_nngp", "empirical_ntk"]
+__all__ = ["IMPLEMENTATIONS", "MODES", "NTK_MODES", "PAIRS", "empirical_nngp", "empirical_ntk"]

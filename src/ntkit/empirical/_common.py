@@ -23,6 +23,8 @@ from ntkit.empirical._gemm import matmul_t
 Tensor = torch.Tensor
 
 MODES = ("full", "trace", "diagonal")
+#: Modes of :func:`ntkit.empirical_ntk`: :data:`MODES` and the pseudo-NTK (:mod:`ntkit.empirical.pntk`).
+NTK_MODES = (*MODES, "pntk")
 PAIRS = ("all", "diagonal")
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured", "fc")
 
@@ -48,9 +50,14 @@ def select_parameters(model: nn.Module, parameters: Sequence[str] | str | None) 
         raise TypeError(f"parameters: expected a sequence of parameter names, got {describe(parameters)}")
     missing = [n for n in parameters if n not in named]
     if missing:
+        modules = [m for m in missing if any(n.startswith(f"{m}.") for n in named)]
+        hint = ""
+        if modules:
+            inside = [n for n in named if n.startswith(f"{modules[0]}.")]
+            hint = f" ({modules[0]!r} is a module: name its parameters, e.g. {inside[:4]})"
         raise ValueError(
             f"parameters: expected names of trainable parameters of the model such as "
-            f"{list(named)[:6]}, got unknown {missing}"
+            f"{list(named)[:6]}, got unknown {missing}{hint}"
         )
     if not parameters:
         raise ValueError("parameters: expected at least one parameter name, got an empty sequence")
@@ -157,6 +164,10 @@ class Engine:
     def tile_bytes(self, b1: int, b2: int, mode: str) -> float:
         """Bytes of temporaries for one (b1, b2) block, besides the features."""
         raise NotImplementedError
+
+    def sym_tile_bytes(self, b: int, mode: str) -> float:
+        """Bytes of temporaries for the symmetric (b, b) block of ``x1`` with itself (``x2=None``)."""
+        return self.tile_bytes(b, b, mode)
 
     def flops(self, n1: int, n2: int, mode: str) -> float:
         """Estimated floating-point operations for an (n1, n2) kernel."""

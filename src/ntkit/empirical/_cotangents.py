@@ -55,7 +55,8 @@ class Recorder:
         self.w_eff = w_eff
         self.b_eff = b_eff
         self.identity = False
-        self.sink: Callable[[Tensor], None] | None = None  # consumes (kc, ...) cotangents instead of storing
+        #: consumes (kc, ...) cotangents of the outputs c0 .. c0 + kc - 1 instead of storing them: sink(g, c0)
+        self.sink: Callable[[Tensor, int], None] | None = None
         self.inp: Tensor | None = None
         self.out: Any = None  # the returned tensor, to recognise the model's output (then cleared)
         self.out_shape: tuple[int, ...] = ()
@@ -86,7 +87,7 @@ class Recorder:
     def store(self, grad: Tensor) -> None:
         """Cotangent of output ``counter[0]`` from a plain backward pass."""
         if self.sink is not None:
-            self.sink(grad.unsqueeze(0))
+            self.sink(grad.unsqueeze(0), self.counter[0])
         elif not self.identity:
             c = self.counter[0]
             self._buffer(tuple(grad.shape), grad)[c] = grad
@@ -95,7 +96,7 @@ class Recorder:
     def store_batched(self, grad: Tensor, c0: int) -> None:
         """Cotangents (kc, ...) of the outputs ``c0 .. c0 + kc - 1`` from a vectorised pass."""
         if self.sink is not None:
-            self.sink(grad)
+            self.sink(grad, c0)
             return
         if self.identity:
             return

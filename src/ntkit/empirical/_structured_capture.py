@@ -82,11 +82,11 @@ def capture_layers(
 
     grams: dict[int, Tensor] = {}
 
-    def gram_sink(rec: Recorder) -> Callable[[Tensor], None]:
+    def gram_sink(rec: Recorder) -> Callable[[Tensor, int], None]:
         assert trace_rows is not None
         n1 = trace_rows
 
-        def sink(g: Tensor) -> None:  # g (kc, N, d): add sum_c g[c, :n1] g[c, n1:]^T
+        def sink(g: Tensor, _c0: int) -> None:  # g (kc, N, d): add sum_c g[c, :n1] g[c, n1:]^T
             rows = g.transpose(0, 1)
             if rows.is_contiguous():
                 c = matmul_t(rows[:n1].reshape(n1, -1), rows[n1:].reshape(n - n1, -1))

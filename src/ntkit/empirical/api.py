@@ -9,63 +9,22 @@ import torch
 from torch import nn
 
 from ntkit._validation import check_choice, check_pair, describe, parse_memory_budget
+from ntkit.empirical._checks import check_eval_mode, check_reaches_output, check_rows_independent
+from ntkit.empirical._choice import choose_engine
 from ntkit.empirical._common import (
     DEFAULT_MEMORY_BUDGET,
     IMPLEMENTATIONS,
-    MODES,
+    NTK_MODES,
     PAIRS,
-    Engine,
     Tensor,
     model_output,
     select_parameters,
 )
-from ntkit.empirical.jacobian import JacobianEngine
-from ntkit.empirical.ntvp import NTVPEngine
-from ntkit.empirical.structured import StructuredEngine
+from ntkit.empirical.pntk import SumOfLogits, pntk_parameters
 from ntkit.empirical.tiling import tiled_kernel
 
-
-def _check_eval_mode(model: nn.Module) -> None:
-    """Refuse modules whose train-mode output is not a per-example deterministic function."""
-    bad = []
-    for name, m in model.named_modules():
-        if not m.training:
-            continue
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            bad.append(f"{name or type(m).__name__} (batch statistics couple the examples)")
-        elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-            bad.append(f"{name or type(m).__name__} (random masks: a different function at every call)")
-    if bad:
-        raise ValueError(
-            "model: expected BatchNorm and Dropout layers in eval mode (call model.eval()), got train mode "
-            f"for {bad[:4]}"
-        )
-
-
-def _engine(
-    implementation: str,
-    model: nn.Module,
-    params: dict[str, Tensor],
-    k: int,
-    t1: Tensor,
-    n1: int,
-    n2: int,
-    mode: str,
-    budget: int,
-) -> Engine:
-    if implementation in ("structured", "fc", "auto"):
-        structured = StructuredEngine(model, params, k, t1[:1], n1, n2, mode)
-        if implementation != "auto":
-            return structured
-        jac = JacobianEngine(model, params, k, structured.forward_flops)
-        fits = [e for e in (structured, jac) if e.row_bytes() * 2 + e.tile_bytes(1, 1, mode) <= budget]
-        if not fits:
-            return NTVPEngine(model, params, k, structured.forward_flops, budget / 4)
-        return min(fits, key=lambda e: e.flops(n1, n2, mode))
-    n_params = float(sum(p.numel() for p in params.values()))
-    if implementation == "jacobian":
-        return JacobianEngine(model, params, k, 2.0 * n_params)
-    return NTVPEngine(model, params, k, 2.0 * n_params, budget / 4)
+#: Kept for callers of the former private name (``ntkit.monte_carlo``).
+_check_eval_mode = check_eval_mode
 
 
 def empirical_ntk(
@@ -101,17 +60,23 @@ def empirical_ntk(
     x2 : Tensor of shape (N2, ...), optional
         Same trailing shape as ``x1``. ``None`` computes the symmetric kernel of ``x1``: features
         once, and only the tiles on and above the diagonal.
-    mode : {"full", "trace", "diagonal"}
+    mode : {"full", "trace", "diagonal", "pntk"}
         ``"full"``: blocks (N1, N2, k, k); ``"trace"``: ``(1/k) sum_a Theta_aa``, (N1, N2) —
-        comparable with the scalar infinite-width kernel; ``"diagonal"``: ``Theta_aa``, (N1, N2, k).
+        comparable with the scalar infinite-width kernel; ``"diagonal"``: ``Theta_aa``, (N1, N2, k);
+        ``"pntk"``: the pseudo-NTK of Mohamadi et al. (2023), the NTK of the one output
+        ``f_sum = sum_a f_a / sqrt(k)``, i.e. ``(1/k) sum_{a,b} Theta_ab``, (N1, N2) — one backward
+        pass per example instead of ``k`` (:mod:`ntkit.empirical.pntk`).
     implementation : {"auto", "jacobian", "ntvp", "structured", "fc"}
         ``"jacobian"``: per-example Jacobians contracted (PyTorch's tutorial method;
         memory ``N k P``). ``"ntvp"``: vjp then jvp, never forming the Jacobian (least memory, most
         compute). ``"structured"`` (alias ``"fc"``): layer-factored Gram products for
         ``nn.Linear``, ``nn.Conv1d/2d`` and :class:`ntkit.NTKLinear`, autodiff for other
-        parameters (see :mod:`ntkit.empirical.structured`). ``"auto"``: the cheaper of structured
-        and jacobian by an estimated flop count among those whose one-row tile fits the budget,
-        else ntvp.
+        parameters (see :mod:`ntkit.empirical.structured`); for convolutional networks, batch norm
+        and per-layer Jacobians it may instead stream each layer's contribution during the backward
+        passes (per-example weight gradients from unfolded patches, or Gram products; batch-norm
+        affine parameters included) when that is estimated cheaper with the tiles the budget allows
+        (:mod:`ntkit.empirical.streamed`). ``"auto"``: the cheaper of structured and jacobian by an
+        estimated flop count among those whose one-row tile fits the budget, else ntvp.
     parameters : str or sequence of str, optional
         Names as in ``model.named_parameters()``; default all trainable parameters.
     pairs : {"all", "diagonal"}
@@ -128,7 +93,8 @@ def empirical_ntk(
 
     Returns
     -------
-    Tensor in the model's dtype and device, shape as given by ``mode`` and ``pairs``.
+    Tensor in the model's dtype and device, shape as given by ``mode`` and ``pairs`` (``"pntk"``:
+    that of ``"trace"``).
 
     Raises
     ------
@@ -136,8 +102,11 @@ def empirical_ntk(
         ``model`` is not a ``torch.nn.Module``, or ``progress`` is not a bool or None.
     ValueError
         An unknown ``mode``, ``implementation`` or ``pairs``; BatchNorm or Dropout in training mode;
-        a parameter name the model does not have; inputs of different trailing shapes; an ``out`` of
-        the wrong shape; a ``memory_budget`` too small for one 1 x 1 tile.
+        a model whose output rows depend on other rows of the batch (batch statistics, means over
+        the batch; checked on a few rows); a parameter name the model does not have, an empty
+        selection, or a selection none of whose parameters reaches the output; inputs of different
+        trailing shapes; an ``out`` of the wrong shape; a ``memory_budget`` too small for one 1 x 1
+        tile.
 
     Examples
     --------
@@ -148,10 +117,12 @@ def empirical_ntk(
     torch.Size([4, 4, 2, 2])
     >>> ntkit.empirical_ntk(net, x, mode="trace", pairs="diagonal").shape
     torch.Size([4])
+    >>> ntkit.empirical_ntk(net, x, mode="pntk").shape
+    torch.Size([4, 4])
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
-    check_choice(mode, "mode", MODES)
+    check_choice(mode, "mode", NTK_MODES)
     check_choice(implementation, "implementation", IMPLEMENTATIONS)
     check_choice(pairs, "pairs", PAIRS)
     if progress is not None and not isinstance(progress, bool):
@@ -165,13 +136,19 @@ def empirical_ntk(
         raise ValueError(
             f"x1 and x2: expected the same number of rows for pairs='diagonal', got {t1.shape[0]} and {t2.shape[0]}"
         )
-    _check_eval_mode(model)
+    check_eval_mode(model)
     k = model_output(model, t1, "x1").shape[1]
     if t2 is not None:
         model_output(model, t2, "x2")
+    check_rows_independent(model, t1, t2)
     params = select_parameters(model, parameters)
+    check_reaches_output(model, params, t1, parameters is not None)
+    if mode == "pntk":  # the NTK of f_sum = sum_c f_c / sqrt(k): one output
+        model, params, k, mode = SumOfLogits(model, k), pntk_parameters(params), 1, "trace"
     n1 = t1.shape[0]
     n2 = n1 if t2 is None else t2.shape[0]
-    engine = _engine(implementation, model, params, k, t1, n1, n2 if pairs == "all" else 1, mode, budget)
+    engine = choose_engine(
+        implementation, model, params, k, t1, n1, n2, mode, budget, sym=t2 is None, pairs=pairs == "diagonal"
+    )
     with torch.no_grad():
         return tiled_kernel(engine, t1, t2, mode=mode, pairs=pairs, budget=budget, progress=progress, out=out)

@@ -91,9 +91,13 @@ def tiled_kernel(
         return result
 
     def cost(b1: int, b2: int) -> float:
+        if sym and b1 == n1:  # one symmetric tile: x1 with itself
+            return rb * b1 + engine.sym_tile_bytes(b1, mode)
         return rb * (b1 + (0 if sym and b1 == b2 else b2)) + engine.tile_bytes(b1, b2, mode)
 
     b = _largest(max(n1, n2), lambda t: cost(min(n1, t), min(n2, t)) <= budget)
+    if sym and b < n1 and cost(n1, n1) <= budget:  # one symmetric tile may fit where two rows of tiles do not
+        b = n1
     if b == 0:
         raise _too_small(engine, budget, cost(1, 1))
     b1, b2 = min(n1, b), min(n2, b)
