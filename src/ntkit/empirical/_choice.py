@@ -22,7 +22,7 @@ from ntkit.empirical.jacobian import JacobianEngine
 from ntkit.empirical.ntvp import NTVPEngine
 from ntkit.empirical.streamed import StreamedEngine
 from ntkit.empirical.structured import StructuredEngine
-from ntkit.empirical.tiling import _largest
+from ntkit.empirical.tiling import tile_sizes
 
 #: The streamed engine is chosen over the stored structured one when this many times cheaper.
 STREAMED_MARGIN = 1.5
@@ -32,32 +32,12 @@ def _fits(engine: Engine, mode: str, budget: int) -> bool:
     return engine.row_bytes() * 2 + engine.tile_bytes(1, 1, mode) <= budget
 
 
-def _tile(engine: Engine, n1: int, n2: int, mode: str, budget: int, sym: bool) -> tuple[int, int]:
-    """The tiler's (b1, b2) for an all-pairs kernel (0, 0 if no tile fits)."""
-    rb = engine.row_bytes()
-
-    def cost(b1: int, b2: int) -> float:
-        if sym and b1 == n1:  # one symmetric tile: x1 with itself
-            return rb * b1 + engine.sym_tile_bytes(b1, mode)
-        return rb * (b1 + (0 if sym and b1 == b2 else b2)) + engine.tile_bytes(b1, b2, mode)
-
-    b = _largest(max(n1, n2), lambda t: cost(min(n1, t), min(n2, t)) <= budget)
-    if sym and b < n1 and cost(n1, n1) <= budget:  # one symmetric tile may fit where two rows of tiles do not
-        b = n1
-    if b == 0:
-        return 0, 0
-    b1, b2 = min(n1, b), min(n2, b)
-    if not sym and b1 == n1 and b2 < n2:
-        b2 = _largest(n2, lambda t: cost(b1, t) <= budget)
-    return b1, b2
-
-
 def plan_flops(engine: Engine, n1: int, n2: int, mode: str, budget: int, sym: bool, pairs: bool) -> float:
     """Estimated flops of the whole kernel with ``engine``, tiles and recomputed features included."""
     if isinstance(engine, StreamedEngine) and not engine.store:
         if pairs:
             return engine.pass_flops(n1 if sym else 2 * n1, n1, n1, mode, pairs=True)
-        b1, b2 = _tile(engine, n1, n2, mode, budget, sym)
+        b1, b2 = tile_sizes(engine, n1, n2, mode, budget, sym)
         if b1 == 0:
             return float("inf")
         total = 0.0
@@ -67,7 +47,7 @@ def plan_flops(engine: Engine, n1: int, n2: int, mode: str, budget: int, sym: bo
     if isinstance(engine, StreamedEngine):
         if pairs:
             return engine.feature_flops(n1 if sym else 2 * n1) + engine.contract_flops(n1, n1, mode, True, sym)
-        b1, b2 = _tile(engine, n1, n2, mode, budget, sym)
+        b1, b2 = tile_sizes(engine, n1, n2, mode, budget, sym)
         if b1 == 0:
             return float("inf")
         tiles = list(_tiles(n1, n2, b1, b2, sym))
@@ -80,7 +60,7 @@ def plan_flops(engine: Engine, n1: int, n2: int, mode: str, budget: int, sym: bo
     total = engine.flops(n1, 1 if pairs else n2, mode)
     if pairs:
         return total
-    b1, b2 = _tile(engine, n1, n2, mode, budget, sym)
+    b1, b2 = tile_sizes(engine, n1, n2, mode, budget, sym)
     if b1 == 0:
         return float("inf")
     row_tiles = -(-n1 // b1)

@@ -54,6 +54,32 @@ def _transpose_block(block: Tensor, mode: str) -> Tensor:
     return block.permute(1, 0, 3, 2) if mode == "full" else block.transpose(0, 1)
 
 
+def tile_cost(engine: Engine, n1: int, mode: str, sym: bool, b1: int, b2: int) -> float:
+    """Bytes of a ``b1 x b2`` tile: its rows' features (the columns' too unless a symmetric diagonal tile
+    shares them; one symmetric tile of all ``n1`` rows has its own estimate) and the block."""
+    rb = engine.row_bytes()
+    if sym and b1 == n1:  # one symmetric tile: x1 with itself
+        return rb * b1 + engine.sym_tile_bytes(b1, mode)
+    return rb * (b1 + (0 if sym and b1 == b2 else b2)) + engine.tile_bytes(b1, b2, mode)
+
+
+def tile_sizes(engine: Engine, n1: int, n2: int, mode: str, budget: int, sym: bool) -> tuple[int, int]:
+    """The tile edges ``(b1, b2)`` of an all-pairs kernel within ``budget``; ``(0, 0)`` if no tile fits."""
+
+    def cost(b1: int, b2: int) -> float:
+        return tile_cost(engine, n1, mode, sym, b1, b2)
+
+    b = _largest(max(n1, n2), lambda t: cost(min(n1, t), min(n2, t)) <= budget)
+    if sym and b < n1 and cost(n1, n1) <= budget:  # one symmetric tile may fit where two rows of tiles do not
+        b = n1
+    if b == 0:
+        return 0, 0
+    b1, b2 = min(n1, b), min(n2, b)
+    if not sym and b1 == n1 and b2 < n2:  # all rows fit: widen the column tiles
+        b2 = _largest(n2, lambda t: cost(b1, t) <= budget)
+    return b1, b2
+
+
 def tiled_kernel(
     engine: Engine,
     x1: Tensor,
@@ -90,19 +116,9 @@ def tiled_kernel(
         bar.close()
         return result
 
-    def cost(b1: int, b2: int) -> float:
-        if sym and b1 == n1:  # one symmetric tile: x1 with itself
-            return rb * b1 + engine.sym_tile_bytes(b1, mode)
-        return rb * (b1 + (0 if sym and b1 == b2 else b2)) + engine.tile_bytes(b1, b2, mode)
-
-    b = _largest(max(n1, n2), lambda t: cost(min(n1, t), min(n2, t)) <= budget)
-    if sym and b < n1 and cost(n1, n1) <= budget:  # one symmetric tile may fit where two rows of tiles do not
-        b = n1
-    if b == 0:
-        raise _too_small(engine, budget, cost(1, 1))
-    b1, b2 = min(n1, b), min(n2, b)
-    if not sym and b1 == n1 and b2 < n2:  # all rows fit: widen the column tiles
-        b2 = _largest(n2, lambda t: cost(b1, t) <= budget)
+    b1, b2 = tile_sizes(engine, n1, n2, mode, budget, sym)
+    if b1 == 0:
+        raise _too_small(engine, budget, tile_cost(engine, n1, mode, sym, 1, 1))
     result = _check_out(out, block_shape(n1, n2, k, mode), x1)
     rows = list(range(0, n1, b1))
     cols = list(range(0, n2, b2))
