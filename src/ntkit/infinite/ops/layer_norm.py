@@ -56,13 +56,7 @@ class LayerNormOp(KernelOp):
             m_l, m_r = means
             nngp = nngp - m_l * m_r
             var_l, var_r = var_l - m_l * m_l, var_r - m_r * m_r
-        scale = ((var_l + self.eps) * (var_r + self.eps)).sqrt()
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # a zero-variance channel maps to 0
-        nngp = torch.where(scale > 0, nngp / safe, torch.zeros_like(nngp))
-        out_ntk = None
-        if ntk and p.ntk is not None:
-            out_ntk = torch.where(scale > 0, p.ntk / safe, torch.zeros_like(p.ntk))
-        return p.replace(nngp=nngp, ntk=out_ntk, mean=None)
+        return _normalised(p, nngp, ((var_l + self.eps) * (var_r + self.eps)).sqrt(), ntk)
 
     def feature_step(self, fmap: Any, dims: Any) -> FeatureStep:
         raise ArchitectureError(f"features: {self.position} (layer norm) has no random-feature map here; "
@@ -88,13 +82,7 @@ class LayerNormSpatialOp(LayerNormOp):
             m_l, m_r = means
             mu_l, mu_r = _per_row(ctx, mu, p.batch_ndim, pair_ndim)
             nngp = nngp - mu_l * m_r - m_l * mu_r + mu_l * mu_r
-        scale = ((var_l + self.eps) * (var_r + self.eps)).sqrt()
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # a zero-variance example maps to 0
-        nngp = torch.where(scale > 0, nngp / safe, torch.zeros_like(nngp))
-        out_ntk = None
-        if ntk and p.ntk is not None:
-            out_ntk = torch.where(scale > 0, p.ntk / safe, torch.zeros_like(p.ntk))
-        return p.replace(nngp=nngp, ntk=out_ntk, mean=None)
+        return _normalised(p, nngp, ((var_l + self.eps) * (var_r + self.eps)).sqrt(), ntk)
 
 
 def _per_row(ctx: Context, v: Tensor, batch_ndim: int, pair_ndim: int) -> tuple[Tensor, Tensor]:
@@ -132,5 +120,15 @@ def _data_degree(module: nn.Module, d: int | None) -> int | None:
 
 
 register(LayerNorm, build=_build, names="ntkit.nn.LayerNorm", data_degree=_data_degree)
+
+def _normalised(p: Pairs, nngp: Tensor, scale: Tensor, ntk: bool) -> Pairs:
+    """``K / scale`` and ``T / scale``, 0 where ``scale`` is 0 (a channel or example of zero variance)."""
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    nngp = torch.where(scale > 0, nngp / safe, torch.zeros_like(nngp))
+    out_ntk = None
+    if ntk and p.ntk is not None:
+        out_ntk = torch.where(scale > 0, p.ntk / safe, torch.zeros_like(p.ntk))
+    return p.replace(nngp=nngp, ntk=out_ntk, mean=None)
+
 
 __all__ = ["LayerNormOp", "LayerNormSpatialOp"]
