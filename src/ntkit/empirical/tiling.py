@@ -55,12 +55,13 @@ def _transpose_block(block: Tensor, mode: str) -> Tensor:
 
 
 def tile_cost(engine: Engine, n1: int, mode: str, sym: bool, b1: int, b2: int) -> float:
-    """Bytes of a ``b1 x b2`` tile: its rows' features (the columns' too unless a symmetric diagonal tile
-    shares them; one symmetric tile of all ``n1`` rows has its own estimate) and the block."""
+    """Bytes of a ``b1 x b2`` tile: its rows' and its columns' features and the block. One symmetric tile
+    of all ``n1`` rows (x1 with itself) holds one side's features and has its own estimate; in a symmetric
+    kernel of several tiles the off-diagonal tiles hold both sides' features, so every tile is charged both."""
     rb = engine.row_bytes()
     if sym and b1 == n1:  # one symmetric tile: x1 with itself
         return rb * b1 + engine.sym_tile_bytes(b1, mode)
-    return rb * (b1 + (0 if sym and b1 == b2 else b2)) + engine.tile_bytes(b1, b2, mode)
+    return rb * (b1 + b2) + engine.tile_bytes(b1, b2, mode)
 
 
 def tile_sizes(engine: Engine, n1: int, n2: int, mode: str, budget: int, sym: bool) -> tuple[int, int]:
