@@ -22,16 +22,13 @@ output cropped or zero-extended to these pads).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ntkit._validation import check_choice, check_int, describe
-from ntkit.nn._init import check_layer_options
-from ntkit.nn.linear import _tuple, _WeightLayer
+from ntkit._validation import describe
+from ntkit.nn.linear import _FilterLayer
 
 Tensor = torch.Tensor
 
@@ -46,7 +43,7 @@ def conv_transpose_size(n: int, k: int, s: int, padding: str) -> tuple[int, int,
     return n * s + max(k - s, 0), k - 1, s - 1 + max(k - s, 0)
 
 
-class _ConvTransposeNd(_WeightLayer):
+class _ConvTransposeNd(_FilterLayer):
     """Transposed convolution over ``ndim`` spatial axes in NTK or standard parameterization (module notes)."""
 
     ndim: int = 2
@@ -69,23 +66,8 @@ class _ConvTransposeNd(_WeightLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = check_int(in_channels, "in_channels", minimum=1)
-        self.out_channels = check_int(out_channels, "out_channels", minimum=1)
-        self.kernel_size = _tuple(kernel_size, self.ndim, "kernel_size")
-        self.stride = _tuple(stride, self.ndim, "stride")
-        self.padding = check_choice(padding, "padding", TRANSPOSE_PADDINGS)
-        self.w_std, self.b_std, self.parameterization, self.init = check_layer_options(
-            w_std, b_std, parameterization, init, generator
-        )
-        shape = (self.out_channels, self.in_channels, *self.kernel_size)
-        self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype)) if bias else None
-        self.reset_parameters(generator)
-
-    @property
-    def fan_in(self) -> int:
-        """Inputs per output unit as neural-tangents counts them: ``in_channels * prod(kernel_size)``."""
-        return self.in_channels * math.prod(self.kernel_size)
+        self._init_filter(in_channels, out_channels, kernel_size, stride, padding, TRANSPOSE_PADDINGS, w_std, b_std,
+                          bias, parameterization, init, generator, device, dtype)
 
     def geometry(self, spatial: Sequence[int]) -> list[tuple[int, int, int]]:
         """Per spatial axis of an input of spatial shape ``spatial``: ``(out, pad_a, pad_b)``."""

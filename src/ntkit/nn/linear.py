@@ -171,10 +171,54 @@ def _tuple(value: Any, n: int, name: str) -> tuple[int, ...]:
     return tuple(check_int(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(value))
 
 
-class _ConvNd(_WeightLayer):
-    """Convolution over ``ndim`` spatial axes in NTK or standard parameterization (see the module notes)."""
+class _FilterLayer(_WeightLayer):
+    """What the convolutions and the transposed convolutions share: the filter's parameters, parsed once.
+
+    ``weight`` has shape ``(out_channels, in_channels, *kernel_size)``; ``paddings`` are the padding
+    names the subclass accepts. The two kinds stay distinct types (a transposed convolution is not a
+    :class:`_ConvNd`: the empirical NTK's structured rules dispatch on the latter).
+    """
 
     ndim: int = 2
+
+    def _init_filter(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int],
+        padding: str,
+        paddings: Sequence[str],
+        w_std: float,
+        b_std: float,
+        bias: bool,
+        parameterization: str,
+        init: str,
+        generator: torch.Generator | None,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        self.in_channels = check_int(in_channels, "in_channels", minimum=1)
+        self.out_channels = check_int(out_channels, "out_channels", minimum=1)
+        self.kernel_size = _tuple(kernel_size, self.ndim, "kernel_size")
+        self.stride = _tuple(stride, self.ndim, "stride")
+        self.padding = check_choice(padding, "padding", tuple(paddings))
+        self.w_std, self.b_std, self.parameterization, self.init = check_layer_options(
+            w_std, b_std, parameterization, init, generator
+        )
+        shape = (self.out_channels, self.in_channels, *self.kernel_size)
+        self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters(generator)
+
+    @property
+    def fan_in(self) -> int:
+        """Inputs per output unit (as neural-tangents counts them): ``in_channels * prod(kernel_size)``."""
+        return self.in_channels * math.prod(self.kernel_size)
+
+
+class _ConvNd(_FilterLayer):
+    """Convolution over ``ndim`` spatial axes in NTK or standard parameterization (see the module notes)."""
 
     def __init__(
         self,
@@ -194,23 +238,8 @@ class _ConvNd(_WeightLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = check_int(in_channels, "in_channels", minimum=1)
-        self.out_channels = check_int(out_channels, "out_channels", minimum=1)
-        self.kernel_size = _tuple(kernel_size, self.ndim, "kernel_size")
-        self.stride = _tuple(stride, self.ndim, "stride")
-        self.padding = check_choice(padding, "padding", PADDINGS)
-        self.w_std, self.b_std, self.parameterization, self.init = check_layer_options(
-            w_std, b_std, parameterization, init, generator
-        )
-        shape = (self.out_channels, self.in_channels, *self.kernel_size)
-        self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype)) if bias else None
-        self.reset_parameters(generator)
-
-    @property
-    def fan_in(self) -> int:
-        """Inputs per output unit: ``in_channels * prod(kernel_size)``."""
-        return self.in_channels * math.prod(self.kernel_size)
+        self._init_filter(in_channels, out_channels, kernel_size, stride, padding, PADDINGS, w_std, b_std, bias,
+                          parameterization, init, generator, device, dtype)
 
     def output_shape(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """Spatial output shape for an input of spatial shape ``spatial``.
