@@ -44,3 +44,22 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$py" -c 'import ntkit' || { echo "bootstrap: ntkit installation failed" >&2; exit 1; }
     echo "$want" > "$stamp"
 fi
+
+# Fashion-MNIST for `ntkit bench fashion` (and a test that uses it when present): Debian's
+# dataset-fashion-mnist package, installed where it is missing and apt can (root, or password-less
+# sudo); otherwise a note says how. NTKIT_NO_APT=1 skips this. Nothing is downloaded at run time.
+fashion="/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+if [ ! -f "$fashion" ] && [ "${NTKIT_NO_APT:-0}" != "1" ]; then
+    hint="bootstrap: Fashion-MNIST is not installed; \`apt-get install dataset-fashion-mnist\` (Debian / Ubuntu), or give \`ntkit bench fashion --data-dir DIR\` a folder with the four idx .gz files"
+    apt=()
+    if command -v apt-get >/dev/null 2>&1; then
+        if [ "$(id -u)" = "0" ]; then apt=(apt-get); elif sudo -n true >/dev/null 2>&1; then apt=(sudo -n apt-get); fi
+    fi
+    if [ "${#apt[@]}" -gt 0 ]; then
+        echo "bootstrap: installing dataset-fashion-mnist (apt)" >&2
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+            || echo "$hint (apt-get install failed here)" >&2
+    else
+        echo "$hint" >&2
+    fi
+fi

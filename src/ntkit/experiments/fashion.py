@@ -1,0 +1,397 @@
+"""``ntkit bench fashion``: exact and sketched infinite-width kernels on the whole of Fashion-MNIST.
+
+The protocol of Novak et al. (2019), "Bayesian deep convolutional networks with many channels are
+Gaussian processes" (ICLR; Table 1: FCN-GP and CNN-GP without pooling on Fashion-MNIST), with the
+targets and solves of Lee et al. (2018), "Deep neural networks as Gaussian processes" (ICLR), on the
+data of Xiao et al. (2017). Data, preprocessing and split: :mod:`ntkit.experiments.fashion_data`
+(50k train / 10k validation / 10k test, a final fit on all 60k).
+
+Stages (``--stages``), each timed with its peak memory (:class:`~ntkit.experiments.fashion_meter.Meter`)
+and recorded in ``OUT/records/<key>/<stage>.json`` so that a rerun skips finished work:
+
+* ``fc`` / ``cnn``: exact NNGP and NTK of ``fcD`` (:func:`ntkit.nn.fc`, ``D`` hidden ReLU layers on the
+  flattened image) and ``vD`` (CNTK-V / CNN-GP without pooling, :func:`ntkit.nn.cntk` with
+  ``readout="flatten"``): first a sweep over the depths (``--fc-depths``, ``--cnn-depths``) on the
+  first ``--n-sweep`` training images against the validation split -- blocks ``K(S, S)``, ``K(V, S)``,
+  one Cholesky factorisation per ridge of the grid --, then, at the depth and ridge chosen for each
+  of NNGP and NTK, one kernel at a time, the full-size blocks ``K(pool, pool)`` and ``K(test, pool)``
+  (pool = train + validation) and the final solve (:func:`~ntkit.experiments.fashion_solve.solve_stored`:
+  float64 Cholesky where it fits ``--memory-budget``, else a float32 factor with float64 iterative
+  refinement; the unrefined float32 accuracy beside it). Kernel blocks live in ``OUT/kernels/<key>`` as ``.npy`` files,
+  resumed tile by tile (:mod:`ntkit.experiments.fashion_kernels`). The accuracy at training sizes
+  ``--sizes`` (prefixes of the pool, class-balanced) comes from sub-blocks of the same kernel.
+* ``features``: CNTK-GAP / Myrtle kernels through random features (``--features gap3-rf1024 ...``):
+  ridge regression in feature space (never an N x N matrix), ridge chosen on the validation split.
+
+Outputs: ``OUT/results.md`` (the table beside the published numbers, stage costs, learning curve),
+``OUT/summary.json``, ``OUT/learning_curve.png`` (needs matplotlib, ``ntkit[plot]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ntkit._io import write_text_atomic
+from ntkit._validation import check_int
+from ntkit.experiments.fashion_data import N_CLASSES, load_fashion, paper_split, standardise_global
+from ntkit.experiments.fashion_kernels import WHICH, FeatureFit, exact_block, read_json
+from ntkit.experiments.fashion_meter import Meter
+from ntkit.experiments.fashion_report import write_report
+from ntkit.experiments.fashion_solve import (
+    PRECISIONS,
+    REG_GRID,
+    accuracy,
+    predict_stored,
+    ridge_sweep,
+    solve_stored,
+)
+from ntkit.experiments.images_data import standardise
+from ntkit.experiments.images_eval import centred_targets
+from ntkit.experiments.images_kernels import KernelSpec, parse_kernels
+
+RESULT_VERSION = 1
+STAGES = ("fc", "cnn", "features")
+SIZES = (1000, 5000, 10000, 20000, 50000, 60000)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``ntkit bench fashion`` runs with (see :func:`add_arguments`)."""
+
+    stages: tuple[str, ...] = STAGES
+    n_train: int = 50_000
+    n_val: int = 10_000
+    n_test: int = 10_000
+    n_sweep: int = 10_000
+    fc_depths: tuple[int, ...] = (1, 2, 3, 4, 5)
+    cnn_depths: tuple[int, ...] = (1, 2, 3, 4)
+    features: tuple[str, ...] = ("gap3-rf256",)  # m = 1024 would take ~12 h on 2 cores at 28x28
+    sizes: tuple[int, ...] = SIZES
+    precision: str = "auto"
+    memory_budget: str = "16G"
+    preprocess: str = "global"
+    seed: int = 0
+    data_dir: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Folder name of this data configuration's kernels and records."""
+        return (f"fashion-{self.n_train}+{self.n_val}+{self.n_test}-sweep{min(self.n_sweep, self.n_train)}"
+                f"-{self.preprocess}-seed{self.seed}")
+
+
+@dataclass
+class Data:
+    """Preprocessed images (float64, ``(N, 1, 28, 28)``) and labels of every part of the split."""
+
+    x_pool: torch.Tensor
+    y_pool: np.ndarray
+    x_test: torch.Tensor
+    y_test: np.ndarray
+    n_fit: int  # the pool's first n_fit images are the training split, the rest the validation split
+    n_sweep: int
+    source: str
+
+    @property
+    def sweep(self) -> np.ndarray:
+        """Positions in the pool of the sweep's fitting images (a prefix of the training split)."""
+        return np.arange(self.n_sweep)
+
+    @property
+    def val(self) -> np.ndarray:
+        """Positions in the pool of the validation split."""
+        return np.arange(self.n_fit, len(self.y_pool))
+
+
+def prepare(s: Settings) -> Data:
+    """Load, split and preprocess (statistics of the pool's pixels; test images never enter them)."""
+    raw = load_fashion(s.data_dir)
+    split = paper_split(raw.y_train, raw.y_test, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, seed=s.seed)
+    pool = split.pool
+    images = np.concatenate([raw.x_train[pool], raw.x_test[split.test]])
+    if s.preprocess == "global":
+        x = torch.as_tensor(standardise_global(images, np.arange(len(pool))))[:, None]
+    else:
+        x = standardise(torch.as_tensor(images.astype(np.float64) / 255.0)[:, None], np.arange(len(pool)), "image")
+    return Data(x[: len(pool)], raw.y_train[pool], x[len(pool):], raw.y_test[split.test], len(split.train),
+                min(s.n_sweep, len(split.train)), raw.source)
+
+
+class Runner:
+    """Runs the stages of one configuration into ``out`` (module notes)."""
+
+    def __init__(self, s: Settings, data: Data, out: Path, *, progress: bool) -> None:
+        self.s, self.data, self.out, self.progress = s, data, out, progress
+        self.kernels = out / "kernels" / s.key
+        self.records = out / "records" / s.key
+        #: what every record depends on: the data (the kernels' folder key says the same)
+        self.protocol = {"version": RESULT_VERSION, "key": s.key}
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            print(text, file=sys.stderr, flush=True)
+
+    def cached(self, name: str, compute: Callable[[], dict[str, Any]], **depends: Any) -> dict[str, Any]:
+        """The record ``name`` (recomputed when absent or made with other settings), with its cost.
+
+        ``depends``: the settings besides the data that the record depends on (JSON-serialisable).
+        """
+        path = self.records / f"{name}.json"
+        rec = read_json(path)
+        protocol = json.loads(json.dumps({**self.protocol, **depends}))  # tuples as lists, as a record reads back
+        if rec is not None and rec.get("protocol") == protocol:
+            self.say(f"  {name}: done before ({rec['cost']['seconds']:.1f} s)")
+            return rec
+        with Meter() as meter:
+            rec = compute()
+        rec = {"protocol": protocol, "name": name, **rec, "cost": meter.record()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(rec))
+        cost = rec["cost"]
+        self.say(f"  {name}: {cost['seconds']:.1f} s, peak {cost['peak_anon_gb']:.2f} GB (load {cost['load']})")
+        return rec
+
+    # ------------------------------------------------------------------------------ exact kernels
+
+    def sweep(self, spec: KernelSpec) -> dict[str, Any]:
+        """Blocks on the sweep subset and the validation split; validation accuracy per ridge."""
+        d = self.data
+        x_fit, x_val = d.x_pool[: d.n_sweep], d.x_pool[d.val]
+        t_fit = centred_targets(d.y_pool[: d.n_sweep], N_CLASSES)
+
+        def compute() -> dict[str, Any]:
+            with Meter() as m_kernel:
+                fit = exact_block(spec, x_fit, None, self.kernels / "sweep" / f"{spec.token}_fit.npy",
+                                  progress=self.progress)
+                val = exact_block(spec, x_val, x_fit, self.kernels / "sweep" / f"{spec.token}_val.npy",
+                                  progress=self.progress)
+            grids = {}
+            with Meter() as m_solve:
+                for which in WHICH:
+                    grids[which] = ridge_sweep(fit.kernels[which], t_fit, val.kernels[which], d.y_pool[d.val])
+            return {"kernel": spec.token, "regs": list(REG_GRID), "val_acc": grids,
+                    "kernel_cost": {**m_kernel.record(), "compute_seconds": fit.seconds + val.seconds,
+                                    "pairs": fit.pairs + val.pairs},
+                    "solve_cost": m_solve.record()}
+
+        return self.cached(f"sweep-{spec.token}", compute)
+
+    def final(self, spec: KernelSpec, which: str, reg: float) -> dict[str, Any]:
+        """Full-size blocks of ``spec``, the final solve of ``which`` at ``reg``, test accuracy and learning curve."""
+        d = self.data
+        folder = self.kernels / "final"
+
+        def blocks() -> tuple[Any, Any, dict[str, Any]]:
+            with Meter() as meter:
+                pool = exact_block(spec, d.x_pool, None, folder / f"{spec.token}_{which}_pool.npy", which=which,
+                                   progress=self.progress)
+                test = exact_block(spec, d.x_test, d.x_pool, folder / f"{spec.token}_{which}_test.npy", which=which,
+                                   progress=self.progress)
+            cost = {**meter.record(), "compute_seconds": pool.seconds + test.seconds, "pairs": pool.pairs + test.pairs}
+            return pool, test, cost
+
+        def compute() -> dict[str, Any]:
+            pool, test, kernel_cost = blocks()
+            k_pool, k_test = pool.kernels[which], test.kernels[which]
+            sizes = sorted({n for n in self.s.sizes if n < len(d.y_pool)} | {len(d.y_pool)})
+            curve = []
+            for n in sizes:
+                self.say(f"  {spec.name} {which}: solve on {n} images")
+                last = n == len(d.y_pool)
+                with Meter() as meter:
+                    acc, info = self.fit_predict(k_pool, k_test, n, reg, self.s.precision)
+                row = {"n": n, "test_acc": acc, **info, "cost": meter.record()}
+                first = row.pop("first_acc", None)
+                if last and row["precision"] == "float32":  # the unrefined float32 answer came with it
+                    row["float32_plain"] = {"test_acc": first, "residuals": row["residuals"][:1], "cost": None}
+                elif last and row["precision"] == "float64":
+                    with Meter() as meter:
+                        acc32, info32 = self.fit_predict(k_pool, k_test, n, reg, "float32-plain")
+                    row["float32_plain"] = {"test_acc": acc32, **info32, "cost": meter.record()}
+                curve.append(row)
+            return {"kernel": spec.token, "which": which, "reg": reg, "n_pool": len(d.y_pool),
+                    "n_test": len(d.y_test), "test_acc": curve[-1]["test_acc"], "curve": curve,
+                    "kernel_cost": kernel_cost}
+
+        return self.cached(f"final-{spec.token}-{which}", compute, reg=reg, sizes=self.s.sizes,
+                           precision=self.s.precision, memory_budget=self.s.memory_budget)
+
+    def fit_predict(self, k_pool: np.ndarray, k_test: np.ndarray, n: int, reg: float,
+                    precision: str) -> tuple[float, dict[str, Any]]:
+        """Test accuracy of the fit on the pool's first ``n`` images (``info["first_acc"]``: before refinement).
+
+        ``k_pool[:n, :n]`` stays a view of the stored block: the solve reads it in row chunks.
+        """
+        alpha, info = solve_stored(k_pool[:n, :n], centred_targets(self.data.y_pool[:n], N_CLASSES), reg,
+                                   precision=precision, memory_budget=self.s.memory_budget, keep_first=True)
+        k_eval = k_test[:, :n]
+        info["first_acc"] = accuracy(predict_stored(k_eval, info.pop("alpha_first"), info["scale"]), self.data.y_test)
+        return accuracy(predict_stored(k_eval, alpha, info["scale"]), self.data.y_test), info
+
+    def exact_family(self, family: str, depths: tuple[int, ...]) -> dict[str, Any]:
+        """Sweep the depths, then the final fit at the choice of each of NNGP and NTK."""
+        sweeps = []
+        for depth in depths:
+            spec = KernelSpec(family, depth)
+            self.say(f"[{family}] sweep {spec.name} on {self.data.n_sweep} + {len(self.data.val)} images")
+            sweeps.append(self.sweep(spec))
+        finals = []
+        for which in WHICH:
+            acc, token, reg = -1.0, "", 0.0
+            for rec in sweeps:  # the first maximum: shallowest depth, then smallest ridge
+                for r, a in zip(rec["regs"], rec["val_acc"][which], strict=True):
+                    if a is not None and a > acc:
+                        acc, token, reg = a, rec["kernel"], r
+            spec = parse_kernels([token])[0]
+            self.say(f"[{family}] {which}: chose {spec.name}, ridge {reg:g} (validation {100 * acc:.2f}%); "
+                     f"final fit on {len(self.data.y_pool)} images")
+            finals.append(self.final(spec, which, reg))
+        return {"sweeps": sweeps, "finals": finals}
+
+    # ---------------------------------------------------------------------------- random features
+
+    def feature_stage(self, token: str) -> dict[str, Any]:
+        """Random-feature ridge regression of ``token`` (NTK), ridge chosen on the validation split."""
+        spec = parse_kernels([token])[0]
+        if spec.n_features is None:
+            raise ValueError(f"--features: expected random-feature kernels such as gap3-rf1024, got {token!r}")
+        d = self.data
+
+        def compute() -> dict[str, Any]:
+            c, h, wd = (int(v) for v in d.x_pool.shape[1:])
+            fit = FeatureFit(spec, "ntk", (c, h, wd), seed=self.s.seed)
+            with Meter() as m_feat:
+                phi_pool = fit.phi(d.x_pool, progress=self.progress, desc=f"{spec.name} features (pool)")
+                phi_test = fit.phi(d.x_test, progress=self.progress, desc=f"{spec.name} features (test)")
+            with Meter() as m_solve:
+                phi_s = phi_pool[: d.n_sweep]
+                scale = float((phi_s.double() ** 2).sum(1).mean())
+                gram, rhs = fit.normal_equations(phi_s, centred_targets(d.y_pool[: d.n_sweep], N_CLASSES))
+                val_acc: list[float | None] = []
+                for reg in REG_GRID:
+                    try:
+                        w = fit.solve(gram, rhs, reg * scale)
+                        val_acc.append(accuracy((phi_pool[d.val].double() @ w).numpy(), d.y_pool[d.val]))
+                    except ValueError:  # a ridge too small for the Cholesky factorisation
+                        val_acc.append(None)
+                reg = REG_GRID[int(np.argmax([-1.0 if a is None else a for a in val_acc]))]
+                scale_pool = float((phi_pool.double() ** 2).sum(1).mean())
+                gram, rhs = fit.normal_equations(phi_pool, centred_targets(d.y_pool, N_CLASSES))
+                w = fit.solve(gram, rhs, reg * scale_pool)
+                test_acc = accuracy((phi_test.double() @ w).numpy(), d.y_test)
+            return {"kernel": token, "which": "ntk", "n_features": fit.m, "regs": list(REG_GRID), "val_acc": val_acc,
+                    "reg": reg, "n_pool": len(d.y_pool), "test_acc": test_acc,
+                    "feature_cost": {**m_feat.record(), "feature_seconds": fit.feature_seconds},
+                    "solve_cost": m_solve.record()}
+
+        self.say(f"[features] {spec.name} on {len(d.y_pool)} + {len(d.y_test)} images")
+        return self.cached(f"features-{spec.token}", compute)
+
+
+def run_fashion_benchmark(s: Settings, out_dir: str | Path, *, progress: bool = True, plot: bool = True
+                          ) -> dict[str, Any]:
+    """Run (or resume) the stages of ``s``; write ``results.md``, ``summary.json``, ``learning_curve.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with Meter() as meter:
+        data = prepare(s)
+    runner = Runner(s, data, out, progress=progress)
+    runner.say(f"fashion-mnist ({data.source}): pool {len(data.y_pool)} (train {data.n_fit} + validation "
+               f"{len(data.val)}), sweep on {data.n_sweep}, test {len(data.y_test)}; load {meter.seconds:.1f} s")
+    summary: dict[str, Any] = {"settings": asdict(s), "source": data.source, "n_pool": len(data.y_pool),
+                               "n_fit": data.n_fit, "n_val": len(data.val), "n_sweep": data.n_sweep,
+                               "n_test": len(data.y_test), "load_cost": meter.record(), "stages": {},
+                               "complete": False}
+    try:
+        if "fc" in s.stages:
+            summary["stages"]["fc"] = runner.exact_family("fc", s.fc_depths)
+        if "cnn" in s.stages:
+            summary["stages"]["cnn"] = runner.exact_family("v", s.cnn_depths)
+        if "features" in s.stages:
+            summary["stages"]["features"] = [runner.feature_stage(t) for t in s.features]
+        summary["complete"] = True
+    except KeyboardInterrupt:
+        runner.say(f"\ninterrupted: finished tiles and stages are kept in {out}; rerun the same command to resume")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    write_report(summary, out, plot=plot)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------- the CLI
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Validate the options into :class:`Settings`."""
+    stages = tuple(dict.fromkeys(args.stages))
+    for st in stages:
+        if st not in STAGES:
+            raise ValueError(f"--stages: expected names among {list(STAGES)}, got {st!r}")
+    for token in args.features:
+        if parse_kernels([token])[0].n_features is None:
+            raise ValueError(f"--features: expected random-feature kernels such as gap3-rf1024, got {token!r}")
+    fc_depths = tuple(check_int(v, "--fc-depths", minimum=0) for v in args.fc_depths)
+    cnn_depths = tuple(check_int(v, "--cnn-depths", minimum=1) for v in args.cnn_depths)
+    if not fc_depths or not cnn_depths:
+        raise ValueError("--fc-depths / --cnn-depths: expected at least one depth, got none")
+    return Settings(stages=stages, n_train=check_int(args.n_train, "--n-train", minimum=10),
+                    n_val=check_int(args.n_val, "--n-val", minimum=10),
+                    n_test=check_int(args.n_test, "--n-test", minimum=1),
+                    n_sweep=check_int(args.n_sweep, "--n-sweep", minimum=10), fc_depths=fc_depths,
+                    cnn_depths=cnn_depths, features=tuple(args.features),
+                    sizes=tuple(check_int(v, "--sizes", minimum=10) for v in args.sizes), precision=args.precision,
+                    memory_budget=args.memory_budget, preprocess=args.preprocess, seed=args.seed,
+                    data_dir=args.data_dir)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ntkit bench fashion``."""
+    d = Settings()
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the four idx .gz files (default: Debian's dataset-fashion-mnist package, "
+                             "/usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--out", default="ntkit-output/fashion", help="output folder (default ntkit-output/fashion)")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), metavar="STAGE",
+                        help=f"stages to run, among {' '.join(STAGES)} (default all)")
+    parser.add_argument("--n-train", type=int, default=d.n_train,
+                        help=f"training split images (default {d.n_train}; the final fit adds the validation split)")
+    parser.add_argument("--n-val", type=int, default=d.n_val, help=f"validation split images (default {d.n_val})")
+    parser.add_argument("--n-test", type=int, default=d.n_test, help=f"test images (default {d.n_test})")
+    parser.add_argument("--n-sweep", type=int, default=d.n_sweep,
+                        help=f"training images of the depth / ridge sweep (default {d.n_sweep})")
+    parser.add_argument("--fc-depths", type=int, nargs="+", default=list(d.fc_depths), help="FC depths to sweep")
+    parser.add_argument("--cnn-depths", type=int, nargs="+", default=list(d.cnn_depths),
+                        help="CNN-GP / CNTK-V depths to sweep")
+    parser.add_argument("--features", nargs="+", default=list(d.features), metavar="K",
+                        help="random-feature kernels of the features stage, e.g. gap3-rf1024 (default gap3-rf256)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
+                        help="training sizes of the learning curve (prefixes of the pool; default 1k .. 60k)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="final solve: float64 Cholesky, float32 factor + float64 refinement, or auto (float64 "
+                             "where 8 N^2 bytes fit --memory-budget)")
+    parser.add_argument("--memory-budget", default=d.memory_budget, help="memory for the dense factor (default 16G)")
+    parser.add_argument("--preprocess", default="global", choices=("global", "image"),
+                        help="global: the pool's pixel mean / std (default); image: each image standardised")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the feature maps (default 0)")
+    parser.add_argument("--no-plot", action="store_true", help="no learning_curve.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``ntkit bench fashion``."""
+    settings = settings_from_args(args)
+    summary = run_fashion_benchmark(settings, args.out, progress=not args.quiet, plot=not args.no_plot)
+    print((Path(args.out) / "results.md").read_text())
+    return 0 if summary["complete"] else 130
+
+
+__all__ = ["SIZES", "STAGES", "Data", "Runner", "Settings", "add_arguments", "main", "prepare",
+           "run_fashion_benchmark", "settings_from_args"]

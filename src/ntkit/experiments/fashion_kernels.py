@@ -1,0 +1,170 @@
+"""Kernel blocks of ``ntkit bench fashion`` on disk: exact (out of core, resumable) and random-feature fits.
+
+Exact kernels (``fcD``, ``vD``, and any token of :func:`ntkit.experiments.images_kernels.parse_kernels`)
+are computed by :func:`ntkit.compute_kernel` into ``.npy`` files, NNGP and NTK together (shape
+``(2, N1, N2)``, float64) or one of them (``(N1, N2)``): an interrupted run resumes tile by tile from
+the file's ledger, and the blocks are returned as read-only memory maps, so a 60,000 x 60,000 block
+(29 GB per kernel) never has to fit in memory. The full-size blocks take one kernel at a time: NNGP
+and NTK of the pool and test images together would be 67 GB of disk. Two blocks per kernel and
+scope: ``K(rows, rows)`` (symmetric: the upper tiles only) and ``K(cols, rows)``.
+
+Random features (``gapD-rfM``, ``vD-rfM``, ``fcD-rfM``) never form an N x N matrix: the features
+``Phi`` (N, m) of :func:`ntkit.random_features.feature_map` are streamed in batches into the normal
+equations ``G = Phi^T Phi`` (m, m) and ``Phi^T Y`` (m, 10), accumulated in float64; a ridge ``lam``
+solves ``(G + lam I) w = Phi^T Y`` (the kernel ridge regression of ``K ~ Phi Phi^T``, by the push-through
+identity), so cost is ``O(N m^2 + m^3)`` and memory ``O(m^2)``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ntkit._io import write_text_atomic
+from ntkit._progress import Progress
+from ntkit.compute.api import compute_kernel
+from ntkit.experiments.images_kernels import KernelSpec
+from ntkit.random_features.api import feature_map
+
+WHICH = ("nngp", "ntk")
+
+
+@dataclass
+class Block:
+    """One stored kernel block and what computing it cost.
+
+    Attributes
+    ----------
+    kernels : dict of str to ndarray of shape (N1, N2), float64 (read-only memory maps)
+        ``"nngp"`` and / or ``"ntk"``.
+    seconds : float
+        Compute time summed over the runs that computed tiles of it.
+    pairs : float
+        Pairs of images it holds (a symmetric block: one triangle).
+    complete_this_run : bool
+        Whether tiles were computed by this call (False: read back from disk).
+    """
+
+    kernels: dict[str, np.ndarray]
+    seconds: float
+    pairs: float
+    complete_this_run: bool
+
+
+def exact_block(spec: KernelSpec, x_a: torch.Tensor, x_b: torch.Tensor | None, path: Path, *,
+                progress: bool, which: str = "both", memory_budget: str = "1G") -> Block:
+    """The kernels ``which`` of ``spec`` at ``(x_a, x_b)`` into ``path`` (``.npy``), resumed if begun (module notes).
+
+    Parameters
+    ----------
+    spec : KernelSpec
+        An exact kernel (``n_features`` None).
+    x_a : Tensor of shape (N1, 1, H, W), float64
+    x_b : Tensor of shape (N2, 1, H, W), optional
+        None: the symmetric block ``K(x_a, x_a)``.
+    path : Path
+        The output; ``path.with_suffix(".json")`` keeps the compute time across interrupted runs.
+    which : {"both", "nngp", "ntk"}
+    """
+    if spec.n_features is not None:
+        raise ValueError(f"exact_block: expected an exact kernel, got the random-feature kernel {spec.token}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    timing_path = path.with_suffix(".json")
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {"seconds": 0.0}
+    model = spec.model((x_a.shape[2], x_a.shape[3]), x_a.shape[1])
+    a = spec.inputs(x_a)
+    b = None if x_b is None else spec.inputs(x_b)
+    res = compute_kernel(model, a, b, which=which, out=path, progress=progress, memory_budget=memory_budget)
+    if res.tiles_computed:
+        timing["seconds"] += res.seconds
+        write_text_atomic(timing_path, json.dumps(timing))
+    n1 = len(a)
+    pairs = n1 * (n1 + 1) / 2 if b is None else float(n1 * len(b))
+    k = np.load(path, mmap_mode="r")
+    kernels = {w: k[i] for i, w in enumerate(WHICH)} if which == "both" else {which: k}
+    return Block(kernels, float(timing["seconds"]), pairs, bool(res.tiles_computed))
+
+
+class FeatureFit:
+    """Normal equations of ridge regression on random features of one kernel (module notes).
+
+    Parameters
+    ----------
+    spec : KernelSpec
+        A random-feature kernel (``n_features`` set).
+    which : {"nngp", "ntk"}
+    image_shape : tuple of int
+        ``(C, H, W)`` of the images.
+    seed : int
+        Seed of the feature map (one draw shared by every fit of this object).
+    """
+
+    def __init__(self, spec: KernelSpec, which: str, image_shape: tuple[int, int, int], *, seed: int) -> None:
+        if spec.n_features is None:
+            raise ValueError(f"FeatureFit: expected a random-feature kernel (-rfM), got {spec.token}")
+        self.spec = spec
+        model = spec.model((image_shape[1], image_shape[2]), image_shape[0])
+        probe = spec.inputs(torch.zeros((1, *image_shape), dtype=torch.float32))
+        self.fmap = feature_map(model, tuple(probe.shape[1:]), n_features=spec.n_features, which=which,
+                                seed=seed, dtype=torch.float32)
+        self.feature_seconds = 0.0
+
+    @property
+    def m(self) -> int:
+        """Number of features."""
+        return int(self.fmap.m)
+
+    def phi(self, x: torch.Tensor, *, progress: bool = False, desc: str = "features") -> torch.Tensor:
+        """Features ``(N, m)`` (float32) of images ``(N, C, H, W)``, in batches."""
+        xin = self.spec.inputs(x).to(torch.float32)
+        out = torch.empty(len(xin), self.m, dtype=torch.float32)
+        bar = Progress(len(xin), desc, enabled=progress)
+        start = time.perf_counter()
+        for rows, batch in self.fmap.batches(xin, self.fmap.batch_size()):
+            out[rows] = batch.cpu()
+            bar.update(batch.shape[0])
+        bar.close()
+        self.feature_seconds += time.perf_counter() - start
+        return out
+
+    @staticmethod
+    def normal_equations(phi: torch.Tensor, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Phi^T Phi, Phi^T Y)`` accumulated in float64 over row chunks."""
+        m = phi.shape[1]
+        gram = torch.zeros(m, m, dtype=torch.float64)
+        rhs = torch.zeros(m, targets.shape[1], dtype=torch.float64)
+        y = torch.as_tensor(targets, dtype=torch.float64)
+        for r0 in range(0, len(phi), 4096):
+            p = phi[r0:r0 + 4096].double()
+            gram += p.T @ p
+            rhs += p.T @ y[r0:r0 + 4096]
+        return gram, rhs
+
+    @staticmethod
+    def solve(gram: torch.Tensor, rhs: torch.Tensor, reg: float) -> torch.Tensor:
+        """Weights ``(G + reg I)^-1 Phi^T Y`` of shape (m, k); ``reg`` absolute."""
+        a = gram + reg * torch.eye(gram.shape[0], dtype=gram.dtype)
+        chol, info = torch.linalg.cholesky_ex(a)
+        if int(info) != 0:
+            raise ValueError(f"ridge {reg:g}: expected G + ridge I positive definite, got a failed Cholesky "
+                             f"(increase the ridge)")
+        return torch.cholesky_solve(rhs, chol)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON record, or None when absent or unreadable (a half-written file is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return None
+
+
+__all__ = ["WHICH", "Block", "FeatureFit", "exact_block", "read_json"]

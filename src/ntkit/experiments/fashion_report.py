@@ -1,0 +1,162 @@
+"""The results page of ``ntkit bench fashion``: markdown tables beside the published numbers, and a plot.
+
+``results.md`` holds: the test accuracy of every final fit beside the published ones
+(:data:`PUBLISHED`), the validation sweeps (best validation accuracy per depth), the accuracy
+against training size, the float32 vs float64 effect at the full pool, and the time and peak
+memory of every stage. ``learning_curve.png`` (matplotlib, ``ntkit[plot]``; skipped with a note
+without it) plots test accuracy against training images on a log axis.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from ntkit._io import write_text_atomic
+
+#: Published test accuracies (%) on Fashion-MNIST, all with the full training set:
+#: (source, model, accuracy). Xiao et al. (2017)'s benchmark of scikit-learn classifiers (best of
+#: their grid; the data set's README / benchmark site), and Novak et al. (2019), Table 1, which
+#: reports test *error* 8.22% (FCN-GP) and 7.40% (CNN-GP, no pooling) -- quoted from memory of the
+#: paper, see benchmarks/results/fashion.md for how sure.
+PUBLISHED: tuple[tuple[str, str, float], ...] = (
+    ("Xiao et al. 2017", "SVC (RBF, C = 10)", 89.7),
+    ("Xiao et al. 2017", "random forest", 87.3),
+    ("Xiao et al. 2017", "MLP", 87.1),
+    ("Novak et al. 2019, Table 1", "FCN-GP (NNGP of the best FC)", 91.78),
+    ("Novak et al. 2019, Table 1", "CNN-GP without pooling", 92.60),
+)
+_FAMILY = {"fc": "FC", "cnn": "CNN-GP / CNTK-V (no pooling)"}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _cost(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "- | - | - | - | -"
+    load = "/".join("-" if v is None else f"{v:.1f}" for v in c.get("load", []))
+    return (f"{c['seconds']:.1f} | {c.get('cpu_seconds', float('nan')):.1f} | {c['peak_anon_gb']:.2f} | "
+            f"{c['peak_rss_gb']:.2f} | {load}")
+
+
+def _finals(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [f for fam in ("fc", "cnn") for f in summary["stages"].get(fam, {}).get("finals", [])]
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """The markdown page (module notes)."""
+    s = summary
+    lines = ["# ntkit bench fashion", "",
+             f"Fashion-MNIST from `{s['source']}`: final fit on {s['n_pool']} images (training split {s['n_fit']} + "
+             f"validation {s['n_val']}), depth / ridge sweep on {s['n_sweep']} training images against the "
+             f"validation split, test on {s['n_test']}. Preprocessing: {s['settings']['preprocess']}; targets: "
+             "one-hot minus 0.1." + ("" if s["complete"] else " **Incomplete run** (interrupted)."), "",
+             "## Test accuracy (%)", "", "| model | kernel | ridge | training images | test accuracy |",
+             "|---|---|---|---|---|"]
+    for f in _finals(s):
+        lines.append(f"| ntkit {f['which'].upper()} | {f['kernel']} | {f['reg']:g} | {f['n_pool']} | "
+                     f"{_pct(f['test_acc'])} |")
+    for r in s["stages"].get("features", []):
+        lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | {r['reg']:g} | {r['n_pool']} | "
+                     f"{_pct(r['test_acc'])} |")
+    for source, model, acc in PUBLISHED:
+        lines.append(f"| {source}: {model} | - | - | 60000 | {acc:.2f} |")
+    for fam, name in _FAMILY.items():
+        st = s["stages"].get(fam)
+        if not st:
+            continue
+        lines += ["", f"## {name}: validation sweep (best validation accuracy %, over the ridge grid)", "",
+                  "| kernel | NNGP | NTK | kernel s | sweep solves s |", "|---|---|---|---|---|"]
+        for rec in st["sweeps"]:
+            best = [max((a for a in rec["val_acc"][w] if a is not None), default=None) for w in ("nngp", "ntk")]
+            lines.append(f"| {rec['kernel']} | {_pct(best[0])} | {_pct(best[1])} | "
+                         f"{rec['kernel_cost']['seconds']:.1f} | {rec['solve_cost']['seconds']:.1f} |")
+    finals = _finals(s)
+    if finals:
+        lines += ["", "## Accuracy against training size (%)", "",
+                  "| kernel | which | " + " | ".join(str(r["n"]) for r in finals[0]["curve"]) + " |",
+                  "|---|---|" + "---|" * len(finals[0]["curve"])]
+        for f in finals:
+            lines.append(f"| {f['kernel']} | {f['which']} | " + " | ".join(_pct(r["test_acc"]) for r in f["curve"])
+                         + " |")
+        lines += ["", "## Precision of the final solve", "",
+                  "| kernel | which | N | solve | accuracy | relative residuals | float32 unrefined accuracy |",
+                  "|---|---|---|---|---|---|---|"]
+        for f in finals:
+            r = f["curve"][-1]
+            p = r.get("float32_plain")
+            res = ", ".join(f"{v:.1e}" for v in r["residuals"])
+            lines.append(f"| {f['kernel']} | {f['which']} | {r['n']} | {r['precision']} | {_pct(r['test_acc'])} | "
+                         f"{res} | {_pct(p['test_acc']) if p else '-'} |")
+    lines += ["", "## Cost of every stage", "",
+              "Wall seconds, CPU seconds (user + system, all threads), peak anonymous memory (GB: arrays and "
+              "factors), peak resident memory (GB: with the pages of memory-mapped kernel files), 1-minute load "
+              "average at start / end (2 cores: a load above 2 means other work shared them).", "",
+              "| stage | part | wall s | CPU s | peak GB | peak RSS GB | load |", "|---|---|---|---|---|---|---|",
+              f"| load + preprocess | - | {_cost(s['load_cost'])} |"]
+    for fam in ("fc", "cnn"):
+        st = s["stages"].get(fam)
+        if not st:
+            continue
+        for rec in st["sweeps"]:
+            kc = rec["kernel_cost"]
+            lines.append(f"| sweep {rec['kernel']} | kernels ({kc['pairs']:.3g} pairs) | {_cost(kc)} |")
+            lines.append(f"| sweep {rec['kernel']} | ridge grid ({len(rec['regs'])} Cholesky x 2) | "
+                         f"{_cost(rec['solve_cost'])} |")
+        for f in st["finals"]:
+            kc = f["kernel_cost"]
+            lines.append(f"| final {f['kernel']} {f['which']} | kernels ({kc['pairs']:.3g} pairs) | {_cost(kc)} |")
+            for r in f["curve"]:
+                lines.append(f"| final {f['kernel']} {f['which']} | solve N = {r['n']} ({r['precision']}) | "
+                             f"{_cost(r['cost'])} |")
+                if r.get("float32_plain") and r["float32_plain"]["cost"]:
+                    lines.append(f"| final {f['kernel']} {f['which']} | solve N = {r['n']} (float32 unrefined) | "
+                                 f"{_cost(r['float32_plain']['cost'])} |")
+    for r in s["stages"].get("features", []):
+        lines.append(f"| features {r['kernel']} | features | {_cost(r['feature_cost'])} |")
+        lines.append(f"| features {r['kernel']} | ridge | {_cost(r['solve_cost'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(summary: dict[str, Any], path: Path) -> bool:
+    """Test accuracy against training images of every final fit; False when matplotlib is absent."""
+    finals = _finals(summary)
+    if not finals or importlib.util.find_spec("matplotlib") is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for f in finals:
+        ax.plot([r["n"] for r in f["curve"]], [100 * r["test_acc"] for r in f["curve"]], marker="o",
+                label=f"{f['kernel']} {f['which'].upper()}")
+    for _, model, acc in PUBLISHED:
+        ax.axhline(acc, lw=0.8, ls=":", color="grey")
+        ax.annotate(model, (ax.get_xlim()[0], acc), fontsize=6, color="grey", va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fashion-MNIST: kernel regression")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(summary: dict[str, Any], out: Path, *, plot: bool = True) -> None:
+    """``out/results.md`` and, with ``plot`` and matplotlib, ``out/learning_curve.png``."""
+    text = format_report(summary)
+    if plot and plot_curve(summary, out / "learning_curve.png"):
+        text += "\n![accuracy against training size](learning_curve.png)\n"
+    elif plot and _finals(summary):
+        text += "\n(no plot: matplotlib is missing; pip install 'ntkit[plot]')\n"
+    write_text_atomic(out / "results.md", text)
+
+
+__all__ = ["PUBLISHED", "format_report", "plot_curve", "write_report"]

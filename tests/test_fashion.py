@@ -1,0 +1,231 @@
+"""``ntkit bench fashion`` (ntkit.experiments.fashion*): idx files, split, solves, and the pipeline end to end.
+
+The pipeline runs on idx files the tests write themselves (tiny synthetic images in the real format),
+and, where Debian's dataset-fashion-mnist package is installed, on a 2,000-image slice of the real data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntkit.cli import main as cli_main
+from ntkit.experiments.fashion import Settings, run_fashion_benchmark
+from ntkit.experiments.fashion_data import (
+    DEBIAN_DIR,
+    FILES,
+    IdxFormatError,
+    find_fashion,
+    load_fashion,
+    paper_split,
+    read_idx,
+    standardise_global,
+    write_idx,
+)
+from ntkit.experiments.fashion_meter import Meter
+from ntkit.experiments.fashion_solve import predict_stored, ridge_sweep, solve_stored
+from ntkit.experiments.images_eval import centred_targets
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small kernels: one thread each
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread() -> Iterator[None]:
+    """One BLAS thread too: on a loaded machine OpenBLAS's spinning threads made the Cholesky
+    factorisations of the real-data slice 5-10x slower (threadpoolctl comes with scikit-learn)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - without scikit-learn
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 28x28 uint8 images whose class (0..9) sets the position of a bright square, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    rng.shuffle(y)
+    x = rng.integers(0, 60, size=(n, 28, 28))
+    for i, c in enumerate(y):
+        r, col = 2 + 8 * (c // 4), 2 + 6 * (c % 4)
+        x[i, r:r + 6, col:col + 6] += 150
+    return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
+
+
+def _write_dataset(folder: Path, n_train: int = 600, n_test: int = 100) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for (img, lab), n, seed in zip(FILES.values(), (n_train, n_test), (0, 1), strict=True):
+        x, y = _synthetic(n, seed)
+        write_idx(folder / img, x)
+        write_idx(folder / lab, y)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def test_idx_round_trip_and_malformed_files(tmp_path: Path) -> None:
+    x = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    write_idx(tmp_path / "a.gz", x)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz", 3), x)
+    with gzip.open(tmp_path / "a.gz", "rb") as fh:  # the header of the real format: magic 0x00000803, big-endian
+        assert fh.read(8) == bytes([0, 0, 8, 3, 0, 0, 0, 2])
+    with pytest.raises(IdxFormatError, match=r"expected 1 dimension\(s\), got 3"):
+        read_idx(tmp_path / "a.gz", 1)
+    (tmp_path / "b.gz").write_bytes(b"not gzip")
+    with pytest.raises(IdxFormatError, match="expected a gzip-compressed idx file"):
+        read_idx(tmp_path / "b.gz", 3)
+    with gzip.open(tmp_path / "c.gz", "wb") as fh:
+        fh.write(bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]))
+    with pytest.raises(IdxFormatError, match="expected 5 values for shape"):
+        read_idx(tmp_path / "c.gz", 1)
+    with gzip.open(tmp_path / "d.gz", "wb") as fh:
+        fh.write(b"\x12\x34\x56\x78")
+    with pytest.raises(IdxFormatError, match="magic 0x00000801"):
+        read_idx(tmp_path / "d.gz", 1)
+
+
+def test_missing_files_say_how_to_install(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist.*--data-dir"):
+        find_fashion(tmp_path)
+    _write_dataset(tmp_path / "data")
+    (tmp_path / "data" / FILES["test"][1]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz"):
+        load_fashion(tmp_path / "data")
+    assert cli_main(["bench", "fashion", "--data-dir", str(tmp_path), "--quiet", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_loader_checks_shapes_and_labels(tmp_path: Path) -> None:
+    folder = _write_dataset(tmp_path)
+    data = load_fashion(folder)
+    assert data.x_train.shape == (600, 28, 28) and data.x_test.shape == (100, 28, 28)
+    assert data.y_train.dtype == np.int64 and set(np.unique(data.y_test)) == set(range(10))
+    write_idx(folder / FILES["train"][1], np.full(600, 12, dtype=np.uint8))
+    with pytest.raises(IdxFormatError, match=r"expected labels 0..9, got 12..12"):
+        load_fashion(folder)
+    write_idx(folder / FILES["train"][1], np.zeros(599, dtype=np.uint8))
+    with pytest.raises(IdxFormatError, match="expected as many labels as images, got 599 labels and 600 images"):
+        load_fashion(folder)
+
+
+def test_paper_split_is_disjoint_balanced_and_capped() -> None:
+    y_train, y_test = np.arange(600) % 10, np.arange(100) % 10
+    s = paper_split(y_train, y_test, seed=3)
+    assert (len(s.train), len(s.val), len(s.test)) == (500, 100, 100)
+    assert not set(s.train) & set(s.val) and len(set(s.pool)) == 600
+    small = paper_split(y_train, y_test, n_train=40, n_val=20, n_test=30, seed=3)
+    np.testing.assert_array_equal(small.train, s.train[:40])  # prefixes of the same order
+    assert np.bincount(y_train[small.train]).tolist() == [4] * 10
+    assert np.bincount(y_train[small.val]).tolist() == [2] * 10
+    with pytest.raises(ValueError, match="n_val: expected at most the 100 images of that split, got 101"):
+        paper_split(y_train, y_test, n_val=101)
+
+
+def test_global_standardisation_uses_the_reference_images_only() -> None:
+    x = np.random.default_rng(0).integers(0, 256, size=(50, 28, 28)).astype(np.uint8)
+    z = standardise_global(x, np.arange(30))
+    assert abs(z[:30].mean()) < 1e-12 and abs(z[:30].std() - 1.0) < 1e-12
+    with pytest.raises(ValueError, match="expected pixels that vary"):
+        standardise_global(np.zeros((3, 28, 28), dtype=np.uint8), np.arange(3))
+
+
+# ------------------------------------------------------------------------------------------ solves
+
+
+def _kernel(n: int, d: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, d))
+    k = np.maximum(x @ x.T / d, 0.0) + 0.5 * (x @ x.T / d)  # PSD-ish, positive diagonal
+    k = k @ k.T / n
+    return k, rng.integers(0, 10, size=n)
+
+
+def test_float32_factor_with_refinement_gives_the_float64_solution() -> None:
+    k, y = _kernel(300)
+    t = centred_targets(y, 10)
+    a64, i64 = solve_stored(k, t, 1e-3, precision="float64")
+    a32, i32 = solve_stored(k, t, 1e-3, precision="float32", tol=1e-12, keep_first=True)
+    plain, ip = solve_stored(k, t, 1e-3, precision="float32-plain")
+    np.testing.assert_array_equal(i32["alpha_first"], plain)  # the unrefined answer comes with the refined one
+    assert i64["precision"] == "float64" and i32["precision"] == "float32" and ip["residuals"] == []
+    assert i32["residuals"][0] > i32["residuals"][-1] and i32["residuals"][-1] < 1e-9
+    err = np.abs(a32 - a64).max() / np.abs(a64).max()
+    assert err < 1e-8 < np.abs(plain - a64).max() / np.abs(a64).max()
+    _, ia = solve_stored(k, t, 1e-3, memory_budget=8 * 300 * 300 - 1)  # the float64 factor does not fit
+    assert ia["precision"] == "float32"
+    scores = predict_stored(k[:7], a64, i64["scale"])
+    np.testing.assert_allclose(scores, k[:7] @ a64 / i64["scale"], rtol=1e-12)
+    with pytest.raises(ValueError, match="precision"):
+        solve_stored(k, t, 1e-3, precision="half")
+    grid = ridge_sweep(k[:200, :200], t[:200], k[200:, :200], y[200:], regs=(1e-3, 1.0))
+    assert len(grid) == 2 and all(0.0 <= a <= 1.0 for a in grid)
+
+
+def test_meter_records_time_memory_and_load() -> None:
+    with Meter(interval=0.01) as m:
+        block = np.ones((512, 512))
+        assert block.sum() > 0
+    rec = m.record()
+    assert rec["seconds"] >= 0 and rec["cpu_seconds"] >= 0 and rec["peak_anon_gb"] > 0
+    assert rec["peak_rss_gb"] >= rec["peak_anon_gb"] and len(rec["load"]) == 2
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+
+
+def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
+    data = _write_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["bench", "fashion", "--data-dir", str(data), "--out", str(out), "--n-train", "60", "--n-val", "20",
+            "--n-test", "40", "--n-sweep", "40", "--fc-depths", "1", "2", "--cnn-depths", "1",
+            "--features", "gap1-rf16", "--sizes", "30", "--quiet", "--no-plot"]
+    assert cli_main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and (summary["n_pool"], summary["n_sweep"], summary["n_test"]) == (80, 40, 40)
+    fc = summary["stages"]["fc"]
+    assert [r["kernel"] for r in fc["sweeps"]] == ["fc1", "fc2"]
+    assert [f["which"] for f in fc["finals"]] == ["nngp", "ntk"]
+    for f in fc["finals"] + summary["stages"]["cnn"]["finals"]:
+        assert [r["n"] for r in f["curve"]] == [30, 80] and "float32_plain" in f["curve"][-1]
+        assert f["test_acc"] > 0.5  # the squares are easy to place
+        assert f["kernel_cost"]["pairs"] == 80 * 81 / 2 + 40 * 80
+    feats = summary["stages"]["features"][0]
+    assert (feats["kernel"], feats["n_features"]) == ("gap1-rf16", 16) and 0.0 <= feats["test_acc"] <= 1.0
+    text = (out / "results.md").read_text()
+    for needed in ("Novak et al. 2019", "SVC (RBF, C = 10)", "| 89.70 |", "## Cost of every stage", "fc1"):
+        assert needed in text, needed
+    assert str(tmp_path) in text  # the data folder; nothing else machine-specific
+    records = sorted((out / "records").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in records]
+    assert cli_main(args) == 0  # resumed: every stage read back, nothing rewritten
+    assert [p.stat().st_mtime_ns for p in records] == stamps
+    assert json.loads((out / "summary.json").read_text())["stages"]["fc"]["finals"][0]["test_acc"] == \
+        fc["finals"][0]["test_acc"]
+
+
+def test_bad_options_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _write_dataset(tmp_path / "data")
+    base = ["bench", "fashion", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--quiet"]
+    assert cli_main([*base, "--stages", "fc", "svm"]) == 2
+    assert "--stages: expected names among ['fc', 'cnn', 'features'], got 'svm'" in capsys.readouterr().err
+    assert cli_main([*base, "--features", "gap3"]) == 2
+    assert "--features: expected random-feature kernels such as gap3-rf1024, got 'gap3'" in capsys.readouterr().err
+    assert cli_main([*base, "--n-train", "1000"]) == 2  # only 500 training-split images in the written files
+    assert "n_train: expected at most the 500 images of that split, got 1000" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (DEBIAN_DIR / FILES["train"][0]).is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_slice(tmp_path: Path) -> None:
+    s = Settings(stages=("fc",), n_train=600, n_val=200, n_test=1200, n_sweep=600, fc_depths=(1, 2), sizes=())
+    summary = run_fashion_benchmark(s, tmp_path, progress=False, plot=False)
+    assert summary["source"] == str(DEBIAN_DIR) and summary["n_pool"] == 800
+    for f in summary["stages"]["fc"]["finals"]:
+        assert f["test_acc"] > 0.75  # FC kernels reach ~80% on 800 images (~90% on all 60k)
