@@ -24,6 +24,9 @@ sides see the same machine state; each side's best is reported.
   subprocess (``_nt_worker.py``); its Jacobian contraction estimated from two subset sizes with the same linear +
   quadratic model (marked ``~``), skipped at width 2048 (the per-example Jacobians alone exceed this
   machine's memory budget).
+Both sides on one thread (robust to other processes on the machine): ``--threads 1`` with
+``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`` in the environment
+(the neural-tangents worker inherits it).
 ``--big`` also times a 10,000 x 10,000 trace NTK of the width-512 MLP (float32) in a subprocess and
 reports its peak resident memory (``ru_maxrss``).
 """
@@ -330,9 +333,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    xla = os.environ.get("XLA_FLAGS")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); neural-tangents via {NT_PYTHON} "
-        f"(XLA's default threads); load average {os.getloadavg()[0]:.1f}; times in seconds; ~ = estimate",
+        f"({f'XLA_FLAGS={xla}' if xla else 'XLA default threads'}); load average {os.getloadavg()[0]:.1f}; "
+        "times in seconds; ~ = estimate",
         flush=True,
     )
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]

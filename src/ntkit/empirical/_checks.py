@@ -64,21 +64,20 @@ def check_rows_independent(model: nn.Module, x1: Tensor, x2: Tensor | None) -> N
 
 
 def check_reaches_output(model: nn.Module, params: dict[str, Tensor], x: Tensor, selected: bool) -> None:
-    """One backward pass on one row: at least one parameter of ``params`` must reach the output.
+    """One forward pass on one row: at least one parameter of ``params`` must reach the output.
 
-    ``selected`` says whether the caller chose the parameters (``parameters=``), for the message.
+    The autograd graph of the output is searched for the parameters (no backward pass: for a wide
+    model that would cost weight-sized gradients). ``selected`` says whether the caller chose the
+    parameters (``parameters=``), for the message.
     """
     live = {n: t.detach().requires_grad_(True) for n, t in params.items()}
     try:
         with torch.enable_grad():
             out = functional_call(model, live, (x[:1],))
-            if not out.requires_grad:
-                grads: tuple[Tensor | None, ...] = (None,) * len(live)
-            else:
-                grads = torch.autograd.grad(out.sum(), list(live.values()), allow_unused=True)
+            reached = isinstance(out, torch.Tensor) and out.requires_grad and _in_graph(out, list(live.values()))
     except (RuntimeError, TypeError):
         return  # not differentiable this way: the engines report what fails
-    if any(g is not None for g in grads):
+    if reached:
         return
     names = list(live)
     what = f"the selected parameters {names[:6]}" if selected else f"its trainable parameters {names[:6]}"
@@ -86,3 +85,21 @@ def check_reaches_output(model: nn.Module, params: dict[str, Tensor], x: Tensor,
         f"parameters: expected a selection that reaches the model's output, got {what}, none of which the "
         "output depends on (the kernel would be zero)"
     )
+
+
+def _in_graph(out: Tensor, leaves: list[Tensor]) -> bool:
+    """Whether any of ``leaves`` is a leaf of the autograd graph of ``out``."""
+    ids = {id(t) for t in leaves}
+    if out.grad_fn is None:
+        return id(out) in ids
+    seen: dict[int, object] = {}  # the nodes themselves are kept, so that no id is reused
+    stack = [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen[id(node)] = node
+        if id(getattr(node, "variable", None)) in ids:
+            return True
+        stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
+    return False

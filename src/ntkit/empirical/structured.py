@@ -24,7 +24,9 @@ one forward pass and one backward pass vectorised over the ``k`` output basis ve
 outputs that keep temporaries small; see :mod:`ntkit.empirical._cotangents`). Linear layers pass
 the cotangents on themselves (one GEMM for all ``k``); the model's output layer, a linear layer
 whose output *is* the model's output, has the basis vectors themselves as cotangents
-(``G_cd = delta_cd``: no Gram product). Parameters of any other module (LayerNorm, BatchNorm
+(``G_cd = delta_cd``: no Gram product). A model that is an ``nn.Sequential`` of linear layers and
+elementwise activations gets the same numbers without autograd
+(:mod:`ntkit.empirical._structured_chain`). Parameters of any other module (LayerNorm, BatchNorm
 affine, custom modules, a weight shared between modules) are handled by per-example Jacobians
 (``torch.func``), restricted to them. A layer is recognised only by its exact type, and its
 parameters must enter the computation only through its own forward (e.g.
@@ -42,7 +44,8 @@ Jacot et al. (2018) and, for patches, Arora et al. (2019) "On exact computation 
 wide neural net".
 
 Modules: :mod:`ntkit.empirical._structured_layers` (recognised layers, their scales and shapes),
-:mod:`ntkit.empirical._structured_capture` (recording layer inputs and cotangents) and
+:mod:`ntkit.empirical._structured_capture` (recording layer inputs and cotangents),
+:mod:`ntkit.empirical._structured_chain` (the same for chains of dense layers) and
 :mod:`ntkit.empirical._structured_products` (the Gram and trace products); this module holds the
 engine, its cost model and the feature layout.
 """
@@ -56,21 +59,44 @@ from torch import nn
 
 from ntkit.empirical._common import Engine, Tensor, block_shape
 from ntkit.empirical._structured_capture import capture_layers
+from ntkit.empirical._structured_chain import capture_chain, dense_chain
 from ntkit.empirical._structured_layers import Layer, find_layers, probe_layers
 from ntkit.empirical._structured_products import feature_like, pair_entries, write_block
 from ntkit.empirical.jacobian import JacobianEngine
 
 #: Compute the ``k`` cotangents in backward passes vectorised over the outputs (else ``k`` passes).
 VECTORISE = True
+#: Vectorised passes of a chain of dense layers and activations without autograd
+#: (:mod:`ntkit.empirical._structured_chain`).
+CHAIN = True
 #: Bytes of the largest activation-sized temporary of one vectorised backward pass (outputs in chunks).
-CHUNK_BYTES = 8 << 20
+#: Below :data:`ALLOCATOR_BLOCK`, so that the temporaries of one chunk are reused by the next one and by
+#: the next call rather than faulted in again (see there); larger chunks mean fewer, larger operations,
+#: each ending in a wait for all threads.
+CHUNK_BYTES = 16 << 20
 #: The same in trace mode with ``x1`` and ``x2`` in one pass, where dense layers' cotangents go straight
-#: into their trace Gram and are never stored: smaller chunks keep the call's peak of temporaries, which
-#: the C allocator hands back to the system after every call and must fault in again, small (the
-#: first chunk's temporaries are reused by the next ones). At least :data:`TRACE_CHUNK_MIN` outputs
-#: per chunk keep the Gram GEMMs' inner dimension large.
-TRACE_CHUNK_BYTES = 2 << 20
+#: into their trace Gram and are never stored. At least :data:`TRACE_CHUNK_MIN` outputs per chunk keep
+#: the Gram GEMMs' inner dimension large.
+TRACE_CHUNK_BYTES = 16 << 20
 TRACE_CHUNK_MIN = 2
+#: Bytes of the one block allocated and freed once per process before the first CPU capture (0: none).
+#: glibc's malloc maps every block above its mmap threshold (initially 128 KiB) from fresh pages and
+#: returns it when freed, and trims its heap when more than twice that lies free at the top, so a
+#: capture's MB-sized temporaries would be faulted in (~1 us per 4 KiB page) call after call. Freeing
+#: one mapped block raises the threshold to that block's size (its "dynamic threshold", at most
+#: 32 MiB), as any program that once frees such a block does: later temporaries up to that size come
+#: from the heap and are reused. Elsewhere (other allocators, GPUs) the block is just allocated and freed.
+ALLOCATOR_BLOCK = 31 << 20
+_allocator_ready = False
+
+
+def _settle_allocator() -> None:
+    """Allocate and free one :data:`ALLOCATOR_BLOCK`-byte CPU block, once per process."""
+    global _allocator_ready
+    if not _allocator_ready and ALLOCATOR_BLOCK > 0:
+        _allocator_ready = True
+        del_me = torch.empty(ALLOCATOR_BLOCK, dtype=torch.uint8)
+        del del_me
 
 
 class StructuredEngine(Engine):
@@ -119,6 +145,7 @@ class StructuredEngine(Engine):
         self.fallback_names = list(rest)
         for layer in self.layers:
             layer.method = self._choose(layer, n1, n2, mode)
+        self.chain = dense_chain(model, self.layers)
 
     # ------------------------------------------------------------------ costs
     def _layer_flops(self, layer: Layer, method: str, n1: int, n2: int, mode: str) -> float:
@@ -191,10 +218,14 @@ class StructuredEngine(Engine):
     def _capture_once(self, x: Tensor, vectorised: bool, trace_rows: int | None) -> list[Any]:
         """One capture of ``x`` (N, ...), vectorised or not (see :meth:`_capture`)."""
         n = x.shape[0]
+        if x.device.type == "cpu":
+            _settle_allocator()
         if trace_rows is not None:
             chunk = self._chunk(n, x.element_size(), TRACE_CHUNK_BYTES, TRACE_CHUNK_MIN)
         else:
             chunk = self._chunk(n, x.element_size())
+        if vectorised and CHAIN and self.chain is not None and x.ndim == 2 and x.is_floating_point():
+            return capture_chain(self.chain, self.layers, self.k, x, trace_rows=trace_rows, chunk=chunk)
         return capture_layers(
             self.model, self.layers, self.k, x, vectorised=vectorised, trace_rows=trace_rows, chunk=chunk
         )
