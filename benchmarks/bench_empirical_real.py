@@ -28,6 +28,16 @@ Implementations (rows):
 
 Cases: ``trace`` and ``full`` (N = 64, ``x2=None``), ``pntk`` (N = 64) and ``pntk512`` (N = 512,
 default memory budget and ``--budget``). Ratios ``x tut`` are tutorial / ntkit (> 1: ntkit faster).
+
+GPT-2 cases (model: :mod:`gpt2_decoder`, a GPT-2-small-sized causal decoder from ``torch.nn``, scalar
+output = the mean final hidden state projected to 1, 123.75M parameters, float32; inputs: random
+token ids (N, 128)): ``gpt2`` (12 layers, N = 32, the kernel 32 x 32; rows at the default budget and at
+``--gpt2-budget``); ``gpt2small`` (2 layers, N = 16; ``before``: the structured engine with the
+embeddings and layer norms left to the whole-model ``vmap(jacrev)``, as before the streamed engine
+knew them); ``gpt2acc`` (2 layers, N = 4: relative distance of the float32 kernels of ``auto`` and of
+``implementation="jacobian"`` to the float64 kernel of ``auto``). The tutorial's Jacobians of the
+12-layer model need N x 123.75M x 4 B = 15.8 GB at N = 32: it is timed at N = 2 and 4 and
+extrapolated (``~``).
 """
 
 from __future__ import annotations
@@ -46,7 +56,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpt2_decoder import GPT2Decoder, random_tokens
+
 ROOT = Path(__file__).resolve().parents[1]
+#: GPT-2 cases: (layers, N).
+GPT2_CASES = {"gpt2": (12, 32), "gpt2small": (2, 16), "gpt2acc": (2, 4)}
 
 
 class BasicBlock(nn.Module):
@@ -134,9 +149,21 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     import ntkit
     import ntkit.empirical._choice as choice
 
-    model = resnet18()
     n, mode, impl = spec["n"], spec["mode"], spec["impl"]
-    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    if "layers" in spec:  # GPT-2 decoder on random token ids
+        model = GPT2Decoder(layers=spec["layers"]).eval()
+        x = random_tokens(n, 128)
+    else:
+        model = resnet18()
+        x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    if impl == "accuracy":  # float32 auto and jacobian against float64 auto
+        ref = ntkit.empirical_ntk(model.double(), x, mode=mode, progress=False)
+        model = model.float()
+        dist = {}
+        for name in ("auto", "jacobian"):
+            got = ntkit.empirical_ntk(model, x, mode=mode, implementation=name, progress=False).double()
+            dist[name] = float((got - ref).norm() / ref.norm())
+        return {"accuracy": dist}
     if impl == "fwdbwd":
         t0, c0 = time.perf_counter(), time.process_time()
         model(x).sum().backward()
@@ -181,6 +208,8 @@ def best(spec: dict[str, Any], timeout: float, repeat: int) -> dict[str, Any]:
 
 
 def fmt(r: dict[str, Any]) -> str:
+    if "accuracy" in r:
+        return "  relative distance to float64: " + ", ".join(f"{k} {v:.1e}" for k, v in r["accuracy"].items())
     if "wall" in r:
         est = "~" if r.get("estimate") else " "
         rss = f"{r['rss_gb']:5.2f} GB" if "rss_gb" in r else "      -"
@@ -190,10 +219,12 @@ def fmt(r: dict[str, Any]) -> str:
     return f"  error: {r.get('error')}"
 
 
-def tutorial_estimate(mode: str, timeout: float, repeat: int, threads: int, n: int) -> dict[str, Any]:
+def tutorial_estimate(
+    mode: str, timeout: float, repeat: int, threads: int, n: int, **extra: Any
+) -> dict[str, Any]:
     """Tutorial method timed at N = 2 and 4, extrapolated to n as a N + b N^2."""
-    r2 = best({"impl": "tutorial", "mode": mode, "n": 2, "threads": threads}, timeout, repeat)
-    r4 = best({"impl": "tutorial", "mode": mode, "n": 4, "threads": threads}, timeout, repeat)
+    r2 = best({"impl": "tutorial", "mode": mode, "n": 2, "threads": threads, **extra}, timeout, repeat)
+    r4 = best({"impl": "tutorial", "mode": mode, "n": 4, "threads": threads, **extra}, timeout, repeat)
     if "wall" not in r2 or "wall" not in r4:
         return r4 if "wall" not in r4 else r2
     b = max(0.0, (r4["wall"] - 2 * r2["wall"]) / 8)  # t4 - 2 t2 = 16b - 8b
@@ -210,6 +241,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", default="3GB", help="memory_budget of the extra large-budget rows")
+    ap.add_argument("--gpt2-budget", default="4GB", help="memory_budget of the extra gpt2 row")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -217,9 +249,14 @@ def main() -> None:
     impls = args.impls.split(",")
     th, rep, to = args.threads, args.repeat, args.timeout
     print(f"torch {torch.__version__}, {th} threads, timeout {to:.0f} s per run, best of {rep}")
-    base = best({"impl": "fwdbwd", "mode": "-", "n": 64, "threads": th}, to, rep)
-    print(f"forward + backward of a batch of 64 (one output sum)      {fmt(base)}")
-    for case in args.cases.split(","):
+    cases = args.cases.split(",")
+    if any(c not in GPT2_CASES for c in cases):
+        base = best({"impl": "fwdbwd", "mode": "-", "n": 64, "threads": th}, to, rep)
+        print(f"forward + backward of a batch of 64 (one output sum)      {fmt(base)}")
+    for case in cases:
+        if case in GPT2_CASES:
+            gpt2_case(case, impls, args)
+            continue
         mode = "pntk" if case.startswith("pntk") else case
         n = 512 if case == "pntk512" else 64
         rows: dict[str, dict[str, Any]] = {}
@@ -243,6 +280,31 @@ def main() -> None:
         for impl, r in rows.items():
             ratio = f"x tut {tut / r['wall']:6.1f}" if tut and "wall" in r and impl != "tutorial" else ""
             print(f"{case:8s} N={n:3d} {impl:14s} {fmt(r)}  {ratio}", flush=True)
+
+
+def gpt2_case(case: str, impls: list[str], args: Any) -> None:
+    """The GPT-2 rows of ``case`` (see the module docstring): trace kernel of N sequences, x2=None."""
+    layers, n = GPT2_CASES[case]
+    th, rep, to = args.threads, args.repeat, args.timeout
+    spec: dict[str, Any] = {"mode": "trace", "n": n, "threads": th, "layers": layers}
+    rows: dict[str, dict[str, Any]] = {}
+    if case == "gpt2acc":
+        rows["accuracy"] = run({**spec, "impl": "accuracy"}, to)
+    else:
+        rows["fwdbwd"] = best({**spec, "impl": "fwdbwd"}, to, rep)
+        for impl in impls:
+            if impl == "tutorial":
+                rows[impl] = tutorial_estimate("trace", to, rep, th, n, layers=layers)
+            elif impl in ("before", "jacobian") and case == "gpt2":
+                continue  # beyond any timeout: see gpt2small
+            else:
+                rows[impl] = best({**spec, "impl": impl}, to, 1 if impl != "auto" else rep)
+        if case == "gpt2" and args.gpt2_budget:
+            rows[f"auto, {args.gpt2_budget}"] = best({**spec, "impl": "auto", "budget": args.gpt2_budget}, to, rep)
+    tut = rows.get("tutorial", {}).get("wall")
+    for impl, r in rows.items():
+        ratio = f"x tut {tut / r['wall']:6.1f}" if tut and "wall" in r and impl not in ("tutorial", "fwdbwd") else ""
+        print(f"{case:9s} L={layers:2d} N={n:3d} {impl:14s} {fmt(r)}  {ratio}", flush=True)
 
 
 if __name__ == "__main__":

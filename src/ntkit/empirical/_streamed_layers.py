@@ -1,6 +1,6 @@
 """The layers the streamed engine differentiates itself, and their per-example parameter gradients.
 
-Three kinds of module, each recognised by its exact type and only when its selected parameters
+Five kinds of module, each recognised by its exact type and only when its selected parameters
 belong to it alone and it is called once per forward pass:
 
 * ``"linear"``: ``nn.Linear`` and the linear layers of :mod:`ntkit.nn`, ``z_p = s_w W a_p + s_b b`` at
@@ -9,7 +9,15 @@ belong to it alone and it is called once per forward pass:
   ``a_p`` the unfolded input patch at output pixel ``p`` (per group);
 * ``"norm"``: ``nn.BatchNorm1d/2d/3d`` in eval mode with running statistics and an affine map,
   ``y = gamma * xhat + beta`` with ``xhat = (x - running_mean) / sqrt(running_var + eps)`` per channel
-  (the running statistics are constants, so the layer is affine in ``gamma`` and ``beta``).
+  (the running statistics are constants, so the layer is affine in ``gamma`` and ``beta``);
+* ``"layernorm"``: ``nn.LayerNorm`` (and ``nn.RMSNorm``) with an affine map, the same with
+  ``xhat = (x - mean(x)) / sqrt(var(x) + eps)`` (RMSNorm: ``x / sqrt(mean(x^2) + eps)``) over the
+  normalised trailing dimensions, at every leading position ``p`` (the tokens of a sequence);
+* ``"embedding"``: ``nn.Embedding`` without ``max_norm`` or ``scale_grad_by_freq``, ``z_p = W[t_p]``
+  for the integer tokens ``t_p`` of an example: ``d f_c / d W[u] = sum_{p: t_p = u} g_{c,p}`` (zero
+  at ``padding_idx``), contracted by matching tokens (:mod:`ntkit.empirical._streamed_embedding`).
+  An embedding called on one row of indices that the model broadcasts over the batch (GPT-2's
+  position embedding ``wpe(arange(L)[None])``) is expanded to the batch by the engine's pass.
 
 With ``g_{c,p} = d f_c / d z_p`` the cotangent of output ``c`` at the layer's output, the
 per-example gradients are
@@ -39,6 +47,10 @@ from ntkit.empirical._structured_layers import layer_kind, scale_factors
 from ntkit.nn.linear import _ConvNd
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Layer norms recognised by exact type (``nn.RMSNorm`` where this torch has it).
+LAYER_NORM_TYPES: tuple[type, ...] = (nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+#: Kinds whose contribution is a per-example Jacobian of per-channel parameters (``gamma``, ``beta``).
+NORM_KINDS = ("norm", "layernorm")
 
 
 @dataclass
@@ -51,7 +63,7 @@ class StreamLayer:
     """
 
     module: nn.Module
-    kind: str  # "linear", "conv" or "norm"
+    kind: str  # "linear", "conv", "norm", "layernorm" or "embedding"
     s_w: float
     s_b: float
     take_w: bool
@@ -68,7 +80,7 @@ class StreamLayer:
     @property
     def n_params(self) -> int:
         """Selected parameters of the layer."""
-        if self.kind == "norm":
+        if self.kind in NORM_KINDS:
             return self.d_out * (int(self.take_w) + int(self.take_b))
         return self.groups * self.d_out * (self.d_in * int(self.take_w) + int(self.take_b))
 
@@ -79,6 +91,11 @@ def _kind(module: nn.Module) -> str | None:
         if not bn.training and bn.affine and bn.running_mean is not None and bn.running_var is not None:
             return "norm"
         return None
+    if type(module) in LAYER_NORM_TYPES:
+        return "layernorm" if getattr(module, "elementwise_affine", False) else None
+    if type(module) is nn.Embedding:
+        emb: Any = module
+        return "embedding" if emb.max_norm is None and not emb.scale_grad_by_freq else None
     return layer_kind(module)
 
 
@@ -102,7 +119,7 @@ def find_stream_layers(model: nn.Module, params: dict[str, Tensor]) -> list[Stre
         take_b = bname in params and bias is not None and owners[id(bias)] == 1
         if not (take_w or take_b):
             continue
-        s_w, s_b = scale_factors(mod) if kind != "norm" else (1.0, 1.0)
+        s_w, s_b = scale_factors(mod) if kind in ("linear", "conv") else (1.0, 1.0)
         layer = StreamLayer(mod, kind, s_w, s_b, take_w, take_b, groups=int(getattr(mod, "groups", 1)))
         layer.names = [n for n, t in ((wname, take_w), (bname, take_b)) if t]
         layers.append(layer)
@@ -110,10 +127,25 @@ def find_stream_layers(model: nn.Module, params: dict[str, Tensor]) -> list[Stre
 
 
 def probe_shapes(layer: StreamLayer, inp: Tensor, out: Tensor) -> None:
-    """Fill in ``positions``, ``d_in``, ``d_out`` from one call on a one-row batch; count the call."""
+    """Fill in ``positions``, ``d_in``, ``d_out`` from one call on a one-row batch; count the call.
+
+    An embedding whose indices have no batch axis (``wpe(arange(L))``, leading size other than 1)
+    cannot be given per-example cotangents: it is counted as called twice, which leaves it to the
+    per-example Jacobians."""
     layer.calls += 1
     layer.in_numel, layer.out_numel = inp[0].numel(), out[0].numel()
-    if layer.kind == "linear":
+    if layer.kind == "embedding":
+        mod_e: Any = layer.module
+        if inp.ndim == 0 or inp.shape[0] != 1:
+            layer.calls += 1
+        layer.positions, layer.d_in, layer.d_out = inp[0].numel(), mod_e.num_embeddings, mod_e.embedding_dim
+    elif layer.kind == "layernorm":
+        mod_n: Any = layer.module
+        d = 1
+        for s in mod_n.normalized_shape:
+            d *= int(s)
+        layer.positions, layer.d_in, layer.d_out = out[0].numel() // d, 1, d
+    elif layer.kind == "linear":
         layer.positions, layer.d_in, layer.d_out = inp.numel() // inp.shape[-1], inp.shape[-1], out.shape[-1]
     elif layer.kind == "conv":
         mod: Any = layer.module
@@ -262,9 +294,13 @@ def bias_jacobian(layer: StreamLayer, g5: Tensor) -> Tensor:
 
 
 def norm_jacobian(layer: StreamLayer, inp: Tensor, g: Tensor) -> Tensor:
-    """Per-example Jacobian (N, kc, F) of a batch norm's selected ``gamma`` then ``beta`` from its input
-    ``inp`` (N, C, ...) and the cotangents ``g`` (kc, N, C, ...) at its output:
-    ``sum_p g_p xhat_p = (sum_p g_p x_p - mean sum_p g_p) / sqrt(var + eps)``."""
+    """Per-example Jacobian (N, kc, F) of a batch norm's or layer norm's selected ``gamma`` then ``beta``
+    from its input ``inp`` (N, ...) and the cotangents ``g`` (kc, N, ...) at its output. Batch norm
+    (channels on axis 1): ``sum_p g_p xhat_p = (sum_p g_p x_p - mean sum_p g_p) / sqrt(var + eps)``;
+    layer norm (normalised trailing dimensions, ``P`` leading positions): ``sum_p g_p * xhat_p`` with
+    ``xhat`` recomputed from the input as the module normalises it."""
+    if layer.kind == "layernorm":
+        return _layer_norm_jacobian(layer, inp, g)
     mod: Any = layer.module
     kc, n, c = g.shape[0], g.shape[1], g.shape[2]
     g3 = g.reshape(kc, n, c, -1)
@@ -275,6 +311,24 @@ def norm_jacobian(layer: StreamLayer, inp: Tensor, g: Tensor) -> Tensor:
         parts.append((gx - gsum * mod.running_mean).mul_(torch.rsqrt(mod.running_var + mod.eps)))
     if layer.take_b:
         parts.append(gsum)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def _layer_norm_jacobian(layer: StreamLayer, inp: Tensor, g: Tensor) -> Tensor:
+    """:func:`norm_jacobian` of a layer norm (``nn.LayerNorm``, ``nn.RMSNorm``): (N, kc, F)."""
+    mod: Any = layer.module
+    kc, n, d = g.shape[0], g.shape[1], layer.d_out
+    g3 = g.reshape(kc, n, -1, d)  # (kc, N, P, D)
+    parts = []
+    if layer.take_w:
+        shape = tuple(mod.normalized_shape)
+        if isinstance(mod, nn.LayerNorm):
+            xhat = F.layer_norm(inp, shape, None, None, mod.eps)
+        else:
+            xhat = F.rms_norm(inp, shape, None, mod.eps)
+        parts.append(torch.einsum("knpd,npd->nkd", g3, xhat.reshape(n, -1, d)))
+    if layer.take_b:
+        parts.append(g3.sum(2).transpose(0, 1))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
@@ -293,7 +347,7 @@ def jacobian_blocks(
     ...): (N, M) if ``flat`` (outputs summed by the inner products), else (N, kc, F). Blocks may be
     views of the workspace, valid until the next block. The slices are those of ``rows`` examples
     (default N), so that two sides of a block slice alike."""
-    if layer.kind == "norm":
+    if layer.kind in NORM_KINDS:
         j = norm_jacobian(layer, inp, g)
         yield j.reshape(j.shape[0], -1) if flat else j
         return

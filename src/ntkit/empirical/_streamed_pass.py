@@ -5,7 +5,13 @@ Every recognised layer's output goes through :class:`~ntkit.empirical._cotangent
 ``g_c = d f_c / d z`` (1, N, ...) of output ``c`` to the layer's sink — or, when the sink is None,
 keeps it in the recorder's (k, N, ...) buffer. The passes differentiate a scalar ``anchor`` that
 every probe takes as an input, so each pass runs exactly the backward operations on the data path
-(no parameter gradients: the forward runs on detached parameters).
+(no parameter gradients: the forward runs on detached parameters). Inputs may be integer tokens; the
+anchor and the cotangents are in the parameters' ``dtype``.
+
+An embedding called with one row of indices (leading size 1, e.g. positions ``arange(L)[None]``)
+whose output the model broadcasts over the ``N`` rows has no per-example cotangent; its indices and
+output are expanded to ``N`` rows here (the broadcast sum computes the same values), so that each row
+receives its own cotangent.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ def backward_passes(
     k: int,
     x: Tensor,
     sink_for: SinkFactory,
+    dtype: torch.dtype | None = None,
 ) -> list[tuple[StreamLayer, Recorder]]:
-    """Run ``model`` on ``x`` (N, ...) with ``detached`` parameters, then one backward pass per output.
+    """Run ``model`` on ``x`` (N, ...) with ``detached`` parameters, then one backward pass per output
+    (cotangents in ``dtype``, default ``x``'s).
 
     Returns the called layers with their recorders (inputs in ``rec.inp``; kept cotangents in
     ``rec.buf`` for layers without a sink). A layer called twice is an error (the engine takes only
@@ -42,7 +50,8 @@ def backward_passes(
     n = x.shape[0]
     recs: dict[int, tuple[StreamLayer, Recorder]] = {}
     counter = [0]
-    anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+    dtype = x.dtype if dtype is None else dtype
+    anchor = torch.zeros((), dtype=dtype, device=x.device, requires_grad=True)
 
     def hook(layer: StreamLayer) -> Callable[[nn.Module, Any, Any], Any]:
         def fn(_m: nn.Module, inputs: Any, output: Tensor) -> Tensor:
@@ -52,7 +61,10 @@ def backward_passes(
                     "pass, as for the probe row, got a second call"
                 )
             rec = Recorder(k, counter)
-            out = ProbeCotangent.apply(inputs[0], output, anchor, rec)
+            inp = inputs[0]
+            if layer.kind == "embedding" and n > 1 and inp.ndim > 0 and inp.shape[0] == 1:  # broadcast rows
+                inp, output = inp.expand(n, *inp.shape[1:]), output.expand(n, *output.shape[1:])
+            out = ProbeCotangent.apply(inp, output, anchor, rec)
             rec.sink = sink_for(layer, rec)
             recs[id(layer)] = (layer, rec)
             return out
@@ -69,10 +81,12 @@ def backward_passes(
     if out.shape[1] != k:
         raise ValueError(f"model: expected {k} outputs for every block, got {out.shape[1]}")
     if out.requires_grad:
-        eye = torch.eye(k, dtype=x.dtype, device=x.device)
+        eye = torch.eye(k, dtype=dtype, device=x.device)
         for c in range(k):
             counter[0] = c
             torch.autograd.grad(
                 out, [anchor], grad_outputs=eye[c].expand(n, k), retain_graph=c < k - 1, allow_unused=True
             )
+    for _, rec in recs.values():  # a sink refers to its recorder: break the cycle, or the recorded inputs
+        rec.sink = None  # outlive the pass until the cyclic garbage collector runs (tiles piled them up)
     return list(recs.values())

@@ -18,13 +18,23 @@ from typing import Any
 from ntkit.empirical._common import Tensor
 from ntkit.empirical._cotangents import Recorder
 from ntkit.empirical._streamed_contract import Accumulator
-from ntkit.empirical._streamed_layers import StreamLayer, Workspace, cotangent_rows, jacobian_blocks, patch_rows
+from ntkit.empirical._streamed_embedding import add_embedding
+from ntkit.empirical._streamed_layers import (
+    NORM_KINDS,
+    StreamLayer,
+    Workspace,
+    cotangent_rows,
+    jacobian_blocks,
+    patch_rows,
+)
 from ntkit.empirical._streamed_pass import backward_passes
 
 
 def keeps_jacobian(layer: StreamLayer) -> bool:
     """Whether the layer's stored feature is its per-example Jacobian (else its input and cotangents)."""
-    return layer.kind == "norm" or layer.n_params <= layer.out_numel + layer.in_numel
+    if layer.kind == "embedding":  # tokens and cotangents, contracted by matching tokens
+        return False
+    return layer.kind in NORM_KINDS or layer.n_params <= layer.out_numel + layer.in_numel
 
 
 def feature_row_bytes(layers: list[StreamLayer], k: int, itemsize: int) -> float:
@@ -41,7 +51,7 @@ def record_features(engine: Any, x: Tensor) -> dict[str, Any]:
     n, k = x.shape[0], engine.k
     layers: list[StreamLayer] = engine.layers
     stores: dict[int, list[Tensor]] = {}
-    ws = Workspace(x.dtype, x.device)
+    ws = Workspace(engine.dtype, x.device)
     step = engine.record_rows()
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
@@ -52,19 +62,19 @@ def record_features(engine: Any, x: Tensor) -> dict[str, Any]:
                 assert inp is not None
                 if keeps_jacobian(layer):
                     if id(layer) not in stores:
-                        stores[id(layer)] = [x.new_zeros((n, k, layer.n_params))]
+                        stores[id(layer)] = [g.new_zeros((n, k, layer.n_params))]
                     off = 0
                     for part in jacobian_blocks(layer, inp, g, ws, engine.limit, flat=False):
                         stores[id(layer)][0][r0:r1, c, off : off + part.shape[2]] = part[:, 0]
                         off += part.shape[2]
                     return
                 if id(layer) not in stores:
-                    stores[id(layer)] = [x.new_empty((n, *inp.shape[1:])), x.new_zeros((n, k, *g.shape[2:]))]
+                    stores[id(layer)] = [inp.new_empty((n, *inp.shape[1:])), g.new_zeros((n, k, *g.shape[2:]))]
                 stores[id(layer)][1][r0:r1, c] = g[0]
 
             return sink
 
-        for layer, rec in backward_passes(engine.model, engine.detached, layers, k, x[r0:r1], sink_for):
+        for layer, rec in backward_passes(engine.model, engine.detached, layers, k, x[r0:r1], sink_for, engine.dtype):
             if id(layer) in stores and len(stores[id(layer)]) == 2 and rec.inp is not None:
                 stores[id(layer)][0][r0:r1] = rec.inp
     feats: list[Any] = []
@@ -81,7 +91,7 @@ def contract_features(engine: Any, f1: dict[str, Any], f2: dict[str, Any], mode:
     n1 = f1["n"]
     n2 = n1 if sym else f2["n"]
     k = engine.k
-    like = next((item[1] for item in f1["layers"] if item is not None), None)
+    like = next((item[-1] for item in f1["layers"] if item is not None), None)
     if like is None:
         like = next(iter(f1["fallback"].values()))
     acc = Accumulator(n1, n2, k, mode, sym=sym, pairs=pairs, dtype=like.dtype, device=like.device)
@@ -97,6 +107,9 @@ def contract_features(engine: Any, f1: dict[str, Any], f2: dict[str, Any], mode:
             continue
         g1 = l1[2].movedim(1, 0)  # (k, N, ...)
         g2 = None if sym else l2[2].movedim(1, 0)
+        if layer.kind == "embedding":
+            add_embedding(acc, layer.module, l1[1], g1, 0, engine.limit, None if g2 is None else (l2[1], g2))
+            continue
         method = engine.layer_method(layer, n1 if sym else n1 + n2, n1, n2, mode, pairs)
         if method == "factored":
             s_w2 = layer.s_w**2 if layer.take_w else 0.0

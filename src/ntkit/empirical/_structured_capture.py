@@ -126,8 +126,9 @@ def capture_layers(
                     rec.sink = gram_sink(rec)
         return out
 
-    eye = torch.eye(k, dtype=x.dtype, device=x.device)
-    anchor = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+    dtype = x.dtype if x.is_floating_point() else next(model.parameters()).dtype  # integer token inputs
+    eye = torch.eye(k, dtype=dtype, device=x.device)
+    anchor = torch.zeros((), dtype=dtype, device=x.device, requires_grad=True)
     with torch.enable_grad():
         out = run(anchor)
     if out.requires_grad and vectorised:
@@ -160,13 +161,13 @@ def capture_layers(
                 feats.append(("identity", a, None))
             else:
                 n1 = int(trace_rows or 0)
-                zero = torch.zeros((n1, n - n1), dtype=x.dtype, device=x.device)
+                zero = torch.zeros((n1, n - n1), dtype=dtype, device=x.device)
                 feats.append(("gram", a, grams.get(id(rl[0]), zero)))
             continue
         a_parts, g_parts = [], []
         for rec in rl:
             assert rec.inp is not None
-            a_u, g_u = layer_tensors(layer, rec.inp, rec.cotangents(x.dtype, x.device), n, k)
+            a_u, g_u = layer_tensors(layer, rec.inp, rec.cotangents(dtype, x.device), n, k)
             a_parts.append(a_u)
             g_parts.append(g_u)
         a = torch.cat(a_parts, dim=-1) if len(a_parts) > 1 else a_parts[0]  # (N, G, d_in, P)

@@ -32,6 +32,7 @@ class NTVPEngine(Engine):
         self.k = k
         ref = next(iter(params.values()))
         self.itemsize = ref.element_size()
+        self.dtype = ref.dtype  # of the kernel (inputs may be integer token ids)
         self.n_params = sum(p.numel() for p in params.values())
         self.forward_flops = forward_flops
         self.chunk = max(1, int(chunk_bytes // (self.k * self.n_params * self.itemsize)))
@@ -46,8 +47,8 @@ class NTVPEngine(Engine):
         self._eye: Tensor | None = None
 
     def _basis(self, like: Tensor) -> Tensor:
-        if self._eye is None or self._eye.device != like.device or self._eye.dtype != like.dtype:
-            self._eye = torch.eye(self.k, dtype=like.dtype, device=like.device)
+        if self._eye is None or self._eye.device != like.device or self._eye.dtype != self.dtype:
+            self._eye = torch.eye(self.k, dtype=self.dtype, device=like.device)
         return self._eye
 
     def _pullback(self, rows: Tensor) -> dict[str, Tensor]:
@@ -67,7 +68,7 @@ class NTVPEngine(Engine):
 
     def block(self, f1: Tensor, f2: Tensor, mode: str) -> Tensor:
         n1, n2, k = f1.shape[0], f2.shape[0], self.k
-        out = torch.empty((n1, n2, k, k), dtype=f1.dtype, device=f1.device)
+        out = torch.empty((n1, n2, k, k), dtype=self.dtype, device=f1.device)
         for start in range(0, n2, self.chunk):
             rows = f2[start : start + self.chunk]
             c = rows.shape[0]
@@ -84,7 +85,7 @@ class NTVPEngine(Engine):
 
     def pairs(self, f1: Tensor, f2: Tensor, mode: str) -> Tensor:
         n, k = f1.shape[0], self.k
-        out = torch.empty((n, k, k), dtype=f1.dtype, device=f1.device)
+        out = torch.empty((n, k, k), dtype=self.dtype, device=f1.device)
         for start in range(0, n, self.chunk):
             pulled = self._pullback(f2[start : start + self.chunk])
 

@@ -18,8 +18,11 @@ by the cheaper of two exact forms, chosen per layer and block by a flop count wi
   structured derivatives) — cost ``2 N1 N2 P^2 (d_in + k d_out)`` — cheaper for layers with few
   positions and many parameters (a ResNet's last stage, dense layers).
 
-Batch norms in eval mode contribute their affine parameters by per-example Jacobians as well
-(``d f / d gamma = sum_p g_p xhat_p``, ``d f / d beta = sum_p g_p``). Parameters of other modules, of
+Batch norms in eval mode and layer norms contribute their affine parameters by per-example Jacobians
+as well (``d f / d gamma = sum_p g_p xhat_p``, ``d f / d beta = sum_p g_p``); embeddings (integer token
+inputs) by matching the tokens of the two examples (:mod:`ntkit.empirical._streamed_embedding`), so
+that a transformer's Linear layers (at its ``L`` token positions), layer norms and token and position
+embeddings are all handled here and its ``N x P`` Jacobian is never formed. Parameters of other modules, of
 modules called more than once and shared ones are left to :class:`~ntkit.empirical.jacobian.
 JacobianEngine` restricted to them.
 
@@ -47,7 +50,9 @@ from torch import nn
 from ntkit.empirical._common import Engine, Tensor, mode_width
 from ntkit.empirical._cotangents import Recorder
 from ntkit.empirical._streamed_contract import Accumulator
+from ntkit.empirical._streamed_embedding import add_embedding, pair_estimate
 from ntkit.empirical._streamed_layers import (
+    NORM_KINDS,
     StreamLayer,
     Workspace,
     cotangent_rows,
@@ -98,6 +103,7 @@ class StreamedEngine(Engine):
         self.k = k
         ref = next(iter(params.values()))
         self.itemsize = ref.element_size()
+        self.dtype = ref.dtype
         self.limit = float(min(LAYER_BYTES, max(budget // 8, 1 << 20)))
         layers = find_stream_layers(model, params)
         self.act_per_row, self.act_max = self._probe(layers, probe)
@@ -105,7 +111,9 @@ class StreamedEngine(Engine):
         handled = {n for layer in self.layers for n in layer.names}
         rest = {n: t for n, t in params.items() if n not in handled}
         self.forward_flops = sum(
-            2.0 * layer.positions * layer.groups * layer.d_in * layer.d_out for layer in layers if layer.kind != "norm"
+            2.0 * layer.positions * layer.groups * layer.d_in * layer.d_out
+            for layer in layers
+            if layer.kind in ("linear", "conv")
         ) + 4.0 * self.act_per_row
         self.fallback = JacobianEngine(model, rest, k, self.forward_flops) if rest else None
         self.fallback_names = list(rest)
@@ -139,16 +147,21 @@ class StreamedEngine(Engine):
         k, p, g, din, dout = self.k, layer.positions, layer.groups, layer.d_in, layer.d_out
         kk = k * k if mode == "full" else k
         cross = float(n1) * (1 if pairs else n2)
-        if layer.kind == "norm":
+        if layer.kind in NORM_KINDS:
             return 4.0 * n * k * p * dout + 2.0 * cross * kk * layer.n_params
+        if layer.kind == "embedding":  # token rows, then the matched pairs' inner products
+            return 2.0 * n * k * p * dout + 2.0 * pair_estimate(n1, n2, p, din, pairs) * kk * dout
         if method == "jacobian":
             return 2.0 * n * k * p * g * dout * din * int(layer.take_w) + 2.0 * cross * kk * layer.n_params
         return 2.0 * cross * p * p * g * (din * int(layer.take_w) + kk * dout + kk)
 
     def layer_method(self, layer: StreamLayer, n: int, n1: int, n2: int, mode: str, pairs: bool) -> str:
-        """``"jacobian"`` or ``"factored"``: the fewer flops, factored only if its Gram fits the layer limit."""
-        if layer.kind == "norm":
+        """``"jacobian"`` or ``"factored"``: the fewer flops, factored only if its Gram fits the layer limit
+        (``"tokens"`` for an embedding)."""
+        if layer.kind in NORM_KINDS:
             return "jacobian"
+        if layer.kind == "embedding":
+            return "tokens"
         pp = float(layer.positions) ** 2 * layer.groups
         gram_bytes = (float(n1) * (1 if pairs else n2)) * pp * self.itemsize
         if gram_bytes > self.limit:
@@ -209,8 +222,10 @@ class StreamedEngine(Engine):
     def full_keeps_jacobian(self, layer: StreamLayer, method: str) -> bool:
         """Full mode: whether the layer keeps its per-example Jacobian across the ``k`` passes (when
         smaller than its cotangents) rather than its cotangents."""
-        if layer.kind == "norm":
+        if layer.kind in NORM_KINDS:
             return True
+        if layer.kind == "embedding":
+            return False
         return method == "jacobian" and layer.n_params <= layer.positions * layer.groups * layer.d_out
 
     def pass_bytes(self, n: int, n1: int, n2: int, mode: str, pairs: bool = False) -> float:
@@ -228,10 +243,13 @@ class StreamedEngine(Engine):
                     total += float(n) * k * layer.n_params * item
                 else:
                     total += float(n) * k * layer.positions * layer.groups * layer.d_out * item
-            if layer.kind == "norm":
+            if layer.kind in NORM_KINDS:
+                continue
+            kc = k if mode == "full" else 1
+            if layer.kind == "embedding":  # token rows of both sides, gathered pairs
+                peak = max(peak, 2.0 * n * kc * layer.positions * layer.d_out * item + self.limit)
                 continue
             patches = float(n) * layer.positions * layer.groups * layer.d_in * item if layer.kind == "conv" else 0.0
-            kc = k if mode == "full" else 1
             if method == "jacobian":
                 copies = 2.0 if kc > 1 else 1.0
                 work = patches + copies * min(self.limit, float(n) * kc * layer.n_params * item)
@@ -252,6 +270,9 @@ class StreamedEngine(Engine):
         work = 0.0
         for layer in self.layers:
             if keeps_jacobian(layer):
+                continue
+            if layer.kind == "embedding":
+                work = max(work, 2.0 * (b1 + b2) * k * layer.positions * layer.d_out * item + self.limit)
                 continue
             jac = 2.0 * min(self.limit, float(b) * k * layer.n_params * item) * (2.0 if mode == "full" else 1.0)
             patches = 0.0
@@ -303,8 +324,8 @@ class StreamedEngine(Engine):
         """The block (or its ``i == j`` entries) of the rows ``x[:n1]`` against ``x[n1:]`` (or ``x``)."""
         n, k = x.shape[0], self.k
         n2 = n1 if sym else n - n1
-        acc = Accumulator(n1, n2, k, mode, sym=sym, pairs=pairs, dtype=x.dtype, device=x.device)
-        ws = Workspace(x.dtype, x.device)
+        acc = Accumulator(n1, n2, k, mode, sym=sym, pairs=pairs, dtype=self.dtype, device=x.device)
+        ws = Workspace(self.dtype, x.device)
         methods = {id(layer): self.layer_method(layer, n, n1, n2, mode, pairs) for layer in self.layers}
         keep = mode == "full" and k > 1  # outputs coupled: keep Jacobians or cotangents until the last pass
         kept: dict[int, Tensor] = {}
@@ -327,18 +348,18 @@ class StreamedEngine(Engine):
                 off = 0
                 for part in jacobian_blocks(layer, rec.inp, g, ws, self.limit, flat=False):  # (N, 1, F_i)
                     if id(layer) not in kept:
-                        kept[id(layer)] = x.new_zeros((n, k, layer.n_params))
+                        kept[id(layer)] = g.new_zeros((n, k, layer.n_params))
                     kept[id(layer)][:, c0, off : off + part.shape[2]] = part[:, 0]
                     off += part.shape[2]
 
             return keep_jacobian
 
-        recs = backward_passes(self.model, self.detached, self.layers, k, x, sink_for)
+        recs = backward_passes(self.model, self.detached, self.layers, k, x, sink_for, self.dtype)
         for layer, rec in recs:  # full mode: contract what was kept
             if id(layer) in kept:
                 acc.jacobian(kept.pop(id(layer)), 0)
             elif keep and rec.buf is not None and rec.inp is not None:
-                g = rec.cotangents(x.dtype, x.device)
+                g = rec.cotangents(self.dtype, x.device)
                 rec.buf = None
                 self._contribute(layer, methods[id(layer)], rec.inp, g, 0, acc, {}, ws)
         recs.clear()  # free the recorded inputs and the workspace before the fallback runs
@@ -363,6 +384,9 @@ class StreamedEngine(Engine):
         ws: Workspace,
     ) -> None:
         """Add one layer's contribution for the cotangents ``g`` (kc, N, ...) of outputs ``c0 ..``."""
+        if method == "tokens":
+            add_embedding(acc, layer.module, inp, g, c0, self.limit)
+            return
         if method == "factored":
             if "gram" not in state:
                 s_w2 = layer.s_w**2 if layer.take_w else 0.0

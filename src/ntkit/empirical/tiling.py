@@ -40,12 +40,13 @@ def _too_small(engine: Engine, budget: int, need: float) -> ValueError:
     )
 
 
-def _check_out(out: Tensor | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
+def _check_out(out: Tensor | None, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    dtype = like.dtype if dtype is None else dtype
     if out is None:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape or out.dtype != like.dtype:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape or out.dtype != dtype:
         got = f"{type(out).__name__}" if not isinstance(out, torch.Tensor) else f"{tuple(out.shape)} {out.dtype}"
-        raise ValueError(f"out: expected a tensor of shape {shape} and dtype {like.dtype}, got {got}")
+        raise ValueError(f"out: expected a tensor of shape {shape} and dtype {dtype}, got {got}")
     return out
 
 
@@ -91,8 +92,10 @@ def tiled_kernel(
     budget: int,
     progress: bool | None,
     out: Tensor | None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Evaluate the kernel with ``engine`` tile by tile (see the module docstring)."""
+    """Evaluate the kernel with ``engine`` tile by tile (see the module docstring); the result is in
+    ``dtype`` (default ``x1``'s: pass the model's for integer token inputs)."""
     sym = x2 is None
     xb = x1 if x2 is None else x2
     n1, n2, k = x1.shape[0], xb.shape[0], engine.k
@@ -105,7 +108,7 @@ def tiled_kernel(
         b = _largest(n1, fits_rows)
         if b == 0:
             raise _too_small(engine, budget, rb * 2 + engine.tile_bytes(1, 1, mode) * 2)
-        result = _check_out(out, pairs_shape(n1, k, mode), x1)
+        result = _check_out(out, pairs_shape(n1, k, mode), x1, dtype)
         steps = list(range(0, n1, b))
         show = bool(progress) or (progress is None and len(steps) >= 4)
         bar = Progress(len(steps), "empirical_ntk rows", enabled=show)
@@ -120,7 +123,7 @@ def tiled_kernel(
     b1, b2 = tile_sizes(engine, n1, n2, mode, budget, sym)
     if b1 == 0:
         raise _too_small(engine, budget, tile_cost(engine, n1, mode, sym, 1, 1))
-    result = _check_out(out, block_shape(n1, n2, k, mode), x1)
+    result = _check_out(out, block_shape(n1, n2, k, mode), x1, dtype)
     rows = list(range(0, n1, b1))
     cols = list(range(0, n2, b2))
     if sym:
