@@ -14,8 +14,9 @@ ridge as in :class:`ntkit.solve.KernelSystem`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -24,9 +25,20 @@ from ntkit._linalg import cho_solve, robust_cholesky
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_float, check_int
 from ntkit.random_features.api import feature_map
-from ntkit.random_features.network import DEFAULT_WEIGHT_BUDGET, FeatureMap
+from ntkit.random_features.network import DEFAULT_WEIGHT_BUDGET
 
 Tensor = torch.Tensor
+
+
+class FeatureBatches(Protocol):
+    """What ridge regression needs of a feature map: :class:`~ntkit.random_features.network.FeatureMap`, or
+    the sketched empirical-NTK features of :func:`ntkit.empirical.empirical_feature_map`."""
+
+    m: int  # features per input
+
+    def batch_size(self) -> int: ...
+
+    def batches(self, x: Tensor, batch_size: int | None = None) -> Iterator[tuple[slice, Tensor]]: ...
 
 
 @dataclass
@@ -35,7 +47,7 @@ class FeatureRidge:
 
     Attributes
     ----------
-    fmap : FeatureMap
+    fmap : FeatureMap or FeatureBatches
         The drawn feature map (apply it to new inputs).
     weights : Tensor of shape (m, k)
         ``(Phi^T Phi + diag_reg I)^{-1} Phi^T Y``.
@@ -58,7 +70,7 @@ class FeatureRidge:
     (torch.Size([128, 1]), True, torch.Size([3]))
     """
 
-    fmap: FeatureMap
+    fmap: FeatureBatches
     weights: Tensor
     squeeze: bool
     jitter: float
@@ -159,9 +171,11 @@ def feature_ridge(
     return fit_feature_ridge(fmap, x, y, diag_reg=diag_reg, batch_size=batch_size, progress=progress)
 
 
-def fit_feature_ridge(fmap: FeatureMap, x: Tensor, y: Tensor, *, diag_reg: float, batch_size: int | None = None,
+def fit_feature_ridge(fmap: FeatureBatches, x: Tensor, y: Tensor, *, diag_reg: float, batch_size: int | None = None,
                       progress: bool = False) -> FeatureRidge:
-    """Ridge regression on the features of a drawn map ``fmap`` (see :func:`feature_ridge`).
+    """Ridge regression on the features of a drawn map ``fmap`` (see :func:`feature_ridge`): a
+    :class:`FeatureMap` or any :class:`FeatureBatches`, e.g. sketched empirical-NTK features
+    (:func:`ntkit.empirical.empirical_feature_map` in mode ``"trace"`` or ``"pntk"``).
 
     ``x`` (N, *input_shape), ``y`` (N,) or (N, k) float64, ``diag_reg > 0``.
     """
@@ -182,4 +196,4 @@ def fit_feature_ridge(fmap: FeatureMap, x: Tensor, y: Tensor, *, diag_reg: float
     return FeatureRidge(fmap, cho_solve(chol, rhs), squeeze, float(jitter), batch_size, chol)
 
 
-__all__ = ["FeatureRidge", "feature_ridge", "fit_feature_ridge"]
+__all__ = ["FeatureBatches", "FeatureRidge", "feature_ridge", "fit_feature_ridge"]
