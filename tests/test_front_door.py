@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import ntkit
+from ntkit import graphs
 from ntkit.compute import api, model_kernels
 from ntkit.compute.sizing import fit_tile_shape, pair_bytes, size_tiles
 from ntkit.compute.tiling import DEFAULT_BUDGET, WORK_ARRAYS
@@ -83,7 +84,7 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
             return fn(*args, **kwargs)
         return wrapper
 
-    for module in (api, model_kernels):
+    for module in (api, model_kernels, graphs):  # graphs: the inputs' validation (ntkit.Graphs or arrays)
         for name in seen:
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, counting(name, getattr(module, name)))

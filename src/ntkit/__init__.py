@@ -24,7 +24,8 @@ from ntkit import activations, nn, predict
 from ntkit._version import __version__
 from ntkit.activations import DualActivation, get_activation
 from ntkit.compute import compute_kernel, fc_kernel, infinite_kernel, kernel_tile_fn
-from ntkit.empirical import empirical_nngp, empirical_ntk
+from ntkit.empirical import empirical_features, empirical_nngp, empirical_ntk
+from ntkit.graphs import Graphs
 from ntkit.kernel import Kernel
 from ntkit.monte_carlo import MonteCarloKernel, monte_carlo_kernel
 from ntkit.networks import FCNetwork, NTKLinear
@@ -34,12 +35,14 @@ from ntkit.train import linearize
 __all__ = [
     "DualActivation",
     "FCNetwork",
+    "Graphs",
     "Kernel",
     "MonteCarloKernel",
     "NTKLinear",
     "__version__",
     "activations",
     "compute_kernel",
+    "empirical_features",
     "empirical_nngp",
     "empirical_ntk",
     "fc_kernel",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ntkit._progress import Progress
-from ntkit._validation import check_choice, check_dtype, check_pair, parse_memory_budget, renamed_keyword
+from ntkit._validation import check_choice, check_dtype, parse_memory_budget, renamed_keyword
 from ntkit.activations import get_activation
 from ntkit.compute.distributed import get_client, run_on_dask
 from ntkit.compute.legacy import _model_first
@@ -26,6 +26,7 @@ from ntkit.compute.sizing import size_tiles
 from ntkit.compute.storage import Ledger, data_digest, open_output
 from ntkit.compute.tile_task import TileTask, run_tile
 from ntkit.compute.tiling import DEFAULT_BUDGET, TilePlan
+from ntkit.graphs import split_graphs
 from ntkit.infinite.tiles import KernelTiles, PreparedPair
 from ntkit.infinite.walk import Architecture, describe_model, fc_model
 
@@ -118,9 +119,10 @@ def compute_kernel(
         The architecture (see :func:`ntkit.infinite_kernel`); may live on the ``meta`` device.
         (Deprecated: the data-first form ``compute_kernel(x1, x2, model=...)`` or
         ``compute_kernel(x1, depth=...)`` still works, with a ``DeprecationWarning``.)
-    x1 : array-like of shape (N1, *input_shape)
-        Vectors ``(N1, d)`` or images ``(N1, C, H, W)`` / ``(N1, C, L)``.
-    x2 : array-like of shape (N2, *input_shape), optional
+    x1 : array-like of shape (N1, *input_shape), or ntkit.Graphs
+        Vectors ``(N1, d)`` or images ``(N1, C, H, W)`` / ``(N1, C, L)``; graphs :class:`ntkit.Graphs`
+        ``(x, adjacency)`` for a model with :class:`ntkit.nn.Aggregate` (tiles cut both together).
+    x2 : array-like of shape (N2, *input_shape), or ntkit.Graphs, optional
         Defaults to ``x1`` (then only the upper half of the tiles is evaluated and mirrored).
     depth, activation, b_std, w_std
         Instead of ``model`` (pass ``None`` first): the fully connected network of :func:`ntkit.nn.fc`.
@@ -188,23 +190,30 @@ def compute_kernel(
     check_choice(which, "which", tuple(_WHICH))
     wanted = _WHICH[which]
     check_dtype(dtype)
-    t1, t2 = check_pair(x1, x2, dtype=dtype, device=device, ndim=None)
+    t1, t2, adj1, adj2 = split_graphs(x1, x2, dtype=dtype, device=device)
     if diagonal and t2 is not None:
         raise ValueError("pairs: expected x2 = None with 'diagonal' (the diagonal of K(x1, x1)), got an x2")
-    t2 = distinct_x2(t1, t2)
+    t2 = distinct_x2(t1, t2, (adj1, adj2))
     arch = architecture(model, tuple(t1.shape[1:]), depth=depth, activation=activation, b_std=b_std, w_std=w_std)
     check_ntk(arch, wanted)
     tiles = KernelTiles(arch)
     described = arch.describe() if model is not None else {
         "depth": depth, "activation": repr(get_activation(activation)), "beta": b_std, "w_std": w_std,
     }  # the shortcut keeps the parameters of the fully connected network (and its older ledgers)
-    return evaluate_tiles(tiles, tiles.prepare_pair(t1, t2), wanted, diag=diagonal, out=out, budget=memory_budget,
-                          tile=tile, scheduler=scheduler, overwrite=overwrite, progress=progress, threads=threads,
+    pair = tiles.prepare_pair(t1, t2, (adj1, adj2))
+    return evaluate_tiles(tiles, pair, wanted, diag=diagonal, out=out, budget=memory_budget, tile=tile,
+                          scheduler=scheduler, overwrite=overwrite, progress=progress, threads=threads,
                           described=described, start=start)
 
 
-def distinct_x2(t1: Tensor, t2: Tensor | None) -> Tensor | None:
-    """``t2``, or None when it equals ``t1`` (``K(x, x)`` is then evaluated as the exactly symmetric kernel)."""
+def distinct_x2(
+    t1: Tensor, t2: Tensor | None, adjacency: tuple[Tensor | None, Tensor | None] = (None, None)
+) -> Tensor | None:
+    """``t2``, or None when it equals ``t1`` (``K(x, x)`` is then evaluated as the exactly symmetric kernel); for
+    graphs (:class:`ntkit.Graphs`) their ``adjacency`` must be equal too."""
+    a1, a2 = adjacency
+    if a1 is not None and a2 is not None and not (a1.shape == a2.shape and torch.equal(a1, a2)):
+        return t2
     if t2 is not None and t2.shape == t1.shape and torch.equal(t1, t2):
         return None
     return t2
@@ -261,6 +270,9 @@ def _run(
     if out is not None:  # the digests key the resumable output: an in-memory result needs none
         params["x1"] = data_digest(t1)
         params["x2"] = None if rows.x2 is None else data_digest(rows.x2)
+        if rows.rows1.adjacency is not None:  # graphs: their adjacencies too
+            params["adjacency"] = [data_digest(r.adjacency) for r in (rows.rows1, rows.rows2)
+                                   if r.adjacency is not None]
     chunks_2d = (edge,) if diag else (edge, edge)
     chunks = chunks_2d if k == 1 else (1, *chunks_2d)
     output, ledger, edge = open_output(

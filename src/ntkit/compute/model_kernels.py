@@ -16,6 +16,7 @@ from torch import nn
 from ntkit._validation import check_choice, check_dtype, check_pair, renamed_keyword
 from ntkit.compute.api import _WHICH, architecture, check_ntk, distinct_x2, evaluate_tiles
 from ntkit.compute.tiling import DEFAULT_BUDGET
+from ntkit.graphs import split_graphs
 from ntkit.infinite.fused import row_ids
 from ntkit.infinite.tiles import KernelTiles
 from ntkit.infinite.walk import fc_model
@@ -61,10 +62,11 @@ def infinite_kernel(
     model : torch.nn.Module
         Built from :mod:`ntkit.nn` layers and the torch modules listed there (nested
         ``nn.Sequential`` allowed; a module with a ``kernel_layers()`` method is walked through it).
-    x1 : array-like of shape (N1, *input_shape)
-        Vectors ``(N1, d)`` or images ``(N1, C, H, W)`` / ``(N1, C, L)`` (channels first).
-    x2 : array-like of shape (N2, *input_shape), optional
-        Defaults to ``x1`` (the kernel is then exactly symmetric).
+    x1 : array-like of shape (N1, *input_shape), or ntkit.Graphs
+        Vectors ``(N1, d)`` or images ``(N1, C, H, W)`` / ``(N1, C, L)`` (channels first); for a model
+        of ``(x, adjacency)`` (:class:`ntkit.nn.Aggregate`), graphs :class:`ntkit.Graphs` ``(x, adjacency)``.
+    x2 : array-like of shape (N2, *input_shape), or ntkit.Graphs, optional
+        Defaults to ``x1`` (the kernel is then exactly symmetric); graphs if ``x1`` is.
     which : {"both", "nngp", "ntk"}
         ``"both"`` returns a :class:`~ntkit.Kernel`; ``"nngp"`` / ``"ntk"`` return that matrix only
         (``"nngp"`` skips the NTK's work).
@@ -104,15 +106,15 @@ def infinite_kernel(
     budget = renamed_keyword(memory_budget, budget, new="memory_budget", old="budget", default=DEFAULT_BUDGET)
     check_choice(which, "which", WHICH)
     check_dtype(dtype)
-    t1, t2 = check_pair(x1, x2, dtype=dtype, device=device, ndim=None)
+    t1, t2, adj1, adj2 = split_graphs(x1, x2, dtype=dtype, device=device)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {type(model).__name__}")
-    t2 = distinct_x2(t1, t2)
+    t2 = distinct_x2(t1, t2, (adj1, adj2))
     arch = architecture(model, tuple(t1.shape[1:]))  # described once: every evaluation below shares it
     want = "nngp" if which == "nngp" or (which == "both" and not arch.has_ntk) else which
     check_ntk(arch, _WHICH[want])
     tiles = KernelTiles(arch)
-    pair = tiles.prepare_pair(t1, t2)  # validated, prepared and numbered once
+    pair = tiles.prepare_pair(t1, t2, (adj1, adj2))  # validated, prepared and numbered once
     res = evaluate_tiles(tiles, pair, _WHICH[want], budget=budget, progress=progress)
     if which != "both":
         return res.ntk if which == "ntk" else res.nngp

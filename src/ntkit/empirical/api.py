@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkit._validation import check_choice, check_pair, describe, parse_memory_budget
+from ntkit._validation import check_choice, describe, parse_memory_budget
 from ntkit.empirical._checks import check_eval_mode, check_reaches_output, check_rows_independent
 from ntkit.empirical._choice import choose_engine
 from ntkit.empirical._common import (
@@ -20,8 +20,10 @@ from ntkit.empirical._common import (
     model_output,
     select_parameters,
 )
+from ntkit.empirical._tokens import token_inputs
 from ntkit.empirical.pntk import SumOfLogits, pntk_parameters
 from ntkit.empirical.tiling import tiled_kernel
+from ntkit.graphs import PackedGraphs, pack, split_graphs
 
 #: Kept for callers of the former private name (``ntkit.monte_carlo``).
 _check_eval_mode = check_eval_mode
@@ -56,10 +58,14 @@ def empirical_ntk(
         draws a new function at every call, so no per-example kernel exists (a ValueError says so).
         Buffers (BatchNorm running statistics) are constants. Parameters with
         ``requires_grad=False`` are constants.
-    x1 : Tensor of shape (N1, ...)
-    x2 : Tensor of shape (N2, ...), optional
+    x1 : Tensor of shape (N1, ...), or ntkit.Graphs
+        For a model of ``(x, adjacency)`` (:class:`ntkit.nn.Aggregate`): graphs :class:`ntkit.Graphs`,
+        the model called as ``model(x, adjacency)``.
+    x2 : Tensor of shape (N2, ...), or ntkit.Graphs, optional
         Same trailing shape as ``x1``. ``None`` computes the symmetric kernel of ``x1``: features
-        once, and only the tiles on and above the diagonal.
+        once, and only the tiles on and above the diagonal. Integer inputs (token ids) of a model
+        with an ``nn.Embedding`` are passed unchanged (``x2`` integer too; the derivatives are with
+        respect to the parameters only); other inputs are cast to the model's dtype.
     mode : {"full", "trace", "diagonal", "pntk"}
         ``"full"``: blocks (N1, N2, k, k); ``"trace"``: ``(1/k) sum_a Theta_aa``, (N1, N2) —
         comparable with the scalar infinite-width kernel; ``"diagonal"``: ``Theta_aa``, (N1, N2, k);
@@ -71,11 +77,12 @@ def empirical_ntk(
         memory ``N k P``). ``"ntvp"``: vjp then jvp, never forming the Jacobian (least memory, most
         compute). ``"structured"`` (alias ``"fc"``): layer-factored Gram products for
         ``nn.Linear``, ``nn.Conv1d/2d`` and :class:`ntkit.NTKLinear`, autodiff for other
-        parameters (see :mod:`ntkit.empirical.structured`); for convolutional networks, batch norm
-        and per-layer Jacobians it may instead stream each layer's contribution during the backward
-        passes (per-example weight gradients from unfolded patches, or Gram products; batch-norm
-        affine parameters included) when that is estimated cheaper with the tiles the budget allows
-        (:mod:`ntkit.empirical.streamed`). ``"auto"``: the cheaper of structured and jacobian by an
+        parameters (see :mod:`ntkit.empirical.structured`); for convolutional networks, batch norm,
+        transformers and per-layer Jacobians it may instead stream each layer's contribution during
+        the backward passes (per-example weight gradients from unfolded patches or token positions,
+        or Gram products; batch-norm and layer-norm affine parameters and embeddings included) when
+        that is estimated cheaper with the tiles the budget allows (:mod:`ntkit.empirical.streamed`).
+        ``"auto"``: the cheaper of structured and jacobian by an
         estimated flop count among those whose one-row tile fits the budget, else ntvp.
     parameters : str or sequence of str, optional
         Names as in ``model.named_parameters()``; default all trainable parameters.
@@ -131,7 +138,12 @@ def empirical_ntk(
     ref = next(model.parameters(), None)
     dtype = ref.dtype if ref is not None else None
     device = ref.device if ref is not None else None
-    t1, t2 = check_pair(x1, x2, dtype=dtype, device=device, ndim=None)
+    tokens = token_inputs(model, x1, x2, device)  # integer token ids of a model with an embedding: kept
+    t1, t2, adj1, adj2 = (*tokens, None, None) if tokens else split_graphs(x1, x2, dtype=dtype, device=device)
+    inner = model
+    if adj1 is not None:  # graphs: a model of one packed row per graph, sliced and differentiated as a tensor
+        model = PackedGraphs(model, tuple(t1.shape[1:]), adj1.shape[-1])
+        t1, t2 = pack(t1, adj1), None if t2 is None or adj2 is None else pack(t2, adj2)
     if pairs == "diagonal" and t2 is not None and t2.shape[0] != t1.shape[0]:
         raise ValueError(
             f"x1 and x2: expected the same number of rows for pairs='diagonal', got {t1.shape[0]} and {t2.shape[0]}"
@@ -141,7 +153,9 @@ def empirical_ntk(
     if t2 is not None:
         model_output(model, t2, "x2")
     check_rows_independent(model, t1, t2)
-    params = select_parameters(model, parameters)
+    params = select_parameters(inner, parameters)
+    if inner is not model:
+        params = {f"net.{n}": t for n, t in params.items()}  # their names in PackedGraphs
     check_reaches_output(model, params, t1, parameters is not None)
     if mode == "pntk":  # the NTK of f_sum = sum_c f_c / sqrt(k): one output
         model, params, k, mode = SumOfLogits(model, k), pntk_parameters(params), 1, "trace"
@@ -151,4 +165,6 @@ def empirical_ntk(
         implementation, model, params, k, t1, n1, n2, mode, budget, sym=t2 is None, pairs=pairs == "diagonal"
     )
     with torch.no_grad():
-        return tiled_kernel(engine, t1, t2, mode=mode, pairs=pairs, budget=budget, progress=progress, out=out)
+        return tiled_kernel(
+            engine, t1, t2, mode=mode, pairs=pairs, budget=budget, progress=progress, out=out, dtype=dtype
+        )

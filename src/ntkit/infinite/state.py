@@ -103,6 +103,9 @@ class Pairs:
     mean : Tensor of shape (N, *S) or None
         Only for ``batch_ndim = 1``: the mean of one channel at each pixel (None: zero, as after
         every weight layer); non-zero after an activation, needed by a layer norm that follows it.
+    adjacency : Tensor of shape (N, V, V) or None
+        Only for ``batch_ndim = 1``: each input's graph (:class:`ntkit.Graphs`), carried unchanged from
+        the inputs for the aggregation layers (:mod:`ntkit.infinite.ops.aggregate`); None without graphs.
     """
 
     nngp: Tensor
@@ -110,6 +113,7 @@ class Pairs:
     layout: Layout
     batch_ndim: int
     mean: Tensor | None = None
+    adjacency: Tensor | None = None
 
     def replace(self, **changes: Any) -> Pairs:
         """A copy with fields replaced."""
@@ -143,6 +147,14 @@ class Context:
         """``(var_left, var_right)`` broadcastable against a batch of pairs with ``batch_ndim`` batch axes."""
         v = self.rows.variances()
         return (self._side(v, self.left_ids, False, batch_ndim), self._side(v, self.right_ids, True, batch_ndim))
+
+    def adjacency(self) -> tuple[Tensor, Tensor] | None:
+        """``(A_left, A_right)``: the graphs of the inputs of each pair ((N1, V, V), (N2, V, V); the self batch's
+        own twice), or None without graph inputs."""
+        a = self.rows.adjacency
+        if a is None:
+            return None
+        return (a if self.left_ids is None else a[self.left_ids], a if self.right_ids is None else a[self.right_ids])
 
     def means(self, batch_ndim: int) -> tuple[Tensor, Tensor] | None:
         """``(mean_left, mean_right)`` like :meth:`variances`, or None where the features are centred."""

@@ -24,6 +24,7 @@ import torch
 from ntkit.infinite import conv_fast, fused, reference
 from ntkit.infinite.conv_fast import SpatialProgram, match_spatial
 from ntkit.infinite.fused import FCSpec, match_fc
+from ntkit.infinite.ops.aggregate import check_adjacency
 from ntkit.infinite.scaling import row_exponents, scale_rows, unscale
 from ntkit.infinite.walk import Architecture
 
@@ -41,17 +42,21 @@ class Rows:
         Row ``i`` was divided by ``2^exponents[i]`` (None: not rescaled).
     variances : Tensor of shape (N,) or None
         Layer-1 variances of the fully connected fast path.
+    adjacency : Tensor of shape (N, V, V) or None
+        Each row's graph (:class:`ntkit.Graphs`), for the aggregation layers; None without graphs.
     """
 
     data: Tensor
     exponents: Tensor | None
     variances: Tensor | None
+    adjacency: Tensor | None = None
 
     def __getitem__(self, index: slice | Tensor) -> Rows:
         return Rows(
             self.data[index],
             None if self.exponents is None else self.exponents[index],
             None if self.variances is None else self.variances[index],
+            None if self.adjacency is None else self.adjacency[index],
         )
 
     def __len__(self) -> int:
@@ -154,25 +159,34 @@ class KernelTiles:
         assert self.program is not None
         return conv_fast.workspace_entries(self.program) * x.element_size()
 
-    def prepare(self, x: Tensor) -> Rows:
-        """The rows of ``x`` (shape (N, *input_shape), already validated) ready for :meth:`tile`."""
+    def prepare(self, x: Tensor, adjacency: Tensor | None = None) -> Rows:
+        """The rows of ``x`` (shape (N, *input_shape), already validated) ready for :meth:`tile`; ``adjacency``
+        (N, V, V): their graphs (:class:`ntkit.Graphs`), required exactly by a model with an aggregation layer."""
+        check_adjacency(self.arch.ops, adjacency)
         data = self.arch.prepare(x)
         exps = row_exponents(self.arch, data)
         data = scale_rows(data, exps)
         var = fused.input_variances(data, self.spec) if self.spec is not None else None
-        return Rows(data, exps, var)
+        return Rows(data, exps, var, adjacency)
 
-    def prepare_pair(self, x1: Tensor, x2: Tensor | None = None) -> PreparedPair:
+    def prepare_pair(
+        self, x1: Tensor, x2: Tensor | None = None, adjacency: tuple[Tensor | None, Tensor | None] = (None, None)
+    ) -> PreparedPair:
         """Prepare ``x1`` (and ``x2``: None for the kernel of ``x1`` with itself) and number their distinct rows.
 
-        The ids are the one duplicate-row identity of an evaluation: every tile and diagonal of it uses them.
+        ``adjacency``: the graphs of ``x1`` and ``x2`` (see :meth:`prepare`); rows are then identical when both
+        their features and their graphs are. The ids are the one duplicate-row identity of an evaluation:
+        every tile and diagonal of it uses them.
         """
-        rows1 = self.prepare(x1)
+        a1, a2 = adjacency
+        rows1 = self.prepare(x1) if a1 is None else self.prepare(x1, a1)
+        key1 = x1 if a1 is None else torch.cat([x1.flatten(1), a1.flatten(1)], 1)
         if x2 is None:
-            ids = fused.row_ids(x1)[0]
+            ids = fused.row_ids(key1)[0]
             return PreparedPair(x1, None, rows1, rows1, ids, ids)
-        ids1, ids2 = fused.row_ids(x1, x2)
-        return PreparedPair(x1, x2, rows1, self.prepare(x2), ids1, ids2)
+        key2 = x2 if a2 is None else torch.cat([x2.flatten(1), a2.flatten(1)], 1)
+        ids1, ids2 = fused.row_ids(key1, key2)
+        return PreparedPair(x1, x2, rows1, self.prepare(x2) if a2 is None else self.prepare(x2, a2), ids1, ids2)
 
     def tile(
         self, a: Rows, b: Rows, ids_a: Tensor, ids_b: Tensor, *, ntk: bool, symmetric: bool = False,
@@ -198,8 +212,9 @@ class KernelTiles:
                 nngp, th, *_ = conv_fast.evaluate_spatial(self.arch, self.program, a.data, b.data, ids_a, ids_b,
                                                           ntk=ntk, symmetric=symmetric)
             else:
+                graphs = None if a.adjacency is None or b.adjacency is None else (a.adjacency, b.adjacency)
                 nngp, th, *_ = reference.evaluate(self.arch, a.data, b.data, ids_a, ids_b, ntk=ntk,
-                                                  symmetric=symmetric)
+                                                  symmetric=symmetric, adjacency=graphs)
             if out is not None:
                 out[0].copy_(nngp)
                 nngp = out[0]
@@ -220,7 +235,7 @@ class KernelTiles:
             assert self.program is not None
             nngp, th = conv_fast.evaluate_spatial_diagonal(self.program, a.data, ids, ntk=ntk)
         else:
-            nngp, th = reference.evaluate_diagonal(self.arch, a.data, ids, ntk=ntk)
+            nngp, th = reference.evaluate_diagonal(self.arch, a.data, ids, ntk=ntk, adjacency=a.adjacency)
         if a.exponents is not None:
             deg = self.arch.degree or 0
             nngp = unscale(nngp, deg, a.exponents, None)

@@ -19,6 +19,8 @@ from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_choice, check_dtype, check_int, describe, parse_memory_budget
 from ntkit.compute.api import architecture
 from ntkit.compute.model_kernels import infinite_kernel
+from ntkit.graphs import Graphs, split_graphs
+from ntkit.infinite.ops.aggregate import check_adjacency
 from ntkit.random_features.network import DEFAULT_WEIGHT_BUDGET, FeatureMap
 
 Tensor = torch.Tensor
@@ -107,7 +109,8 @@ def features(
     model : torch.nn.Module
         Any model :func:`ntkit.infinite_kernel` understands, but layer norm (dense and convolutional
         stacks, every activation, pooling, flatten, residual blocks).
-    x : array-like of shape (N, *input_shape)
+    x : array-like of shape (N, *input_shape), or ntkit.Graphs
+        Graphs :class:`ntkit.Graphs` for a model with :class:`ntkit.nn.Aggregate`.
     n_features : int
         ``m``: features per layer (per pixel for images) and of the output; the relative error of
         ``phi @ phi.T`` falls like ``1 / sqrt(m)``.
@@ -149,13 +152,14 @@ def features(
     >>> bool(torch.linalg.norm(phi @ phi.T - k) / torch.linalg.norm(k) < 0.2)  # about 6 / sqrt(m) here
     True
     """
-    t = as_tensor(x, "x", ndim=None)
+    t, _, adjacency, _ = split_graphs(x, None) if isinstance(x, Graphs) else (as_tensor(x, "x", ndim=None), 0, None, 0)
     fmap = feature_map(model, tuple(t.shape[1:]), n_features=n_features, which=which, generator=generator,
                        seed=seed, dtype=dtype, device=device, memory_budget=memory_budget, method=method)
+    check_adjacency(fmap.arch.ops, adjacency)
     batch_size = None if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
     out = torch.empty(t.shape[0], n_features, dtype=dtype, device=device)
     bar = Progress(t.shape[0], "features", enabled=progress)
-    for rows, phi in fmap.batches(t, batch_size):
+    for rows, phi in fmap.batches(t, batch_size, adjacency):
         out[rows] = phi
         bar.update(phi.shape[0])
     bar.close()
@@ -201,7 +205,7 @@ def feature_error(
     >>> 0 < err < 0.2
     True
     """
-    t = as_tensor(x, "x", ndim=None)
+    t = x if isinstance(x, Graphs) else as_tensor(x, "x", ndim=None)
     phi = features(model, t, n_features=n_features, which=which, method=method, generator=generator, seed=seed,
                    dtype=dtype)
     exact = infinite_kernel(model, t, which=which)

@@ -100,6 +100,7 @@ class FeatureMap:
         self.arch, self.m, self.ntk, self.method = arch, n_features, which == "ntk", method
         self.gen, self.dtype, self.device = generator, dtype, device
         self.budget, self.weight_bytes, self.peak_values = memory_budget, 0, 0
+        self.adjacency: Tensor | None = None  # the graphs of the batch being mapped (see __call__)
         # widths so that a read-out [w psi, phi, b] (NTK) or [w phi, b] (NNGP) has n_features entries
         # without a final projection (whose error would add to the features')
         bias = 1 if isinstance(arch.ops[-1], Dense) and arch.ops[-1].b2 > 0 else 0
@@ -175,8 +176,11 @@ class FeatureMap:
 
     # --- applying -----------------------------------------------------------------------------------
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """Features of the inputs ``x`` (N, *input_shape): shape (N, n_features) in the map's dtype."""
+    def __call__(self, x: Tensor, adjacency: Tensor | None = None) -> Tensor:
+        """Features of the inputs ``x`` (N, *input_shape): shape (N, n_features) in the map's dtype; ``adjacency``
+        (N, V, V): the graphs of the inputs (:class:`ntkit.Graphs`), read by the aggregation steps as
+        :attr:`adjacency` while the batch runs."""
+        self.adjacency = None if adjacency is None else adjacency.to(dtype=self.dtype, device=self.device)
         data = self.arch.prepare(x).to(dtype=self.dtype, device=self.device)
         phi = data / math.sqrt(data.shape[1])
         psi = torch.zeros(data.shape[0], 0, *data.shape[2:], dtype=self.dtype, device=data.device) if self.ntk \
@@ -188,9 +192,11 @@ class FeatureMap:
         out = out.reshape(out.shape[0], -1)
         return out if self.final is None else self.final(out)
 
-    def batches(self, x: Tensor, batch_size: int | None = None) -> Iterator[tuple[slice, Tensor]]:
+    def batches(self, x: Tensor, batch_size: int | None = None,
+                adjacency: Tensor | None = None) -> Iterator[tuple[slice, Tensor]]:
         """The features of ``x`` (N, *input_shape) batch by batch, without gradients: pairs
-        ``(rows, phi)`` with ``phi = self(x[rows])`` of shape (len(rows), n_features).
+        ``(rows, phi)`` with ``phi = self(x[rows])`` of shape (len(rows), n_features) (graphs: their
+        ``adjacency`` (N, V, V) sliced with them).
 
         ``batch_size`` defaults to :meth:`batch_size` (what the memory budget allows); only one batch
         of features exists at a time, so the features of all N inputs are never stored.
@@ -199,7 +205,7 @@ class FeatureMap:
         for r0 in range(0, x.shape[0], step):
             rows = slice(r0, min(r0 + step, x.shape[0]))
             with torch.no_grad():  # (not held across the yield: the caller's grad mode stays its own)
-                phi = self(x[rows])
+                phi = self(x[rows], None if adjacency is None else adjacency[rows])
             yield rows, phi
 
 
