@@ -127,14 +127,15 @@ def _head(*rest: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize(("model", "match"), [
-    (_head(P(nn.ReLU(), nn.Identity()), L(8, 1)),
-     r"module 1 \(Parallel\): the sum of branch 0 \(ending with 1\.branches\.0 \(ReLU\)\) and branch 1 \(the "
+    (_head(P(nn.Sequential(ntkit.nn.LayerNorm(), nn.ReLU()), nn.Identity()), L(8, 1)),
+     r"module 1 \(Parallel\): the sum of branch 0 \(ending with 1\.branches\.0\.1 \(ReLU\)\) and branch 1 \(the "
      r"identity\) is not independent: its kernel needs their cross-covariance, not supported"),
-    (_head(P(nn.Identity(), nn.Dropout(0.0)), L(8, 1)), r"the sum of branch 0 \(the identity\) and branch 1 \(the "
-                                                        r"identity\) is not independent"),
-    (_head(P(nn.ReLU(), nn.Tanh(), merge="prod"), L(8, 1)),
-     r"the product of branch 0 \(ending with 1\.branches\.0 \(ReLU\)\) and branch 1 \(ending with 1\.branches\.1 "
-     r"\(Tanh\)\) is not independent: its kernel needs their joint law"),
+    (_head(P(nn.Identity(), ntkit.nn.LayerNorm()), L(8, 1)), r"the sum of branch 0 \(the identity\) and branch 1 "
+                                                             r"\(ending with 1\.branches\.1 \(LayerNorm\)\) is not "
+                                                             r"independent"),
+    (_head(P(nn.ReLU(), nn.Sequential(ntkit.nn.LayerNorm(), nn.Tanh()), merge="prod"), L(8, 1)),
+     r"the product of branch 0 \(ending with 1\.branches\.0 \(ReLU\)\) and branch 1 \(ending with "
+     r"1\.branches\.1\.1 \(Tanh\)\) is not independent: its kernel needs their joint law"),
     (_head(P(L(8, 3), L(8, 5), merge="concat"), nn.ReLU(), L(8, 1)),
      r"module 2 \(ReLU\) follows the concatenation 1 \(Parallel\), whose channel groups have different kernels: "
      r"expected a weight layer after a concatenation"),
@@ -293,11 +294,11 @@ def test_branch_modules_of_a_captured_forward_get_the_source_line() -> None:
     class Same(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.a, self.out = L(5, 8), L(8, 1)
+            self.a, self.norm, self.out = L(5, 8), ntkit.nn.LayerNorm(), L(8, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = self.a(x)
-            return self.out(F.relu(h) + torch.tanh(h))
+            return self.out(F.relu(h) + torch.tanh(self.norm(h)))  # dependent, not pointwise
 
     with pytest.raises(ArchitectureError, match=r"module add \(Parallel\) at test_branches\.py:\d+ in forward: .*: "
                                                 r"the sum of branch 0 .* is not independent"):

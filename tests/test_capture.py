@@ -261,11 +261,11 @@ class Branchy(nn.Module):
 class Product(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.a, self.b, self.out = ntkit.nn.Linear(3, 4), ntkit.nn.Linear(3, 4), ntkit.nn.Linear(4, 1)
+        self.a, self.norm, self.out = ntkit.nn.Linear(3, 4), ntkit.nn.LayerNorm(), ntkit.nn.Linear(4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.a(x)
-        return self.out(F.relu(h) * torch.tanh(h))
+        return self.out(F.relu(h) * torch.tanh(self.norm(h)))
 
 
 class TwoBranches(nn.Module):
@@ -309,11 +309,11 @@ class Weight(nn.Module):
 class SelfSum(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.a, self.out = ntkit.nn.Linear(3, 4), ntkit.nn.Linear(4, 1)
+        self.a, self.norm, self.out = ntkit.nn.Linear(3, 4), ntkit.nn.LayerNorm(), ntkit.nn.Linear(4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.a(x)
-        return self.out(y + F.dropout(y, 0.0))
+        return self.out(y + self.norm(F.dropout(y, 0.0)))
 
 
 class ChannelMean(nn.Module):
@@ -346,7 +346,7 @@ class InPlace(nn.Module):
         (Branchy(), VECTORS, r"Branchy\): the forward has data-dependent control flow", "if x.sum() > 0:"),
         (Product(), VECTORS, r"module mul \(Parallel\) at .*: the product of branch 0 \(ending with mul\.branches\.0"
          r"\.relu \(ReLU\)\) and branch 1 \(ending with mul\.branches\.1\.tanh \(Tanh\)\) is not independent",
-         "return self.out(F.relu(h) * torch.tanh(h))"),
+         "return self.out(F.relu(h) * torch.tanh(self.norm(h)))"),
         (TwoBranches(), VECTORS, r"node sub \(operator\.sub\).*a difference or a scaled sum of two branches.*not yet",
          "return self.out(self.a(x) - self.b(x))"),
         (NotSeriesParallel(), VECTORS, r"node add_1 \(operator\.add\): node a \(a\) is computed in two of the merged "
@@ -355,7 +355,8 @@ class InPlace(nn.Module):
         (Scaled(), VECTORS, r"node mul \(operator\.mul\).*constant 2\.0 outside a residual sum.*not yet",
          "return self.out(2.0 * self.a(x))"),
         (Weight(), VECTORS, r"node w \(get_attr w\).*parameter or buffer used directly", "return x @ self.w"),
-        (SelfSum(), VECTORS, r"node add \(operator\.add\).*no weight layer", "return self.out(y + F.dropout(y, 0.0))"),
+        (SelfSum(), VECTORS, r"node add \(operator\.add\).*no weight layer and norm \(LayerNorm\) in it is not "
+         r"pointwise", "return self.out(y + self.norm(F.dropout(y, 0.0)))"),
         (InPlace(), VECTORS, r"node relu_ \(Tensor\.relu_\).*in-place operation on node a, which", "y.relu_()"),
     ],
 )

@@ -9,39 +9,35 @@ The graph is then *lifted* to the ``(name, module)`` items the walk (:mod:`ntkit
 already understands:
 
 * a call of a leaf module is that module (a Sequential is opened, its custom children captured too);
-* the functional forms are their modules: ``F.relu`` / ``torch.relu`` / ``x.relu()`` -> ``nn.ReLU``,
-  ``torch.tanh``, ``torch.sigmoid``, ``F.gelu``, ``F.silu``, ``F.leaky_relu``, ``F.elu``, ``F.selu``,
-  ``F.softplus``, ``F.mish``, ``F.relu6``, ``F.hardtanh`` likewise, ``torch.erf`` ->
-  ``ntkit.nn.Activation("erf")``; ``F.avg_pool1d/2d`` and ``F.adaptive_avg_pool1d/2d`` -> the pooling
-  modules; ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], -1)`` ->
-  ``nn.Flatten()``; a mean over the spatial axes (``x.mean((2, 3))``, or an adaptive average pooling to
-  size 1 then a flatten) -> :class:`~ntkit.infinite.ops.spatial_mean.SpatialMean` (global average
-  pooling, its axes checked against the input's rank); ``x.contiguous()`` and dropout in eval mode
-  are the identity;
-* ``x + c * f(x)`` (also ``f(x) + x``, ``x - f(x)``, ``f(x) / c``, ``torch.add(x, f, alpha=c)``),
-  where ``f`` is the chain from ``x`` to the other operand, is
-  ``ntkit.nn.Residual(nn.Sequential(*f), scale=c)``: ``K' = K_x + c^2 K_f`` when ``f`` ends with a
-  weight layer (the residual op checks it);
+* the functional forms (``F.relu``, ``torch.tanh``, ``F.avg_pool2d``, ``torch.flatten(x, 1)``,
+  ``x.mean((2, 3))``, ...) are their modules (:mod:`ntkit.infinite.capture_vocabulary`); ``x.contiguous()``
+  and dropout in eval mode are the identity;
+* activations, constant factors and sums, differences or products of values that are all pointwise
+  functions of one value ``u`` (``u + relu(u)``, ``relu(u) - 0.3 * tanh(u)``, ``relu(u) * tanh(u)``,
+  ``relu(2 * u)``, ``relu(u) + relu(relu(u))``) are one activation ``ntkit.nn.Activation(g)`` of ``u``
+  (:mod:`ntkit.infinite.capture_pointwise`; ``u`` must be Gaussian: a weight layer's output, or the data);
+* ``x + c * f(x)`` (also ``f(x) + x``, ``x - f(x)``, ``f(x) / c``, ``torch.add(x, f, alpha=c)``), ``f`` the
+  chain from ``x`` to the other operand ending with a weight layer, is
+  ``ntkit.nn.Residual(nn.Sequential(*f), scale=c)``: ``K' = K_x + c^2 K_f``;
 * a series-parallel merge ``a + b``, ``torch.cat([a, b, ...], 1)`` or ``a * b`` of branches from a common
   value ``h`` (the *fork*) that share no node is ``ntkit.nn.Parallel(f_a, f_b, ..., merge="sum" |
   "concat" | "prod")`` of ``h``, ``f_a`` the chain from ``h`` to ``a`` (the identity for ``h`` itself;
   merges nest); the op checks the limit's conditions (independent branches, a weight layer after a
   concatenation).
 
-Everything else -- a graph that is not series-parallel, differences or scaled sums of branches,
-concatenation along another axis, stacking, max pooling, a constant scaling outside a residual sum,
-parameters used directly, data-dependent control flow -- is an
-:class:`~ntkit.infinite.errors.ArchitectureError` naming the graph node, its target and the source line
-of the forward, never a silently different kernel. Each graph value is a *link* ``value = items(prev)``
-(:mod:`ntkit.infinite.capture_links`): exactly its chain of items from the input.
+Everything else -- a graph that is not series-parallel, dependent terms that are not pointwise (pooling, a
+layer norm or a reshape on one side), differences or scaled sums of independent branches, concatenation
+along another axis, stacking, max pooling, a constant scaling of a weight layer's output, parameters used
+directly, data-dependent control flow -- is an :class:`~ntkit.infinite.errors.ArchitectureError` naming the
+graph node, its target and the source line of the forward, never a silently different kernel. Each graph
+value is a *link* ``value = items(prev)`` (:mod:`ntkit.infinite.capture_links`): exactly its chain of items
+from the input.
 """
 
 from __future__ import annotations
 
 import inspect
 import operator
-import os
-import re
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -51,6 +47,10 @@ import torch.fx as fx
 from torch import nn
 
 from ntkit.infinite.capture_links import Link, between, computed, fork_of, reaches, sequential_of, shared_node
+from ntkit.infinite.capture_messages import frame as _frame
+from ntkit.infinite.capture_messages import target as _target
+from ntkit.infinite.capture_messages import where as _where
+from ntkit.infinite.capture_pointwise import PointwiseForms, pointwise_module
 from ntkit.infinite.capture_vocabulary import (
     ACTIVATIONS,
     ADDS,
@@ -69,11 +69,11 @@ from ntkit.infinite.capture_vocabulary import (
 )
 from ntkit.infinite.errors import ArchitectureError
 from ntkit.infinite.ops.registry import PASS_THROUGH, Item, block_has_weights, lookup
-from ntkit.infinite.ops.spatial_mean import SpatialMean
+from ntkit.infinite.ops.spatial_mean import SpatialMean, SpatialSum
+from ntkit.nn.aggregate import Aggregate
 from ntkit.nn.branches import Parallel
 from ntkit.nn.structure import Residual as ResidualModule
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
 _FX_ASSERTS = (torch._assert, fx._symbolic_trace._assert_is_none)
 
 def _layers(module: nn.Module) -> bool:
@@ -129,43 +129,19 @@ class _Tracer(fx.Tracer):
                 or super().is_leaf_module(m, module_qualified_name))
 
 
-def _frame(frames: list[tuple[str, str, str, str]]) -> str:
-    """``file.py:42 in forward: y = torch.cat([a, b], 1)`` for the innermost frame of the user's code."""
-    here = os.path.abspath(__file__)
-    for file, line, func, code in reversed(frames):
-        path = os.path.abspath(file)
-        if not path.startswith(_TORCH_DIR) and path != here:
-            return f"{os.path.basename(file)}:{line} in {func}: {code.strip()}"
-    return "an unknown line"
-
-
-def _where(node: fx.Node) -> str:
-    return _frame(re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', node.stack_trace or ""))
-
-
-def _target(node: fx.Node) -> str:
-    """The call as written: ``torch.cat``, ``Tensor.view``, ``operator.mul``, ``pool (MaxPool2d)``."""
-    if node.op in ("call_method", "call_module"):
-        return f"Tensor.{node.target}" if node.op == "call_method" else str(node.target)
-    if node.op == "call_function":
-        try:
-            name = fx.node._get_qualified_name(node.target)  # type: ignore[arg-type]
-        except (RuntimeError, AttributeError):
-            name = getattr(node.target, "__name__", repr(node.target))
-        return name.replace("_operator.", "operator.").replace("torch._C._nn.", "torch.nn.functional.")
-    return f"{node.op} {node.target}"
-
-
 def _trace(module: nn.Module, label: str) -> fx.Graph:
     """The fx graph of ``module.forward``, its parameters after the first fixed to their defaults."""
     params = list(inspect.signature(module.forward).parameters.values())
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    concrete = {p.name: p.default for p in params[1:] if p.kind not in variadic}
+    graph = params[1:2] if len(params) > 1 and params[1].kind == params[1].POSITIONAL_OR_KEYWORD and any(
+        isinstance(m, Aggregate) for m in module.modules()) else []  # forward(x, adjacency) of a graph network
+    concrete = {p.name: p.default for p in params[1:] if p.kind not in variadic and not (p in graph and
+                                                                                       p.default is p.empty)}
     if not params or params[0].kind in (*variadic, params[0].KEYWORD_ONLY) or params[0].default is not params[0].empty \
             or any(v is inspect.Parameter.empty for v in concrete.values()):
         raise ArchitectureError(
-            f"infinite_kernel: {label}: expected a forward of one tensor input (other parameters with defaults), "
-            f"got forward({', '.join(p.name for p in params)})")
+            f"infinite_kernel: {label}: expected a forward of one tensor input, or of node features and an adjacency "
+            f"(other parameters with defaults), got forward({', '.join(p.name for p in params)})")
     try:
         return _Tracer().trace(module, concrete_args=concrete or None)
     except Exception as err:  # any failure of symbolic tracing is the model's: reported with its line
@@ -206,6 +182,7 @@ class _Lifter:
         self.batch: set[fx.Node] = set()  # nodes holding x.size(0) / x.shape[0]
         self.shapes: set[fx.Node] = set()  # nodes holding x.shape / x.size()
         self.ignored: set[fx.Node] = set()  # forward parameters fixed to their defaults, and fx's checks of them
+        self.forms = PointwiseForms(self.qual)  # values that are one pointwise function of an earlier one
 
     def error(self, node: fx.Node, what: str) -> ArchitectureError:
         return ArchitectureError(
@@ -246,16 +223,31 @@ class _Lifter:
                          "value the forward computes otherwise)")
 
     def unscaled(self, link: Link) -> Link:
-        """``link``, which a step other than a residual sum takes: no pending scale."""
-        if link.scale is not None:
+        """``link``, which a step other than a sum takes: no pending scale (``c g(x)`` for a pointwise ``g``: one
+        activation of ``x``)."""
+        if link.scale is None:
+            return link
+        folded = self.forms.fold(link)
+        if folded is None:
             raise self.error(link.node, f"multiplication by the constant {link.scale} outside a residual sum "
-                             "x + c * f(x) is not yet supported")
-        return link
+                             "x + c * f(x) or a pointwise function of a value is not yet supported")
+        self.links[link.node] = folded
+        return folded
+
+    def taken(self, node: fx.Node, arg: Any, module: nn.Module | None) -> Link | None:
+        """The input link of ``node = module(arg)``; None where ``arg = c x`` and ``module`` is pointwise: ``node``
+        is then lifted to one activation of ``x``'s base."""
+        link = self.tensor(node, arg)
+        if link.scale is not None and self.forms.step(module) is not None:
+            self.links[node] = self.forms.apply(node, link, module)
+            return None
+        return self.unscaled(link)
 
     def chain(self, node: fx.Node, arg: Any, module: nn.Module | None) -> None:
         """``node = module(arg)`` (None: the identity)."""
-        link = self.unscaled(self.tensor(node, arg))
-        self.links[node] = Link(node, link, () if module is None else ((self.qual(node.name), module),))
+        link = self.taken(node, arg, module)
+        if link is not None:
+            self.links[node] = Link(node, link, () if module is None else ((self.qual(node.name), module),))
 
     def step(self, node: fx.Node) -> None:
         args, kwargs = node.args, node.kwargs
@@ -320,6 +312,8 @@ class _Lifter:
             self.flatten(node, bool(start == 1 and end == -1))
         elif target is torch.mean or base == "mean":
             self.mean(node)
+        elif target is torch.sum or base == "sum":
+            self.mean(node, total=True)
         elif target in DROPOUTS:
             p, training = self.bind(node, (lambda input, p, train: (p, train)) if target is torch.dropout else
                                     lambda input, p=0.5, training=True, inplace=False: (p, training))
@@ -362,14 +356,18 @@ class _Lifter:
     def call_module(self, node: fx.Node) -> None:
         qual = str(node.target)
         module = self.root.get_submodule(qual)
-        if len(node.args) != 1 or node.kwargs:
+        graph = [*node.args[1:], *node.kwargs.values()] if isinstance(module, Aggregate) else []  # (x, adjacency)
+        if graph and not (len(graph) == 1 and isinstance(graph[0], fx.Node) and graph[0].op == "placeholder"
+                          and graph[0] not in self.links):
+            raise self.error(node, "expected the forward's adjacency input itself as the graph of an aggregation")
+        if len(node.args) + len(node.kwargs) != 1 + len(graph) or (node.kwargs and not graph):
             raise self.error(node, f"expected a module call on one tensor, got {len(node.args)} arguments and "
                              f"keywords {sorted(node.kwargs)}")
         if getattr(module, "inplace", False) is True:
             self.check_inplace(node)
-        link = self.unscaled(self.tensor(node, node.args[0]))
+        link = self.taken(node, node.args[0], module)
         items = tuple(expand(module, self.qual(qual))) if _opened(module) else ((self.qual(qual), module),)
-        self.links[node] = Link(node, link, items)
+        self.links[node] = self.links[node] if link is None else Link(node, link, items)
 
     def scale(self, node: fx.Node, divide: bool) -> None:
         """``c * value``, ``value / c``, ``-value``: a scale pending until a residual sum takes it."""
@@ -378,7 +376,12 @@ class _Lifter:
         tensors = [a for a in args if isinstance(a, fx.Node)]
         numbers = [a for a in args if _number(a)]
         if not node.kwargs and len(args) == 2 and len(tensors) == 2 and not divide:  # a product of branches
-            self.merge(node, [self.tensor(node, t) for t in tensors], "prod")
+            links = [self.tensor(node, t) for t in tensors]
+            merged = self.forms.merge(node, [(link, 1.0) for link in links], "prod")  # of one base: an activation
+            if merged is None:
+                self.merge(node, links, "prod")
+            else:
+                self.links[node] = merged
             return
         if node.kwargs or len(args) != 2 or len(tensors) != 1 or len(numbers) != 1 or (divide and
                                                                                      args[0] is not tensors[0]):
@@ -408,8 +411,10 @@ class _Lifter:
                              "transform yet; only x + c * f(x)")
         a, b = (self.links[arg] for arg in args if isinstance(arg, fx.Node))
         factor = float(alpha) * (-1.0 if subtract else 1.0)  # type: ignore[arg-type]
-        if a is b:
-            raise self.error(node, "a sum of a value with itself (a scaling): not yet supported")
+        merged = self.forms.merge(node, [(a, 1.0), (b, factor)], "sum")  # a + c b of one base: one activation
+        if merged is not None:
+            self.links[node] = merged
+            return
         if reaches(b, a):
             anc, cont = a, b
         elif reaches(a, b) and not subtract and alpha == 1:
@@ -427,8 +432,10 @@ class _Lifter:
             start = cont.prev  # type: ignore[assignment]
         block, covers = between(start, anc)
         if not block_has_weights(block):
-            raise self.error(node, "a sum x + f(x) whose branch f has no weight layer: the two terms are not "
-                             "independent; not yet supported")
+            odd = next((f"{name} ({type(m).__name__})" for name, m in block if not pointwise_module(m)), "a step")
+            raise self.error(node, f"a sum x + f(x) of dependent terms: f has no weight layer and {odd} in it is not "
+                             "pointwise (an activation, a constant factor, dropout in eval mode), so the sum is no "
+                             "function of one Gaussian value; no closed form here")
         res = ResidualModule(sequential_of(block), scale=factor)
         self.links[node] = Link(node, anc, ((self.qual(node.name), res),), inner=covers | computed(cont))
 
@@ -448,8 +455,7 @@ class _Lifter:
 
     def merge(self, node: fx.Node, operands: list[Link], rule: str, dim: int = 1) -> None:
         """``node = merge(operands)``: ``Parallel`` of the chains from the operands' fork to each operand."""
-        for link in operands:
-            self.unscaled(link)
+        operands = [self.unscaled(link) for link in operands]
         fork = fork_of(operands)
         paths = [between(link, fork) for link in operands]
         shared = shared_node([covers for _, covers in paths])
@@ -480,11 +486,14 @@ class _Lifter:
         shape = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
         self.flatten(node, len(shape) == 2 and shape[0] in self.batch and bool(shape[1] == -1))
 
-    def mean(self, node: fx.Node) -> None:
-        """``x.mean(dims)`` over the spatial axes (checked against the input's rank by the op)."""
+    def mean(self, node: fx.Node, total: bool = False) -> None:
+        """``x.mean(dims)`` (``x.sum(dims)`` if ``total``) over the spatial axes, or the token axes of tokens
+        (checked against the input's rank and layout by the op)."""
         dim, keepdim = self.bind(node, lambda input, dim=None, keepdim=False, dtype=None: (dim, keepdim))
         dims = (dim,) if isinstance(dim, int) else dim
         if keepdim or not isinstance(dims, (tuple, list)) or not dims or not all(isinstance(d, int) for d in dims):
-            raise self.error(node, f"expected a mean over the spatial axes (x.mean((2, 3)), keepdim=False), got "
-                             f"dim={dim!r}, keepdim={keepdim!r}")
-        self.chain(node, node.args[0] if node.args else node.kwargs.get("input"), SpatialMean(dims))
+            raise self.error(node, f"expected a {'sum' if total else 'mean'} over the spatial axes (x.mean((2, 3)); "
+                             f"x.mean(dim=1) for tokens (N, L, C)), keepdim=False), got dim={dim!r}, "
+                             f"keepdim={keepdim!r}")
+        module = SpatialSum(dims) if total else SpatialMean(dims)
+        self.chain(node, node.args[0] if node.args else node.kwargs.get("input"), module)

@@ -21,8 +21,10 @@ from ntkit.nn.structure import Activation
 SUPPORTED_FORWARD = (
     "calls of the supported modules; F.relu, torch.tanh, torch.sigmoid, F.gelu, F.silu, F.leaky_relu, torch.erf "
     "(and the other activations with a module); F.avg_pool1d/2d, F.adaptive_avg_pool1d/2d; torch.flatten(x, 1), "
-    "x.view(x.size(0), -1); x.mean over the spatial axes; residual sums x + c * f(x) with f ending in a weight layer; "
-    "series-parallel branches merged by a + b, torch.cat([a, b], 1) or a * b"
+    "x.view(x.size(0), -1); x.mean / x.sum over the spatial axes (the token axes of tokens (N, L, C)); "
+    "residual sums x + c * f(x) with f ending in a weight layer; "
+    "series-parallel branches merged by a + b, torch.cat([a, b], 1) or a * b; sums, products and compositions of "
+    "activations and constant factors of one value (u + relu(u), relu(2 * u) * tanh(u)): one activation"
 )
 
 #: Functional activations -> the module applying the same function (built from the call's other arguments).

@@ -28,8 +28,9 @@ class Parallel(nn.Module):
 
     * ``"sum"``: ``K = sum_i K_i`` (NTK alike) when the branches are independent and centred: all but
       at most one branch end with a weight layer (pooling or flatten after it allowed), whose fresh
-      weights make its output independent of the other branches. Otherwise the sum needs the
-      branches' cross-covariance (``x + relu(x)``) and is refused.
+      weights make its output independent of the other branches. Dependent branches made of
+      activations only (``x + relu(x)``) are one activation of the input, with its dual maps (the
+      arc-cosine closed form for the ReLU family); other dependent branches are refused.
     * ``"concat"``: ``K = sum_i C_i K_i / sum_i C_i`` -- what the next weight layer averages over its
       input channels (exact for any branches, dependent ones included). A weight layer must follow
       (pooling or flatten between them at most): an activation or a layer norm there would act on a
