@@ -25,7 +25,10 @@ breaks NT 0.6.5)::
 ``--branches`` does the same for the series-parallel cases of ``tests/arch_cases_branches.py`` (inputs
 from ``tests/arch_cases.py``'s ``make_inputs``), written to ``tests/data/nt_reference_branches.npz`` /
 ``.json``; their ``parallel`` layer is ``serial(FanOut(n), parallel(*branches), FanInSum() |
-FanInConcat(axis=-1) | FanInProd())`` (an empty branch: ``Identity()``).
+FanInConcat(axis=-1) | FanInProd())`` (an empty branch: ``Identity()``). ``--forward`` does the same for the
+CNNs written as plain forwards (``tests/arch_cases_forward.py``), written to ``tests/data/nt_reference_forward.*``.
+``--graphs`` writes ``tests/data/nt_reference_graphs.*`` for the graph networks of
+``benchmarks/nt_reference_graphs.py``.
 
 Mapping (NT conventions an exact implementation has to follow are listed in ``NT_NOTES`` below):
 images are transposed from ntkit's channels-first ``(N, C, H, W)`` / ``(N, C, L)`` to NT's
@@ -69,6 +72,7 @@ warnings.filterwarnings("ignore", message="`FanIn` layers assume independent inp
 REPO = Path(__file__).resolve().parents[1]
 ARCH_CASES_PATH = REPO / "tests" / "arch_cases.py"
 BRANCH_CASES_PATH = REPO / "tests" / "arch_cases_branches.py"
+FORWARD_CASES_PATH = REPO / "tests" / "arch_cases_forward.py"
 OUT_DIR = REPO / "tests" / "data"
 SETUP_COMMAND = ('python3 -m venv /work/nt-venv && /work/nt-venv/bin/pip install "neural-tangents==0.6.5" '
                  '"jax==0.4.25" "jaxlib==0.4.25" "numpy<2"')
@@ -326,12 +330,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="default: tests/data of the repo")
     parser.add_argument("--branches", action="store_true",
                         help="the cases of tests/arch_cases_branches.py, written to nt_reference_branches.*")
+    parser.add_argument("--forward", action="store_true",
+                        help="the cases of tests/arch_cases_forward.py, written to nt_reference_forward.*")
+    parser.add_argument("--graphs", action="store_true",
+                        help="the graph networks of nt_reference_graphs.py, written to nt_reference_graphs.*")
     args = parser.parse_args(argv)
     if args.cases and not args.dry_run:
         parser.error("--cases writes a partial reference; add --dry-run")
+    if args.graphs:  # stax.Aggregate: graphs with per-example adjacencies (their own inputs and layout)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from nt_reference_graphs import run_graphs
+        return int(run_graphs(args, sys.modules[__name__]))
 
     arch = load_arch_cases()
     source = load_arch_cases(BRANCH_CASES_PATH, "arch_cases_branches") if args.branches else arch
+    if args.forward:
+        source = load_arch_cases(FORWARD_CASES_PATH, "arch_cases_forward")
     cases = [source.case_by_name(n) for n in args.cases] if args.cases else list(source.CASES)
     print(f"neural-tangents {neural_tangents.__version__}, jax {jax.__version__}, jaxlib {jaxlib.__version__}, "
           f"numpy {np.__version__}, x64 {jax.config.jax_enable_x64}, {len(cases)} cases", flush=True)
@@ -380,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stem, case_file = ("nt_reference_branches", "arch_cases_branches.py") if args.branches else ("nt_reference",
                                                                                                 "arch_cases.py")
+    if args.forward:
+        stem, case_file = "nt_reference_forward", "arch_cases_forward.py"
     npz_path, json_path = args.out_dir / f"{stem}.npz", args.out_dir / f"{stem}.json"
     write_npz(npz_path, arrays)
     meta = {
@@ -389,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                      "python": sys.version.split()[0]},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "setup": SETUP_COMMAND,
-        "command": COMMAND + (" --branches" if args.branches else ""),
+        "command": COMMAND + (" --branches" if args.branches else "") + (" --forward" if args.forward else ""),
         "seconds": round(total, 1),
         "layout": "NAME/x1 (n1, *shape), NAME/x2 (n2, *shape) channels first; NAME/cross/{nngp,ntk} (n1, n2); "
                   "NAME/sym/{nngp,ntk} (n1, n1)",
@@ -397,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         "unsupported": unsupported,
         "squeezed": squeezed,
         "checks": {name: {k: float(f"{v:.3e}") for k, v in c.items()} for name, c in checks.items()},
-        "nt_notes": NT_NOTES + (BRANCH_NOTES if args.branches else []),
+        "nt_notes": NT_NOTES + (BRANCH_NOTES if args.branches or args.forward else []),
     }
     json_path.write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {npz_path.relative_to(REPO) if npz_path.is_relative_to(REPO) else npz_path} "

@@ -14,7 +14,14 @@
  *         passed in by ntkit.infinite.conv_fast: none is derived here)
  *   POOL  average pooling (window, stride, no padding): independent offsets on the two sides
  *   DIAG  keep the same-pixel entries only (full -> diag layout)
+ *   UPS   the zero-upsampling of a transposed convolution, on both sides: K'(a + s i, a + s i') = K(i, i'), 0
+ *         where either pixel is an inserted zero (then a stride-1 "valid" CONV: ntkit.infinite.ops.conv_transpose)
  *   GAP / FLAT   the read-out: mean of all pixel pairs / of the same-pixel entries (in double)
+ *   FORK / JOIN  branches run from the same input and merged by a weighted sum (ntkit.nn.Parallel's sum,
+ *         K = sum_i K_i, and concatenation, K = sum_i f_i K_i with f_i the channel fractions; T alike):
+ *         FORK saves the current covariances in its slot; each branch's ops follow, then a JOIN adds
+ *         w_i K_i, w_i T_i to the slot's accumulator and restores the saved input for the next branch (the
+ *         last JOIN makes the accumulator current). Slots are nesting depths (at most MAX_SLOTS).
  *
  * Layouts: "full" K[h][h'][w][w'] (both images' rows, then both images' columns); "diag" K[h][w].
  * The variances v1, v2 of an activation are the same-pixel entries of each image's own covariance
@@ -32,15 +39,18 @@ extern float atan2f(float, float);
 #pragma omp declare simd notinbranch
 extern double atan2(double, double);
 
-enum { OP_CONV = 1, OP_ACT = 2, OP_POOL = 3, OP_DIAG = 4, OP_GAP = 5, OP_FLAT = 6 };
+enum { OP_CONV = 1, OP_ACT = 2, OP_POOL = 3, OP_DIAG = 4, OP_GAP = 5, OP_FLAT = 6, OP_FORK = 7, OP_JOIN = 8, OP_UPS = 9 };
 
 /* One op record: 12 ints (op, then per op: see below), 8 doubles.
  *   CONV: i[1..8] = kh, kw, sh, sw, ph, pw, out_h, out_w;  d[0..1] = w2, b2
  *   ACT:  i[1] = offset of its variances in a row of vars;  d[0..4] = k1, k2, ka, kb, kc
  *   POOL: i[1..6] = kh, kw, sh, sw, out_h, out_w
+ *   UPS:  i[1..6] = sh, sw, pad_h, pad_w (zeros before), out_h, out_w
+ *   FORK: i[1] = slot;  JOIN: i[1] = slot, i[2] = 1 for the last branch;  d[0] = the branch's weight
  */
 #define NI 12
 #define ND 8
+#define MAX_SLOTS 8
 
 #define DEFINE(T, SFX, ATAN2, SQRT)                                                                     \
                                                                                                           \
@@ -124,6 +134,24 @@ static void stencil_h_##SFX(const T *src, T *dst, int H, int Ho, int64_t block, 
             }                                                                                             \
         }                                                                                                 \
     }                                                                                                     \
+}                                                                                                         \
+                                                                                                          \
+static void upsample_##SFX(const T *src, T *dst, int H, int W, int full, const int *ip) {                 \
+    const int sh = ip[1], sw = ip[2], ph = ip[3], pw = ip[4], Ho = ip[5], Wo = ip[6];                     \
+    if (!full) {                                                                                          \
+        memset(dst, 0, (size_t)Ho * Wo * sizeof(T));                                                      \
+        for (int h = 0; h < H; h++)                                                                       \
+            for (int w = 0; w < W; w++) dst[(int64_t)(ph + sh * h) * Wo + pw + sw * w] = src[(int64_t)h * W + w]; \
+        return;                                                                                           \
+    }                                                                                                     \
+    memset(dst, 0, (size_t)Ho * Ho * Wo * Wo * sizeof(T));                                                \
+    for (int h = 0; h < H; h++)                                                                           \
+        for (int h2 = 0; h2 < H; h2++)                                                                    \
+            for (int w = 0; w < W; w++) {                                                                 \
+                const T *in = src + (((int64_t)h * H + h2) * W + w) * W;                                  \
+                T *out = dst + (((int64_t)(ph + sh * h) * Ho + ph + sh * h2) * Wo + pw + sw * w) * Wo + pw; \
+                for (int w2 = 0; w2 < W; w2++) out[(int64_t)sw * w2] = in[w2];                            \
+            }                                                                                             \
 }                                                                                                         \
                                                                                                           \
 static void pool_##SFX(const T *src, T *tmp, T *dst, int H, int W, const int *ip) {                      \
@@ -304,17 +332,39 @@ static void conv_full_##SFX(const T *in_n, const T *in_t, T *on, T *ot, int H, i
                                                                                                           \
 /* Pairs [0, n_pairs): images ia[p], ib[p] of `images` (n_img x C x H x W). self[p]: the pair is an image \
    with itself: its variances are stored in vars[ia[p]] (row of var_len), else read from vars[ia], vars[ib]. \
-   Outputs out_n[p], out_t[p] (double; out_t may be NULL: NNGP only). Returns 0, or -1 if out of memory. */ \
+   Outputs out_n[p], out_t[p] (double; out_t may be NULL: NNGP only). Returns 0, -1 if out of memory, -2 for branches nested deeper than MAX_SLOTS. */ \
 int ntk_spatial_pairs_##SFX(const T *images, int C, int H0, int W0, int full0, int64_t n_pairs,          \
                             const int64_t *ia, const int64_t *ib, const uint8_t *self, const int *ops,   \
                             const double *dps, int n_ops, int64_t max_size, T *vars, int64_t var_len,     \
                             double *out_n, double *out_t) {                                               \
-    T *buf = (T *)malloc((size_t)(6 * max_size + 2 * (int64_t)H0 * W0 + 2 * (int64_t)W0 * W0) * sizeof(T)); \
+    int slots = 0, Hm = H0, Wm = W0, km = 1; /* branch slots; the largest image (UPS grows it) and filter */ \
+    for (int o = 0; o < n_ops; o++) {                                                                     \
+        const int *q = ops + o * NI;                                                                      \
+        if (q[0] == OP_FORK && q[1] + 1 > slots) slots = q[1] + 1;                                        \
+        const int oh = q[0] == OP_CONV ? q[7] : (q[0] == OP_POOL || q[0] == OP_UPS) ? q[5] : 0;            \
+        const int ow = q[0] == OP_CONV ? q[8] : (q[0] == OP_POOL || q[0] == OP_UPS) ? q[6] : 0;            \
+        if (oh > Hm) Hm = oh;                                                                             \
+        if (ow > Wm) Wm = ow;                                                                             \
+        if (q[0] == OP_CONV && q[2] > km) km = q[2];                                                      \
+    }                                                                                                     \
+    if (slots > MAX_SLOTS) return -2;                                                                     \
+    /* + km: conv_block's shifted sum reads (and discards) up to a filter width past its block */        \
+    const int64_t scratch = 2 * (int64_t)Hm * Wm + 2 * (int64_t)Wm * Wm + km;                             \
+    T *buf = (T *)malloc((size_t)((6 + 4 * slots) * max_size + scratch) * sizeof(T));                     \
     if (!buf) return -1;                                                                                  \
+    T *fk_n[MAX_SLOTS], *fk_t[MAX_SLOTS], *ac_n[MAX_SLOTS], *ac_t[MAX_SLOTS];                             \
+    int fk_h[MAX_SLOTS], fk_w[MAX_SLOTS], fk_full[MAX_SLOTS], fk_first[MAX_SLOTS];                        \
+    {                                                                                                     \
+        T *slot_base = buf + 6 * max_size + scratch;                                                      \
+        for (int k = 0; k < slots; k++) {                                                                 \
+            fk_n[k] = slot_base + (4 * k) * max_size; fk_t[k] = slot_base + (4 * k + 1) * max_size;       \
+            ac_n[k] = slot_base + (4 * k + 2) * max_size; ac_t[k] = slot_base + (4 * k + 3) * max_size;   \
+        }                                                                                                 \
+    }                                                                                                     \
     T *n = buf, *t = buf + max_size, *tn = buf + 2 * max_size, *tt = buf + 3 * max_size;                  \
     T *un = buf + 4 * max_size, *ut = buf + 5 * max_size;                                                 \
     T *dg = buf + 6 * max_size;                                                                           \
-    T *sv = dg + 2 * (int64_t)H0 * W0; /* conv_block scratch: saved columns and one block */              \
+    T *sv = dg + 2 * (int64_t)Hm * Wm; /* conv_block scratch: saved columns and one block */              \
     const int64_t img = (int64_t)C * H0 * W0;                                                             \
     const int with_ntk = out_t != 0;                                                                      \
     for (int64_t p = 0; p < n_pairs; p++) {                                                               \
@@ -387,6 +437,42 @@ int ntk_spatial_pairs_##SFX(const T *images, int C, int H0, int W0, int full0, i
                     T *s_ = t; t = ut; ut = s_;                                                           \
                 }                                                                                         \
                 full = 0;                                                                                 \
+            } else if (ip[0] == OP_UPS) {                                                                 \
+                upsample_##SFX(n, un, H, W, full, ip);                                                    \
+                { T *s_ = n; n = un; un = s_; }                                                           \
+                if (with_ntk) {                                                                           \
+                    upsample_##SFX(t, ut, H, W, full, ip);                                                \
+                    T *s_ = t; t = ut; ut = s_;                                                           \
+                }                                                                                         \
+                H = ip[5]; W = ip[6];                                                                     \
+            } else if (ip[0] == OP_FORK) {                                                                \
+                const int k = ip[1];                                                                      \
+                const int64_t size = full ? (int64_t)H * H * W * W : (int64_t)H * W;                      \
+                memcpy(fk_n[k], n, size * sizeof(T));                                                     \
+                if (with_ntk) memcpy(fk_t[k], t, size * sizeof(T));                                       \
+                fk_h[k] = H; fk_w[k] = W; fk_full[k] = full; fk_first[k] = 1;                             \
+            } else if (ip[0] == OP_JOIN) {                                                                \
+                const int k = ip[1];                                                                      \
+                const int64_t size = full ? (int64_t)H * H * W * W : (int64_t)H * W;                      \
+                const T wgt = (T)d[0];                                                                    \
+                T *an = ac_n[k], *at = ac_t[k];                                                           \
+                if (fk_first[k]) {                                                                        \
+                    for (int64_t e = 0; e < size; e++) an[e] = n[e] * wgt;                                \
+                    if (with_ntk) for (int64_t e = 0; e < size; e++) at[e] = t[e] * wgt;                  \
+                    fk_first[k] = 0;                                                                      \
+                } else {                                                                                  \
+                    for (int64_t e = 0; e < size; e++) an[e] += n[e] * wgt;                               \
+                    if (with_ntk) for (int64_t e = 0; e < size; e++) at[e] += t[e] * wgt;                 \
+                }                                                                                         \
+                if (ip[2]) { /* the merge is current: swap buffers with the accumulator */                \
+                    ac_n[k] = n; n = an;                                                                  \
+                    ac_t[k] = t; t = at;                                                                  \
+                } else { /* the next branch starts from the saved input */                               \
+                    H = fk_h[k]; W = fk_w[k]; full = fk_full[k];                                          \
+                    const int64_t in_size = full ? (int64_t)H * H * W * W : (int64_t)H * W;               \
+                    memcpy(n, fk_n[k], in_size * sizeof(T));                                              \
+                    if (with_ntk) memcpy(t, fk_t[k], in_size * sizeof(T));                                \
+                }                                                                                         \
             } else if (ip[0] == OP_GAP || ip[0] == OP_FLAT) {                                             \
                 const int64_t P = (int64_t)H * W;                                                         \
                 if (ip[0] == OP_GAP && full) {                                                            \

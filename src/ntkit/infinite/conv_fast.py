@@ -12,9 +12,12 @@ reference evaluator, and identical pairs get their self values, as there.
 
 Accepted prefix (everything else runs on the reference evaluator, which is also what this path is
 tested against): ``Conv`` (NTK parameterization, ``same`` / ``valid`` zero padding, any filter and
-stride), ``Pointwise`` of the ABReLU family (ReLU, leaky ReLU, abs), ``AvgPool``, ``Diagonal``, then
-``GlobalPool`` or ``Flatten``; the tail must not need channel means (no layer norm). CPU only (on a
-GPU the reference evaluator's batched tensor code runs).
+stride), ``ConvTranspose`` (NTK parameterization: a zero-upsampling, then a stride-1 ``valid`` convolution),
+``Pointwise`` of the ABReLU family (ReLU, leaky ReLU, abs), ``AvgPool``, ``Diagonal``, branches
+merged by a weighted sum (``Parallel`` sums and concatenations, residual blocks, whose branches hold these ops:
+a ``FORK`` saves the branch input, each branch ends with a ``JOIN`` that adds ``w_i K_i``, ``w_i T_i`` to an
+accumulator; :meth:`NativeProgramBuilder.fork`), then ``GlobalPool`` or ``Flatten``; the tail must not need
+channel means (no layer norm). CPU only (on a GPU the reference evaluator's batched tensor code runs).
 """
 
 from __future__ import annotations
@@ -36,14 +39,17 @@ from ntkit.infinite.ops import KernelOp
 from ntkit.infinite.reference import distinct_rows, reference_kernel, run_ops, snap_duplicates
 from ntkit.infinite.state import Layout, Pairs
 from ntkit.infinite.walk import Architecture, describe_model, iter_ops
+from ntkit.nn.branches import Parallel
 from ntkit.nn.linear import Conv1d, Conv2d, Linear, conv_output_size
 from ntkit.nn.structure import Activation as ActivationModule
 from ntkit.nn.structure import GlobalAvgPool
 
 Tensor = torch.Tensor
 
-OP_CONV, OP_ACT, OP_POOL, OP_DIAG, OP_GAP, OP_FLAT = 1, 2, 3, 4, 5, 6
+OP_CONV, OP_ACT, OP_POOL, OP_DIAG, OP_GAP, OP_FLAT, OP_FORK, OP_JOIN, OP_UPS = 1, 2, 3, 4, 5, 6, 7, 8, 9
 NI, ND = 12, 8
+#: Deepest nesting of branches the native loop holds (``MAX_SLOTS`` of ``_cntk_native.c``).
+MAX_SLOTS = 8
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class NativeProgramBuilder:
         self.max_size = self._size()
         self.var_len = 0
         self.done = False
+        #: Open forks: (input state, the first branch's output state or None), innermost last.
+        self.forks: list[tuple[tuple[int, int, bool], tuple[int, int, bool] | None]] = []
 
     def _size(self) -> int:
         return (self.h * self.w) ** 2 if self.full else self.h * self.w
@@ -133,6 +141,14 @@ class NativeProgramBuilder:
         self.h, self.w = (1, out[0]) if len(out) == 1 else out
         return self._emit([OP_POOL, kh, kw, sh, sw, self.h, self.w], [])
 
+    def upsample(self, stride: tuple[int, ...], before: tuple[int, ...], out: tuple[int, ...]) -> bool:
+        """A transposed convolution's zero-upsampling (both sides): pixel ``i`` moves to ``before + stride i`` of an
+        output of spatial shape ``out`` (per axis, as the convolution's)."""
+        if len(stride) == 1:
+            stride, before, out = (1, *stride), (0, *before), (1, *out)
+        self.h, self.w = out
+        return self._emit([OP_UPS, stride[0], stride[1], before[0], before[1], out[0], out[1]], [])
+
     def diagonal(self) -> bool:
         """Drop the cross-pixel entries (``full -> diag``)."""
         if not self.full:
@@ -141,9 +157,36 @@ class NativeProgramBuilder:
         self.full = False
         return True
 
+    def fork(self) -> int | None:
+        """Open branches from the current state: returns the fork's slot (None: nested too deep).
+
+        Each branch's ops follow, each ended by :meth:`join`; the branches start from the state at the fork.
+        """
+        if len(self.forks) >= MAX_SLOTS:
+            return None
+        slot = len(self.forks)
+        self.forks.append(((self.h, self.w, self.full), None))
+        self._emit([OP_FORK, slot], [])
+        return slot
+
+    def join(self, slot: int, weight: float, last: bool) -> bool:
+        """End a branch of the fork ``slot``: ``weight`` times its output is added to the merge (``last``: the
+        merge becomes the current state). False where a branch ends in another shape or layout than the first."""
+        start, end = self.forks[slot]
+        here = (self.h, self.w, self.full)
+        if slot != len(self.forks) - 1 or self.done or (end is not None and end != here):
+            return False
+        self._emit([OP_JOIN, slot, int(last)], [weight])
+        if last:
+            self.forks.pop()
+        else:
+            self.forks[slot] = (start, here)
+            self.h, self.w, self.full = start
+        return True
+
     def readout(self, global_pool: bool) -> bool:
         """Global average pooling (needs ``full``) or flatten: the end of the program."""
-        if global_pool and not self.full:
+        if (global_pool and not self.full) or self.forks:
             return False
         self.records.append([OP_GAP if global_pool else OP_FLAT] + [0] * (NI - 1))
         self.params.append([0.0] * ND)
@@ -172,8 +215,17 @@ def match_spatial(arch: Architecture) -> SpatialProgram | None:
 
 
 def workspace_entries(prog: SpatialProgram) -> int:
-    """Entries the native loop allocates per call (six covariance buffers and a variance row)."""
-    return 6 * prog.max_size + 2 * prog.height * prog.width + 2 * prog.width * prog.width
+    """Entries the native loop allocates per call: six covariance buffers, four per nesting depth of branches (the
+    fork's input and the merge, NNGP and NTK), and scratch rows for the largest image along the program (and a
+    filter width of slack)."""
+    ops = prog.ops
+    forks = ops[ops[:, 0] == OP_FORK, 1]
+    slots = int(forks.max()) + 1 if forks.size else 0
+    conv, resized = ops[:, 0] == OP_CONV, (ops[:, 0] == OP_POOL) | (ops[:, 0] == OP_UPS)
+    h = max([prog.height, *ops[conv, 7].tolist(), *ops[resized, 5].tolist()])
+    w = max([prog.width, *ops[conv, 8].tolist(), *ops[resized, 6].tolist()])
+    k = max([1, *ops[conv, 2].tolist()])  # slack: the shifted sums of a convolution read past their block
+    return (6 + 4 * slots) * prog.max_size + 2 * h * w + 2 * w * w + k
 
 
 def usable(x: Tensor) -> bool:
@@ -293,7 +345,7 @@ __all__ = ["SpatialProgram", "evaluate_spatial", "evaluate_spatial_diagonal", "m
 
 
 def _check_models() -> list[tuple[nn.Module, tuple[int, ...]]]:
-    """Small models covering the native ops: pooled (full) and flattened (diag) 2-D, a 1-D one."""
+    """Small models covering the native ops: pooled (full) and flattened (diag) 2-D, a 1-D one, branches."""
     meta: dict[str, Any] = {"device": "meta"}
 
     def relu(a: float = 0.0) -> nn.Module:
@@ -305,7 +357,14 @@ def _check_models() -> list[tuple[nn.Module, tuple[int, ...]]]:
     flat = nn.Sequential(Conv2d(1, 3, 3, stride=2, b_std=0.3, **meta), relu(), Conv2d(3, 3, 2, **meta), relu(),
                          nn.Flatten(), Linear(3 * 3 * 3, 1, **meta))
     one_d = nn.Sequential(Conv1d(2, 3, 3, **meta), relu(), GlobalAvgPool(), Linear(3, 1, **meta))
-    return [(pooled, (2, 6, 5)), (flat, (1, 6, 5)), (one_d, (2, 7))]
+    # a projection-shortcut sum, then a concatenation with the identity (nested forks)
+    block = Parallel(nn.Sequential(Conv2d(3, 3, 3, stride=2, **meta), relu(), Conv2d(3, 3, 3, b_std=0.1, **meta)),
+                     Conv2d(3, 3, 1, stride=2, **meta))
+    grow = Parallel(nn.Identity(), nn.Sequential(Conv2d(3, 2, 3, **meta), Parallel(
+        Conv2d(2, 2, 1, **meta), nn.Sequential(relu(), Conv2d(2, 2, 3, **meta))), relu()), merge="concat")
+    branched = nn.Sequential(Conv2d(2, 3, 3, **meta), relu(), block, relu(), grow, Conv2d(5, 3, 1, **meta), relu(),
+                             GlobalAvgPool(), Linear(3, 1, **meta))
+    return [(pooled, (2, 6, 5)), (flat, (1, 6, 5)), (one_d, (2, 7)), (branched, (2, 6, 5))]
 
 
 def _self_check() -> str:

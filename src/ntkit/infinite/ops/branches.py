@@ -8,8 +8,10 @@ evaluator then merges the output states of the branches ``a_1, ..., a_n`` (kerne
   apart) is a weight layer is, in the limit, a centred process independent of the other branches
   (its weights are fresh; :func:`~ntkit.infinite.ops.base.ends_fresh`), so the cross terms vanish when
   all branches but at most one end so: ``K = sum_i K_i``, ``T = sum_i T_i`` (neural-tangents'
-  ``FanInSum``). Otherwise (``x + relu(x)``) the kernel needs the cross-covariance ``E[a(u) b(v)]``
-  and the sum is refused, never given a kernel that drops it.
+  ``FanInSum``). The other branches need their cross-covariances ``E[a(u) b(v)]``: where they are all
+  activations of the input (``x + relu(x)``: :func:`_pointwise`) their sum is one pointwise function ``g``
+  of the input, and they become one branch, the activation ``g`` (:func:`_pointwise_merge`; alone, the
+  whole op); else the sum is refused, never given a kernel that drops the cross terms.
 * concat along channels: a channel of the output is a channel of branch ``i`` with frequency
   ``f_i = C_i / sum_j C_j``, and the next weight layer sums over its input channels with independent
   weights, so what it sees is exactly ``K = sum_i f_i K_i`` (``T`` alike), for any branches (dependent
@@ -21,12 +23,16 @@ evaluator then merges the output states of the branches ``a_1, ..., a_n`` (kerne
   ``E[a_i a_j'] <grad a_j, grad a_i'>`` vanish in the limit; neural-tangents' ``FanInProd``). A branch
   holding a weight layer on every path from the fork depends on the input only through fresh
   Gaussian processes, so it is independent of the other branches: all branches but at most one must
-  be so. The product is not Gaussian.
+  be so, or the others be activations of the input (one activation ``g = prod_i g_i``, as for a sum).
+  The product is not Gaussian.
 
 A weight module may not appear in two branches (its weights would be shared). Random features: a sum
 is ``[phi_1, ..., phi_n]`` projected back to ``m``, a concatenation ``[sqrt(f_1) phi_1, ...]`` projected,
 a product the tensor sketch ``TS(phi_1 (x) phi_2)`` (the NTK's: ``[TS(psi_1 (x) phi_2), TS(phi_1 (x)
-psi_2)]``), branch by branch. No native lowering: models with branches run on the reference evaluator.
+psi_2)]``), branch by branch. Native lowering (the compiled convolution program,
+:meth:`~ntkit.infinite.conv_fast.NativeProgramBuilder.fork`): a sum or a concatenation is a weighted sum of the
+branches' kernels, run branch by branch from the saved input where every op of every branch lowers; a product
+runs on the reference evaluator.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ntkit.activations.composite import Product, Sum, chain, composite
 from ntkit.infinite.errors import ArchitectureError
 from ntkit.infinite.ops.base import (
     FeatureStep,
@@ -52,9 +59,13 @@ from ntkit.infinite.ops.base import (
     branch_output_mode,
     ends_fresh,
 )
-from ntkit.infinite.ops.registry import BlockBuilder, Item, block_has_weights, leaves, lookup, register
+from ntkit.infinite.ops.pointwise import Pointwise
+from ntkit.infinite.ops.registry import BlockBuilder, Item, block_has_weights, lookup, register
 from ntkit.infinite.state import Pairs, max_mode
 from ntkit.nn.branches import Parallel as ParallelModule
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ntkit.infinite.conv_fast import NativeProgramBuilder
 
 Tensor = torch.Tensor
 Branch = tuple[KernelOp, ...]
@@ -155,6 +166,22 @@ class Parallel(KernelOp):
         mean = _weighted_sum([m for m, _ in terms], [w for _, w in terms], divisor) if terms else None
         return first.replace(nngp=nngp, ntk=out_ntk, mean=mean)
 
+    def lower_native(self, prog: NativeProgramBuilder) -> bool:
+        """A sum (weights 1) or a concatenation (weights ``C_i / sum_j C_j``): fork, each branch's ops, join."""
+        if self.rule == "prod":
+            return False
+        total = float(sum(self.widths))
+        weights = [w / total if self.rule == "concat" else 1.0 for w in self.widths]
+        slot = prog.fork()
+        if slot is None:
+            return False
+        for i, (path, weight) in enumerate(zip(self.paths, weights, strict=True)):
+            if not all(op.lower_native(prog) for op in path):
+                return False
+            if not prog.join(slot, weight, last=i == len(self.paths) - 1):
+                return False
+        return True
+
     def feature_step(self, fmap: Any, dims: Any) -> FeatureStep:
         subs = [dataclasses.replace(dims) for _ in self.paths]
         steps = [fmap.build(path, sub) for path, sub in zip(self.paths, subs, strict=True)]
@@ -232,8 +259,11 @@ def _screened(path: Sequence[KernelOp]) -> bool:
 
 
 def _branch_items(module: nn.Module, name: str) -> list[list[Item]]:
+    """Each branch's items: containers opened, a custom forward captured (:func:`~ntkit.infinite.capture.expand`)."""
+    from ntkit.infinite.capture import expand  # the capture builds Parallel modules: imported where used
+
     assert isinstance(module, ParallelModule)
-    return [list(leaves(branch, f"{name}.branches.{i}")) for i, branch in enumerate(module.branches)]
+    return [list(expand(branch, f"{name}.branches.{i}")) for i, branch in enumerate(module.branches)]
 
 
 def _ending(path: Branch) -> str:
@@ -289,25 +319,42 @@ def _build(name: str, module: nn.Module, shape: Shape, block: BlockBuilder) -> K
     ends = [path[-1].out_shape if path else shape for path in paths]
     rule = module.merge
     out = _merged_shape(where, rule, module.dim, ends)
-    if rule == "sum":
-        loose = [i for i, path in enumerate(paths) if not ends_fresh(path)]
-        if len(loose) > 1:
-            i, j = loose[:2]
-            raise ArchitectureError(
-                f"infinite_kernel: module {where}: the sum of branch {i} ({_ending(paths[i])}) and branch {j} "
-                f"({_ending(paths[j])}) is not independent: its kernel needs their cross-covariance, not supported. "
-                "Expected every branch but one to end with a weight layer (pooling or flatten after it at most), "
-                "whose fresh weights make it independent of the others in the limit")
-    elif rule == "prod":
-        loose = [i for i, path in enumerate(paths) if not _screened(path)]
-        if len(loose) > 1:
-            i, j = loose[:2]
-            raise ArchitectureError(
-                f"infinite_kernel: module {where}: the product of branch {i} ({_ending(paths[i])}) and branch {j} "
-                f"({_ending(paths[j])}) is not independent: its kernel needs their joint law, not supported. "
-                "Expected every branch but one to hold a weight layer on its way from the input (then it "
-                "depends on the input only through fresh Gaussian processes)")
+    loose = [i for i, path in enumerate(paths) if not (ends_fresh if rule == "sum" else _screened)(path)]
+    if rule != "concat" and len(loose) > 1 and all(_pointwise(paths[i]) for i in loose):
+        merged = _pointwise_merge(label, shape, rule, [paths[i] for i in loose])  # one activation of the input
+        if len(loose) == len(paths):
+            return merged
+        paths = [(merged,), *(path for i, path in enumerate(paths) if i not in loose)]
+        ends, loose = [path[-1].out_shape for path in paths], [0]
+    if rule == "sum" and len(loose) > 1:
+        i, j = loose[:2]
+        raise ArchitectureError(
+            f"infinite_kernel: module {where}: the sum of branch {i} ({_ending(paths[i])}) and branch {j} "
+            f"({_ending(paths[j])}) is not independent: its kernel needs their cross-covariance, not supported. "
+            "Expected every branch but one to end with a weight layer (pooling or flatten after it at most), "
+            "whose fresh weights make it independent of the others in the limit, or the dependent branches to be "
+            "activations only (then their sum is one activation of the input)")
+    if rule == "prod" and len(loose) > 1:
+        i, j = loose[:2]
+        raise ArchitectureError(
+            f"infinite_kernel: module {where}: the product of branch {i} ({_ending(paths[i])}) and branch {j} "
+            f"({_ending(paths[j])}) is not independent: its kernel needs their joint law, not supported. "
+            "Expected every branch but one to hold a weight layer on its way from the input (then it "
+            "depends on the input only through fresh Gaussian processes), or the dependent branches to be "
+            "activations only (then their product is one activation of the input)")
     return Parallel(label, shape, out, tuple(paths), rule, tuple(end[0] for end in ends))
+
+
+def _pointwise(path: Branch) -> bool:
+    """A branch of activations only (the identity included): a pointwise function of the input."""
+    return all(isinstance(op, Pointwise) for op in path)
+
+
+def _pointwise_merge(label: str, shape: Shape, rule: str, paths: list[Branch]) -> Pointwise:
+    """The sum / product of pointwise branches ``g_i`` as one activation ``g = sum_i g_i`` (``prod_i g_i``)
+    (:func:`~ntkit.activations.composite.composite`: the arc-cosine closed form for the ReLU family)."""
+    exprs = tuple(chain([op.fn for op in path if isinstance(op, Pointwise)]) for path in paths)
+    return Pointwise(label, shape, shape, composite(Sum(exprs) if rule == "sum" else Product(exprs)))
 
 
 def _has_weights(module: nn.Module) -> bool:

@@ -19,9 +19,10 @@ covariance with the filter ``diag(1 / k)`` per axis) and ``_conv_kernel_diagonal
 Same-pixel covariances (``diag`` layout) suffice, as for a convolution: ``A(K)(q, q)`` reads only
 ``K_u(p, p)``, that is ``K(i, i)``.
 
-Lowerings: no step in the compiled convolution program (a model with a transposed convolution runs on
-the reference evaluator); random features: the convolution's random step (a random convolution of
-width ``m``) applied to the upsampled features, exact in law as the convolution's.
+Lowerings: in the compiled convolution program, an upsampling step (``UPS``) then the stride-1 ``valid``
+convolution's step (NTK parameterization; the standard one runs on the reference evaluator); random
+features: the convolution's random step (a random convolution of width ``m``) applied to the upsampled
+features, exact in law as the convolution's.
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ class ConvTranspose(Dense):
         return inner.apply(up, ctx, ntk)
 
     def lower_native(self, prog: NativeProgramBuilder) -> bool:
-        return False  # no upsampling step in the compiled program: the reference evaluator runs the model
+        inner = self.inner()
+        if self.parameterization != "ntk":
+            return False
+        before = tuple(a for a, _ in self._pads())
+        return prog.upsample(self.stride, before, inner.spatial_in) and inner.lower_native(prog)
 
     def feature_step(self, fmap: Any, dims: Any) -> FeatureStep:
         step = self.inner().feature_step(fmap, dims)
