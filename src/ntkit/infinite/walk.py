@@ -56,11 +56,11 @@ class Architecture:
     Attributes
     ----------
     input_shape : tuple of int
-        Shape of one input example (``(d,)`` or ``(C, *S)``).
+        Shape of one input example (``(d,)``, ``(C, *S)``, or tokens ``(L, C)``).
     prelude : tuple of (str, nn.Module)
         Parameter-free modules applied to the data before the first weight layer.
     data_shape : tuple of int
-        Shape of one example after the prelude (what the first weight layer sees).
+        Shape of one example after the prelude (what the first weight layer sees), channels first.
     ops : tuple of KernelOp
         The kernel transforms, first weight layer first.
     input_mode : str
@@ -72,6 +72,10 @@ class Architecture:
     pair_entries : int
         The largest number of covariance entries one pair of inputs carries at any layer (1 for
         vectors; pixels for ``diag``; pixels squared for ``full``): the memory a pair needs.
+    tokens : bool
+        The data are tokens ``(L, C)`` (channels last, batch first as transformers take them; more
+        generally ``(*S, C)``): :meth:`prepare` moves the channels first after the prelude, and
+        ``data_shape`` is the channel-first ``(C, *S)`` every op sees (see :mod:`ntkit.infinite.ops.tokens`).
 
     Examples
     --------
@@ -92,23 +96,27 @@ class Architecture:
     degree: int | None
     inhomogeneous_at: str
     pair_entries: int = 1
+    tokens: bool = False
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description (it keys resumable outputs: same description, same kernel)."""
-        return {
+        out: dict[str, Any] = {
             "input_shape": list(self.input_shape),
             "prelude": [f"{name}: {module!r}" for name, module in self.prelude],
             "ops": [repr(op) for op in self.ops],
         }
+        if self.tokens:
+            out["tokens"] = True
+        return out
 
     def prepare(self, x: Tensor) -> Tensor:
-        """Apply the prelude to ``x`` of shape (N, *input_shape): shape (N, *data_shape)."""
-        if not self.prelude:
-            return x
-        with torch.no_grad():
-            for _, module in self.prelude:
-                x = module(x)
-        return x
+        """Apply the prelude to ``x`` of shape (N, *input_shape), then for tokens move the channels from the
+        last axis to axis 1: shape (N, *data_shape)."""
+        if self.prelude:
+            with torch.no_grad():
+                for _, module in self.prelude:
+                    x = module(x)
+        return x.movedim(-1, 1) if self.tokens else x
 
     @property
     def has_ntk(self) -> bool:
@@ -153,27 +161,87 @@ def _check_prelude_module(name: str, module: nn.Module) -> None:
             _check_prelude_module(sub_name, sub)
 
 
+def _ends_prelude(item: Item) -> bool:
+    """A weight layer, or a registered module that cannot act on the data alone (a graph aggregation)."""
+    entry = lookup(item[1])
+    return block_has_weights([item]) or (entry is not None and not entry.on_data)
+
+
 def _prelude_degree(module: nn.Module, d: int | None) -> int | None:
     entry = lookup(module)
     return d if entry is None else entry.data_degree(module, d)
 
 
-def _op(name: str, module: nn.Module, shape: Shape) -> KernelOp:
-    entry = lookup(module)
-    if entry is None:
-        raise _unsupported(name, module)
-    return entry.build(name, module, shape, _ops)
+class _Builder:
+    """Builds the ops of a chain of items (and, through :meth:`ops` as the block builder, of inner branches).
+
+    ``tokens``: the model's tensors of rank >= 2 are tokens ``(N, *S, C)``, channels last (each module is
+    built by its entry's token builder, :attr:`~ntkit.infinite.ops.registry.Entry.tokens`), else channels
+    first ``(N, C, *S)``. Builders always get the channel-first shape ``(C, *S)``. ``built`` measures how
+    far an attempt got before an error: half a module for reaching a module's own builder (its shape
+    checks), half for passing it; a module refused for the layout of its input does not count.
+    """
+
+    def __init__(self, tokens: bool) -> None:
+        self.tokens = tokens
+        self.built = 0.0
+
+    def op(self, name: str, module: nn.Module, shape: Shape) -> KernelOp:
+        entry = lookup(module)
+        if entry is None:
+            raise _unsupported(name, module)
+        build = entry.tokens if self.tokens and len(shape) > 1 else entry.build
+        if build is None:
+            raise _not_on_tokens(name, module, shape) if self.tokens else _tokens_only(name, module, shape)
+        self.built += 0.5
+        op = build(name, module, shape, self.ops)
+        self.built += 0.5
+        return op
+
+    def ops(self, items: list[Item], shape: Shape) -> list[KernelOp]:
+        ops: list[KernelOp] = []
+        for name, module in items:
+            if is_pass_through(module):
+                continue
+            op = self.op(name, module, shape)
+            ops.append(op)
+            shape = op.out_shape
+        return ops
 
 
-def _ops(items: list[Item], shape: Shape) -> list[KernelOp]:
-    ops: list[KernelOp] = []
-    for name, module in items:
-        if is_pass_through(module):
-            continue
-        op = _op(name, module, shape)
-        ops.append(op)
-        shape = op.out_shape
-    return ops
+def _not_on_tokens(name: str, module: nn.Module, shape: Shape) -> ArchitectureError:
+    tokens = ", ".join(["N", *map(str, shape[1:]), str(shape[0])])
+    return ArchitectureError(
+        f"infinite_kernel: module {_label(name, module)} takes channel-first inputs (N, C, *spatial), got tokens "
+        f"({tokens}), channels last as the ntkit.nn.Linear / SelfAttention layers of this model take them; "
+        "modules that act on tokens: ntkit.nn.Linear, ntkit.nn.SelfAttention, ntkit.nn.LayerNorm(C), the "
+        "activations, nn.Flatten, x.mean / x.sum over the token axes, residual sums and branches")
+
+
+def _tokens_only(name: str, module: nn.Module, shape: Shape) -> ArchitectureError:
+    return ArchitectureError(
+        f"infinite_kernel: module {_label(name, module)} takes tokens (N, L, C), channels last, got a channel-first "
+        f"tensor of shape (N, {', '.join(map(str, shape))}) (after a convolution or another channel-first layer)")
+
+
+def _build_ops(items: list[Item], shape: Shape) -> tuple[list[KernelOp], bool]:
+    """The ops of ``items`` for data of torch shape ``shape``, and whether the data are tokens.
+
+    Data of rank >= 2 are channels first ``(C, *S)`` unless the model only fits them as tokens
+    ``(*S, C)`` (its ``Linear`` / ``SelfAttention`` act on the last axis): the channel-first reading is
+    tried first, then the token one; if both fail, the error of the reading that got further is raised.
+    """
+    first = _Builder(False)
+    try:
+        return first.ops(items, shape), False
+    except ArchitectureError as err:
+        if len(shape) < 2:
+            raise
+        last = _Builder(True)
+        try:
+            return last.ops(items, (shape[-1], *shape[:-1])), True
+        except ArchitectureError as err_tokens:
+            raise (err_tokens if last.built > first.built else err) from None
 
 
 def _check_gaussian(ops: Sequence[KernelOp], gaussian: bool) -> bool:
@@ -277,7 +345,8 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
         module with its own ``forward`` is traced by torch.fx, :mod:`ntkit.infinite.capture`); it is
         read, not run, so it may live on the ``meta`` device.
     input_shape : sequence of int
-        Shape of one input example: ``(d,)`` for vectors, ``(C, *S)`` for images.
+        Shape of one input example: ``(d,)`` for vectors, ``(C, *S)`` for images, ``(L, C)`` for tokens
+        (channels last, read so when the model's ``Linear`` / ``SelfAttention`` act on the last axis).
 
     Returns
     -------
@@ -304,7 +373,7 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
         raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {describe(model)}")
     shape = tuple(int(n) for n in input_shape)
     items = list(expand(model, ""))
-    first = next((i for i, item in enumerate(items) if block_has_weights([item])), None)
+    first = next((i for i, item in enumerate(items) if _ends_prelude(item)), None)
     if first is None:
         for name, module in items:  # a module without a transform explains more than "no weight layer"
             if not is_pass_through(module):
@@ -335,7 +404,9 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
                 f"{err}"
             ) from None
         data_shape = tuple(probe.shape[1:])
-    ops = _ops(items[first:], data_shape)
+    ops, tokens = _build_ops(items[first:], data_shape)
+    if tokens:
+        data_shape = (data_shape[-1], *data_shape[:-1])
     if len(ops[-1].out_shape) != 1:
         raise ArchitectureError(
             f"infinite_kernel: expected the model to output vectors (end with nn.Flatten or a global pooling and "
@@ -354,7 +425,7 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
         degree = new
     final = _track_means(ops)
     return Architecture(shape, prelude, data_shape, final, mode, degree, breaker if degree is None else "",
-                        _pair_entries(final, data_shape, mode))
+                        _pair_entries(final, data_shape, mode), tokens)
 
 
 def _pair_entries(ops: Sequence[KernelOp], shape: Shape, mode: str) -> int:

@@ -10,7 +10,8 @@ Layers: :class:`Linear`, :class:`Conv1d`, :class:`Conv2d`, :class:`ConvTranspose
 neural-tangents' ``ConvTranspose``), :class:`Activation`, :class:`Residual`, :class:`Parallel` (branches
 merged by a sum, a concatenation along channels or a product), :class:`LayerNorm`,
 :class:`GlobalAvgPool`, :class:`SumPool1d`, :class:`SumPool2d` (the sum over a window, neural-tangents'
-``SumPool``). Standard torch modules understood by :func:`ntkit.infinite_kernel`: the
+``SumPool``), :class:`SelfAttention` (multi-head self-attention on tokens ``(N, L, C)``, neural-tangents'
+``GlobalSelfAttention``). Standard torch modules understood by :func:`ntkit.infinite_kernel`: the
 activation modules with a Gaussian dual map (``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Tanh``,
 ``nn.Sigmoid``, ``nn.GELU``, ``nn.SiLU``, ``nn.Softplus``, ``nn.ELU``, ``nn.SELU``, ``nn.Mish``,
 ``nn.ReLU6``, ``nn.Hardtanh``, ...), ``nn.AvgPool1d/2d`` (also with ``padding`` and either
@@ -27,6 +28,8 @@ Builders: :func:`fc`, :func:`cntk` (Arora et al. 2019), :func:`myrtle` (Shankar 
 """
 
 from ntkit.nn._init import orthogonal_
+from ntkit.nn.aggregate import Aggregate
+from ntkit.nn.attention import SelfAttention
 from ntkit.nn.branches import Parallel
 from ntkit.nn.builders import cntk, fc, myrtle
 from ntkit.nn.conv_transpose import ConvTranspose1d, ConvTranspose2d
@@ -36,6 +39,7 @@ from ntkit.nn.structure import Activation, GlobalAvgPool, LayerNorm, Residual
 
 __all__ = [
     "Activation",
+    "Aggregate",
     "Conv1d",
     "Conv2d",
     "ConvTranspose1d",
@@ -45,6 +49,7 @@ __all__ = [
     "Linear",
     "Parallel",
     "Residual",
+    "SelfAttention",
     "SumPool1d",
     "SumPool2d",
     "cntk",

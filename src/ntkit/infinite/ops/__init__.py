@@ -23,9 +23,14 @@ module                        op and the torch modules it accepts
 :mod:`.pointwise`             :class:`Pointwise`: :class:`ntkit.nn.Activation`, torch activation modules
 :mod:`.spatial_mean`          :class:`GlobalPool` again: ``x.mean(spatial dims)`` of a captured forward
 :mod:`.diagonal`              :class:`Diagonal`: inserted by the walk (``full -> diag`` layout)
+:mod:`.attention`             :class:`Attention`: :class:`ntkit.nn.SelfAttention` (on tokens)
+:mod:`.tokens`                :class:`TokenDense` and the token builders: token inputs ``(N, L, C)``
+:mod:`.aggregate`             :class:`AggregateOp`: :class:`ntkit.nn.Aggregate` (graphs, per-example adjacency)
 ============================  =======================================================================
 """
 
+from ntkit.infinite.ops.aggregate import AggregateOp
+from ntkit.infinite.ops.attention import Attention
 from ntkit.infinite.ops.avg_pool import AvgPool
 from ntkit.infinite.ops.base import KernelOp, affine, count_taps, reduce_space
 from ntkit.infinite.ops.branches import Parallel
@@ -41,7 +46,8 @@ from ntkit.infinite.ops.residual import Residual
 from ntkit.infinite.ops.spatial_mean import SpatialMean
 from ntkit.infinite.ops.stencil import stencil, window_average
 from ntkit.infinite.ops.sum_pool import SumPool
+from ntkit.infinite.ops.tokens import TokenDense
 
-__all__ = ["AvgPool", "Conv", "ConvTranspose", "Dense", "Diagonal", "Flatten", "GlobalPool", "KernelOp", "LayerNormOp",
-           "LayerNormSpatialOp", "Parallel", "Pointwise", "Residual", "SpatialMean", "SumPool", "affine", "count_taps",
-           "reduce_space", "stencil", "window_average"]
+__all__ = ["AggregateOp", "Attention", "AvgPool", "Conv", "ConvTranspose", "Dense", "Diagonal", "Flatten", "GlobalPool",
+           "KernelOp", "LayerNormOp", "LayerNormSpatialOp", "Parallel", "Pointwise", "Residual", "SpatialMean",
+           "SumPool", "TokenDense", "affine", "count_taps", "reduce_space", "stencil", "window_average"]

@@ -51,6 +51,9 @@ class Dense(KernelOp):
     def apply(self, p: Pairs, ctx: Context, ntk: bool) -> Pairs:
         return affine(p, self, p.nngp, p.ntk if ntk else None, Layout((), "none"))
 
+    def pairs_as_list(self) -> bool:
+        return True
+
     def lower_fc(self, prog: FCProgramBuilder) -> bool:
         return type(self) is Dense and prog.dense(self.w_std, self.b_std, self.bias, self.parameterization)
 
@@ -82,7 +85,7 @@ def _build(name: str, module: nn.Module, shape: Shape, block: BlockBuilder) -> K
     label = f"{name} ({type(module).__name__})"
     if shape != (module.in_features,):
         raise shape_error(label, f"({module.in_features},) features (add nn.Flatten or a global pooling "
-                          "before it for images)", shape)
+                          f"before it for images), or tokens (N, L, {module.in_features}) (channels last)", shape)
     return Dense(label, shape, (module.out_features,), module.w_std, module.b_std, module.bias is not None,
                  module.parameterization, module.fan_in)
 

@@ -14,7 +14,7 @@ whether a type may appear there (``on_data``) and its homogeneity rule on data (
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -40,27 +40,34 @@ class Entry:
 
     Attributes
     ----------
-    build : Builder
-        ``(name, module, input shape, block builder) -> KernelOp``, validating the shape.
+    build : Builder or None
+        ``(name, module, input shape, block builder) -> KernelOp``, validating the shape; None: the
+        module takes tokens only (see ``tokens``).
     names : str
         The supported types as users write them (the error message's list).
     has_weights : callable
         ``module -> bool``: whether the module holds weight layers (the first one ends the prelude).
     on_data : bool
-        Whether the module may act on the raw data before the first weight layer.
+        Whether the module may act on the raw data before the first weight layer (False: it ends the prelude,
+        as a weight layer does).
     data_degree : callable
         ``(module, d) -> degree`` on the data (the homogeneity rule of the prelude).
     children : callable or None
         ``(module, name) -> items``: the leaf modules of an inner branch (a residual block), checked
         like the module itself where it acts on the data.
+    tokens : Builder or None
+        The builder for a *token* input: a tensor of torch shape ``(N, *S, C)``, channels last (see
+        :mod:`ntkit.infinite.ops.tokens`); it gets the same channel-first shape ``(C, *S)`` as
+        ``build`` and returns a channel-first op. None: the module is refused on tokens.
     """
 
-    build: Builder
+    build: Builder | None
     names: str
     has_weights: Callable[[nn.Module], bool] = _no_weights
     on_data: bool = True
     data_degree: Callable[[nn.Module, int | None], int | None] = _linear_degree
     children: Callable[[nn.Module, str], list[Item]] | None = None
+    tokens: Builder | None = None
 
 
 _ENTRIES: dict[type, Entry] = {}
@@ -89,13 +96,14 @@ UNSUPPORTED_REASONS: dict[type, str] = {
 }
 
 
-def register(*types: type, build: Builder, names: str, has_weights: Callable[[nn.Module], bool] = _no_weights,
+def register(*types: type, build: Builder | None, names: str, has_weights: Callable[[nn.Module], bool] = _no_weights,
              on_data: bool = True, data_degree: Callable[[nn.Module, int | None], int | None] = _linear_degree,
-             exact: tuple[type, ...] = (), children: Callable[[nn.Module, str], list[Item]] | None = None) -> Entry:
+             exact: tuple[type, ...] = (), children: Callable[[nn.Module, str], list[Item]] | None = None,
+             tokens: Builder | None = None) -> Entry:
     """Register ``build`` for the module ``types`` and their subclasses, and for the ``exact`` types
     only as themselves (a subclass of ``nn.ReLU`` may compute something else); see :class:`Entry`.
     A type registers once."""
-    entry = Entry(build, names, has_weights, on_data, data_degree, children)
+    entry = Entry(build, names, has_weights, on_data, data_degree, children, tokens)
     for t in (*types, *exact):
         if t in _ENTRIES:
             raise ValueError(f"register: {t.__name__} is already registered ({_ENTRIES[t].names})")
@@ -103,6 +111,22 @@ def register(*types: type, build: Builder, names: str, has_weights: Callable[[nn
     _EXACT.update(exact)
     _ORDER.append(entry)
     return entry
+
+
+def register_tokens(registered: type, build: Builder) -> Entry:
+    """Give the entry of the already registered type ``registered`` (and every type sharing it) the
+    token builder ``build`` (see :attr:`Entry.tokens`); returns the new entry."""
+    old = _ENTRIES.get(registered)
+    if old is None:
+        raise ValueError(f"register_tokens: {registered.__name__} is not registered")
+    if old.tokens is not None:
+        raise ValueError(f"register_tokens: {registered.__name__} already has a token builder ({old.names})")
+    new = replace(old, tokens=build)
+    for t, entry in _ENTRIES.items():
+        if entry is old:
+            _ENTRIES[t] = new
+    _ORDER[:] = [new if entry is old else entry for entry in _ORDER]
+    return new
 
 
 def lookup(module: nn.Module) -> Entry | None:
@@ -161,4 +185,4 @@ def block_has_weights(items: Sequence[Item]) -> bool:
 
 
 __all__ = ["PASS_THROUGH", "UNSUPPORTED_REASONS", "BlockBuilder", "Builder", "Entry", "Item", "block_has_weights",
-           "is_pass_through", "leaves", "lookup", "register", "registered_types", "supported"]
+           "is_pass_through", "leaves", "lookup", "register", "register_tokens", "registered_types", "supported"]
