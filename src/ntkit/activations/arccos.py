@@ -145,6 +145,7 @@ def abrelu_closed_form(
     (0.159154943092, 0.25)
     """
     view: Callable[[Tensor], Tensor]
+    pos1, pos2 = var1 > 0, var2 > 0  # before broadcasting: per row, not per entry
     if shape is None:
         var1, cov, var2 = torch.broadcast_tensors(var1, cov, var2)
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (var1, cov, var2))
@@ -168,7 +169,7 @@ def abrelu_closed_form(
     root = torch.sub(prod, tmp, out=into(prod))
     root = torch.sqrt(torch.clamp_min(root, 0, out=into(root)), out=into(root))  # sqrt(det)
     pmt = torch.atan2(root, torch.neg(cov, out=into(tmp)), out=into(tmp))  # pi - theta = atan2(sqrt(det), -c)
-    g = _derivative(pmt, var1 > 0, var2 > 0, k, view, into) if derivative else None
+    g = _derivative(pmt, pos1, pos2, k, view, into) if derivative else None
     if not nngp:
         return None, g
     out = torch.addcmul(root, pmt, cov, out=into(root))

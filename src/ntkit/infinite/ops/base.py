@@ -132,6 +132,13 @@ class KernelOp:
     def apply(self, p: Pairs, ctx: Context, ntk: bool) -> Pairs:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def pairs_as_list(self) -> bool:
+        """Whether :meth:`apply` (and :meth:`merge`) also take a *list* of pairs: ``batch_ndim = 1``, the rows
+        of pair ``m`` being ``ctx.left_ids[m]`` and ``ctx.right_ids[m]`` of the self batch ``ctx.rows`` (the
+        reference evaluator then evaluates the upper triangle of a symmetric block alone). False unless the
+        op says so."""
+        return False
+
     def apply_dual(self, p: Pairs, ctx: Context, ntk: bool) -> tuple[Pairs, Tensor | None]:
         """:meth:`apply`, also returning the derivative kernel ``E[sigma'(u) sigma'(v)]`` of an activation
         (None for every other op, or without the NTK)."""
@@ -175,18 +182,31 @@ def affine(p: Pairs, layer: Any, avg_nngp: Tensor, avg_ntk: Tensor | None, layou
     ``w_std``, ``b2``, ``bias``, ``parameterization`` and ``fan_in`` (a :class:`~ntkit.infinite.ops.dense.Dense`).
     """
     w2, b2 = layer.w_std**2, layer.b2
-    nngp = avg_nngp * w2
-    if b2 != 0.0:
-        nngp = nngp + b2
+    # one new tensor per kernel, the sums accumulated into it; a product by w^2 = 1 (exact) is skipped
+    unit = w2 == 1.0
+    if unit and b2 != 0.0:
+        nngp = avg_nngp + b2
+    else:
+        nngp = avg_nngp * w2
+        if b2 != 0.0:
+            nngp = _add_into(nngp, b2)
     out_ntk: Tensor | None = None
     if avg_ntk is not None:
         if layer.parameterization == "ntk":
-            out_ntk = avg_ntk * w2 + nngp
+            out_ntk = avg_ntk + nngp if unit else _add_into(avg_ntk * w2, nngp)
         else:  # standard: every weight's gradient is an input feature (no 1/fan_in), the bias's is 1
-            out_ntk = avg_nngp * float(layer.fan_in) + avg_ntk * w2
+            out_ntk = _add_into(avg_nngp * float(layer.fan_in), avg_ntk if unit else avg_ntk * w2)
             if layer.bias:
-                out_ntk = out_ntk + 1.0
+                out_ntk = _add_into(out_ntk, 1.0)
     return p.replace(nngp=nngp, ntk=out_ntk, layout=layout, mean=None)
+
+
+def _add_into(t: Tensor, other: Tensor | float) -> Tensor:
+    """``t + other``, written over ``t`` (a new tensor of the caller's) where it has the result's shape."""
+    if isinstance(other, Tensor):
+        if other.dtype != t.dtype or torch.broadcast_shapes(t.shape, other.shape) != t.shape:
+            return t + other
+    return t.add_(other)
 
 
 def reduce_space(p: Pairs, ntk: bool, select: Callable[[Tensor], Tensor]) -> Pairs:

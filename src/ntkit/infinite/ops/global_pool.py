@@ -40,6 +40,9 @@ class GlobalPool(KernelOp):
         assert p.layout.mode == "full"
         return reduce_space(p, ntk, lambda t: t)
 
+    def pairs_as_list(self) -> bool:
+        return True
+
     def lower_native(self, prog: NativeProgramBuilder) -> bool:
         return prog.readout(global_pool=True)
 

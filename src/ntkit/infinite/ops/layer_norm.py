@@ -17,7 +17,8 @@ over the channels and pixels tends to ``mu = mean_p m(p)`` and the variance to t
 the derivative of the normaliser contribute O(1/width) to the NTK). Same-pixel covariances suffice
 at the input (the variances come from the self batch of the context). The channel means come from the
 activations before it (``track_mean``); a zero-variance example (or pixel) maps to 0. No
-random-feature map.
+random-feature map. Both rules are evaluated as ``K f f'`` with the per-row (per-pixel) factors
+``f = 1 / sqrt(V + eps)`` (0 where ``V + eps <= 0``), never as a division by a pair-sized scale.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class LayerNormOp(KernelOp):
     def degree(self, d: int | None) -> int | None:
         return 0 if self.eps == 0.0 and d is not None else None
 
+    def pairs_as_list(self) -> bool:
+        return True
+
     def apply(self, p: Pairs, ctx: Context, ntk: bool) -> Pairs:
         var_l, var_r = ctx.variances(p.batch_ndim)
         means = ctx.means(p.batch_ndim)
@@ -56,7 +60,7 @@ class LayerNormOp(KernelOp):
             m_l, m_r = means
             nngp = nngp - m_l * m_r
             var_l, var_r = var_l - m_l * m_l, var_r - m_r * m_r
-        return _normalised(p, nngp, ((var_l + self.eps) * (var_r + self.eps)).sqrt(), ntk)
+        return _normalised(p, nngp, _factor(var_l, self.eps), _factor(var_r, self.eps), ntk)
 
     def feature_step(self, fmap: Any, dims: Any) -> FeatureStep:
         raise ArchitectureError(f"features: {self.position} (layer norm) has no random-feature map here; "
@@ -82,7 +86,7 @@ class LayerNormSpatialOp(LayerNormOp):
             m_l, m_r = means
             mu_l, mu_r = _per_row(ctx, mu, p.batch_ndim, pair_ndim)
             nngp = nngp - mu_l * m_r - m_l * mu_r + mu_l * mu_r
-        return _normalised(p, nngp, ((var_l + self.eps) * (var_r + self.eps)).sqrt(), ntk)
+        return _normalised(p, nngp, _factor(var_l, self.eps), _factor(var_r, self.eps), ntk)
 
 
 def _per_row(ctx: Context, v: Tensor, batch_ndim: int, pair_ndim: int) -> tuple[Tensor, Tensor]:
@@ -121,14 +125,30 @@ def _data_degree(module: nn.Module, d: int | None) -> int | None:
 
 register(LayerNorm, build=_build, names="ntkit.nn.LayerNorm", data_degree=_data_degree)
 
-def _normalised(p: Pairs, nngp: Tensor, scale: Tensor, ntk: bool) -> Pairs:
-    """``K / scale`` and ``T / scale``, 0 where ``scale`` is 0 (a channel or example of zero variance)."""
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    nngp = torch.where(scale > 0, nngp / safe, torch.zeros_like(nngp))
+def _factor(var: Tensor, eps: float) -> Tensor:
+    """The per-row (per-pixel) factor ``1 / sqrt(V + eps)`` of one side, 0 where ``V + eps <= 0`` (zero variance)."""
+    shifted = var + eps
+    return torch.where(shifted > 0, shifted.rsqrt(), torch.zeros_like(shifted))
+
+
+def _normalised(p: Pairs, nngp: Tensor, f_left: Tensor, f_right: Tensor, ntk: bool) -> Pairs:
+    """``K f f'`` and ``T f f'`` with the two sides' factors ``f = 1 / sqrt(V + eps)`` (:func:`_factor`, 0 at zero
+    variance), broadcastable against the pairs: two passes over each kernel, in its layout, and no pair-sized
+    scale (``K / sqrt((V + eps)(V' + eps))`` up to rounding: a few ulps)."""
+    nngp = _rescaled(nngp, f_left, f_right, nngp is not p.nngp)
     out_ntk = None
     if ntk and p.ntk is not None:
-        out_ntk = torch.where(scale > 0, p.ntk / safe, torch.zeros_like(p.ntk))
+        out_ntk = _rescaled(p.ntk, f_left, f_right, False)
     return p.replace(nngp=nngp, ntk=out_ntk, mean=None)
+
+
+def _rescaled(t: Tensor, f_left: Tensor, f_right: Tensor, own: bool) -> Tensor:
+    """``t f f'``: over ``t`` when ``own`` (a tensor of this op's), else into one new tensor."""
+    full = torch.broadcast_shapes(t.shape, f_left.shape, f_right.shape)
+    if t.shape != full or t.requires_grad:
+        return t * f_left * f_right
+    out = t.mul_(f_left) if own else t * f_left
+    return out.mul_(f_right)
 
 
 __all__ = ["LayerNormOp", "LayerNormSpatialOp"]

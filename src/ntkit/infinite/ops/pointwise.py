@@ -63,6 +63,9 @@ class Pointwise(KernelOp):
     def apply(self, p: Pairs, ctx: Context, ntk: bool) -> Pairs:
         return self.apply_dual(p, ctx, ntk)[0]
 
+    def pairs_as_list(self) -> bool:
+        return True
+
     def apply_dual(self, p: Pairs, ctx: Context, ntk: bool) -> tuple[Pairs, Tensor | None]:
         var_l, var_r = ctx.variances(p.batch_ndim)
         want = ntk and p.ntk is not None
@@ -71,15 +74,22 @@ class Pointwise(KernelOp):
                 f"infinite_kernel: the NTK of {self.position} is undefined (the derivative of activation "
                 f"{self.fn.name!r} is a Dirac delta); use which='nngp'"
             )
-        nngp, dot = self.fn.dual(var_l, p.nngp, var_r, derivative=want)
-        nngp = torch.broadcast_to(nngp, p.nngp.shape)
+        # entrywise: evaluated with the axes in the kernel's memory order (every step then runs on dense
+        # tensors, whatever layout the pairs are held in), the same values in the same layout
+        order = memory_order(p.nngp) if var_l.ndim == var_r.ndim == p.nngp.ndim else tuple(range(p.nngp.ndim))
+        back = tuple(sorted(range(len(order)), key=order.__getitem__))
+        cov = p.nngp.permute(order)
+        if order != tuple(range(len(order))):
+            var_l, var_r = var_l.permute(order), var_r.permute(order)
+        nngp, dot = self.fn.dual(var_l, cov, var_r, derivative=want)
+        nngp = torch.broadcast_to(nngp, cov.shape).permute(back)
         out_ntk = None
         if want:
             assert dot is not None and p.ntk is not None
-            dot = torch.broadcast_to(dot, p.ntk.shape)
+            dot = torch.broadcast_to(dot, cov.shape).permute(back)
             out_ntk = p.ntk * dot
         mean = None
-        if self.track_mean and p.batch_ndim == 1:
+        if self.track_mean and p.batch_ndim == 1 and ctx.left_ids is None:  # the self batch, not a list of pairs
             mean = self.fn.mean(p.variances())
         return p.replace(nngp=nngp, ntk=out_ntk, mean=mean), dot if want else None
 
@@ -108,6 +118,13 @@ class Pointwise(KernelOp):
             return value * scale, ts(psi, slope * scale)
 
         return step
+
+
+def memory_order(t: Tensor) -> tuple[int, ...]:
+    """The axes of ``t`` from the slowest to the fastest in memory (``t.permute`` of it is contiguous when ``t``
+    is dense); the identity for a contiguous ``t`` or when strides tie."""
+    strides = t.stride()
+    return tuple(sorted(range(t.ndim), key=lambda d: (-strides[d], d)))
 
 
 def _build(name: str, module: nn.Module, shape: Shape, block: BlockBuilder) -> KernelOp:

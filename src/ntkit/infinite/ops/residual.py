@@ -5,10 +5,15 @@ independent of ``x`` in the limit, and the kernels add::
 
     K' = K_x + scale^2 K_block,    T' = T_x + scale^2 T_block.
 
+A block of activations only (``x + s relu(x)``) is instead one pointwise function ``g(x) = x + s f(x)``:
+the op is then the activation ``g`` (:func:`~ntkit.activations.composite.composite`: the arc-cosine closed
+form for the ReLU family), whose dual maps hold the cross terms the sum above would drop.
+
 Its branches (:meth:`Residual.branches`) are the identity and the block: the evaluator runs both from
 the same state and merges with :meth:`Residual.merge`. Random features: ``[phi_x, s phi_f]`` projected
-back to ``m``. (:class:`~ntkit.infinite.ops.branches.Parallel` merges any branches; a residual block
-stays its own op, with its scale.)
+back to ``m``. Native lowering: ``FORK``, ``JOIN(1)`` (the identity), the block's steps, ``JOIN(scale^2)``
+(:meth:`~ntkit.infinite.conv_fast.NativeProgramBuilder.fork`). (:class:`~ntkit.infinite.ops.branches.Parallel`
+merges any branches; a residual block stays its own op, with its scale.)
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ntkit.activations.composite import LEAF, Scaled, Sum, chain, composite
 from ntkit.infinite.errors import ArchitectureError
 from ntkit.infinite.ops.base import (
     FeatureStep,
@@ -32,9 +38,13 @@ from ntkit.infinite.ops.base import (
     branch_mixed,
     ends_fresh,
 )
-from ntkit.infinite.ops.registry import BlockBuilder, Item, block_has_weights, leaves, lookup, register
+from ntkit.infinite.ops.pointwise import Pointwise
+from ntkit.infinite.ops.registry import BlockBuilder, Item, block_has_weights, lookup, register
 from ntkit.infinite.state import Pairs, max_mode
 from ntkit.nn.structure import Residual as ResidualModule
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ntkit.infinite.conv_fast import NativeProgramBuilder
 
 Tensor = torch.Tensor
 
@@ -63,6 +73,9 @@ class Residual(KernelOp):
     def branches(self) -> tuple[tuple[KernelOp, ...], ...]:
         return ((), self.block)
 
+    def pairs_as_list(self) -> bool:
+        return all(op.pairs_as_list() for op in self.block)
+
     def with_branches(self, branches: tuple[tuple[KernelOp, ...], ...]) -> KernelOp:
         identity, block = branches
         assert not identity
@@ -80,6 +93,13 @@ class Residual(KernelOp):
         if fx.mean is not None:
             mean = fx.mean * self.scale if mean is None else mean + fx.mean * self.scale
         return x.replace(nngp=nngp, ntk=out_ntk, mean=mean)
+
+    def lower_native(self, prog: NativeProgramBuilder) -> bool:
+        """The identity's join (weight 1), then the block's steps and its join (weight ``scale^2``)."""
+        slot = prog.fork()
+        return (slot is not None and prog.join(slot, 1.0, last=False)
+                and all(op.lower_native(prog) for op in self.block)
+                and prog.join(slot, self.scale * self.scale, last=True))
 
     def feature_step(self, fmap: Any, dims: Any) -> FeatureStep:
         inner = dataclasses.replace(dims)
@@ -104,8 +124,11 @@ class Residual(KernelOp):
 
 
 def _block_items(module: nn.Module, name: str) -> list[Item]:
+    """The block's items: containers opened, a custom forward captured (:func:`~ntkit.infinite.capture.expand`)."""
+    from ntkit.infinite.capture import expand  # the capture builds Residual modules: imported where used
+
     assert isinstance(module, ResidualModule)
-    return list(leaves(module.block, f"{name}.block"))
+    return list(expand(module.block, f"{name}.block"))
 
 
 def _build(name: str, module: nn.Module, shape: Shape, block: BlockBuilder) -> KernelOp:
@@ -122,6 +145,10 @@ def _build(name: str, module: nn.Module, shape: Shape, block: BlockBuilder) -> K
             f"infinite_kernel: module {label}: expected a block with a weight layer (then the two branches are "
             "independent in the limit), got a block that is the identity"
         )
+    if all(isinstance(op, Pointwise) for op in ops):  # x + s g(x): one activation of x (closed form: ReLU family)
+        g = chain([op.fn for op in ops if isinstance(op, Pointwise)])
+        g = g if module.scale == 1.0 else Scaled(module.scale, g)
+        return Pointwise(label, shape, shape, composite(Sum((LEAF, g))))
     if not ends_fresh(ops):
         raise ArchitectureError(
             f"infinite_kernel: module {label}: expected a block that ends with a weight layer (then the two "
