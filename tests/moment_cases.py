@@ -1,10 +1,12 @@
 """The registry of per-op moment cases (:mod:`tests.moments`): every finite module with a kernel op.
 
-A new op plugs in with one line appended to :data:`CASES`::
+Tokens, sums over axes, graph aggregation and self-attention are in :mod:`tests.moment_cases_tokens`
+(:data:`~tests.moment_cases_tokens.TOKEN_GRAPH_CASES`, appended). A new op plugs in with one line
+appended to :data:`CASES`::
 
     MomentCase("conv2d_same_s2", conv(Conv2d, 2, 3, stride=2, padding="same"), IMAGES),
 
-Inputs (seeded, float64):
+Inputs (seeded, float64; :func:`tests.moment_inputs.deterministic`, :func:`~tests.moment_inputs.gaussian_field`):
 
 * :data:`VECTORS`, :data:`SIGNALS`, :data:`IMAGES`: deterministic inputs of the weight layers
   (vectors of 5 features, 1-D signals of 3 channels x 6, images of 2 channels x 3 x 4;
@@ -27,7 +29,6 @@ standard error (1.4e-3 relative).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -49,61 +50,12 @@ from ntkit.nn import (
     SumPool1d,
     SumPool2d,
 )
-from tests.moment_inputs import Data, Field
+from tests.moment_cases_tokens import TOKEN_GRAPH_CASES
+from tests.moment_inputs import deterministic as _deterministic
+from tests.moment_inputs import gaussian_field as _field
 from tests.moments import FLOOR, Maker, MomentCase
 
 F64 = torch.float64
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _deterministic(shape: tuple[int, ...], seed: int) -> Data:
-    """Rows: random, 0.6 x random, near-collinear with row 0, zero (vectors: then a copy of row 1, -0.8 x row 0)."""
-    g = _gen(seed)
-
-    def rows() -> torch.Tensor:
-        a = torch.randn(*shape, generator=g, dtype=F64)
-        b = 0.6 * torch.randn(*shape, generator=g, dtype=F64)
-        c = 1.4 * (0.95 * a + 0.3 * torch.randn(*shape, generator=g, dtype=F64))
-        out = [a, b, c, torch.zeros(*shape, dtype=F64)]
-        if len(shape) == 1:  # images: no duplicate (it costs a fifth of the pixels' products)
-            out += [b, -0.8 * a]
-        return torch.stack(out)
-
-    x = rows()
-    u = rows()
-    u[3] = 0.5 * torch.randn(*shape, generator=g, dtype=F64)  # a zero input may still carry a tangent
-    return Data(x, u)
-
-
-def _covariance(units: int, pixels: int, seed: int, variances: tuple[float, ...]) -> torch.Tensor:
-    """A random covariance over (unit, pixel) with a near-collinear unit 2 ~ unit 0 and a zero last unit."""
-    g = _gen(seed)
-    r = units * pixels + 4
-    b = torch.randn(units, pixels, r, generator=g, dtype=F64)
-    b[2] = 0.95 * b[0] + 0.3 * b[2]
-    if units > 3:
-        b[3] = -0.7 * b[1] + 0.7 * b[3]
-    b = b * torch.tensor(variances, dtype=F64).sqrt()[:, None, None]
-    b = b / math.sqrt(r)
-    b = torch.cat([b, torch.zeros(1, pixels, r, dtype=F64)])  # the zero input
-    b = b.reshape((units + 1) * pixels, r)
-    return b @ b.T
-
-
-def _field(spatial: tuple[int, ...], seed: int, *, mean: bool = False, scale: float = 1.0) -> Field:
-    pixels = math.prod(spatial)
-    units = 4 if not spatial else 3
-    var = tuple(scale * v for v in (1.0, 0.5, 2.0, 1.2)[:units])
-    index = (0, 1, 2, 3, 1, 4) if units == 4 else (0, 1, 2, 0, 3)
-    m = None
-    if mean:
-        m = 0.6 * torch.randn((units + 1) * pixels, generator=_gen(seed + 2), dtype=F64)
-        m[units * pixels :] = 0.0
-    return Field(_covariance(units, pixels, seed, var), _covariance(units, pixels, seed + 1, var[::-1]),
-                 torch.tensor(index), spatial, m, seed)
 
 
 VECTORS = _deterministic((5,), 10)
@@ -270,4 +222,6 @@ CASES: list[MomentCase] = [
     # activations: every torch module type with a kernel, every registered name
     *[_act(name, m) for name, m in TORCH_ACTIVATIONS.items()],
     *[_named(name) for name in _distinct_names()],
+    # tokens (N, L, C), sums over the spatial / token axes, graph aggregation, self-attention
+    *TOKEN_GRAPH_CASES,
 ]

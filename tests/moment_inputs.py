@@ -3,10 +3,15 @@
 * :class:`Data`: deterministic inputs (the weight layers' draws are their output channels), exact
   covariance ``K = sum_c x_c x'_c / C`` per pixel pair, and one tangent direction ``u``;
 * :class:`Field`: Gaussian inputs whose channels are i.i.d. ``N(mean, cov)`` over (input, pixel),
-  with an independent Gaussian tangent (the parameter-free modules' draws are the channels).
+  with an independent Gaussian tangent (the parameter-free modules' draws are the channels);
+* :class:`Graphs`: either of them as node features ``(C, V)`` with a graph per input (the module is
+  called as ``module(x, adjacency)``, the covariances carry the adjacency of each distinct input).
 
-Both give a :class:`Covariance`: the exact second moments over the distinct inputs, which
-:meth:`Covariance.pairs` turns into the ``Pairs`` the kernel ops take.
+All give a :class:`Covariance`: the exact second moments over the distinct inputs, which
+:meth:`Covariance.pairs` turns into the ``Pairs`` the kernel ops take. The harness holds every input
+channel-first, ``(N, C, *S)``; ``tokens=True`` hands it to the module channels last, ``(N, *S, C)``
+(:meth:`Data.bind`: the axis moved at the module's boundary), as transformer layers take tokens.
+:func:`deterministic` and :func:`gaussian_field` build the seeded inputs of the cases.
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ntkit.infinite.state import Layout, Pairs
 
 Tensor = torch.Tensor
 F64 = torch.float64
-
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,8 @@ class Covariance:
 
     ``k``, ``t``: (U P, U P) NNGP second moment (the mean's outer product included) and tangent
     covariance; ``mean``: (U P,) or None (centred); ``index``: (N,) each input's distinct row;
-    ``spatial``: the pixel shape ``S`` (``()`` for vectors, ``P = |S|``).
+    ``spatial``: the pixel shape ``S`` (``()`` for vectors, ``P = |S|``); ``adjacency``: (U, V, V) the
+    graph of each distinct input (``S = (V,)``), or None.
     """
 
     k: Tensor
@@ -37,6 +43,7 @@ class Covariance:
     mean: Tensor | None
     index: Tensor
     spatial: tuple[int, ...]
+    adjacency: Tensor | None = None
 
     @property
     def pixels(self) -> int:
@@ -62,7 +69,7 @@ class Covariance:
         k_rows, k_cross = side(self.k)
         t_rows, t_cross = side(self.t) if ntk else (None, None)
         mean = None if self.mean is None else self.mean.reshape(u, *s)
-        return Pairs(k_rows, t_rows, lay, 1, mean), Pairs(k_cross, t_cross, lay, 2)
+        return Pairs(k_rows, t_rows, lay, 1, mean, self.adjacency), Pairs(k_cross, t_cross, lay, 2)
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,21 @@ class Data:
     """Deterministic inputs ``x`` (N, d) or (N, C, *S) and one tangent direction ``u`` of the same shape.
 
     Exact covariances: ``K = sum_c x_c x'_c / C`` (per pixel pair), ``T`` the same of ``u``.
+    ``tokens``: the module takes them channels last, ``(N, *S, C)`` (:meth:`bind`).
     """
 
     x: Tensor
     u: Tensor
+    tokens: bool = False
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        """One input's shape as the module takes it: ``(C, *S)``, tokens ``(*S, C)``."""
+        return _module_shape(tuple(self.x.shape[1:]), self.tokens)
+
+    def bind(self, module: nn.Module) -> nn.Module:
+        """``module`` taking the harness's channel-first inputs (tokens: through :class:`ChannelsLast`)."""
+        return ChannelsLast(module) if self.tokens else module
 
     def covariance(self) -> Covariance:
         n = self.x.shape[0]
@@ -113,10 +127,15 @@ class Field:
     spatial: tuple[int, ...] = ()
     mean: Tensor | None = None
     seed: int = 0
+    tokens: bool = False
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        return (2, *self.spatial)  # channels never enter a parameter-free op
+        return _module_shape((2, *self.spatial), self.tokens)  # channels never enter a parameter-free op
+
+    def bind(self, module: nn.Module) -> nn.Module:
+        """As :meth:`Data.bind`."""
+        return ChannelsLast(module) if self.tokens else module
 
     def covariance(self) -> Covariance:
         k = self.cov if self.mean is None else self.cov + torch.outer(self.mean, self.mean)
@@ -158,4 +177,136 @@ class Field:
 _CACHED_CHUNKS = 6
 _FIELD_CACHE: dict[tuple[int, int, int, bool], tuple[Tensor, Tensor | None]] = {}
 
-Inputs = Data | Field
+
+
+@dataclass(frozen=True)
+class Graphs:
+    """Node features ``(C, V)`` (a :class:`Data` or :class:`Field` with ``S = (V,)``) with each input's graph.
+
+    ``adjacency``: (N, V, V), ``adjacency[n, i, j]`` the weight of the edge ``j -> i`` of input ``n``. The
+    distinct inputs are those with equal features *and* equal graphs (the same features on another
+    graph are another input of the kernel); the module is called as ``module(x, adjacency)``.
+    """
+
+    nodes: Data | Field
+    adjacency: Tensor
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.nodes.in_shape
+
+    @property
+    def tokens(self) -> bool:
+        return self.nodes.tokens
+
+    def covariance(self) -> Covariance:
+        cov = self.nodes.covariance()
+        n, p = len(cov.index), cov.pixels
+        key = torch.cat([cov.index[:, None].to(self.adjacency.dtype), self.adjacency.reshape(n, -1)], 1)
+        _, index = torch.unique(key, dim=0, return_inverse=True)
+        first = torch.stack([torch.nonzero(index == k)[0, 0] for k in range(int(index.max()) + 1)])
+        rows, units = cov.index[first], cov.k.shape[0] // p  # each distinct input's row of the node covariance
+
+        def take(m: Tensor) -> Tensor:
+            return m.reshape(units, p, units, p)[rows][:, :, rows].reshape(len(rows) * p, -1)
+
+        mean = None if cov.mean is None else cov.mean.reshape(units, p)[rows].reshape(-1)
+        return Covariance(take(cov.k), take(cov.t), mean, index, cov.spatial, self.adjacency[first])
+
+    def batch(self, chunk: int, width: int, tangent: bool = True) -> tuple[Tensor, Tensor | None]:
+        """The node features' batch (:meth:`Data.batch` / :meth:`Field.batch`); the graphs are bound (:meth:`bind`)."""
+        return self.nodes.batch(chunk, width, tangent)
+
+    def bind(self, module: nn.Module) -> nn.Module:
+        """``module(x, adjacency)`` as a module of ``x`` alone (channels moved as the features ask)."""
+        return self.nodes.bind(OnGraphs(module, self.adjacency))
+
+
+Inputs = Data | Field | Graphs
+
+
+def _module_shape(shape: tuple[int, ...], tokens: bool) -> tuple[int, ...]:
+    """``(C, *S)`` as the module takes it: unchanged, or tokens ``(*S, C)``."""
+    return (*shape[1:], shape[0]) if tokens and len(shape) > 1 else shape
+
+
+class ChannelsLast(nn.Module):
+    """A module of tokens ``(N, *S, C)`` as a module of channel-first inputs ``(N, C, *S)`` (and outputs)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class OnGraphs(nn.Module):
+    """``module(x, adjacency)`` with the inputs' graphs fixed: a module of ``x`` alone.
+
+    Row ``i`` of ``x`` is on graph ``i mod N``: the N inputs, or stacked copies of them (the harness's
+    affine pass stacks the inputs, their tangents and a zero row).
+    """
+
+    def __init__(self, module: nn.Module, adjacency: Tensor) -> None:
+        super().__init__()
+        self.module, self.adjacency = module, adjacency
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.adjacency.shape[0]
+        return self.module(x, self.adjacency[torch.arange(x.shape[0]) % n])
+
+
+# ---------------------------------------------------------------- seeded inputs of the cases
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def deterministic(shape: tuple[int, ...], seed: int) -> Data:
+    """Rows: random, 0.6 x random, near-collinear with row 0, zero (vectors: then a copy of row 1, -0.8 x row 0)."""
+    g = generator(seed)
+
+    def rows() -> torch.Tensor:
+        a = torch.randn(*shape, generator=g, dtype=F64)
+        b = 0.6 * torch.randn(*shape, generator=g, dtype=F64)
+        c = 1.4 * (0.95 * a + 0.3 * torch.randn(*shape, generator=g, dtype=F64))
+        out = [a, b, c, torch.zeros(*shape, dtype=F64)]
+        if len(shape) == 1:  # images: no duplicate (it costs a fifth of the pixels' products)
+            out += [b, -0.8 * a]
+        return torch.stack(out)
+
+    x = rows()
+    u = rows()
+    u[3] = 0.5 * torch.randn(*shape, generator=g, dtype=F64)  # a zero input may still carry a tangent
+    return Data(x, u)
+
+
+def random_covariance(units: int, pixels: int, seed: int, variances: tuple[float, ...]) -> torch.Tensor:
+    """A random covariance over (unit, pixel) with a near-collinear unit 2 ~ unit 0 and a zero last unit."""
+    g = generator(seed)
+    r = units * pixels + 4
+    b = torch.randn(units, pixels, r, generator=g, dtype=F64)
+    b[2] = 0.95 * b[0] + 0.3 * b[2]
+    if units > 3:
+        b[3] = -0.7 * b[1] + 0.7 * b[3]
+    b = b * torch.tensor(variances, dtype=F64).sqrt()[:, None, None]
+    b = b / math.sqrt(r)
+    b = torch.cat([b, torch.zeros(1, pixels, r, dtype=F64)])  # the zero input
+    b = b.reshape((units + 1) * pixels, r)
+    return b @ b.T
+
+
+def gaussian_field(spatial: tuple[int, ...], seed: int, *, mean: bool = False, scale: float = 1.0) -> Field:
+    """A :class:`Field` (vectors: 4 units, a duplicated input; spatial: 3 units, input 3 a copy of input 0)."""
+    pixels = math.prod(spatial)
+    units = 4 if not spatial else 3
+    var = tuple(scale * v for v in (1.0, 0.5, 2.0, 1.2)[:units])
+    index = (0, 1, 2, 3, 1, 4) if units == 4 else (0, 1, 2, 0, 3)
+    m = None
+    if mean:
+        m = 0.6 * torch.randn((units + 1) * pixels, generator=generator(seed + 2), dtype=F64)
+        m[units * pixels :] = 0.0
+    return Field(random_covariance(units, pixels, seed, var), random_covariance(units, pixels, seed + 1, var[::-1]),
+                 torch.tensor(index), spatial, m, seed)

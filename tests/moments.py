@@ -35,6 +35,9 @@ init scale off by 1%); every other module (parameter-free layers, the residual s
 :func:`run_case` evaluates several fault factors on the same draws: the fault is the only
 difference.
 
+Inputs (:mod:`tests.moment_inputs`) are held channel-first; token inputs (``tokens=True``) reach the
+module channels last and graph inputs with their adjacency (``Inputs.bind`` wraps the drawn module).
+
 A new op plugs in with one line in :data:`tests.moment_cases.CASES`, e.g.
 ``MomentCase("conv2d_same_s2", conv(Conv2d, 2, 3, stride=2, padding="same"), IMAGES)``.
 """
@@ -54,10 +57,10 @@ from ntkit.infinite.ops import KernelOp, Pointwise
 from ntkit.infinite.reference import run_ops
 from ntkit.infinite.state import Context, Layout, Pairs
 from ntkit.infinite.walk import describe_model, iter_ops
-from ntkit.nn import Conv1d, Conv2d, Linear
+from ntkit.nn import Aggregate, Conv1d, Conv2d, Linear
 from ntkit.nn.linear import _WeightLayer
 from ntkit.nn.structure import GlobalAvgPool, Residual
-from tests.moment_inputs import Covariance, Inputs
+from tests.moment_inputs import ChannelsLast, Covariance, Inputs, OnGraphs
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -87,9 +90,11 @@ class MomentCase:
     i.i.d. channels; ``instances=True``: the module's fixed width, one sample per instance). At
     least ``draws`` samples (instances: exactly), more up to ``max_draws`` where the SE needs them
     (a module coupling its channels, a layer norm, sets ``width = max_draws``: one draw).
-    ``own_width``: channels of the instance whose own-parameter gradients autograd takes.
+    ``own_width``: channels of the instance whose own-parameter gradients autograd takes (``instances=True``:
+    ``own_draws`` whole instances).
     ``floor``: the SE floor relative to the largest natural scale, the accuracy of the module's own
-    float64 forward and autograd (:data:`FLOOR`, rounding, unless the module is known to be less exact).
+    float64 forward and autograd (:data:`FLOOR`, rounding, unless the module is known to be less exact), or of
+    a deterministic case's known finite-width remainder (self-attention at exact weights).
     """
 
     name: str
@@ -100,6 +105,7 @@ class MomentCase:
     width: int = 100_000
     instances: bool = False
     own_width: int = 16
+    own_draws: int = 4
     floor: float = FLOOR
 
     def __repr__(self) -> str:
@@ -131,15 +137,16 @@ class MomentReport:
 # ---------------------------------------------------------------- the exact side
 
 
-def kernel_ops(module: nn.Module, in_shape: tuple[int, ...]) -> tuple[KernelOp, ...]:
+def kernel_ops(module: nn.Module, in_shape: tuple[int, ...], tokens: bool = False) -> tuple[KernelOp, ...]:
     """The ops the walk builds for ``module`` taking inputs of shape ``in_shape`` after a weight layer.
 
     A 1x1 weight layer on ``meta`` goes in front (the walk starts at a weight layer and wants a
     Gaussian input for an activation), an ``nn.Flatten`` after (it wants a vector output); the ops
-    labelled ``1`` are the module's.
+    labelled ``1`` are the module's. ``tokens``: ``in_shape = (*S, C)``, channels last (the head is a
+    ``Linear`` on every token).
     """
-    c = in_shape[0]
-    if len(in_shape) == 1:
+    c = in_shape[-1] if tokens else in_shape[0]
+    if len(in_shape) == 1 or tokens:
         head: nn.Module = Linear(c, c, device="meta")
     else:
         head = (Conv1d if len(in_shape) == 2 else Conv2d)(c, c, 1, padding="valid", device="meta")
@@ -249,6 +256,11 @@ def _has_weights(module: nn.Module) -> bool:
     return any(isinstance(m, _WeightLayer) for m in module.modules())
 
 
+def _has_parameters(module: nn.Module) -> bool:
+    """Whether the NTK has an own-parameter part (weight layers, self-attention, ...)."""
+    return any(True for _ in module.parameters())
+
+
 def faulty(module: nn.Module, factor: float) -> nn.Module:
     """``module`` with a scale fault ``factor``: a copy whose weight layers' weights are multiplied after
     their init (a weight layer, a read-out), else the output multiplied (parameter-free, residual sum)."""
@@ -290,7 +302,7 @@ def _own_gram(module: nn.Module, x: Tensor) -> Tensor:
 def _affine(module: nn.Module) -> bool:
     """Whether ``module`` is affine in its input (weight layers, flatten, pooling, residual sums of those)."""
     kinds = (_WeightLayer, nn.Flatten, nn.Sequential, Residual, _Scaled, nn.AvgPool1d, nn.AvgPool2d,
-             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, GlobalAvgPool)
+             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, GlobalAvgPool, ChannelsLast, OnGraphs, Aggregate)
     return all(isinstance(m, kinds) for m in module.modules())
 
 
@@ -359,7 +371,7 @@ def run_case(case: MomentCase, faults: tuple[float, ...] = (1.0,), *, seed: int 
     """
     gen = torch.Generator().manual_seed(zlib.crc32(case.name.encode()) if seed is None else seed)
     probe = case.make(case.width if case.instances else 2, torch.Generator().manual_seed(0))
-    ops = kernel_ops(probe, case.inputs.in_shape)
+    ops = case_ops(case, probe)
     ntk = all(op.fn.has_derivative_map for op in iter_ops(ops) if isinstance(op, Pointwise))
     cov = case.inputs.covariance()
     exact, _ = exact_moments(ops, cov, "full" if cov.spatial else "none", ntk)
@@ -376,7 +388,7 @@ def run_case(case: MomentCase, faults: tuple[float, ...] = (1.0,), *, seed: int 
     total, done, chunk = case.draws, 0, 0
     while done < total:
         width = case.width if case.instances else min(case.width, total - done)
-        module = case.make(width, gen)
+        module = case.inputs.bind(case.make(width, gen))
         x, u = case.inputs.batch(chunk, width, kind != "pointwise")
         for fault, mom in zip(faults, moments, strict=True):
             _accumulate(faulty(module, fault), x, u, mom, kind)
@@ -385,10 +397,10 @@ def run_case(case: MomentCase, faults: tuple[float, ...] = (1.0,), *, seed: int 
             need = max(_needed(mom, exact, skip) for mom in moments)
             total = min(max(total, math.ceil(need / case.width) * case.width), case.max_draws)
     own = [Moment() for _ in faults]
-    if ntk and _has_weights(probe):
-        for k in range(4 if case.instances else 1):
+    if ntk and _has_parameters(probe):
+        for k in range(case.own_draws if case.instances else 1):
             width = case.width if case.instances else case.own_width
-            module = case.make(width, gen)
+            module = case.inputs.bind(case.make(width, gen))
             x, _ = case.inputs.batch(-1 - k, width, False)
             for fault, o in zip(faults, own, strict=True):
                 gram = _own_gram(faulty(module, fault), x)
@@ -398,6 +410,11 @@ def run_case(case: MomentCase, faults: tuple[float, ...] = (1.0,), *, seed: int 
         tangent = _as_matrix(cov.pairs("full" if cov.spatial else "none", True)[1].ntk, Layout(cov.spatial, "full"))
     return tuple(_report(case.name, done, _estimates(mom, o, tangent), exact, skip, layout_gap, case.floor)
                  for mom, o in zip(moments, own, strict=True))
+
+
+def case_ops(case: MomentCase, module: nn.Module) -> tuple[KernelOp, ...]:
+    """:func:`kernel_ops` of ``module`` (drawn by ``case.make``) on the case's inputs."""
+    return kernel_ops(module, case.inputs.in_shape, case.inputs.tokens)
 
 
 def _scale(ref: Tensor) -> Tensor:

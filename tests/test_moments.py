@@ -2,7 +2,8 @@
 
 For every case of :data:`tests.moment_cases.CASES` (weight layers with each padding, stride,
 parameterization and bias; pooling, global pooling, flatten, layer norm, residual sums; every
-activation) the harness :func:`tests.moments.run_case` draws the module many times and compares
+activation; tokens, sums over axes, graph aggregation, self-attention) the harness
+:func:`tests.moments.run_case` draws the module many times and compares
 the empirical NNGP, NTK increment and (activations) derivative kernel with the op, entry by entry:
 
 * ``test_moments``: every entry within 5 standard errors, every standard error at most 0.3% of the
@@ -32,7 +33,7 @@ from ntkit.infinite.ops.activation_modules import ACTIVATION_MODULES
 from ntkit.infinite.walk import iter_ops
 from ntkit.nn.linear import PADDINGS, _ConvNd, _WeightLayer
 from tests.moment_cases import CASES
-from tests.moments import SE_MAX, Z_MAX, MomentCase, MomentReport, kernel_ops, run_case
+from tests.moments import SE_MAX, Z_MAX, MomentCase, MomentReport, case_ops, run_case
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -76,7 +77,7 @@ def _case_ops() -> list[KernelOp]:
     out: list[KernelOp] = []
     for case in CASES:
         module = case.make(case.width if case.instances else 2, torch.Generator().manual_seed(0))
-        out += list(iter_ops(kernel_ops(module, case.inputs.in_shape)))
+        out += list(iter_ops(case_ops(case, module)))
     return out
 
 
