@@ -26,7 +26,7 @@ Implementations (rows):
   64 rows need 64 x 10 x 11.2M x 4 B = 28.7 GB: it is timed at N = 2 and N = 4 and extrapolated as
   ``t(N) = a N + b N^2`` (marked ``~``); for the pNTK (one output) it runs at N = 64 itself.
 
-Cases: ``trace`` and ``full`` (N = 64, ``x2=None``), ``pntk`` (N = 64) and ``pntk512`` (N = 512,
+Cases: ``trace`` and ``full`` (N = 64, ``x2=None``), ``trace512`` (N = 512), ``pntk`` (N = 64) and ``pntk512`` (N = 512,
 default memory budget and ``--budget``). Ratios ``x tut`` are tutorial / ntkit (> 1: ntkit faster).
 
 GPT-2 cases (model: :mod:`gpt2_decoder`, a GPT-2-small-sized causal decoder from ``torch.nn``, scalar
@@ -257,8 +257,8 @@ def main() -> None:
         if case in GPT2_CASES:
             gpt2_case(case, impls, args)
             continue
-        mode = "pntk" if case.startswith("pntk") else case
-        n = 512 if case == "pntk512" else 64
+        mode = "pntk" if case.startswith("pntk") else case.removesuffix("512")
+        n = 512 if case.endswith("512") else 64
         rows: dict[str, dict[str, Any]] = {}
         for impl in impls:
             if impl == "tutorial":

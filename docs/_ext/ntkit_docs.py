@@ -66,8 +66,10 @@ API_MODULES: list[tuple[str, str]] = [
 #: single functions of otherwise internal modules that users call
 API_EXTRA: dict[str, list[str]] = {"ntkit.infinite": ["ntkit.infinite.native.status"]}
 #: public-looking modules that are documented elsewhere: the command line (its page documents the
-#: commands), the Kernel record (``ntkit.Kernel``), the experiments' command plumbing
-NOT_API = {"ntkit.cli", "ntkit.kernel", "ntkit.experiments", "ntkit.experiments.bench", "ntkit.experiments.uci_data",
+#: commands), the Kernel record (``ntkit.Kernel``), the graph inputs (``ntkit.Graphs``), the experiments'
+#: command plumbing
+NOT_API = {"ntkit.cli", "ntkit.kernel", "ntkit.graphs", "ntkit.experiments", "ntkit.experiments.bench",
+           "ntkit.experiments.uci_data",
            "ntkit.experiments.uci_eval", "ntkit.experiments.uci_report", "ntkit.experiments.dynamics_plot",
            "ntkit.experiments.dynamics_result"}
 #: the command line's plumbing (documented on the command-line page, not as Python API)

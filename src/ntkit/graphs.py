@@ -36,6 +36,14 @@ class Graphs:
     the arrays are validated (and converted to the kernel's dtype) there. ``len`` and indexing act on the
     batch axis of both.
 
+    Parameters
+    ----------
+    x : array_like
+        Node features, (N, C, V) channels first, or node tokens (N, V, C) for a model whose
+        :class:`ntkit.nn.Aggregate` has ``channel_axis=-1``.
+    adjacency : array_like
+        (N, V, V): ``adjacency[n, i, j]`` the weight of the edge ``j -> i`` of graph ``n``.
+
     Examples
     --------
     >>> import torch, ntkit

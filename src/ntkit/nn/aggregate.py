@@ -40,6 +40,12 @@ class Aggregate(nn.Module):
     channel_axis : {1, -1}
         1: features (N, C, V); -1: node tokens (N, V, C), channels last (``out = adjacency @ x``).
 
+    Raises
+    ------
+    ValueError
+        A ``channel_axis`` other than 1 or -1; in the forward, features that are not 3-D or an adjacency
+        that is not (N, V, V) for them.
+
     Examples
     --------
     >>> import torch, ntkit
