@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 import ntkit
 from tests.arch_cases import make_inputs
 from tests.arch_cases_branches import CASES
 from tests.arch_models import build
-from tests.test_infinite_nt import _ids
+from tests.nt_compare import assert_matches_reference
 
 DATA = Path(__file__).parent / "data"
 REF = np.load(DATA / "nt_reference_branches.npz")
@@ -70,13 +69,4 @@ def test_matches_neural_tangents(case: tuple) -> None:
     np.testing.assert_array_equal(x2, REF[f"{name}/x2"])
     model, out = build_branched(spec, shape)
     assert out == [1]
-    ids1, ids2 = _ids(x1, x2)
-    for kind, (a, b, i2) in {"cross": (x1, x2, ids2), "sym": (x1, None, ids1)}.items():
-        k = ntkit.infinite_kernel(model, torch.from_numpy(a), None if b is None else torch.from_numpy(b))
-        same = ids1[:, None] == i2[None, :]
-        for which in ("nngp", "ntk"):
-            got = getattr(k, which).numpy()
-            ref = REF[f"{name}/{kind}/{which}"]
-            err = np.abs(got - ref) / np.abs(ref).max()
-            assert err[~same].max() < 1e-12, (kind, which, float(err[~same].max()))
-            assert err[same].max() < 1e-7, (kind, which, float(err[same].max()))
+    assert_matches_reference(model, x1, x2, REF, name)

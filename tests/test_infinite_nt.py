@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import ntkit
 from tests.arch_cases import CASES, make_inputs
 from tests.arch_models import build
+from tests.nt_compare import assert_matches_reference
 
 DATA = Path(__file__).parent / "data"
 REF = np.load(DATA / "nt_reference.npz")
@@ -36,13 +35,6 @@ def test_reference_file_covers_the_cases() -> None:
     assert {case[0] for case in CASES} == {case[0] for case in SUPPORTED} | refused
 
 
-def _ids(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    both = np.concatenate([x1, x2]).reshape(len(x1) + len(x2), -1)
-    _, ids = np.unique(both, axis=0, return_inverse=True)
-    ids = ids.reshape(-1)
-    return ids[: len(x1)], ids[len(x1) :]
-
-
 @pytest.mark.parametrize("case", SUPPORTED, ids=[case[0] for case in SUPPORTED])
 def test_matches_neural_tangents(case: tuple) -> None:
     name, spec, shape, n1, n2 = case
@@ -50,13 +42,4 @@ def test_matches_neural_tangents(case: tuple) -> None:
     np.testing.assert_array_equal(x1, REF[f"{name}/x1"])  # the inputs are those neural-tangents saw
     np.testing.assert_array_equal(x2, REF[f"{name}/x2"])
     model, _ = build(spec, shape)
-    ids1, ids2 = _ids(x1, x2)
-    for kind, (a, b, i2) in {"cross": (x1, x2, ids2), "sym": (x1, None, ids1)}.items():
-        k = ntkit.infinite_kernel(model, torch.from_numpy(a), None if b is None else torch.from_numpy(b))
-        same = ids1[:, None] == i2[None, :]
-        for which in ("nngp", "ntk"):
-            got = getattr(k, which).numpy()
-            ref = REF[f"{name}/{kind}/{which}"]
-            err = np.abs(got - ref) / np.abs(ref).max()
-            assert err[~same].max() < 1e-12, (kind, which, float(err[~same].max()))
-            assert err[same].max() < 1e-7, (kind, which, float(err[same].max()))
+    assert_matches_reference(model, x1, x2, REF, name)

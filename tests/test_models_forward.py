@@ -28,7 +28,7 @@ from ntkit.infinite.walk import iter_ops
 from tests.arch_cases import make_inputs
 from tests.arch_cases_forward import CASES
 from tests.models_forward import INPUT_SHAPE, MODELS
-from tests.test_infinite_nt import _ids
+from tests.nt_compare import assert_matches_reference
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -57,15 +57,7 @@ def test_captured_forward_matches_neural_tangents(case: tuple) -> None:
     x1, x2 = make_inputs(name, shape, n1, n2)
     np.testing.assert_array_equal(x1, REF[f"{name}/x1"])
     model = MODELS[name.removeprefix("forward_")][0](8, device="meta")
-    ids1, ids2 = _ids(x1, x2)
-    for kind, (a, b, i2) in {"cross": (x1, x2, ids2), "sym": (x1, None, ids1)}.items():
-        k = ntkit.infinite_kernel(model, torch.from_numpy(a), None if b is None else torch.from_numpy(b))
-        same = ids1[:, None] == i2[None, :]
-        for which in ("nngp", "ntk"):
-            ref = REF[f"{name}/{kind}/{which}"]
-            err = np.abs(getattr(k, which).numpy() - ref) / np.abs(ref).max()
-            assert err[~same].max() < 1e-12, (kind, which, float(err[~same].max()))
-            assert err[same].max() < 1e-7, (kind, which, float(err[same].max()))
+    assert_matches_reference(model, x1, x2, REF, name)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -24,7 +24,7 @@ import ntkit
 from tests.arch_cases import make_inputs
 from tests.arch_cases_tokens import CASES
 from tests.arch_models import activation
-from tests.test_infinite_nt import _ids
+from tests.nt_compare import assert_matches_reference
 
 DATA = Path(__file__).parent / "data"
 REF = np.load(DATA / "nt_reference_tokens.npz")
@@ -89,20 +89,11 @@ def test_matches_neural_tangents(case: tuple) -> None:
     np.testing.assert_array_equal(x1, REF[f"{name}/x1"])
     model, out = build_tokens(spec, shape)
     assert out == 1
-    ids1, ids2 = _ids(x1, x2)
     own = ntkit.infinite_kernel(model, torch.from_numpy(x1))
-    for kind, (a, b, i2) in {"cross": (x1, x2, ids2), "sym": (x1, None, ids1)}.items():
-        k = ntkit.infinite_kernel(model, torch.from_numpy(a), None if b is None else torch.from_numpy(b))
-        same = ids1[:, None] == i2[None, :]
-        for which in ("nngp", "ntk"):
-            got = getattr(k, which).numpy()
-            ref = REF[f"{name}/{kind}/{which}"]
-            err = np.abs(got - ref) / np.abs(ref).max()
-            assert err[~same].max() < 1e-12, (kind, which, float(err[~same].max()))
-            assert err[same].max() < 1e-7, (kind, which, float(err[same].max()))
-            diag = getattr(own, which).numpy().diagonal()
-            rows, cols = np.nonzero(same)
-            np.testing.assert_array_equal(got[rows, cols], diag[rows])  # identical inputs: exact
+    for _, which, got, same in assert_matches_reference(model, x1, x2, REF, name):
+        diag = getattr(own, which).numpy().diagonal()
+        rows, cols = np.nonzero(same)
+        np.testing.assert_array_equal(got[rows, cols], diag[rows])  # identical inputs: exact
 
 
 def test_token_model_is_described_as_tokens() -> None:
