@@ -1,4 +1,4 @@
-"""Multi-head self-attention on tokens ``(N, L, C)`` in NTK parameterization: :class:`SelfAttention`.
+"""Multi-head self-attention on tokens ``(N, L, C)`` in NTK or standard parameterization: :class:`SelfAttention`.
 
 neural-tangents' ``stax.GlobalSelfAttention`` (Hron et al. 2020, "Infinite attention"), as a torch module.
 With every weight entry i.i.d. N(0, 1), ``X`` one example's tokens ``(L, C)``, per head ``h``::
@@ -19,6 +19,18 @@ Positional embeddings (neural-tangents' ``pos_emb_type`` with its default decay,
 over the positions, and ``val_pos_emb=False``): a trained parameter ``P`` of shape ``(L, C_p)``, i.i.d.
 N(0, 1) times ``pos_emb_std``, shared by every input, enters the queries and keys only: ``"sum"`` uses
 ``X + P`` (``C_p = C``), ``"concat"`` uses ``[X, P]`` (``C + C_p`` channels, ``1 / (C + C_p)`` in the logits).
+
+Standard parameterization (``parameterization="standard"``, as :class:`~ntkit.nn.Linear`'s): the same function
+at initialisation (the same draws, rescaled), the scales folded into the parameters, no ``1 / fan_in`` factor in
+the forward pass. With ``C_k`` the keys' input channels (``C``, or ``C + C_p`` with concatenated embeddings)::
+
+    W_Q[h] ~ N(0, w_query_std^2 / C_k),  W_K[h] ~ N(0, w_key_std^2 / C_k)     linear_scaling=False
+    W_K[h] ~ N(0, w_query_std w_key_std / C_k)  (tied: W_Q = W_K)             linear_scaling=True
+    W_V[h] ~ N(0, w_value_std^2 / C),  W_O ~ N(0, w_out_std^2 / (H d_v)),  b ~ N(0, b_std^2),  P ~ N(0, pos_emb_std^2)
+    A_h = m(Q_h K_h^T / d_k)  (linear scaling)  or  m(Q_h K_h^T / sqrt(d_k)),    out = [A_1 V_1, ..., A_H V_H] W_O + b
+
+The NNGP is unchanged; the NTK weighs every weight's term by its fan-in (Sohl-Dickstein et al. 2020, as
+neural-tangents' ``Dense``; see :mod:`ntkit.infinite.ops.attention`).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkit._validation import check_choice, check_float, check_int, describe
+from ntkit.nn._init import PARAMETERIZATIONS
 
 Tensor = torch.Tensor
 
@@ -69,14 +82,17 @@ class SelfAttention(nn.Module):
         Scale of the positional embeddings (``> 0``).
     pos_emb_features : int, optional
         Channels ``C_p`` of concatenated embeddings (default ``in_features``; ``"sum"`` needs ``in_features``).
+    parameterization : {"ntk", "standard"}
+        Where the scales live: in the forward pass (``"ntk"``, the module notes' first formulas) or in the
+        parameters (``"standard"``: see the module notes; the same function at initialisation, another NTK).
     generator : torch.Generator, optional
     device, dtype
         Where and in what precision the parameters live.
 
     Attributes
     ----------
-    key, value : Parameter of shapes (H, C, d_k), (H, C, d_v)
-    query : Parameter of shape (H, C, d_k), or None (tied to ``key`` under linear scaling)
+    key, value : Parameter of shapes (H, C_k, d_k), (H, C, d_v)
+    query : Parameter of shape (H, C_k, d_k), or None (tied to ``key`` under linear scaling)
     out : Parameter of shape (H * d_v, out_features)
     bias : Parameter of shape (out_features,) or None
     pos : Parameter of shape (n_tokens, C_p) or None
@@ -84,8 +100,8 @@ class SelfAttention(nn.Module):
     Raises
     ------
     ValueError
-        Sizes below 1, non-positive weight scales, a negative ``b_std``, an unknown ``mechanism``; at the
-        call, an input that is not ``(N, *tokens, in_features)``.
+        Sizes below 1, non-positive weight scales, a negative ``b_std``, an unknown ``mechanism`` or
+        ``parameterization``; at the call, an input that is not ``(N, *tokens, in_features)``.
     TypeError
         Sizes that are not integers, scales that are not real numbers, a non-boolean ``linear_scaling``.
 
@@ -116,6 +132,7 @@ class SelfAttention(nn.Module):
         n_tokens: int | None = None,
         pos_emb_std: float = 1.0,
         pos_emb_features: int | None = None,
+        parameterization: str = "ntk",
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -132,6 +149,7 @@ class SelfAttention(nn.Module):
             raise TypeError(f"linear_scaling: expected True or False, got {describe(linear_scaling)}")
         self.linear_scaling = linear_scaling
         self.mechanism = check_choice(mechanism, "mechanism", MECHANISMS)
+        self.parameterization = check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
         self.w_key_std = check_float(w_key_std, "w_key_std", minimum=0.0, strict=True)
         self.w_query_std = check_float(w_query_std, "w_query_std", minimum=0.0, strict=True)
         self.w_value_std = check_float(w_value_std, "w_value_std", minimum=0.0, strict=True)
@@ -172,11 +190,26 @@ class SelfAttention(nn.Module):
         return self.w_out_std * self.w_value_std
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Draw every parameter i.i.d. N(0, 1) afresh (nothing on ``meta``)."""
-        for p in self.parameters():
+        """Draw every parameter afresh (nothing on ``meta``): i.i.d. N(0, 1) in NTK parameterization, the same
+        draws times :meth:`init_scales` in standard parameterization."""
+        scales = self.init_scales()
+        for name, p in self.named_parameters():
             if p.device.type != "meta":
                 with torch.no_grad():
-                    p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64, device=p.device))
+                    draw = torch.randn(p.shape, generator=generator, dtype=torch.float64, device=p.device)
+                    p.copy_(draw if self.parameterization == "ntk" else draw * scales[name])
+
+    def init_scales(self) -> dict[str, float]:
+        """The standard deviation of each parameter's entries, by name (all 1 in NTK parameterization)."""
+        names = [name for name, _ in self.named_parameters()]
+        if self.parameterization == "ntk":
+            return dict.fromkeys(names, 1.0)
+        ck, hv = self.key.shape[1], self.n_heads * self.value_features
+        key_var = (self.qk_std if self.query is None else self.w_key_std**2) / ck  # tied: both scales in one
+        scales = {"key": math.sqrt(key_var), "query": self.w_query_std / math.sqrt(ck),
+                  "value": self.w_value_std / math.sqrt(self.in_features), "out": self.w_out_std / math.sqrt(hv),
+                  "bias": self.b_std or 0.0, "pos": self.pos_emb_std}
+        return {name: scales[name] for name in names}
 
     def attention(self, x: Tensor) -> Tensor:
         """The attention matrices of ``x`` (N, L, C): shape (N, H, L, L), each row over the keys."""
@@ -184,13 +217,17 @@ class SelfAttention(nn.Module):
             if x.shape[1] != self.pos.shape[0]:
                 raise ValueError(f"SelfAttention: expected {self.pos.shape[0]} tokens (n_tokens, for the positional "
                                  f"embeddings), got inputs of shape {tuple(x.shape)}")
-            pos = (self.pos * self.pos_emb_std).expand(x.shape[0], -1, -1)
+            pos = (self.pos * self.pos_emb_std if self.parameterization == "ntk" else self.pos).expand(
+                x.shape[0], -1, -1)
             x = x + pos if self.pos_emb == "sum" else torch.cat([x, pos], dim=-1)
         keys = torch.einsum("nlc,hcd->nhld", x, self.key)
         queries = keys if self.query is None else torch.einsum("nlc,hcd->nhld", x, self.query)
         dk = self.key_features
-        norm = x.shape[-1] * (dk if self.linear_scaling else math.sqrt(dk))
-        logits = queries @ keys.transpose(-1, -2) * (self.qk_std / norm)
+        if self.parameterization == "ntk":
+            norm = x.shape[-1] * (dk if self.linear_scaling else math.sqrt(dk))
+            logits = queries @ keys.transpose(-1, -2) * (self.qk_std / norm)
+        else:  # the scales live in the weights
+            logits = queries @ keys.transpose(-1, -2) / (dk if self.linear_scaling else math.sqrt(dk))
         if self.mechanism == "softmax":
             return torch.softmax(logits, dim=-1)
         if self.mechanism == "relu":
@@ -206,6 +243,11 @@ class SelfAttention(nn.Module):
         values = torch.einsum("nlc,hcd->nhld", flat, self.value)
         heads = self.attention(flat) @ values  # (N, H, L, d_v)
         heads = heads.transpose(1, 2).reshape(n, flat.shape[1], -1)
+        if self.parameterization == "standard":
+            out = heads @ self.out
+            if self.bias is not None:
+                out = out + self.bias
+            return out.reshape(n, *tokens, self.out_features)
         scale = self.ov_std / math.sqrt(self.in_features * self.value_features * self.n_heads)
         out = heads @ self.out * scale
         if self.bias is not None:
@@ -217,6 +259,7 @@ class SelfAttention(nn.Module):
                 f"key_features={self.key_features}, value_features={self.value_features}, "
                 f"linear_scaling={self.linear_scaling}, mechanism={self.mechanism!r}, qk_std={self.qk_std}, "
                 f"ov_std={self.ov_std}, b_std={self.b_std}"
+                + (f", parameterization={self.parameterization!r}" if self.parameterization != "ntk" else "")
                 + (f", pos_emb={self.pos_emb!r}, n_tokens={self.n_tokens}, pos_emb_std={self.pos_emb_std}, "
                    f"pos_emb_features={self.pos_emb_features}" if self.pos_emb else ""))
 

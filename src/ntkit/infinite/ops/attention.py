@@ -33,6 +33,23 @@ variance ``s^2`` in the queries and keys only turns ``K_x`` into ``K_x + s^2 I``
 ``(C K_x + C_p s^2 I) / (C + C_p)`` (``"concat"``) inside ``m``; the values, hence the formulas above,
 are unchanged (neural-tangents with ``val_pos_emb=False`` and its default decay).
 
+*Standard parameterization* (``parameterization="standard"``, the module's parameters carrying their
+scales): the NNGP is unchanged and each weight's NTK term above is multiplied by ``fan_in / w_std^2``, the
+bias's ``b^2`` replaced by 1 -- the rule of :class:`~ntkit.infinite.ops.dense.Dense` (neural-tangents'
+``Dense``: ``T' = fan_in K + w^2 T + 1``; Sohl-Dickstein et al. 2020), applied to the value weights (fan-in
+``C``), the output weights (``H d_v``) and the query / key weights (``C_k``, the keys' input channels).
+The input's own term (``ov^2 G T G'^T``, the ``T`` terms) is unchanged. With ``a = C w_out^2 + H d_v
+w_value^2`` (the value and output weights) and ``c = C_k (w_query^2 + w_key^2)`` (query and key weights)::
+
+    linear scaling:  T' = ov^2 G_x T G_x'^T + a G_x K G_x'^T + [1 if a bias]
+    square root:     T'[p, p'] = sum_{q, q'} (E_mm (ov^2 T + a K)[q, q'] + ov^2 E_dd K[q, q'] NTK_logits) + [1]
+                     NTK_logits = c K[p, p'] K[q, q'] + qk^2 (T[p, p'] K[q, q'] + K[p, p'] T[q, q'])
+
+(in NTK parameterization ``a = 2 ov^2``, ``c = 2 qk^2``; the tied key weights of linear scaling and the
+positional embeddings contribute O(1 / width) in either). neural-tangents' ``GlobalSelfAttention`` has no
+standard parameterization (0.6.5); ``benchmarks/nt_reference_tokens.py`` composes its reference from
+neural-tangents' NTK-parameterization kernels by this rule.
+
 The output is a fresh centred Gaussian process (fresh value and output weights, any input law), so
 the op is a weight layer for residual sums; it needs and gives the ``full`` layout.
 """
@@ -70,6 +87,9 @@ class Attention(KernelOp):
     b_std: float | None = None
     input_weight: float = 1.0
     pos_weight: float = 0.0
+    parameterization: str = "ntk"
+    #: Standard parameterization: ``(a, c)`` of the module notes (the value / output and the query / key weights).
+    std_weights: tuple[float, float] = (0.0, 0.0)
 
     weighted: ClassVar[bool] = True
     mean_role: ClassVar[str] = "reset"
@@ -78,6 +98,21 @@ class Attention(KernelOp):
     def b2(self) -> float:
         """Bias variance (0 without a bias)."""
         return 0.0 if self.b_std is None else self.b_std**2
+
+    @property
+    def ntk_bias(self) -> float:
+        """The bias's term in the NTK: ``b^2`` (NTK parameterization), 1 with a bias (standard), else 0."""
+        if self.parameterization == "ntk":
+            return self.b2
+        return 0.0 if self.b_std is None else 1.0
+
+    def _alphas(self) -> tuple[float, float]:
+        """The weights of ``K`` next to ``T``: in the values' term (``a / ov^2``) and in the logits' NTK
+        (``c / qk^2``); 2 and 2 in NTK parameterization."""
+        if self.parameterization == "ntk":
+            return 2.0, 2.0
+        a, c = self.std_weights
+        return a / self.ov_std**2, c / self.qk_std**2
 
     def input_mode(self, out_mode: str) -> str:
         return "full"
@@ -89,6 +124,8 @@ class Attention(KernelOp):
         if d == 0:
             return 0
         if d is None or self.mechanism == "softmax" or self.b2 != 0.0 or self.pos_weight != 0.0:
+            return None
+        if self.ntk_bias != 0.0:  # standard parameterization: the bias's 1 in the NTK
             return None
         return 3 * d  # the attention matrix has degree 2 d, the values d
 
@@ -133,17 +170,18 @@ class Attention(KernelOp):
             eye = torch.eye(n, dtype=k_self.dtype, device=k_self.device)
             k_self = self.input_weight * k_self + self.pos_weight * eye
         g = self.weights(k_self)
-        nngp = self._scaled(_weigh(g, k, ctx, batch_ndim))
+        nngp = self._scaled(_weigh(g, k, ctx, batch_ndim), self.b2)
         out_ntk = None
         if t is not None:  # ov^2 G T G^T + 2 ov^2 G K G^T in one product (T + 2 K in one pass: 2 K is exact)
-            out_ntk = self._scaled(_weigh(g, torch.add(t, k, alpha=2.0), ctx, batch_ndim))
+            alpha = self._alphas()[0]  # standard parameterization: ov^2 G (T + (a / ov^2) K) G^T
+            out_ntk = self._scaled(_weigh(g, torch.add(t, k, alpha=alpha), ctx, batch_ndim), self.ntk_bias)
         return nngp, out_ntk
 
-    def _scaled(self, gmg: Tensor) -> Tensor:
-        """``ov^2 gmg + b^2``, over the new tensor ``gmg`` (the products of :func:`_weigh`)."""
+    def _scaled(self, gmg: Tensor, bias: float) -> Tensor:
+        """``ov^2 gmg + bias``, over the new tensor ``gmg`` (the products of :func:`_weigh`)."""
         if self.ov_std**2 != 1.0:
             gmg = gmg.mul_(self.ov_std**2)
-        return gmg.add_(self.b2) if self.b2 != 0.0 else gmg
+        return gmg.add_(bias) if bias != 0.0 else gmg
 
     def _gaussian(self, k: Tensor, t: Tensor | None, ctx: Context, batch_ndim: int) -> tuple[Tensor, Tensor | None]:
         n = k.shape[-1]
@@ -155,6 +193,7 @@ class Attention(KernelOp):
         s_right = (qk2 * v_right[..., None, :, None, None] * v_right[..., None, None, None, :])
         kk = k[..., None, None, :, :]
         tt = None if t is None else t[..., None, None, :, :]
+        alpha_v, alpha_l = self._alphas()  # 2.0, 2.0 in NTK parameterization
         pairs = max(1, k[..., 0, 0].numel())
         step = max(1, _CHUNK_ELEMENTS // (pairs * n * n * n))
         nngp_parts, ntk_parts = [], []
@@ -168,17 +207,18 @@ class Attention(KernelOp):
             if t is not None:
                 assert e_dd is not None and tt is not None
                 t_pp = t[..., sl, :]
-                values = (e_mm * (2.0 * kk + tt)).sum(dim=(-2, -1))
+                values = (e_mm * (alpha_v * kk + tt)).sum(dim=(-2, -1))
                 dd_kk = (e_dd * kk * kk).sum(dim=(-2, -1))
                 dd_kt = (e_dd * kk * tt).sum(dim=(-2, -1))
                 k_pp2 = k[..., sl, :]
-                logits = qk2 * ((2.0 * k_pp2 + t_pp) * dd_kk + k_pp2 * dd_kt)
+                logits = qk2 * ((alpha_l * k_pp2 + t_pp) * dd_kk + k_pp2 * dd_kt)
                 ntk_parts.append((values + logits) * ov2)
         nngp = torch.cat(nngp_parts, dim=-2)
         out_ntk = torch.cat(ntk_parts, dim=-2) if t is not None else None
         if self.b2 != 0.0:
             nngp = nngp + self.b2
-            out_ntk = None if out_ntk is None else out_ntk + self.b2
+        if self.ntk_bias != 0.0:
+            out_ntk = None if out_ntk is None else out_ntk + self.ntk_bias
         return nngp, out_ntk
 
 
@@ -234,8 +274,15 @@ def _build_tokens(name: str, module: nn.Module, shape: Shape, block: BlockBuilde
         if module.pos_emb == "concat":  # the logits average over C input and C_p embedding channels
             c, cp = module.in_features, module.pos_emb_features
             input_weight, pos_weight = c / (c + cp), pos_weight * cp / (c + cp)
+    std_weights = (0.0, 0.0)
+    if module.parameterization == "standard":  # a = C w_out^2 + H d_v w_value^2, c = C_k (w_query^2 + w_key^2)
+        ck = module.in_features + (module.pos_emb_features if module.pos_emb == "concat" else 0)
+        std_weights = (module.in_features * module.w_out_std**2
+                       + module.n_heads * module.value_features * module.w_value_std**2,
+                       ck * (module.w_query_std**2 + module.w_key_std**2))
     return Attention(label, shape, (module.out_features, *shape[1:]), module.mechanism, module.linear_scaling,
-                     module.qk_std, module.ov_std, module.b_std, input_weight, pos_weight)
+                     module.qk_std, module.ov_std, module.b_std, input_weight, pos_weight, module.parameterization,
+                     std_weights)
 
 
 register(SelfAttention, build=None, names="ntkit.nn.SelfAttention (on tokens)", has_weights=lambda m: True,
