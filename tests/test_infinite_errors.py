@@ -118,6 +118,11 @@ def test_overflowing_norms_give_clear_errors_never_nan() -> None:
         ntkit.infinite_kernel(_fc(6, b_std=0.1), x * 1e200)
     with pytest.raises(ValueError, match=r"not positively homogeneous \(at 1 \(Tanh\)\)"):
         ntkit.infinite_kernel(nn.Sequential(ntkit.nn.Linear(6, 8), nn.Tanh(), ntkit.nn.Linear(8, 1)), x * 1e200)
+    # standard parameterization: a bias adds 1 to the NTK even at b_std = 0, so the stack is not homogeneous
+    std = nn.Sequential(ntkit.nn.Linear(6, 8, b_std=0.0, parameterization="standard"), nn.ReLU(),
+                        ntkit.nn.Linear(8, 1, bias=False, parameterization="standard"))
+    with pytest.raises(ValueError, match=r"not positively homogeneous \(at 0 \(Linear\)\)"):
+        ntkit.infinite_kernel(std, x * 1e200)
     with pytest.raises(ValueError, match="float32"):
         ntkit.infinite_kernel(_fc(6, b_std=0.1), (x * 1e20).float(), dtype=torch.float32)
     # a layer norm (eps = 0) makes any bias-free stack scale-invariant: exact at any norm

@@ -46,7 +46,9 @@ class Dense(KernelOp):
         return self.b_std**2 if self.bias else 0.0
 
     def degree(self, d: int | None) -> int | None:
-        return d if self.b2 == 0.0 or d == 0 else None
+        # The NTK of the standard parameterization gains 1 from a bias parameter even at b_std = 0.
+        ntk_constant = self.b2 != 0.0 or (self.bias and self.parameterization == "standard")
+        return None if ntk_constant and d != 0 else d
 
     def apply(self, p: Pairs, ctx: Context, ntk: bool) -> Pairs:
         return affine(p, self, p.nngp, p.ntk if ntk else None, Layout((), "none"))
