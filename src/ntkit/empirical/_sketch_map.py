@@ -56,7 +56,7 @@ class EmpiricalFeatureMap:
     """A drawn sketch ``phi(x) = S d f(x) / d theta`` of a model's empirical NTK (see the module notes).
 
     Built by :func:`ntkit.empirical.empirical_feature_map`, which validates the model; apply it to
-    batches: ``fmap(x)``. It also serves :func:`ntkit.random_features.ridge.fit_feature_ridge` (ridge
+    batches: ``fmap(x)``. It also serves :func:`ntkit.random_features.fit_feature_ridge` (ridge
     regression on the features, the ``solver="features"`` path) in the modes ``"trace"`` and
     ``"pntk"``, through :attr:`m`, :meth:`batch_size` and :meth:`batches`.
 

@@ -19,7 +19,7 @@ structured maps instead of a dense Gaussian one.
 
 :func:`empirical_features` computes the features (in memory, or streamed to a ``.npy`` / ``.zarr``
 file that an interrupted run resumes); :func:`empirical_feature_map` draws a map to apply to batches,
-e.g. for ridge regression on the features (:func:`ntkit.random_features.ridge.fit_feature_ridge`).
+e.g. for ridge regression on the features (:func:`ntkit.random_features.fit_feature_ridge`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ ridge as in :class:`ntkit.solve.KernelSystem`.
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,10 +27,14 @@ from torch import nn
 from ntkit._linalg import cho_solve, robust_cholesky
 from ntkit._progress import Progress
 from ntkit._validation import as_tensor, check_float, check_int
+from ntkit.compute.storage import data_digest
 from ntkit.random_features.api import feature_map
 from ntkit.random_features.network import DEFAULT_WEIGHT_BUDGET
 
 Tensor = torch.Tensor
+
+#: Seconds between saves of the partial normal equations of :func:`fit_feature_ridge` (``checkpoint``).
+CHECKPOINT_EVERY = 60.0
 
 
 class FeatureBatches(Protocol):
@@ -171,29 +178,151 @@ def feature_ridge(
     return fit_feature_ridge(fmap, x, y, diag_reg=diag_reg, batch_size=batch_size, progress=progress)
 
 
-def fit_feature_ridge(fmap: FeatureBatches, x: Tensor, y: Tensor, *, diag_reg: float, batch_size: int | None = None,
-                      progress: bool = False) -> FeatureRidge:
-    """Ridge regression on the features of a drawn map ``fmap`` (see :func:`feature_ridge`): a
-    :class:`FeatureMap` or any :class:`FeatureBatches`, e.g. sketched empirical-NTK features
-    (:func:`ntkit.empirical.empirical_feature_map` in mode ``"trace"`` or ``"pntk"``).
+def fit_feature_ridge(
+    fmap: FeatureBatches,
+    x: Any,
+    y: Any,
+    *,
+    diag_reg: float,
+    batch_size: int | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    identity: dict[str, Any] | None = None,
+    checkpoint_every: float | None = None,
+) -> FeatureRidge:
+    """Ridge regression on the features of a drawn map ``fmap``, streamed over the training inputs.
 
-    ``x`` (N, *input_shape), ``y`` (N,) or (N, k) float64, ``diag_reg > 0``.
+    With ``Phi = fmap(x)`` of shape (N, m), the weights are
+
+        W = (Phi^T Phi + diag_reg I)^{-1} Phi^T Y,    f(x*) = phi(x*)^T W,
+
+    the push-through form of kernel ridge regression with ``K ~ Phi Phi^T`` (see the module notes).
+    ``Phi^T Phi`` (m, m) and ``Phi^T Y`` (m, k) are accumulated in float64 batch by batch: one batch of
+    features exists at a time, memory ``O(m^2 + batch m)``. ``fmap`` is a
+    :class:`~ntkit.random_features.FeatureMap` (:func:`feature_ridge` draws one) or any
+    :class:`~ntkit.random_features.ridge.FeatureBatches`, e.g. the sketched empirical-NTK features of
+    :func:`ntkit.empirical.empirical_feature_map` (modes ``"trace"`` and ``"pntk"``), which
+    :class:`ntkit.empirical.EmpiricalTiles` fits through ``solver="features"``.
+
+    With ``checkpoint``, the partial sums are saved to that file (at most every ``checkpoint_every``
+    seconds, and at the end) together with the number of rows done: a run interrupted and started
+    again with the same arguments continues after the last saved batch and gives the same weights,
+    bit for bit (the same batches, summed in the same order). A finished file makes a refit with
+    another ``diag_reg`` cost one ``m x m`` factorisation.
+
+    Parameters
+    ----------
+    fmap : FeatureBatches
+        The drawn features: ``fmap.m``, ``fmap.batch_size()``, ``fmap.batches(x, batch_size)``.
+    x : array-like of shape (N, *input_shape)
+        Training inputs (as ``fmap`` takes them).
+    y : array-like of shape (N,) or (N, k)
+        Targets (float64).
+    diag_reg : float
+        Absolute ridge ``> 0``.
+    batch_size : int, optional
+        Training inputs per batch (default ``fmap.batch_size()``).
+    progress : bool
+        A progress bar over the training inputs (on stderr).
+    checkpoint : str or path, optional
+        File of the partial normal equations (``8 m^2`` bytes), for resuming (see above).
+    identity : dict, optional
+        With ``checkpoint``: a JSON-serialisable description of the map (its draw, its model's weights),
+        which must match for a saved file to be resumed; N, m, the batch size and digests of ``x`` and
+        ``y`` are added to it.
+    checkpoint_every : float, optional
+        Seconds between saves of ``checkpoint`` (default :data:`CHECKPOINT_EVERY`, 60; 0: after every batch).
+
+    Returns
+    -------
+    FeatureRidge
+        ``.predict(x_test)``; ``.weights`` of shape (m, k).
+
+    Raises
+    ------
+    ValueError
+        ``y`` not of shape (N,) or (N, k) for the N rows of ``x``; ``diag_reg <= 0``; a ``batch_size``
+        below 1; ``checkpoint`` without ``identity``; a ``checkpoint`` file that holds another fit or
+        cannot be read.
+    TypeError
+        Non-numeric inputs, a ``diag_reg`` that is not a real number, a non-integer ``batch_size``.
+
+    Examples
+    --------
+    >>> import torch, ntkit
+    >>> from ntkit.random_features import feature_map, fit_feature_ridge
+    >>> x = torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> fmap = feature_map(ntkit.nn.fc(3, depth=1, device="meta"), (3,), n_features=64, seed=0)
+    >>> fit = fit_feature_ridge(fmap, x, torch.sin(x[:, 0]), diag_reg=1e-2)
+    >>> fit.weights.shape, fit.predict(x[:4]).shape
+    (torch.Size([64, 1]), torch.Size([4]))
     """
-    batch_size = fmap.batch_size() if batch_size is None else batch_size
+    x = x if isinstance(x, torch.Tensor) else as_tensor(x, "x", ndim=None)  # a tensor as it is (its dtype for fmap)
+    y = as_tensor(y, "y", dtype=torch.float64, ndim=None)
+    if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y: expected shape ({x.shape[0]},) or ({x.shape[0]}, k) like x, got {tuple(y.shape)}")
+    diag_reg = check_float(diag_reg, "diag_reg", minimum=0.0, strict=True)
+    batch_size = fmap.batch_size() if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
+    every = CHECKPOINT_EVERY if checkpoint_every is None else check_float(checkpoint_every, "checkpoint_every",
+                                                                          minimum=0.0)
     squeeze = y.ndim == 1
     yy = y[:, None] if squeeze else y
-    m = fmap.m
+    m, n = fmap.m, int(x.shape[0])
     gram = torch.zeros(m, m, dtype=torch.float64)
     rhs = torch.zeros(m, yy.shape[1], dtype=torch.float64)
-    bar = Progress(x.shape[0], "feature ridge", enabled=progress)
-    for rows, batch in fmap.batches(x, batch_size):
+    start, key = 0, ""
+    if checkpoint is not None:
+        if identity is None:
+            raise ValueError("identity: expected a description of the feature map with checkpoint, got None")
+        key = json.dumps({"what": "fit_feature_ridge", "map": identity, "n": n, "m": m, "k": int(yy.shape[1]),
+                          "batch_size": batch_size, "x": data_digest(x), "y": data_digest(yy)}, sort_keys=True)
+        start = _resume(checkpoint, key, gram, rhs)
+    bar = Progress(n, "feature ridge", enabled=progress)
+    bar.update(start)
+    saved, last = start, time.monotonic()
+    for rows, batch in fmap.batches(x if start == 0 else x[start:], batch_size) if start < n else ():
+        if start:
+            rows = slice(rows.start + start, rows.stop + start)
         phi = batch.double().cpu()
         gram += phi.T @ phi
         rhs += phi.T @ yy[rows]
         bar.update(phi.shape[0])
+        if checkpoint is not None and time.monotonic() - last >= every:
+            _save(checkpoint, key, rows.stop, gram, rhs)
+            saved, last = rows.stop, time.monotonic()
     bar.close()
+    if checkpoint is not None and saved < n:
+        _save(checkpoint, key, n, gram, rhs)
     chol, jitter = robust_cholesky(gram, diag_reg=diag_reg)
     return FeatureRidge(fmap, cho_solve(chol, rhs), squeeze, float(jitter), batch_size, chol)
 
 
-__all__ = ["FeatureBatches", "FeatureRidge", "feature_ridge", "fit_feature_ridge"]
+def _resume(path: str | os.PathLike[str], key: str, gram: Tensor, rhs: Tensor) -> int:
+    """Load the partial sums of ``path`` into ``gram`` and ``rhs`` when it holds the fit ``key``; rows done."""
+    if not os.path.exists(path):
+        return 0
+    try:
+        state = torch.load(path, weights_only=True)
+        saved, rows = str(state["key"]), int(state["rows"])
+        gram_s, rhs_s = state["gram"], state["rhs"]
+    except Exception as err:
+        raise ValueError(f"checkpoint: expected a checkpoint of fit_feature_ridge at {str(path)!r}, got a file that "
+                         f"cannot be read ({err}); delete it or pass another path") from err
+    if saved != key:
+        old, new = json.loads(saved), json.loads(key)
+        diff = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+        raise ValueError(f"checkpoint: {str(path)!r} holds another fit (it differs in {', '.join(diff)}); delete it "
+                         "or pass another path")
+    gram.copy_(gram_s)
+    rhs.copy_(rhs_s)
+    return rows
+
+
+def _save(path: str | os.PathLike[str], key: str, rows: int, gram: Tensor, rhs: Tensor) -> None:
+    """Write the partial sums after ``rows`` rows (to a temporary file, then renamed: never half written)."""
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.save({"key": key, "rows": rows, "gram": gram, "rhs": rhs}, tmp)
+    os.replace(tmp, path)
+
+
+__all__ = ["CHECKPOINT_EVERY", "FeatureBatches", "FeatureRidge", "feature_ridge", "fit_feature_ridge"]

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkit._validation import as_tensor, renamed_keyword
+from ntkit._validation import as_tensor, check_choice, describe, renamed_keyword
+from ntkit.empirical.sketch_tiles import EmpiricalTiles
 from ntkit.solve.kernel_solvers import DEFAULT_MEMORY_BUDGET
 from ntkit.solve.operator import KernelOperator, TileFn
 from ntkit.solve.system import KernelSystem
@@ -43,6 +44,7 @@ def kernel_regression(
     diag_reg: float,
     solver: str = "auto",
     model: nn.Module | None = None,
+    kernel: str = "infinite",
     tile_fn: TileFn | None = None,
     depth: int | None = None,
     activation: Any = "relu",
@@ -79,6 +81,14 @@ def kernel_regression(
         The kernel (see :class:`~ntkit.solve.KernelOperator`): a model's (any architecture
         :func:`ntkit.infinite_kernel` understands), a tile function's, or the fully connected shortcut's
         (``depth`` 1 by default; ``b_std`` and ``w_std`` the bias and weight scales).
+    kernel : {"infinite", "empirical"}
+        ``"infinite"``: the infinite-width kernel of ``model`` (or of the shortcut). ``"empirical"``: the
+        empirical NTK of the finite torch ``model`` as it is (its weights), :class:`ntkit.empirical.EmpiricalTiles`
+        -- ``which="ntk"`` the trace NTK ``(1/k) sum_c Theta_cc``, ``which="pntk"`` the pseudo-NTK; exact
+        tiles for ``"cholesky"`` / ``"cg"`` / ``"nystrom"``, and for ``solver="features"`` ridge regression on
+        ``n_features`` sketched features per output (:func:`ntkit.empirical_features`), streamed over the
+        training inputs. For a checkpoint, a batch size or another sketch pass
+        ``tile_fn=EmpiricalTiles(model, ...)`` instead.
     tile_dtype : torch.dtype, optional
         ``torch.float32`` evaluates tiles in single precision (accumulation stays float64).
     tol, max_iter
@@ -88,7 +98,9 @@ def kernel_regression(
     n_centres : int
         ``M`` for ``"nystrom"`` (``<= N``).
     n_features : int, optional
-        Random features for ``"features"`` (default ``min(N, 4096)``).
+        Random features for ``"features"`` (default ``min(N, 4096)``); with ``kernel="empirical"`` the
+        sketch's ``m`` per output (the ridge has ``k m`` features for ``k`` outputs with ``which="ntk"``;
+        default ``max(1, min(N, 4096) // k)``).
     generator : torch.Generator, optional
         Random centres / columns.
     memory_budget : int or str
@@ -113,7 +125,10 @@ def kernel_regression(
     ------
     ValueError
         Targets with another number of rows, test inputs of another shape than the training inputs,
-        an unknown ``solver``, ``diag_reg = 0`` for an iterative solver, ``n_centres`` > N.
+        an unknown ``solver`` or ``kernel``, ``diag_reg = 0`` for an iterative solver, ``n_centres`` > N;
+        ``kernel="empirical"`` without a torch ``model``, with ``tile_fn`` or ``depth``, or with ``which``
+        other than ``"ntk"`` / ``"pntk"``; the errors of :class:`ntkit.empirical.EmpiricalTiles` (a model
+        whose output is not (N, k), ``n_features < 1``).
 
     Examples
     --------
@@ -141,6 +156,8 @@ def kernel_regression(
     kw: dict[str, Any] = dict(
         model=model, tile_fn=tile_fn, depth=depth, activation=activation, b_std=b_std, w_std=w_std, which=which
     )
+    if check_choice(kernel, "kernel", ("infinite", "empirical")) == "empirical":
+        kw = {"tile_fn": _empirical_tiles(model, tile_fn, depth, which)}
     op = KernelOperator(x, tile_dtype=tile_dtype, progress=progress, **kw)
     system = KernelSystem(
         op, y, diag_reg=diag_reg, solver=solver, tol=tol, max_iter=max_iter, n_centres=n_centres, n_features=n_features,
@@ -148,3 +165,16 @@ def kernel_regression(
         refine=refine, nystrom_method=nystrom_method, progress=progress,
     )  # fmt: skip
     return system.predict(x_test=xt)
+
+
+def _empirical_tiles(model: Any, tile_fn: Any, depth: int | None, which: str) -> EmpiricalTiles:
+    """The tiles of ``kernel="empirical"``, the arguments checked."""
+    if tile_fn is not None or depth is not None:
+        raise ValueError("kernel: 'empirical' takes the finite torch model as model=, got "
+                         f"{'tile_fn' if tile_fn is not None else 'depth'} as well")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: kernel 'empirical' needs a torch.nn.Module, got {describe(model)}")
+    mode = {"ntk": "trace", "pntk": "pntk"}.get(which)
+    if mode is None:
+        raise ValueError(f"which: expected 'ntk' or 'pntk' for kernel 'empirical', got {which!r}")
+    return EmpiricalTiles(model, mode=mode)

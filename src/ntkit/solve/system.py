@@ -20,7 +20,9 @@ where the basis ``B`` is the training set (exact and CG solvers) or ``M`` Nystro
 * ``"features"``: ridge regression on ``n_features`` random features of the model's kernel
   (:class:`~ntkit.solve.feature_solver.FeatureSolver`, :func:`ntkit.random_features.feature_ridge`;
   ``O(N m^2)``, an approximation whose error falls like ``1 / sqrt(m)``); only for an operator built
-  from a model (:class:`~ntkit.solve.ModelTiles`).
+  from a model (:class:`~ntkit.solve.ModelTiles`), or with tiles that draw features of their own
+  (:class:`~ntkit.solve.feature_solver.FeatureTiles`: the sketched empirical NTK of a finite model,
+  :class:`ntkit.empirical.EmpiricalTiles`).
 * ``"auto"`` (:func:`~ntkit.solve.resolve_solver`): ``"cholesky"`` when the N x N float64 matrix
   takes at most ``memory_budget`` (default 4 GiB, i.e. N <= 23,170), else ``"cg"`` up to
   ``cg_max_n`` = 50,000 points, else ``"nystrom"``.
@@ -39,7 +41,7 @@ from typing import Any
 import torch
 
 from ntkit._validation import as_tensor, check_choice, check_float, check_int, describe, renamed_keyword
-from ntkit.solve.feature_solver import FeatureSolver
+from ntkit.solve.feature_solver import FeatureSolver, FeatureTiles
 from ntkit.solve.kernel_solvers import (
     DEFAULT_MEMORY_BUDGET,
     SOLVERS,
@@ -239,8 +241,9 @@ class KernelSystem:
         self._alpha: Tensor | None = None
         self._features: FeatureSolver | None = None
         self.n_features = None if n_features is None else check_int(n_features, "n_features", minimum=1)
-        if self.solver == "features" and not isinstance(self.op.tile_fn, ModelTiles):
-            raise ValueError("solver: 'features' needs the kernel as a KernelOperator of a model (ModelTiles), got "
+        if self.solver == "features" and not isinstance(self.op.tile_fn, (ModelTiles, FeatureTiles)):
+            raise ValueError("solver: 'features' needs the kernel as a KernelOperator of a model (ModelTiles) or with "
+                             "tiles that draw features (FeatureTiles, e.g. ntkit.empirical.EmpiricalTiles), got "
                              f"{'a kernel matrix' if self.matrix is not None else type(self.op.tile_fn).__name__}")
         if self.solver == "nystrom":
             m = min(self.n, DEFAULT_CENTRES) if n_centres is None else check_int(n_centres, "n_centres", minimum=1)
