@@ -1,8 +1,10 @@
 """Native layer loops: small C kernels compiled on first use, loaded with ctypes.
 
-Two libraries (:data:`SOURCES`): ``"fc"``, the ABReLU layer loop of the fully connected fast path
-(this module also holds its calls), and ``"spatial"``, the convolutional kernels of
-:mod:`ntkit.infinite.conv_fast`.
+Four libraries (:data:`SOURCES`): ``"fc"``, the ABReLU layer loop of the fully connected fast path
+(this module also holds its calls), ``"spatial"``, the convolutional kernels of
+:mod:`ntkit.infinite.conv_fast`, ``"diag"``, the tile loop of :mod:`ntkit.infinite.diag_fast`
+(convolutional programs without pooling, several pairs per vector), and ``"tokens"``, the token-pair
+program of :mod:`ntkit.infinite.tokens_fast` (self-attention models).
 
 The fused torch code of :mod:`ntkit.infinite.fused` makes about ten elementwise passes per layer
 over each cache-sized strip of a tile, and on a CPU its per-call overhead is a large part of the
@@ -49,9 +51,10 @@ TARGETS = [["-march=native"], []]
 LIBS = ["-lmvec", "-lm"]
 
 #: The native libraries: name -> C source file of this package.
-SOURCES = {"fc": "_fc_native.c", "spatial": "_cntk_native.c"}
+SOURCES = {"fc": "_fc_native.c", "spatial": "_cntk_native.c", "diag": "_diag_native.c", "tokens": "_tokens_native.c"}
 
-_lock = threading.Lock()
+#: Re-entrant: a self-check may load another library (the "diag" check runs the "spatial" pair loop).
+_lock = threading.RLock()
 _states: dict[str, dict[str, Any]] = {
     name: {"loaded": False, "lib": None, "reason": "not loaded yet"} for name in SOURCES
 }
@@ -153,7 +156,25 @@ def _declare_spatial(lib: ctypes.CDLL) -> None:
         fn.restype = I
 
 
-_DECLARE: dict[str, Callable[[ctypes.CDLL], None]] = {"fc": _declare_fc, "spatial": _declare_spatial}
+def _declare_diag(lib: ctypes.CDLL) -> None:
+    P, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for sfx in ("f32", "f64"):
+        fn = getattr(lib, f"ntk_diag_tile_{sfx}")
+        fn.argtypes = [P, P, P, P, P, I64, I, I, I, I64, I64, I64, I, P, P, I, P, P, I64]
+        fn.restype = I
+
+
+def _declare_tokens(lib: ctypes.CDLL) -> None:
+    P, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for sfx in ("f32", "f64"):
+        fn = getattr(lib, f"ntk_tokens_pairs_{sfx}")
+        fn.argtypes = [P, P, I, P, P, I, ctypes.c_double, I, I64, P, P, P, P, P, I, P, I64, P, P]
+        fn.restype = I
+
+
+_DECLARE: dict[str, Callable[[ctypes.CDLL], None]] = {
+    "fc": _declare_fc, "spatial": _declare_spatial, "diag": _declare_diag, "tokens": _declare_tokens,
+}
 
 
 def set_self_check(check: Callable[[], str], name: str = "fc") -> None:
@@ -208,9 +229,10 @@ def status(name: str = "fc") -> str:
 
     Parameters
     ----------
-    name : {"fc", "spatial"}
+    name : {"fc", "spatial", "diag", "tokens"}
         ``"fc"``: the ABReLU layer loop of the fully connected fast path; ``"spatial"``: the
-        convolutional kernels (see :data:`SOURCES`).
+        convolutional kernels; ``"diag"``: their lane-parallel tile loop for programs without pooling;
+        ``"tokens"``: the token-pair program of self-attention models (see :data:`SOURCES`).
 
     Returns
     -------

@@ -9,7 +9,11 @@ and the per-row quantities of the fast path) and then evaluates any block ``K(a,
   the architecture is that pattern (:func:`ntkit.infinite.fused.match_fc`),
 * the native spatial loop of :mod:`ntkit.infinite.conv_fast` for the convolutional prefix of a CNN
   (convolutions, ReLU-family activations, pooling, a global-pooling or flattening read-out) on a
-  CPU, the vector tail on the reference evaluator, or
+  CPU, the vector tail on the reference evaluator (without pooling and strides, the pairs of a tile
+  run several per vector: :mod:`ntkit.infinite.diag_fast`),
+* the native token loop of :mod:`ntkit.infinite.tokens_fast` for the prefix of a transformer encoder on
+  tokens (self-attention with linear scaling, per-token dense layers and layer norm, ReLU-family MLPs,
+  residual sums, the mean over the tokens) on a CPU, the vector tail on the reference evaluator, or
 * the reference evaluator (:mod:`ntkit.infinite.reference`) otherwise.
 
 Both give identical pairs (equal row ids) their exact kernel, and both are exact on the diagonal.
@@ -21,11 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ntkit.infinite import conv_fast, fused, reference
+from ntkit.infinite import conv_fast, diag_fast, fused, reference, tokens_fast
 from ntkit.infinite.conv_fast import SpatialProgram, match_spatial
 from ntkit.infinite.fused import FCSpec, match_fc
 from ntkit.infinite.ops.aggregate import check_adjacency
 from ntkit.infinite.scaling import row_exponents, scale_rows, unscale
+from ntkit.infinite.tokens_fast import TokenProgram, match_tokens
 from ntkit.infinite.walk import Architecture
 
 Tensor = torch.Tensor
@@ -111,6 +116,8 @@ class KernelTiles:
         The fully connected fast path's description, or None.
     program : SpatialProgram or None
         The convolutional fast path's compiled prefix, or None.
+    token_program : TokenProgram or None
+        The token fast path's compiled prefix (:func:`ntkit.infinite.tokens_fast.match_tokens`), or None.
 
     Examples
     --------
@@ -129,16 +136,26 @@ class KernelTiles:
         self.arch = arch
         self.spec: FCSpec | None = match_fc(arch)
         self.program: SpatialProgram | None = None if self.spec is not None else match_spatial(arch)
+        #: The program runs on the lane-parallel loop of :mod:`ntkit.infinite.diag_fast` (no pooling, stride 1).
+        self.lanes = diag_fast.match_diag(self.program)
+        self.token_program: TokenProgram | None = (
+            match_tokens(arch) if self.spec is None and self.program is None else None)
         self.native = native
 
     def _spatial(self, x: Tensor) -> bool:
         return self.program is not None and self.native is not False and conv_fast.usable(x)
 
+    def _tokens(self, x: Tensor) -> bool:
+        return self.token_program is not None and self.native is not False and tokens_fast.usable(x)
+
     def path_for(self, x: Tensor) -> str:
-        """``"fused"`` (fully connected), ``"spatial"`` (convolutional prefix, native) or ``"reference"``."""
+        """``"fused"`` (fully connected), ``"spatial"`` (convolutional prefix, native), ``"tokens"`` (token
+        prefix with attention, native) or ``"reference"``."""
         if self.spec is not None:
             return "fused"
-        return "spatial" if self._spatial(x) else "reference"
+        if self._spatial(x):
+            return "spatial"
+        return "tokens" if self._tokens(x) else "reference"
 
     @property
     def path(self) -> str:
@@ -153,8 +170,12 @@ class KernelTiles:
         return 1 if self.path_for(x) != "reference" else self.arch.pair_entries
 
     def workspace_bytes(self, x: Tensor) -> int:
-        """Memory of one thread of the native spatial path (its per-pair workspace), else 0."""
-        if self.path_for(x) != "spatial":
+        """Memory of one thread of the native spatial or token path (its per-pair workspace), else 0."""
+        path = self.path_for(x)
+        if path == "tokens":
+            assert self.token_program is not None
+            return tokens_fast.workspace_entries(self.token_program, x.element_size()) * x.element_size()
+        if path != "spatial":
             return 0
         assert self.program is not None
         return conv_fast.workspace_entries(self.program) * x.element_size()
@@ -209,8 +230,14 @@ class KernelTiles:
         else:
             if self._spatial(a.data):
                 assert self.program is not None
-                nngp, th, *_ = conv_fast.evaluate_spatial(self.arch, self.program, a.data, b.data, ids_a, ids_b,
-                                                          ntk=ntk, symmetric=symmetric)
+                evaluate = diag_fast.evaluate_diag if self.lanes and diag_fast.usable(a.data) else \
+                    conv_fast.evaluate_spatial
+                nngp, th, *_ = evaluate(self.arch, self.program, a.data, b.data, ids_a, ids_b, ntk=ntk,
+                                        symmetric=symmetric)
+            elif self._tokens(a.data):
+                assert self.token_program is not None
+                nngp, th, *_ = tokens_fast.evaluate_tokens(self.arch, self.token_program, a.data, b.data, ids_a,
+                                                           ids_b, ntk=ntk, symmetric=symmetric)
             else:
                 graphs = None if a.adjacency is None or b.adjacency is None else (a.adjacency, b.adjacency)
                 nngp, th, *_ = reference.evaluate(self.arch, a.data, b.data, ids_a, ids_b, ntk=ntk,
@@ -234,6 +261,9 @@ class KernelTiles:
         elif self._spatial(a.data):
             assert self.program is not None
             nngp, th = conv_fast.evaluate_spatial_diagonal(self.program, a.data, ids, ntk=ntk)
+        elif self._tokens(a.data):
+            assert self.token_program is not None
+            nngp, th = tokens_fast.evaluate_tokens_diagonal(self.token_program, a.data, ids, ntk=ntk)
         else:
             nngp, th = reference.evaluate_diagonal(self.arch, a.data, ids, ntk=ntk, adjacency=a.adjacency)
         if a.exponents is not None:
