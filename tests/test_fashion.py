@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ntkit.cli import main as cli_main
-from ntkit.experiments.fashion import Settings, run_fashion_benchmark
+from ntkit.compute.api import compute_kernel
+from ntkit.experiments.fashion import Runner, Settings, prepare, run_fashion_benchmark
 from ntkit.experiments.fashion_data import (
     DEBIAN_DIR,
     FILES,
@@ -30,6 +33,8 @@ from ntkit.experiments.fashion_data import (
 from ntkit.experiments.fashion_meter import Meter
 from ntkit.experiments.fashion_solve import predict_stored, ridge_sweep, solve_stored
 from ntkit.experiments.images_eval import centred_targets
+from ntkit.experiments.images_kernels import KernelSpec
+from ntkit.nn.builders import fc
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small kernels: one thread each
 
@@ -184,14 +189,23 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
     data = _write_dataset(tmp_path / "data")
     out = tmp_path / "out"
     args = ["bench", "fashion", "--data-dir", str(data), "--out", str(out), "--n-train", "60", "--n-val", "20",
-            "--n-test", "40", "--n-sweep", "40", "--fc-depths", "1", "2", "--cnn-depths", "1",
-            "--features", "gap1-rf16", "--sizes", "30", "--quiet", "--no-plot"]
+            "--n-test", "40", "--n-sweep", "40", "--fc-depths", "1", "2", "--fc-b-stds", "0.5", "0",
+            "--cnn-depths", "1", "--features", "gap1-rf16", "--sizes", "30", "--quiet", "--no-plot"]
     assert cli_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and (summary["n_pool"], summary["n_sweep"], summary["n_test"]) == (80, 40, 40)
     fc = summary["stages"]["fc"]
-    assert [r["kernel"] for r in fc["sweeps"]] == ["fc1", "fc2"]
+    assert [r["kernel"] for r in fc["sweeps"]] == ["fc1", "fc1-b0.5", "fc2", "fc2-b0.5"]  # depth, then b_std
+    assert [r["b_std"] for r in fc["sweeps"]] == [0.0, 0.5, 0.0, 0.5] and summary["settings"]["fc_b_stds"] == [0, 0.5]
     assert [f["which"] for f in fc["finals"]] == ["nngp", "ntk"]
+    for f in fc["finals"]:  # the best (depth, b_std, ridge) on the validation split, the first maximum on ties
+        cells = [(a, -i, rec["kernel"], rec["b_std"], r) for i, rec in enumerate(fc["sweeps"])
+                 for r, a in zip(rec["regs"], rec["val_acc"][f["which"]], strict=True) if a is not None]
+        best = max(a for a, *_ in cells)
+        first = next(c for c in cells if c[0] == best)
+        assert (f["kernel"], f["b_std"], f["reg"]) == first[2:]
+    assert [r["kernel"] for r in summary["stages"]["cnn"]["sweeps"]] == ["v1"]  # the CNN grid: no bias by default
+    assert not any((out / "kernels").rglob("sweep/*"))  # sweep blocks deleted once their record is written
     for f in fc["finals"] + summary["stages"]["cnn"]["finals"]:
         assert [r["n"] for r in f["curve"]] == [30, 80] and "float32_plain" in f["curve"][-1]
         assert f["test_acc"] > 0.5  # the squares are easy to place
@@ -199,7 +213,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
     feats = summary["stages"]["features"][0]
     assert (feats["kernel"], feats["n_features"]) == ("gap1-rf16", 16) and 0.0 <= feats["test_acc"] <= 1.0
     text = (out / "results.md").read_text()
-    for needed in ("Novak et al. 2019", "SVC (RBF, C = 10)", "| 89.70 |", "## Cost of every stage", "fc1"):
+    for needed in ("Novak et al. 2019", "SVC (RBF, C = 10)", "| 89.70 |", "## Cost of every stage", "fc1",
+                   "| fc1-b0.5 | 0.5 |", "| kernel | b_std | ridge |"):
         assert needed in text, needed
     assert str(tmp_path) in text  # the data folder; nothing else machine-specific
     records = sorted((out / "records").rglob("*.json"))
@@ -210,6 +225,31 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
         fc["finals"][0]["test_acc"]
 
 
+def test_one_bias_value_is_the_sweep_without_biases(tmp_path: Path) -> None:
+    """``--fc-b-stds 0``: the records and kernels of the depth / ridge sweep alone (a run before the bias
+    sweep resumes from its records), bit for bit; a bias adds ``b_std^2`` to every layer's NNGP."""
+    s = Settings(stages=("fc",), n_train=60, n_val=20, n_test=40, n_sweep=40, fc_depths=(2,), fc_b_stds=(0.0,),
+                 sizes=(), data_dir=str(_write_dataset(tmp_path / "data")))
+    summary = run_fashion_benchmark(s, tmp_path / "out", progress=False, plot=False)
+    (rec,) = summary["stages"]["fc"]["sweeps"]
+    assert rec["name"] == "sweep-fc2" and rec["protocol"] == {"version": 1, "key": s.key}
+    assert [f["name"] for f in summary["stages"]["fc"]["finals"]] == ["final-fc2-nngp", "final-fc2-ntk"]
+    data = prepare(s)
+    x_fit, x_val = data.x_pool[:40].flatten(1), data.x_pool[data.val].flatten(1)
+    old = fc(784, depth=2, w_std=math.sqrt(2.0), device="meta")  # the model of the runs without a bias grid
+    k_fit, k_val = compute_kernel(old, x_fit, which="both"), compute_kernel(old, x_val, x_fit, which="both")
+    t_fit = centred_targets(data.y_pool[:40], 10)
+    for which in ("nngp", "ntk"):
+        expect = ridge_sweep(getattr(k_fit, which).numpy(), t_fit, getattr(k_val, which).numpy(), data.y_pool[data.val])
+        assert rec["val_acc"][which] == expect
+    runner = Runner(s, data, tmp_path / "out", progress=False)
+    assert runner.sweep(KernelSpec("fc", 2, b_std=0.0)) == rec  # read back, not recomputed
+    x = x_fit[:5]
+    k0 = compute_kernel(KernelSpec("fc", 0, b_std=0.5).model((28, 28)), x, which="nngp")
+    torch.testing.assert_close(k0.nngp, 2.0 * x @ x.T / 784 + 0.25, rtol=1e-12, atol=1e-12)
+    assert KernelSpec("fc", 3, b_std=0.1).token == "fc3-b0.1" and KernelSpec("fc", 3, b_std=0.0).token == "fc3"
+
+
 def test_bad_options_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _write_dataset(tmp_path / "data")
     base = ["bench", "fashion", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--quiet"]
@@ -217,6 +257,10 @@ def test_bad_options_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "--stages: expected names among ['fc', 'cnn', 'features'], got 'svm'" in capsys.readouterr().err
     assert cli_main([*base, "--features", "gap3"]) == 2
     assert "--features: expected random-feature kernels such as gap3-rf1024, got 'gap3'" in capsys.readouterr().err
+    assert cli_main([*base, "--fc-b-stds", "0", "-0.1"]) == 2
+    assert "--fc-b-stds: expected finite numbers >= 0 (bias standard deviations), got -0.1" in capsys.readouterr().err
+    assert cli_main([*base, "--cnn-b-stds", "nan"]) == 2
+    assert "--cnn-b-stds: expected finite numbers >= 0 (bias standard deviations), got nan" in capsys.readouterr().err
     assert cli_main([*base, "--n-train", "1000"]) == 2  # only 500 training-split images in the written files
     assert "n_train: expected at most the 500 images of that split, got 1000" in capsys.readouterr().err
 

@@ -20,6 +20,20 @@ and recorded in ``OUT/records/<key>/<stage>.json`` so that a rerun skips finishe
   refinement; the unrefined float32 accuracy beside it). Kernel blocks live in ``OUT/kernels/<key>`` as ``.npy`` files,
   resumed tile by tile (:mod:`ntkit.experiments.fashion_kernels`). The accuracy at training sizes
   ``--sizes`` (prefixes of the pool, class-balanced) comes from sub-blocks of the same kernel.
+* variances: the sweep runs every depth at every bias standard deviation of ``--fc-b-stds`` /
+  ``--cnn-b-stds`` (``b_std``, the same in every layer; ``w_std = sqrt(2)`` in every layer), and the
+  final fit takes the best (depth, ``b_std``, ridge) on the validation split for each of NNGP and NTK
+  (ties: the shallowest depth, then the smallest ``b_std``, then the smallest ridge). Why ``b_std``
+  alone: the ReLU recursions ``K^{l+1} = w^2 E[relu(u) relu(v)] + b^2`` and
+  ``Theta^{l+1} = K^{l+1} + w^2 E[relu'(u) relu'(v)] Theta^l`` (``(u, v) ~ N(0, K^l)``) are positively
+  homogeneous, so multiplying the first layer's ``w_std`` and every layer's ``b_std`` by ``c`` multiplies
+  NNGP and NTK by ``c^2``, which the ridge (relative to the mean diagonal) absorbs: predictions depend
+  on ``b_std / w_std`` of the first layer, not on the two apart. The hidden layers' ``w_std`` is another
+  direction (``w^2 = 2 a`` acts as ``w^2 = 2`` with biases ``b^2 / a^l`` decaying over depth ``l``, up to
+  scale); it stays at ``sqrt(2)``, the ReLU value that keeps ``diag K`` fixed without biases. A grid of one
+  value, ``0``, is the sweep over depth and ridge alone (the kernels, records and results of a run without
+  biases). The CNN grid is small by default: each value is a whole CNN sweep. A sweep's kernel blocks are
+  deleted once its record is written (nothing reads them again; 3.2 GB per kernel at 10k + 10k).
 * ``features``: CNTK-GAP / Myrtle kernels through random features (``--features gap3-rf1024 ...``):
   ridge regression in feature space (never an N x N matrix), ridge chosen on the validation split.
 
@@ -31,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -61,6 +76,9 @@ from ntkit.experiments.images_kernels import KernelSpec, parse_kernels
 RESULT_VERSION = 1
 STAGES = ("fc", "cnn", "features")
 SIZES = (1000, 5000, 10000, 20000, 50000, 60000)
+#: Bias standard deviations of the sweeps (``w_std = sqrt(2)``; module notes).
+FC_B_STDS = (0.0, 0.1, 0.3, 1.0)
+CNN_B_STDS = (0.0,)
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,8 @@ class Settings:
     n_sweep: int = 10_000
     fc_depths: tuple[int, ...] = (1, 2, 3, 4, 5)
     cnn_depths: tuple[int, ...] = (1, 2, 3, 4)
+    fc_b_stds: tuple[float, ...] = FC_B_STDS
+    cnn_b_stds: tuple[float, ...] = CNN_B_STDS
     features: tuple[str, ...] = ("gap3-rf256",)  # m = 1024 would take ~12 h on 2 cores at 28x28
     sizes: tuple[int, ...] = SIZES
     precision: str = "auto"
@@ -178,12 +198,18 @@ class Runner:
             with Meter() as m_solve:
                 for which in WHICH:
                     grids[which] = ridge_sweep(fit.kernels[which], t_fit, val.kernels[which], d.y_pool[d.val])
-            return {"kernel": spec.token, "regs": list(REG_GRID), "val_acc": grids,
+            return {"kernel": spec.token, "depth": spec.depth, "b_std": spec.b_std, "regs": list(REG_GRID),
+                    "val_acc": grids,
                     "kernel_cost": {**m_kernel.record(), "compute_seconds": fit.seconds + val.seconds,
                                     "pairs": fit.pairs + val.pairs},
                     "solve_cost": m_solve.record()}
 
-        return self.cached(f"sweep-{spec.token}", compute)
+        rec = self.cached(f"sweep-{spec.token}", compute)
+        for part in ("fit", "val"):  # the record holds all the sweep needs: free the disk (module notes)
+            block = self.kernels / "sweep" / f"{spec.token}_{part}.npy"
+            for path in (block, block.with_suffix(".json"), block.with_name(block.name + ".ledger")):
+                path.unlink(missing_ok=True)
+        return rec
 
     def final(self, spec: KernelSpec, which: str, reg: float) -> dict[str, Any]:
         """Full-size blocks of ``spec``, the final solve of ``which`` at ``reg``, test accuracy and learning curve."""
@@ -218,7 +244,7 @@ class Runner:
                         acc32, info32 = self.fit_predict(k_pool, k_test, n, reg, "float32-plain")
                     row["float32_plain"] = {"test_acc": acc32, **info32, "cost": meter.record()}
                 curve.append(row)
-            return {"kernel": spec.token, "which": which, "reg": reg, "n_pool": len(d.y_pool),
+            return {"kernel": spec.token, "b_std": spec.b_std, "which": which, "reg": reg, "n_pool": len(d.y_pool),
                     "n_test": len(d.y_test), "test_acc": curve[-1]["test_acc"], "curve": curve,
                     "kernel_cost": kernel_cost}
 
@@ -237,21 +263,24 @@ class Runner:
         info["first_acc"] = accuracy(predict_stored(k_eval, info.pop("alpha_first"), info["scale"]), self.data.y_test)
         return accuracy(predict_stored(k_eval, alpha, info["scale"]), self.data.y_test), info
 
-    def exact_family(self, family: str, depths: tuple[int, ...]) -> dict[str, Any]:
-        """Sweep the depths, then the final fit at the choice of each of NNGP and NTK."""
-        sweeps = []
+    def exact_family(self, family: str, depths: tuple[int, ...], b_stds: tuple[float, ...] = (0.0,)
+                     ) -> dict[str, Any]:
+        """Sweep the depths x ``b_stds``, then the final fit at the choice of each of NNGP and NTK."""
+        sweeps, specs = [], {}
         for depth in depths:
-            spec = KernelSpec(family, depth)
-            self.say(f"[{family}] sweep {spec.name} on {self.data.n_sweep} + {len(self.data.val)} images")
-            sweeps.append(self.sweep(spec))
+            for b_std in sorted(set(b_stds)):  # ascending: the tie order
+                spec = KernelSpec(family, depth, b_std=float(b_std))
+                specs[spec.token] = spec
+                self.say(f"[{family}] sweep {spec.name} on {self.data.n_sweep} + {len(self.data.val)} images")
+                sweeps.append(self.sweep(spec))
         finals = []
         for which in WHICH:
             acc, token, reg = -1.0, "", 0.0
-            for rec in sweeps:  # the first maximum: shallowest depth, then smallest ridge
+            for rec in sweeps:  # the first maximum: shallowest depth, then smallest b_std, then smallest ridge
                 for r, a in zip(rec["regs"], rec["val_acc"][which], strict=True):
                     if a is not None and a > acc:
                         acc, token, reg = a, rec["kernel"], r
-            spec = parse_kernels([token])[0]
+            spec = specs[token]
             self.say(f"[{family}] {which}: chose {spec.name}, ridge {reg:g} (validation {100 * acc:.2f}%); "
                      f"final fit on {len(self.data.y_pool)} images")
             finals.append(self.final(spec, which, reg))
@@ -313,9 +342,9 @@ def run_fashion_benchmark(s: Settings, out_dir: str | Path, *, progress: bool = 
                                "complete": False}
     try:
         if "fc" in s.stages:
-            summary["stages"]["fc"] = runner.exact_family("fc", s.fc_depths)
+            summary["stages"]["fc"] = runner.exact_family("fc", s.fc_depths, s.fc_b_stds)
         if "cnn" in s.stages:
-            summary["stages"]["cnn"] = runner.exact_family("v", s.cnn_depths)
+            summary["stages"]["cnn"] = runner.exact_family("v", s.cnn_depths, s.cnn_b_stds)
         if "features" in s.stages:
             summary["stages"]["features"] = [runner.feature_stage(t) for t in s.features]
         summary["complete"] = True
@@ -327,6 +356,18 @@ def run_fashion_benchmark(s: Settings, out_dir: str | Path, *, progress: bool = 
 
 
 # ------------------------------------------------------------------------------------------- the CLI
+
+
+def _b_grid(values: Any, option: str) -> tuple[float, ...]:
+    """A bias grid: finite numbers >= 0, at least one; sorted, duplicates dropped (the sweep's tie order)."""
+    grid = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{option}: expected finite numbers >= 0 (bias standard deviations), got {v!r}")
+        grid.append(float(v))
+    if not grid:
+        raise ValueError(f"{option}: expected at least one bias standard deviation, got none")
+    return tuple(sorted(set(grid)))
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -342,11 +383,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     cnn_depths = tuple(check_int(v, "--cnn-depths", minimum=1) for v in args.cnn_depths)
     if not fc_depths or not cnn_depths:
         raise ValueError("--fc-depths / --cnn-depths: expected at least one depth, got none")
+    fc_b_stds, cnn_b_stds = _b_grid(args.fc_b_stds, "--fc-b-stds"), _b_grid(args.cnn_b_stds, "--cnn-b-stds")
     return Settings(stages=stages, n_train=check_int(args.n_train, "--n-train", minimum=10),
                     n_val=check_int(args.n_val, "--n-val", minimum=10),
                     n_test=check_int(args.n_test, "--n-test", minimum=1),
                     n_sweep=check_int(args.n_sweep, "--n-sweep", minimum=10), fc_depths=fc_depths,
-                    cnn_depths=cnn_depths, features=tuple(args.features),
+                    cnn_depths=cnn_depths, fc_b_stds=fc_b_stds, cnn_b_stds=cnn_b_stds, features=tuple(args.features),
                     sizes=tuple(check_int(v, "--sizes", minimum=10) for v in args.sizes), precision=args.precision,
                     memory_budget=args.memory_budget, preprocess=args.preprocess, seed=args.seed,
                     data_dir=args.data_dir)
@@ -370,6 +412,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fc-depths", type=int, nargs="+", default=list(d.fc_depths), help="FC depths to sweep")
     parser.add_argument("--cnn-depths", type=int, nargs="+", default=list(d.cnn_depths),
                         help="CNN-GP / CNTK-V depths to sweep")
+    parser.add_argument("--fc-b-stds", type=float, nargs="+", default=list(d.fc_b_stds), metavar="B",
+                        help="bias standard deviations swept with the FC depths (w_std = sqrt(2); default "
+                             f"{' '.join(map(str, d.fc_b_stds))}; 0 alone: no biases)")
+    parser.add_argument("--cnn-b-stds", type=float, nargs="+", default=list(d.cnn_b_stds), metavar="B",
+                        help="bias standard deviations swept with the CNN depths (each multiplies the CNN sweep; "
+                             f"default {' '.join(map(str, d.cnn_b_stds))})")
     parser.add_argument("--features", nargs="+", default=list(d.features), metavar="K",
                         help="random-feature kernels of the features stage, e.g. gap3-rf1024 (default gap3-rf256)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
@@ -393,5 +441,5 @@ def main(args: argparse.Namespace) -> int:
     return 0 if summary["complete"] else 130
 
 
-__all__ = ["SIZES", "STAGES", "Data", "Runner", "Settings", "add_arguments", "main", "prepare",
-           "run_fashion_benchmark", "settings_from_args"]
+__all__ = ["CNN_B_STDS", "FC_B_STDS", "SIZES", "STAGES", "Data", "Runner", "Settings", "add_arguments", "main",
+           "prepare", "run_fashion_benchmark", "settings_from_args"]

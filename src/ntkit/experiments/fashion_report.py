@@ -1,7 +1,7 @@
 """The results page of ``ntkit bench fashion``: markdown tables beside the published numbers, and a plot.
 
 ``results.md`` holds: the test accuracy of every final fit beside the published ones
-(:data:`PUBLISHED`), the validation sweeps (best validation accuracy per depth), the accuracy
+(:data:`PUBLISHED`), the validation sweeps (best validation accuracy per depth and ``b_std``), the accuracy
 against training size, the float32 vs float64 effect at the full pool, and the time and peak
 memory of every stage. ``learning_curve.png`` (matplotlib, ``ntkit[plot]``; skipped with a note
 without it) plots test accuracy against training images on a log axis.
@@ -42,6 +42,11 @@ def _cost(c: dict[str, Any] | None) -> str:
             f"{c['peak_rss_gb']:.2f} | {load}")
 
 
+def _b(rec: dict[str, Any]) -> str:
+    """The bias standard deviation of a record (records written before the bias sweep have none: 0)."""
+    return f"{rec.get('b_std', 0.0):g}"
+
+
 def _finals(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [f for fam in ("fc", "cnn") for f in summary["stages"].get(fam, {}).get("finals", [])]
 
@@ -51,28 +56,28 @@ def format_report(summary: dict[str, Any]) -> str:
     s = summary
     lines = ["# ntkit bench fashion", "",
              f"Fashion-MNIST from `{s['source']}`: final fit on {s['n_pool']} images (training split {s['n_fit']} + "
-             f"validation {s['n_val']}), depth / ridge sweep on {s['n_sweep']} training images against the "
+             f"validation {s['n_val']}), depth / b_std / ridge sweep on {s['n_sweep']} training images against the "
              f"validation split, test on {s['n_test']}. Preprocessing: {s['settings']['preprocess']}; targets: "
              "one-hot minus 0.1." + ("" if s["complete"] else " **Incomplete run** (interrupted)."), "",
-             "## Test accuracy (%)", "", "| model | kernel | ridge | training images | test accuracy |",
-             "|---|---|---|---|---|"]
+             "## Test accuracy (%)", "", "| model | kernel | b_std | ridge | training images | test accuracy |",
+             "|---|---|---|---|---|---|"]
     for f in _finals(s):
-        lines.append(f"| ntkit {f['which'].upper()} | {f['kernel']} | {f['reg']:g} | {f['n_pool']} | "
+        lines.append(f"| ntkit {f['which'].upper()} | {f['kernel']} | {_b(f)} | {f['reg']:g} | {f['n_pool']} | "
                      f"{_pct(f['test_acc'])} |")
     for r in s["stages"].get("features", []):
-        lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | {r['reg']:g} | {r['n_pool']} | "
-                     f"{_pct(r['test_acc'])} |")
+        lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | 0 | {r['reg']:g} | "
+                     f"{r['n_pool']} | {_pct(r['test_acc'])} |")
     for source, model, acc in PUBLISHED:
-        lines.append(f"| {source}: {model} | - | - | 60000 | {acc:.2f} |")
+        lines.append(f"| {source}: {model} | - | - | - | 60000 | {acc:.2f} |")
     for fam, name in _FAMILY.items():
         st = s["stages"].get(fam)
         if not st:
             continue
         lines += ["", f"## {name}: validation sweep (best validation accuracy %, over the ridge grid)", "",
-                  "| kernel | NNGP | NTK | kernel s | sweep solves s |", "|---|---|---|---|---|"]
+                  "| kernel | b_std | NNGP | NTK | kernel s | sweep solves s |", "|---|---|---|---|---|---|"]
         for rec in st["sweeps"]:
             best = [max((a for a in rec["val_acc"][w] if a is not None), default=None) for w in ("nngp", "ntk")]
-            lines.append(f"| {rec['kernel']} | {_pct(best[0])} | {_pct(best[1])} | "
+            lines.append(f"| {rec['kernel']} | {_b(rec)} | {_pct(best[0])} | {_pct(best[1])} | "
                          f"{rec['kernel_cost']['seconds']:.1f} | {rec['solve_cost']['seconds']:.1f} |")
     finals = _finals(s)
     if finals:

@@ -42,30 +42,36 @@ _TOKEN = re.compile(r"(fc|v|gap|myrtle)(\d+)(?:-rf(\d+))?")
 @dataclass(frozen=True)
 class KernelSpec:
     """One architecture of the benchmark: ``family`` (``fc``, ``v``, ``gap``, ``myrtle``) and ``depth``;
-    ``n_features`` set: its random-feature estimate with that many features (``m``)."""
+    ``n_features`` set: its random-feature estimate with that many features (``m``); ``b_std``: the bias
+    standard deviation of every layer (0: no bias, the default)."""
 
     family: str
     depth: int
     n_features: int | None = None
+    b_std: float = 0.0
 
     @property
     def token(self) -> str:
-        """Command-line name, e.g. ``gap3`` or ``gap3-rf1024``."""
-        return f"{self.family}{self.depth}" + ("" if self.n_features is None else f"-rf{self.n_features}")
+        """Command-line name, e.g. ``gap3`` or ``gap3-rf1024``; ``fc3-b0.1`` with a bias (a record and file name
+        of ``ntkit bench fashion``, not read by :func:`parse_kernels`)."""
+        bias = f"-b{float(self.b_std)!r}" if self.b_std else ""
+        return f"{self.family}{self.depth}{bias}" + ("" if self.n_features is None else f"-rf{self.n_features}")
 
     @property
     def name(self) -> str:
-        """Display name, e.g. ``CNTK-GAP-3`` or ``CNTK-GAP-3 rf1024``."""
-        return f"{FAMILIES[self.family]}-{self.depth}" + ("" if self.n_features is None else f" rf{self.n_features}")
+        """Display name, e.g. ``CNTK-GAP-3``, ``CNTK-GAP-3 rf1024`` or ``FC-3 b_std 0.1``."""
+        bias = f" b_std {float(self.b_std)!r}" if self.b_std else ""
+        return (f"{FAMILIES[self.family]}-{self.depth}{bias}"
+                + ("" if self.n_features is None else f" rf{self.n_features}"))
 
     @property
     def exact(self) -> KernelSpec:
         """The exact kernel this spec estimates (itself when exact)."""
-        return KernelSpec(self.family, self.depth)
+        return KernelSpec(self.family, self.depth, b_std=self.b_std)
 
     def with_features(self, n_features: int) -> KernelSpec:
         """The random-feature estimate of this architecture with ``n_features`` features."""
-        return KernelSpec(self.family, self.depth, n_features)
+        return KernelSpec(self.family, self.depth, n_features, self.b_std)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """The model's inputs from images ``(N, 1, H, W)``: flattened (FC), padded to a multiple of 8 (Myrtle)."""
@@ -76,15 +82,16 @@ class KernelSpec:
         return x
 
     def model(self, image_shape: tuple[int, int], in_channels: int = 1) -> nn.Module:
-        """The architecture on the meta device (ReLU, no bias, ``w_std = sqrt(2)``)."""
+        """The architecture on the meta device (ReLU, ``w_std = sqrt(2)``, ``b_std`` in every layer)."""
         if self.family == "fc":
             return fc(in_channels * image_shape[0] * image_shape[1], depth=self.depth, w_std=math.sqrt(2.0),
-                      device="meta")
+                      b_std=self.b_std, device="meta")
         if self.family == "v":
-            return cntk(in_channels, self.depth, readout="flatten", image_shape=image_shape, device="meta")
+            return cntk(in_channels, self.depth, readout="flatten", image_shape=image_shape, b_std=self.b_std,
+                        device="meta")
         if self.family == "gap":
-            return cntk(in_channels, self.depth, readout="gap", device="meta")
-        return myrtle(self.depth, in_channels, device="meta")
+            return cntk(in_channels, self.depth, readout="gap", b_std=self.b_std, device="meta")
+        return myrtle(self.depth, in_channels, b_std=self.b_std, device="meta")
 
 
 def parse_kernels(tokens: Sequence[str], features: Sequence[int] = ()) -> list[KernelSpec]:
