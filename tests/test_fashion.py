@@ -273,3 +273,23 @@ def test_real_fashion_mnist_slice(tmp_path: Path) -> None:
     assert summary["source"] == str(DEBIAN_DIR) and summary["n_pool"] == 800
     for f in summary["stages"]["fc"]["finals"]:
         assert f["test_acc"] > 0.75  # FC kernels reach ~80% on 800 images (~90% on all 60k)
+
+
+def test_float32_kernels_have_their_own_folder_and_the_float64_accuracy(tmp_path: Path) -> None:
+    """``--kernel-dtype float32``: kernels computed and stored in float32 (half the disk) in a folder of
+    their own; on this easy slice the choices and test accuracies equal the float64 run's."""
+    data = str(_write_dataset(tmp_path / "data"))
+    runs = {}
+    for dtype in ("float64", "float32"):
+        s = Settings(stages=("fc",), n_train=60, n_val=20, n_test=40, n_sweep=40, fc_depths=(1, 2), fc_b_stds=(0.0,),
+                     sizes=(), data_dir=data, kernel_dtype=dtype)
+        runs[dtype] = run_fashion_benchmark(s, tmp_path / "out", progress=False, plot=False)
+        finals = sorted((tmp_path / "out" / "kernels" / s.key / "final").glob("*_pool.npy"))
+        assert finals and all(np.load(f, mmap_mode="r").dtype == np.dtype(dtype) for f in finals)
+    assert Settings(kernel_dtype="float32").key == Settings().key + "-float32"
+    f64, f32 = (runs[d]["stages"]["fc"]["finals"] for d in ("float64", "float32"))
+    def chosen(finals: list[dict]) -> list[tuple]:
+        return [(f["kernel"], f["reg"], f["test_acc"]) for f in finals]
+
+    assert chosen(f32) == chosen(f64)
+    assert runs["float32"]["settings"]["kernel_dtype"] == "float32"

@@ -41,7 +41,7 @@ class Block:
 
     Attributes
     ----------
-    kernels : dict of str to ndarray of shape (N1, N2), float64 (read-only memory maps)
+    kernels : dict of str to ndarray of shape (N1, N2), float64 or float32 (read-only memory maps)
         ``"nngp"`` and / or ``"ntk"``.
     seconds : float
         Compute time summed over the runs that computed tiles of it.
@@ -58,7 +58,8 @@ class Block:
 
 
 def exact_block(spec: KernelSpec, x_a: torch.Tensor, x_b: torch.Tensor | None, path: Path, *,
-                progress: bool, which: str = "both", memory_budget: str = "1G") -> Block:
+                progress: bool, which: str = "both", memory_budget: str = "1G",
+                dtype: torch.dtype = torch.float64) -> Block:
     """The kernels ``which`` of ``spec`` at ``(x_a, x_b)`` into ``path`` (``.npy``), resumed if begun (module notes).
 
     Parameters
@@ -71,6 +72,8 @@ def exact_block(spec: KernelSpec, x_a: torch.Tensor, x_b: torch.Tensor | None, p
     path : Path
         The output; ``path.with_suffix(".json")`` keeps the compute time across interrupted runs.
     which : {"both", "nngp", "ntk"}
+    dtype : torch.dtype
+        What the kernels are computed and stored in (float64 or float32).
     """
     if spec.n_features is not None:
         raise ValueError(f"exact_block: expected an exact kernel, got the random-feature kernel {spec.token}")
@@ -80,7 +83,8 @@ def exact_block(spec: KernelSpec, x_a: torch.Tensor, x_b: torch.Tensor | None, p
     model = spec.model((x_a.shape[2], x_a.shape[3]), x_a.shape[1])
     a = spec.inputs(x_a)
     b = None if x_b is None else spec.inputs(x_b)
-    res = compute_kernel(model, a, b, which=which, out=path, progress=progress, memory_budget=memory_budget)
+    res = compute_kernel(model, a, b, which=which, out=path, progress=progress, memory_budget=memory_budget,
+                         dtype=dtype)
     if res.tiles_computed:
         timing["seconds"] += res.seconds
         write_text_atomic(timing_path, json.dumps(timing))

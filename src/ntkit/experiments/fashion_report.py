@@ -57,8 +57,9 @@ def format_report(summary: dict[str, Any]) -> str:
     lines = ["# ntkit bench fashion", "",
              f"Fashion-MNIST from `{s['source']}`: final fit on {s['n_pool']} images (training split {s['n_fit']} + "
              f"validation {s['n_val']}), depth / b_std / ridge sweep on {s['n_sweep']} training images against the "
-             f"validation split, test on {s['n_test']}. Preprocessing: {s['settings']['preprocess']}; targets: "
-             "one-hot minus 0.1." + ("" if s["complete"] else " **Incomplete run** (interrupted)."), "",
+             f"validation split, test on {s['n_test']}. Preprocessing: {s['settings']['preprocess']}; exact kernels in "
+             f"{s['settings'].get('kernel_dtype', 'float64')}; targets: one-hot minus 0.1."
+             + ("" if s["complete"] else " **Incomplete run** (interrupted)."), "",
              "## Test accuracy (%)", "", "| model | kernel | b_std | ridge | training images | test accuracy |",
              "|---|---|---|---|---|---|"]
     for f in _finals(s):
