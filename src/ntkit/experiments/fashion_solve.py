@@ -5,9 +5,9 @@ so the ridge grid means the same for every architecture and depth (as in
 :mod:`ntkit.experiments.images_eval`). Targets ``Y`` are the centred one-hot rows (N, 10).
 
 * Sweep (:func:`ridge_sweep`): on a subset of at most ~10k training images, one float64 Cholesky
-  factorisation of ``K / s + reg I`` per ridge of the grid (``n^3 / 3`` flops each: measured about 7
-  times cheaper than the one symmetric eigendecomposition that would serve every ridge at once); a
-  ridge too small for the factorisation scores None.
+  factorisation of ``K / s + reg I`` per ridge of the grid (in place, :mod:`ntkit.experiments.inplace_cholesky`,
+  as the final solve's; ``n^3 / 3`` flops each: measured about 7 times cheaper than the one symmetric
+  eigendecomposition that would serve every ridge at once); a ridge too small for the factorisation scores None.
 * Final solve (:func:`solve_stored`), ``alpha = (K / s + reg I)^{-1} Y`` on the whole pool:
 
   - ``"float64"``: a dense Cholesky factorisation in float64 (``8 N^2`` bytes: 29 GB at N = 60,000);
@@ -34,6 +34,7 @@ import numpy as np
 import scipy.linalg
 
 from ntkit._validation import check_choice, parse_memory_budget
+from ntkit.experiments.inplace_cholesky import cholesky_inplace
 
 #: Ridge grid, relative to the mean diagonal of the training kernel.
 REG_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -83,12 +84,12 @@ def ridge_sweep(k_fit: np.ndarray, t_fit: np.ndarray, k_val: np.ndarray, y_val: 
     for reg in regs:
         a = k.copy()
         a[np.diag_indices_from(a)] += reg
-        try:  # a.T: the same symmetric matrix, Fortran-ordered, so LAPACK factors it in place (no copy)
-            factor = scipy.linalg.cholesky(a.T, lower=True, overwrite_a=True, check_finite=False)
+        try:  # in place (module inplace_cholesky: SciPy's threaded float64 dpotrf crashes from N ~ 16,000)
+            cholesky_inplace(a)
         except np.linalg.LinAlgError:
             out.append(None)
             continue
-        out.append(accuracy(k_v @ scipy.linalg.cho_solve((factor, True), t_fit, check_finite=False), y_val))
+        out.append(accuracy(k_v @ scipy.linalg.cho_solve((a.T, False), t_fit, check_finite=False), y_val))
     return out
 
 
@@ -155,8 +156,8 @@ def solve_stored(k: np.ndarray, targets: np.ndarray, reg: float, *, precision: s
     start = time.perf_counter()
     dtype = np.float64 if precision == "float64" else np.float32
     a = _scaled_copy(k, scale, reg, dtype)
-    try:  # a.T: the same symmetric matrix, Fortran-ordered, factored in place (a C-ordered one is copied first)
-        factor = scipy.linalg.cholesky(a.T, lower=True, overwrite_a=True, check_finite=False)
+    try:  # in place; a.T is then F-ordered with the factor L^T in its upper triangle (module inplace_cholesky)
+        factor = cholesky_inplace(a).T
     except np.linalg.LinAlgError:
         raise ValueError(f"ridge {reg:g}: expected K / s + ridge I positive definite in {np.dtype(dtype).name}, "
                          "got a failed Cholesky factorisation (raise the ridge or use --precision float64)") from None
@@ -164,7 +165,7 @@ def solve_stored(k: np.ndarray, targets: np.ndarray, reg: float, *, precision: s
     factor_seconds = time.perf_counter() - start
 
     def apply(rhs: np.ndarray) -> np.ndarray:
-        return scipy.linalg.cho_solve((factor, True), rhs.astype(dtype), check_finite=False).astype(np.float64)
+        return scipy.linalg.cho_solve((factor, False), rhs.astype(dtype), check_finite=False).astype(np.float64)
 
     start = time.perf_counter()
     norm = float(np.linalg.norm(targets))
