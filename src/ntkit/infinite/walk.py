@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ntkit._validation import check_float, check_int, describe
+from ntkit.infinite import describe_cache
 from ntkit.infinite.capture import expand
 from ntkit.infinite.errors import ArchitectureError
 from ntkit.infinite.ops import Diagonal, KernelOp, Pointwise
@@ -351,6 +352,9 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
     Returns
     -------
     Architecture
+        From a model's second call on, the same object again for the same model and shape while nothing it
+        depends on changed (the module tree, hyper-parameters, training flags, a captured forward's code):
+        :mod:`ntkit.infinite.describe_cache`.
 
     Raises
     ------
@@ -372,6 +376,11 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> Architecture
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module (e.g. built from ntkit.nn), got {describe(model)}")
     shape = tuple(int(n) for n in input_shape)
+    return describe_cache.cached(model, shape, lambda: _describe(model, shape))
+
+
+def _describe(model: nn.Module, shape: Shape) -> Architecture:
+    """:func:`describe_model` without the cache (:mod:`ntkit.infinite.describe_cache`)."""
     items = list(expand(model, ""))
     first = next((i for i, item in enumerate(items) if _ends_prelude(item)), None)
     if first is None:
