@@ -1,7 +1,8 @@
 """The structured engine's capture of dense chains (``nn.Sequential`` of linear layers and activations).
 
 Which models take it; the same kernels as the autograd capture (bit for bit where the operations are
-the same; the trace Gram of the layer that feeds the output layer to rounding); brute force.
+the same; the Gram of the layer that feeds the output layer, formed from its factors, to rounding);
+brute force.
 """
 
 from __future__ import annotations
@@ -71,18 +72,21 @@ def test_which_models_are_chains() -> None:
 @pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_same_kernels_as_the_autograd_capture(dtype: torch.dtype) -> None:
-    model = relu_mlp(dtype)
+    torch.manual_seed(5)
+    no_fed = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 16), nn.Linear(16, 3)).to(dtype)
     g = torch.Generator().manual_seed(6)
     x1 = torch.randn(9, 6, generator=g, dtype=dtype)
     x2 = torch.randn(7, 6, generator=g, dtype=dtype)
-    for mode in MODES:
-        for x_2, kw in ((x2, {}), (None, {}), (None, {"pairs": "diagonal"}), (x2, {"memory_budget": 20_000})):
-            got = kernel(model, x1, x_2, True, mode=mode, **kw)
-            want = kernel(model, x1, x_2, False, mode=mode, **kw)
-            if mode == "trace" and x_2 is not None and not kw:  # one pass: the fed layer's Gram from phi'
-                assert rel_err(got, want) < (1e-6 if dtype == torch.float32 else 1e-14)
-            else:
-                assert torch.equal(got, want), (mode, x_2 is None, kw)
+    for model, fed in ((relu_mlp(dtype), True), (no_fed, False)):
+        assert engine(model).chain is not None
+        for mode in MODES:
+            for x_2, kw in ((x2, {}), (None, {}), (None, {"pairs": "diagonal"}), (x2, {"memory_budget": 20_000})):
+                got = kernel(model, x1, x_2, True, mode=mode, **kw)
+                want = kernel(model, x1, x_2, False, mode=mode, **kw)
+                if fed:  # the Gram of the layer feeding the output layer from its factors phi' and w_c
+                    assert rel_err(got, want) < (1e-6 if dtype == torch.float32 else 1e-14), (mode, x_2 is None, kw)
+                else:
+                    assert torch.equal(got, want), (mode, x_2 is None, kw)
 
 
 @pytest.mark.usefixtures("single_thread")

@@ -147,6 +147,10 @@ def capture_layers(
             torch.autograd.grad(
                 out, [anchor], grad_outputs=eye[c].expand(n, k), retain_graph=c < k - 1, allow_unused=True
             )
+    for rl in recs.values():  # a sink refers to its recorder: break the cycle, or the recorded inputs
+        for rec in rl:  # and Grams outlive the call until the cyclic garbage collector runs
+            if rec.sink is not None:
+                rec.sink = _done
     feats: list[Any] = []
     for i, layer in enumerate(layers):
         rl = recs[i]
@@ -174,6 +178,11 @@ def capture_layers(
         g = torch.cat(g_parts, dim=-1) if len(g_parts) > 1 else g_parts[0]  # (k, N, G, d_out, P)
         feats.append(("cotangents", a, g))
     return feats
+
+
+def _done(g: Tensor, c0: int) -> None:
+    """The sink of a recorder after its pass (in place of the one that referred to it)."""
+    raise RuntimeError("structured capture: a cotangent arrived after the backward passes")
 
 
 def layer_tensors(layer: Layer, inp: Tensor, grad: Tensor, n: int, k: int) -> tuple[Tensor, Tensor]:

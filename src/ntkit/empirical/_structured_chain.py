@@ -23,8 +23,12 @@ feeds the output layer through one activation, whose cotangents are ``g_c(x) = p
     sum_c <g_c(x), g_c(x')> = sum_m phi'(z(x))_m phi'(z(x'))_m sum_c w_{c,m}^2
 
 is one (N1, d) x (d, N2) product instead of one (N1, k d) x (k d, N2) product (equal up to
-rounding). Any other model (hooks, other modules, inputs with more than two dimensions, a module
-used twice, in-place activations) keeps the autograd capture.
+rounding). Otherwise (full and diagonal blocks, tiles) that layer's cotangents are not stored but kept
+as their factors ``phi'(z)`` (N, d) and the rows ``w_c`` (feature ``("scaled", a, (phi', W))``), whose
+full Gram ``G_cd = (phi' * w_c w_d) phi'^T`` needs only the k(k+1)/2 distinct products ``w_c w_d``
+(:func:`ntkit.empirical._structured_products._scaled_gram`). Any other model (hooks, other modules,
+inputs with more than two dimensions, a module used twice, in-place activations) keeps the autograd
+capture.
 """
 
 from __future__ import annotations
@@ -142,6 +146,8 @@ def capture_chain(
     grams: dict[int, Tensor] = {}
     stores: dict[int, Tensor] = {}
     n1 = trace_rows
+    # without trace rows the fed layer's cotangents phi'(z) * w_c are kept as their two factors
+    factored = fed if n1 is None and fed is not None and steps[fed].layer is not None else None
     for c0 in range(0, k, chunk):
         kc = min(chunk, k - c0)
         rows = weights[last][0][c0 : c0 + kc]  # type: ignore[index]  # cotangent at the output layer's input
@@ -159,8 +165,8 @@ def capture_chain(
             if g is None:
                 g = rows.expand(n, kc, rows.shape[-1]).contiguous()
             if step.layer is not None:
-                if n1 is not None and i == fed:
-                    pass  # Gram after the loop
+                if i == fed and (n1 is not None or i == factored):
+                    pass  # Gram or factors after the loop
                 elif n1 is not None:
                     c = matmul_t(g[:n1].reshape(n1, -1), g[n1:].reshape(n - n1, -1))
                     grams[i] = c if i not in grams else grams[i].add_(c)
@@ -183,18 +189,26 @@ def capture_chain(
             feats[step.layer] = ("identity", inp.reshape(n, 1, inp.shape[1], 1), None)
         elif n1 is not None:
             feats[step.layer] = ("gram", inp.reshape(n, 1, inp.shape[1], 1), grams[i])
+        elif i == factored:
+            s = _phi_prime(steps[i + 1], saved[i + 1])
+            feats[step.layer] = ("scaled", inp.reshape(n, 1, inp.shape[1], 1), (s, weights[last][0]))  # type: ignore[index]
         else:
             a, gg = layer_tensors(layers[step.layer], inp, stores[i], n, k)
             feats[step.layer] = ("cotangents", a, gg)
     return feats
 
 
-def _fed_gram(act: Step, zy: tuple[Tensor, Tensor], w_out: Tensor, n1: int) -> Tensor:
-    """``sum_c <phi'(z_i) * w_c, phi'(z'_j) * w_c>`` between rows ``i < n1`` and the rest:
-    ``(phi' * P) phi'^T`` with ``P_m = sum_c w_{c,m}^2``."""
+def _phi_prime(act: Step, zy: tuple[Tensor, Tensor]) -> Tensor:
+    """``phi'(z)`` (N, d) of the activation ``act`` from its saved input and output ``zy``."""
     assert act.backward is not None
     z, y = zy
     ones = torch.ones_like(y)
-    s = act.backward(ones, z, y, torch.empty_like(ones))  # phi'(z), (N, d)
+    return act.backward(ones, z, y, torch.empty_like(ones))
+
+
+def _fed_gram(act: Step, zy: tuple[Tensor, Tensor], w_out: Tensor, n1: int) -> Tensor:
+    """``sum_c <phi'(z_i) * w_c, phi'(z'_j) * w_c>`` between rows ``i < n1`` and the rest:
+    ``(phi' * P) phi'^T`` with ``P_m = sum_c w_{c,m}^2``."""
+    s = _phi_prime(act, zy)
     p = (w_out * w_out).sum(0)
     return matmul_t(s[:n1] * p, s[n1:])

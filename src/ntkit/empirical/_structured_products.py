@@ -12,7 +12,8 @@ cotangent Gram ``G`` (summed over position pairs ``(p, q)`` for convolutions and
 
 The feature layout is that of :class:`ntkit.empirical.structured.StructuredEngine`: per layer
 ``("factored", a (G, N P, d_in), g (G, N, P, k, d_out))``, ``("identity", a (1, N, d_in))``,
-``("gram", a (1, N, d_in), G (N1, N2))`` or ``("jacobian", [J (N, k, F), ...])``.
+``("gram", a (1, N, d_in), G (N1, N2))``, ``("scaled", a (1, N, d_in), s (N, d_out), w (k, d_out))``
+(cotangents ``g[i, c] = s[i] * w[c]``) or ``("jacobian", [J (N, k, F), ...])``.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from ntkit.empirical._structured_layers import Layer
 
 #: Bytes of one row block's cotangent Gram in full mode (kept in cache while multiplied into the result).
 FULL_BLOCK_BYTES = 4 << 20
-#: Bytes of one row block's temporaries in trace and diagonal mode.
+#: Bytes of one row block's temporaries in trace and diagonal mode (and the bound on the weighted rows
+#: of a ``"scaled"`` layer in every mode, see :func:`_scaled_gram`).
 ROW_BLOCK_BYTES = 16 << 20
 
-#: A dense layer for :func:`_dense_rows`: ``(kind, layer, a1, a2, g1, g2)`` (see there).
-DenseEntry = tuple[str, Layer, Tensor, Tensor, Tensor | None, Tensor | None]
+#: A dense layer for :func:`_dense_rows`: ``(kind, layer, a1, a2, g1, g2, w)`` (see there).
+DenseEntry = tuple[str, Layer, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]
 
 
 def write_block(
@@ -49,13 +51,15 @@ def write_block(
     rest: list[tuple[Layer, Any, Any]] = []
     for layer, l1, l2 in zip(layers, f1["layers"], f2["layers"], strict=True):
         if l1[0] == "identity":
-            dense.append(("identity", layer, l1[1][0], l2[1][0], None, None))
+            dense.append(("identity", layer, l1[1][0], l2[1][0], None, None, None))
         elif l1[0] == "gram":
             if mode != "trace":
                 raise ValueError(f"mode: features with trace Grams give trace blocks only, got mode={mode!r}")
-            dense.append(("gram", layer, l1[1][0], l2[1][0], l1[2], None))
+            dense.append(("gram", layer, l1[1][0], l2[1][0], l1[2], None, None))
+        elif l1[0] == "scaled":
+            dense.append(("scaled", layer, l1[1][0], l2[1][0], l1[2], l2[2], l1[3]))
         elif l1[0] == "factored" and l1[2].shape[0] == 1 and l1[2].shape[2] == 1:
-            dense.append(("cotangents", layer, l1[1][0], l2[1][0], l1[2][0, :, 0], l2[2][0, :, 0]))
+            dense.append(("cotangents", layer, l1[1][0], l2[1][0], l1[2][0, :, 0], l2[2][0, :, 0], None))
         else:
             rest.append((layer, l1, l2))
     if dense:
@@ -87,6 +91,10 @@ def pair_entries(
             a_ii = (l1[1][0] * l2[1][0]).sum(-1) * layer.w_scale2 + layer.b_scale2  # (N,)
             eye = torch.eye(k, dtype=a_ii.dtype, device=a_ii.device)
             term = {"full": a_ii[:, None, None] * eye, "trace": a_ii, "diagonal": a_ii[:, None].expand(n, k)}[mode]
+            total = term if total is None else total + term
+            continue
+        if l1[0] == "scaled":
+            term = _scaled_pairs(layer, l1, l2, mode, k)
             total = term if total is None else total + term
             continue
         g1, g2 = l1[2], l2[2]
@@ -149,31 +157,39 @@ def _transpose(blk: Tensor, mode: str) -> Tensor:
 def _dense_rows(out: Tensor, dense: list[DenseEntry], mode: str, k: int, sym: bool) -> None:
     """``out = sum_l A_l * G_l`` for dense layers, row block by row block.
 
-    Each entry is ``(kind, layer, a1, a2, g1, g2)`` with the layer inputs ``a1`` (N1, d_in),
+    Each entry is ``(kind, layer, a1, a2, g1, g2, w)`` with the layer inputs ``a1`` (N1, d_in),
     ``a2`` (N2, d_in). ``A_l = s_w^2 a1 a2^T + s_b^2`` is formed block by block and ``G_l`` is
     the cotangent Gram of ``g1`` (N1, k, d), ``g2`` (N2, k, d): in full mode ``G[i, j, a, b] =
     <g1[i, a], g2[j, b]>`` is one GEMM (rows * k, d) x (d, N2 * k) per row block, whose product
     with ``A`` is written (or added) into ``out[rows]`` in its final (i, j, a, b) layout while
     the block is still in cache; in trace mode ``(1/k) sum_a G[i, j, a, a]`` is one GEMM
     (rows, k d) x (k d, N2), or ``g1`` already is ``sum_a G_aa`` (kind ``"gram"``). The output
-    layer (kind ``"identity"``, cotangents ``e_a``) adds ``A`` on the (a, a) diagonal. With
-    ``sym`` (the same features on both sides) only columns from the block's first row on are
-    computed and the rest is mirrored.
+    layer (kind ``"identity"``, cotangents ``e_a``) adds ``A`` on the (a, a) diagonal. Kind
+    ``"scaled"`` has cotangents ``g[i, a] = s[i] * w[a]`` given by ``g1 = s1`` (N1, d), ``g2 = s2``
+    (N2, d) and ``w`` (k, d) (the layer feeding the output layer through an activation), whose Gram
+    is formed from the factors (:func:`_scaled_gram`). With ``sym`` (the same features on both
+    sides) only columns from the block's first row on are computed and the rest is mirrored.
     """
     n1, n2 = out.shape[0], out.shape[1]
     itemsize = out.element_size()
     width = {"full": k * k, "trace": 1, "diagonal": k}[mode]
     rb = max(1, min(n1, (FULL_BLOCK_BYTES if mode == "full" else ROW_BLOCK_BYTES) // (width * n2 * itemsize)))
+    for e in dense:  # a "scaled" layer's weighted rows (rows P, d) stay under ROW_BLOCK_BYTES
+        if e[0] == "scaled" and mode != "trace" and e[4] is not None:
+            per_row = (k * (k + 1) // 2 if mode == "full" else k) * e[4].shape[-1] * itemsize
+            rb = max(1, min(rb, ROW_BLOCK_BYTES // per_row))
     if sym:
         rb = min(rb, max(1, -(-n1 // 4)))
     # trace mode: (1/k) sum_a, with the identity layer's sum_a delta_aa = k
     unit = 1.0 / k if mode == "trace" else 1.0
+    weights = {id(e): _scaled_weights(e[6], mode) for e in dense if e[0] == "scaled" and e[6] is not None}
     for i0 in range(0, n1, rb):
         i1 = min(n1, i0 + rb)
         j0 = i0 if sym else 0
         o = out[i0:i1, j0:]
         first = True
-        for kind, layer, a1, a2, g1, g2 in dense:
+        for entry in dense:
+            kind, layer, a1, a2, g1, g2, _ = entry
             scale = 1.0 if kind == "identity" and mode == "trace" else unit
             if layer.w_scale2 == 0:
                 a: Tensor | float = layer.b_scale2 * scale
@@ -196,6 +212,9 @@ def _dense_rows(out: Tensor, dense: list[DenseEntry], mode: str, k: int, sym: bo
             d = g1.shape[-1]
             if kind == "gram":  # the trace Gram itself
                 c = g1[i0:i1, j0:]
+            elif kind == "scaled":
+                assert g2 is not None
+                c = _scaled_gram(g1[i0:i1], g2[j0:], weights[id(entry)], mode, k)
             elif mode == "full":
                 assert g2 is not None
                 c = matmul_t(g1[i0:i1].reshape(-1, d), g2[j0:].reshape(-1, d))
@@ -220,6 +239,58 @@ def _dense_rows(out: Tensor, dense: list[DenseEntry], mode: str, k: int, sym: bo
         for i0 in range(rb, n1, rb):
             i1 = min(n1, i0 + rb)
             out[i0:i1, :i0] = _transpose(out[:i0, i0:i1], mode)
+
+
+def _scaled_weights(w: Tensor, mode: str) -> tuple[Tensor, Tensor | None]:
+    """What :func:`_scaled_gram` needs of the rows ``w`` (k, d): in full mode the k(k+1)/2 products
+    ``w_a * w_b`` (a <= b) and the index (k * k,) of each (a, b) among them; ``sum_a w_a^2`` (1, d)
+    in trace mode; ``w * w`` (k, d) in diagonal mode."""
+    if mode == "full":
+        k = w.shape[0]
+        ia, ib = torch.triu_indices(k, k, device=w.device)
+        pos = torch.empty((k, k), dtype=torch.long, device=w.device)
+        pos[ia, ib] = torch.arange(ia.shape[0], device=w.device)
+        pos[ib, ia] = pos[ia, ib]
+        return w[ia] * w[ib], pos.reshape(-1)
+    w2 = w * w
+    return (w2.sum(0, keepdim=True) if mode == "trace" else w2), None
+
+
+def _scaled_gram(s1: Tensor, s2: Tensor, weights: tuple[Tensor, Tensor | None], mode: str, k: int) -> Tensor:
+    """Cotangent Gram of ``g1[i, a] = s1[i] * w[a]`` and ``g2[j, b] = s2[j] * w[b]`` for ``s1`` (R, d),
+    ``s2`` (M, d), from :func:`_scaled_weights` of ``w``:
+
+        G[i, j, a, b] = sum_m s1[i, m] (w[a, m] w[b, m]) s2[j, m],
+
+    one GEMM (R P, d) x (d, M) with ``P`` the number of distinct weight products: k(k+1)/2 in full mode
+    (``G_ab = G_ba``; shape (R, M, k, k)), ``k`` in diagonal mode (``G_aa``, (R, M, k)), one in trace mode
+    (``sum_a G_aa``, (R, M)) — instead of (R k, d) x (d, M k) (k^2 products) of the cotangents.
+    """
+    prods, pos = weights
+    r, m, d = s1.shape[0], s2.shape[0], s1.shape[1]
+    if mode == "trace":
+        return matmul_t(s1 * prods, s2)
+    c = matmul_t((s1.unsqueeze(1) * prods).reshape(-1, d), s2).view(r, prods.shape[0], m)  # (R, P, M)
+    if mode == "diagonal":
+        return c.permute(0, 2, 1)
+    assert pos is not None
+    return c.index_select(1, pos).view(r, k, k, m).permute(0, 3, 1, 2)
+
+
+def _scaled_pairs(layer: Layer, l1: tuple[Any, ...], l2: tuple[Any, ...], mode: str, k: int) -> Tensor:
+    """The ``i == j`` entries of a ``"scaled"`` layer (see :func:`_dense_rows`): (N, k, k), (N,) or (N, k)."""
+    q = l1[2] * l2[2]  # s1 * s2, (N, d)
+    w = l1[3]
+    if mode == "full":
+        g = torch.matmul(q.unsqueeze(1) * w, w.T)  # (N, k, k)
+    elif mode == "trace":
+        g = q @ (w * w).sum(0) / k
+    else:
+        g = q @ (w * w).T
+    if layer.w_scale2 == 0:
+        return g * layer.b_scale2
+    a = (l1[1][0] * l2[1][0]).sum(-1) * layer.w_scale2 + layer.b_scale2  # (N,)
+    return g * a.view(-1, *([1] * (g.ndim - 1)))
 
 
 def _rest_block(

@@ -250,6 +250,9 @@ class StructuredEngine(Engine):
             if kind == "gram":
                 layers.append(("gram", a.reshape(1, a.shape[0], a.shape[2]), g))
                 continue
+            if kind == "scaled":  # cotangents g[i, c] = s[i] * w[c] from g = (s, w)
+                layers.append(("scaled", a.reshape(1, a.shape[0], a.shape[2]), g[0], g[1]))
+                continue
             if layer.method == "jacobian":
                 layers.append(("jacobian", self._layer_jacobian(layer, a, g)))
                 continue
@@ -272,6 +275,11 @@ class StructuredEngine(Engine):
                 halves = [(item[0], item[1][:, :n1]), (item[0], item[1][:, n1:])]
             elif item[0] == "gram":  # the Gram between the halves goes with both
                 halves = [(item[0], item[1][:, :n1], item[2]), (item[0], item[1][:, n1:], item[2])]
+            elif item[0] == "scaled":  # the rows of w go with both
+                halves = [
+                    (item[0], item[1][:, :n1], item[2][:n1], item[3]),
+                    (item[0], item[1][:, n1:], item[2][n1:], item[3]),
+                ]
             else:
                 p = item[2].shape[2]
                 halves = [
