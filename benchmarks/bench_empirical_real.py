@@ -26,8 +26,9 @@ Implementations (rows):
   64 rows need 64 x 10 x 11.2M x 4 B = 28.7 GB: it is timed at N = 2 and N = 4 and extrapolated as
   ``t(N) = a N + b N^2`` (marked ``~``); for the pNTK (one output) it runs at N = 64 itself.
 
-Cases: ``trace`` and ``full`` (N = 64, ``x2=None``), ``trace512`` (N = 512), ``pntk`` (N = 64) and ``pntk512`` (N = 512,
-default memory budget and ``--budget``). Ratios ``x tut`` are tutorial / ntkit (> 1: ntkit faster).
+Cases: ``trace`` and ``full`` (N = 64, ``x2=None``), ``trace512`` (N = 512; also ``trace128``, ``trace256``), ``pntk``
+(N = 64) and ``pntk512`` (N = 512); N > 64 at the default memory budget and at ``--budget``. Ratios ``x tut``
+are tutorial / ntkit (> 1: ntkit faster).
 
 GPT-2 cases (model: :mod:`gpt2_decoder`, a GPT-2-small-sized causal decoder from ``torch.nn``, scalar
 output = the mean final hidden state projected to 1, 123.75M parameters, float32; inputs: random
@@ -257,8 +258,9 @@ def main() -> None:
         if case in GPT2_CASES:
             gpt2_case(case, impls, args)
             continue
-        mode = "pntk" if case.startswith("pntk") else case.removesuffix("512")
-        n = 512 if case.endswith("512") else 64
+        digits = case[len(case.rstrip("0123456789")) :]  # trace128, trace256, trace512, pntk512: N; else 64
+        mode = "pntk" if case.startswith("pntk") else case.rstrip("0123456789")
+        n = int(digits) if digits else 64
         rows: dict[str, dict[str, Any]] = {}
         for impl in impls:
             if impl == "tutorial":
@@ -270,7 +272,7 @@ def main() -> None:
             if (impl == "jacobian" and (n > 64 or mode == "full")) or (impl == "before" and n > 64):
                 continue  # beyond any timeout here: see the trace case
             rows[impl] = best({"impl": impl, "mode": mode, "n": n, "threads": th}, to, 1 if impl != "auto" else rep)
-        if n == 512 and args.budget:
+        if n > 64 and args.budget:
             spec = {"impl": "auto", "mode": mode, "n": n, "threads": th, "budget": args.budget}
             rows[f"auto, {args.budget}"] = best(spec, to, rep)
         if mode == "full" and args.budget:

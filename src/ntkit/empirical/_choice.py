@@ -5,6 +5,8 @@ structured engine (each layer contracted during the backward passes, nothing sto
 ``store=True``, per-layer Jacobians or inputs and cotangents stored, for few outputs) for models
 where it can differ (convolutions, layers contracted as Jacobians, parameters left to per-example
 Jacobians), and for ``"auto"`` the Jacobian engine; the NTK-vector-product engine when none fits.
+When the rows of an all-pairs kernel need several streamed tiles, also the grouped plan
+(:mod:`ntkit.empirical._streamed_grouped`: passes repeated per group of layers, not per tile pair).
 
 The estimate follows the tiler (:func:`ntkit.empirical.tiling.tiled_kernel`): tile sizes from the
 engines' memory estimates, features of the column tiles recomputed per tile unless they are cached,
@@ -18,6 +20,7 @@ from __future__ import annotations
 from torch import nn
 
 from ntkit.empirical._common import Engine, Tensor
+from ntkit.empirical._streamed_grouped import GroupedEngine
 from ntkit.empirical.jacobian import JacobianEngine
 from ntkit.empirical.ntvp import NTVPEngine
 from ntkit.empirical.streamed import StreamedEngine
@@ -26,6 +29,9 @@ from ntkit.empirical.tiling import tile_sizes
 
 #: The streamed engine is chosen over the stored structured one when this many times cheaper.
 STREAMED_MARGIN = 1.5
+#: The grouped plan's estimate is weighed by this factor (its passes run in chunks of rows and its
+#: Jacobian slices of all rows are thinner than a tile's): it replaces the tiles when clearly cheaper.
+GROUPED_MARGIN = 1.2
 
 
 def _fits(engine: Engine, mode: str, budget: int) -> bool:
@@ -34,6 +40,8 @@ def _fits(engine: Engine, mode: str, budget: int) -> bool:
 
 def plan_flops(engine: Engine, n1: int, n2: int, mode: str, budget: int, sym: bool, pairs: bool) -> float:
     """Estimated flops of the whole kernel with ``engine``, tiles and recomputed features included."""
+    if isinstance(engine, GroupedEngine):
+        return float("inf") if pairs else engine.plan_flops(n1, n2, mode, budget, sym)
     if isinstance(engine, StreamedEngine) and not engine.store:
         if pairs:
             return engine.pass_flops(n1 if sym else 2 * n1, n1, n1, mode, pairs=True)
@@ -105,13 +113,20 @@ def choose_engine(
         best: Engine = structured
         if streamable:
             cost_best = plan_flops(structured, n1, n2, mode, budget, sym, pairs) / STREAMED_MARGIN
+            tiles = False
             for store in (False, True):
                 streamed = StreamedEngine(model, params, k, t1[:1], budget, store=store)
+                tiles = tiles or (not store and tile_sizes(streamed, n1, n2, mode, budget, sym)[0] < n1)
                 if not _fits(streamed, mode, budget):
                     continue
                 cost = plan_flops(streamed, n1, n2, mode, budget, sym, pairs)
                 if cost < cost_best:
                     best, cost_best = streamed, cost
+            if tiles and not pairs:  # streamed tiles would repeat the passes: whole kernel by groups of layers
+                grouped = GroupedEngine(model, params, k, t1[:1], budget)
+                cost = plan_flops(grouped, n1, n2, mode, budget, sym, pairs) * GROUPED_MARGIN
+                if cost < cost_best:
+                    best, cost_best = grouped, cost
         if implementation != "auto":
             return best
         jac = JacobianEngine(model, params, k, structured.forward_flops)

@@ -34,9 +34,12 @@ output than plain passes, so vectorising them over the outputs does not pay here
 
 The features of a block are its input rows, so a tile costs one forward and ``k`` backward passes
 over its rows (``x1``'s and ``x2``'s together): the tiler makes tiles as large as the memory budget
-allows (:meth:`StreamedEngine.pass_bytes`). References: Novak, Sohl-Dickstein, Schoenholz (2022),
-"Fast finite width neural tangent kernel", ICML; the per-example weight gradient of a convolution as
-a product of unfolded patches and output cotangents is the usual im2col form (e.g. Opacus, BackPACK).
+allows (:meth:`StreamedEngine.pass_bytes`). When the rows need several tiles, the passes would repeat
+per tile pair; the grouped plan (:mod:`ntkit.empirical._streamed_grouped`) repeats them per group of
+layers instead, storing each group's Jacobians or inputs and cotangents for all rows. References:
+Novak, Sohl-Dickstein, Schoenholz (2022), "Fast finite width neural tangent kernel", ICML; the
+per-example weight gradient of a convolution as a product of unfolded patches and output cotangents
+is the usual im2col form (e.g. Opacus, BackPACK).
 """
 
 from __future__ import annotations

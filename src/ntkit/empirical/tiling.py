@@ -6,7 +6,9 @@ as estimated by the implementation — fits the budget; the result itself is not
 the caller asked for; pass ``out`` to provide it). Ragged last tiles are fine. With ``x2=None`` only
 tiles on and above the diagonal are computed and mirrored. Column features are cached when they all
 fit in the budget, else recomputed per tile. Finished tiles are written into ``out`` as they
-complete, so an interrupted run keeps them.
+complete, so an interrupted run keeps them. An engine with a ``whole_kernel`` method (the streamed
+engine's grouped plan, :mod:`ntkit.empirical._streamed_grouped`) computes an all-pairs kernel itself
+when it has a plan within the budget.
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ def tiled_kernel(
         bar.close()
         return result
 
+    whole = getattr(engine, "whole_kernel", None)  # an engine with its own plan for the whole kernel
+    if whole is not None:
+        done = whole(x1, x2, mode=mode, budget=budget, progress=progress, out=out, dtype=dtype)
+        if done is not None:
+            return done
     b1, b2 = tile_sizes(engine, n1, n2, mode, budget, sym)
     if b1 == 0:
         raise _too_small(engine, budget, tile_cost(engine, n1, mode, sym, 1, 1))
