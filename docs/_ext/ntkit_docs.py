@@ -71,7 +71,7 @@ API_EXTRA: dict[str, list[str]] = {"ntkit.infinite": ["ntkit.infinite.native.sta
 NOT_API = {"ntkit.cli", "ntkit.kernel", "ntkit.graphs", "ntkit.experiments", "ntkit.experiments.bench",
            "ntkit.experiments.uci_data",
            "ntkit.experiments.uci_eval", "ntkit.experiments.uci_report", "ntkit.experiments.dynamics_plot",
-           "ntkit.experiments.dynamics_result"}
+           "ntkit.experiments.dynamics_result", "ntkit.experiments.inplace_cholesky"}
 #: the command line's plumbing (documented on the command-line page, not as Python API)
 CLI_PLUMBING = {"add_arguments", "main"}
 
