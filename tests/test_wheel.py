@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NATIVE_SOURCES = ("ntkit/infinite/_fc_native.c", "ntkit/infinite/_cntk_native.c")
+NATIVE_SOURCES = ("ntkit/infinite/_fc_native.c", "ntkit/infinite/_cntk_native.c", "ntkit/infinite/_diag_native.c",
+                  "ntkit/infinite/_tokens_native.c", "ntkit/infinite/_atan2p.h")
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("NTKIT_WHEEL_TEST") != "1", reason="slow: set NTKIT_WHEEL_TEST=1 (.ci/run does)"

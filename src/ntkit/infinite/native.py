@@ -29,6 +29,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -186,6 +187,20 @@ def set_self_check(check: Callable[[], str], name: str = "fc") -> None:
     _checks[name] = check
 
 
+_LOCAL_INCLUDE = re.compile(rb'^#include "(_[A-Za-z0-9_]+\.h)"[ \t]*$', re.MULTILINE)
+
+
+def read_source(filename: str) -> bytes:
+    """The C source ``filename`` of this package with its local headers (``#include "_name.h"``) inlined.
+
+    The build compiles one file and its cache key hashes these bytes, so a change to a shared header
+    rebuilds every library that includes it.
+    """
+    root = resources.files("ntkit.infinite")
+    source = root.joinpath(filename).read_bytes()
+    return _LOCAL_INCLUDE.sub(lambda m: root.joinpath(m.group(1).decode()).read_bytes(), source)
+
+
 def library(name: str = "fc") -> ctypes.CDLL | None:
     """The loaded native library ``name`` (see :data:`SOURCES`), or None when the torch path must be used."""
     if not _enabled_by_env():
@@ -201,7 +216,7 @@ def library(name: str = "fc") -> ctypes.CDLL | None:
         if cc is None:
             reason = "no C compiler found ($CC, cc, gcc, clang)"
         else:
-            source = resources.files("ntkit.infinite").joinpath(SOURCES[name]).read_bytes()
+            source = read_source(SOURCES[name])
             path, reason = _build(source, cc, stem=SOURCES[name].strip("_").removesuffix(".c"))
             if path is not None:
                 try:
