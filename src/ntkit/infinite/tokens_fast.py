@@ -28,11 +28,7 @@ mean / sum over the tokens), with at least one attention. Token inputs of any nu
 from __future__ import annotations
 
 import math
-import os
-import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +50,7 @@ from ntkit.infinite.ops.pointwise import Pointwise
 from ntkit.infinite.ops.residual import Residual
 from ntkit.infinite.ops.spatial_mean import GlobalSumPool
 from ntkit.infinite.ops.tokens import TokenDense
+from ntkit.infinite.pair_threads import run_chunks, torch_serial
 from ntkit.infinite.reference import distinct_rows, reference_kernel, run_ops, snap_duplicates
 from ntkit.infinite.state import Layout, Pairs
 from ntkit.infinite.walk import Architecture, describe_model, iter_ops
@@ -62,6 +59,9 @@ Tensor = torch.Tensor
 
 OP_DENSE, OP_LN, OP_ACT, OP_ATTN, OP_FORK, OP_JOIN, OP_MEAN = 1, 2, 3, 4, 5, 6, 7
 NI, ND = 8, 8
+#: Pairs x tokens^2 below which :func:`token_pairs` runs on the calling thread alone (a hand-off to a pool thread
+#: costs tens of microseconds; 64 self pairs of 16 tokens take about 0.3 ms).
+_PARALLEL_ENTRIES = 1 << 16
 #: Deepest nesting of branches the native loop holds (``MAX_SLOTS`` of ``_tokens_native.c``).
 MAX_SLOTS = 8
 #: Attention mechanisms of the native loop (their code in its ``ATTN`` record).
@@ -256,39 +256,6 @@ def usable(x: Tensor) -> bool:
     return _native.library("tokens") is not None
 
 
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-_serial_lock = threading.Lock()
-_serial = {"depth": 0, "threads": 1}
-
-
-@contextmanager
-def torch_serial() -> Iterator[int]:
-    """Run torch's own operations single-threaded inside; yields torch's thread count from before, for the
-    native loop's threads.
-
-    torch's OpenMP workers spin for a while after each parallel operation; started right after one, the
-    native loop's threads would share the cores with them (on a 2-core machine that made a small call several
-    times slower). The few torch operations around the native loop are small, so they run on one thread.
-    Nested and concurrent uses (tiles on several threads) restore the setting when the last one leaves.
-    """
-    with _serial_lock:
-        if _serial["depth"] == 0:
-            _serial["threads"] = torch.get_num_threads()
-            if _serial["threads"] > 1:
-                torch.set_num_threads(1)
-        _serial["depth"] += 1
-        threads = _serial["threads"]
-    try:
-        yield threads
-    finally:
-        with _serial_lock:
-            _serial["depth"] -= 1
-            if _serial["depth"] == 0 and _serial["threads"] > 1:
-                torch.set_num_threads(_serial["threads"])
-
-
 def token_pairs(
     prog: TokenProgram, x: Start, ia: Tensor, ib: Tensor, selfs: Tensor, store: Tensor,
     ntk: bool, threads: int | None = None,
@@ -326,13 +293,9 @@ def token_pairs(
                               f"({workspace_entries(prog, ka.element_size())} entries)")
 
     threads = max(1, torch.get_num_threads() if threads is None else threads)
-    if threads == 1 or n < 2:
-        run(0, n)
-        return out_n, out_t
-    key = (os.getpid(), threads)  # a forked child must not use its parent's (thread-less) pool
-    pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(threads, thread_name_prefix="ntkit-tokens"))
-    step = max(1, -(-n // (4 * threads)))
-    list(pool.map(lambda p0: run(p0, min(p0 + step, n)), range(0, n, step)))
+    if n * prog.tokens**2 < _PARALLEL_ENTRIES:
+        threads = 1  # a thread hand-off costs more than the pairs' work
+    run_chunks(run, n, threads, name="tokens")
     return out_n, out_t
 
 
@@ -395,8 +358,8 @@ def _evaluate(
     dtype = rows_data.dtype
     self_n, self_t, store, begin = _self_pass(prog, rows_data, ntk, threads)
     na, nb = a.shape[0], b.shape[0]
-    if symmetric:
-        iu = torch.triu_indices(na, nb)
+    if symmetric:  # the diagonal is the self pass's: only the pairs i < j
+        iu = torch.triu_indices(na, nb, offset=1)
         ia, ib = left[iu[0]], right[iu[1]]
     else:
         ia = left.repeat_interleave(nb)
@@ -404,20 +367,23 @@ def _evaluate(
     cross_n, cross_t = token_pairs(prog, begin, ia, ib, torch.zeros(ia.shape[0], dtype=torch.uint8), store, ntk,
                                    threads)
 
-    def matrix(values: Tensor) -> Tensor:
+    def matrix(values: Tensor, selves: Tensor) -> Tensor:
         if not symmetric:
             return values.reshape(na, nb).to(dtype)
-        out = torch.empty(na, nb, dtype=torch.float64)
-        out[iu[0], iu[1]] = values
-        out[iu[1], iu[0]] = values
-        return out.to(dtype)
+        out = torch.empty(na, nb, dtype=dtype)
+        v = values.to(dtype)
+        out[iu[0], iu[1]] = v
+        out[iu[1], iu[0]] = v
+        out.diagonal().copy_(selves[left])
+        return out
 
     none = Layout((), "none")
     rows = Pairs(self_n.to(dtype), None if self_t is None else self_t.to(dtype), none, 1)
-    cross = Pairs(matrix(cross_n), None if cross_t is None else matrix(cross_t), none, 2)
+    cross = Pairs(matrix(cross_n, rows.nngp),
+                  None if cross_t is None or rows.ntk is None else matrix(cross_t, rows.ntk), none, 2)
     r, c = torch.nonzero(left[:, None] == right[None, :], as_tuple=True)
     dup = (r, c, left[r])
-    cross = snap_duplicates(cross, rows, dup)
+    cross = snap_duplicates(cross, rows, dup, keep=())  # its own fresh tensors: in place
     rows, cross = run_ops(prog.tail, rows, cross, left, right, dup, ntk)
     return cross.nngp, cross.ntk, rows.nngp, rows.ntk, left, right
 
