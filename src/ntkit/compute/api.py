@@ -196,7 +196,7 @@ def compute_kernel(
     t2 = distinct_x2(t1, t2, (adj1, adj2))
     arch = architecture(model, tuple(t1.shape[1:]), depth=depth, activation=activation, b_std=b_std, w_std=w_std)
     check_ntk(arch, wanted)
-    tiles = KernelTiles(arch)
+    tiles = KernelTiles.of(arch)
     described = arch.describe() if model is not None else {
         "depth": depth, "activation": repr(get_activation(activation)), "beta": b_std, "w_std": w_std,
     }  # the shortcut keeps the parameters of the fully connected network (and its older ledgers)

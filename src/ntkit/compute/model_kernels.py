@@ -17,7 +17,7 @@ from ntkit._validation import check_choice, check_dtype, check_pair, renamed_key
 from ntkit.compute.api import _WHICH, architecture, check_ntk, distinct_x2, evaluate_tiles
 from ntkit.compute.tiling import DEFAULT_BUDGET
 from ntkit.graphs import split_graphs
-from ntkit.infinite.fused import row_ids
+from ntkit.infinite.row_ids import row_ids
 from ntkit.infinite.tiles import KernelTiles
 from ntkit.infinite.walk import fc_model
 from ntkit.kernel import Kernel
@@ -113,7 +113,7 @@ def infinite_kernel(
     arch = architecture(model, tuple(t1.shape[1:]))  # described once: every evaluation below shares it
     want = "nngp" if which == "nngp" or (which == "both" and not arch.has_ntk) else which
     check_ntk(arch, _WHICH[want])
-    tiles = KernelTiles(arch)
+    tiles = KernelTiles.of(arch)
     pair = tiles.prepare_pair(t1, t2, (adj1, adj2))  # validated, prepared and numbered once
     res = evaluate_tiles(tiles, pair, _WHICH[want], budget=budget, progress=progress)
     if which != "both":
@@ -264,18 +264,23 @@ def kernel_tile_fn(
     check_choice(which, "which", ("nngp", "ntk"))
     if dtype is not None:
         check_dtype(dtype)
-    cache: dict[tuple[int, ...], KernelTiles] = {}
+    shortcut: dict[tuple[int, ...], KernelTiles] = {}  # the fully connected shortcut cannot change
     if model is None:  # validate the shortcut now, not at the first tile
         architecture(None, (1,), depth=depth, activation=activation, b_std=b_std, w_std=w_std)
 
     def tiles_for(shape: tuple[int, ...]) -> KernelTiles:
-        if shape not in cache:
-            arch = architecture(model, shape, depth=depth, activation=activation, b_std=b_std, w_std=w_std)
-            if which == "ntk" and not arch.has_ntk:
-                raise ValueError("which: the NTK of this model is undefined (an activation has no derivative map); "
-                                 "use 'nngp'")
-            cache[shape] = KernelTiles(arch)
-        return cache[shape]
+        if shape in shortcut:
+            return shortcut[shape]
+        # a model is described at every call: the description cache returns the same Architecture (and so the
+        # same shared KernelTiles) while it is unchanged, and a new one after it was changed between tiles
+        arch = architecture(model, shape, depth=depth, activation=activation, b_std=b_std, w_std=w_std)
+        if which == "ntk" and not arch.has_ntk:
+            raise ValueError("which: the NTK of this model is undefined (an activation has no derivative map); "
+                             "use 'nngp'")
+        tiles = KernelTiles.of(arch)
+        if model is None:
+            shortcut[shape] = tiles
+        return tiles
 
     def tile_fn(x1_tile: Any, x2_tile: Any) -> Tensor:
         t1, t2 = check_pair(x1_tile, x2_tile, dtype=dtype, ndim=None)

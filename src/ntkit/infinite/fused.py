@@ -46,6 +46,7 @@ from ntkit._validation import check_float, check_int
 from ntkit.activations import ABReLU, Activation, Erf, Identity, get_activation
 from ntkit.activations.arccos import abrelu_closed_form, abrelu_constants
 from ntkit.infinite import native as _native
+from ntkit.infinite.row_ids import row_ids
 from ntkit.infinite.walk import Architecture
 
 Tensor = torch.Tensor
@@ -126,13 +127,6 @@ def block_gram(x1: Tensor, x2: Tensor, *, out: Tensor | None = None) -> Tensor:
         for j in range(0, t2, GRAM_BLOCK):
             torch.matmul(a, x2[j : j + GRAM_BLOCK].T, out=out[i : i + GRAM_BLOCK, j : j + GRAM_BLOCK])
     return out
-
-
-def row_ids(x1: Tensor, x2: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Integer ids of the rows of ``x1`` and ``x2`` such that equal ids mean bitwise-equal rows."""
-    both = x1 if x2 is None else torch.cat([x1, x2])
-    _, ids = torch.unique(both.reshape(both.shape[0], -1), dim=0, return_inverse=True)
-    return ids[: x1.shape[0]], ids[x1.shape[0] :] if x2 is not None else ids
 
 
 def _apply_duplicates(cov: Tensor, var1: Tensor, ids1: Tensor, ids2: Tensor) -> None:

@@ -21,6 +21,9 @@ Both give identical pairs (equal row ids) their exact kernel, and both are exact
 
 from __future__ import annotations
 
+import functools
+import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +32,7 @@ from ntkit.infinite import conv_fast, diag_fast, fused, reference, tokens_fast
 from ntkit.infinite.conv_fast import SpatialProgram, match_spatial
 from ntkit.infinite.fused import FCSpec, match_fc
 from ntkit.infinite.ops.aggregate import check_adjacency
+from ntkit.infinite.row_ids import row_ids
 from ntkit.infinite.scaling import row_exponents, scale_rows, unscale
 from ntkit.infinite.tokens_fast import TokenProgram, match_tokens
 from ntkit.infinite.walk import Architecture
@@ -100,6 +104,22 @@ class PreparedPair:
         return PreparedPair(self.x2, None, self.rows2, self.rows2, self.ids2, self.ids2)
 
 
+#: :meth:`KernelTiles.of`: ``id(arch) -> (weak reference to arch, its tiles)``.
+_shared: dict[int, tuple[weakref.ref[Architecture], KernelTiles]] = {}
+_shared_lock = threading.Lock()
+
+
+def _forget(
+    key: int, ref: weakref.ref[Architecture], table: dict[int, tuple[weakref.ref[Architecture], KernelTiles]] = _shared,
+    lock: threading.Lock = _shared_lock,
+) -> None:
+    """Drop the shared tiles of an architecture that is gone (unless its id already holds a newer one); the table
+    is bound at definition, as module globals may be cleared at interpreter exit before the last callbacks run."""
+    with lock:
+        if key in table and table[key][0] is ref:
+            del table[key]
+
+
 class KernelTiles:
     """Blocks of the infinite-width kernels of an architecture.
 
@@ -123,7 +143,7 @@ class KernelTiles:
     --------
     >>> import torch, ntkit
     >>> from ntkit.infinite import KernelTiles, describe_model
-    >>> from ntkit.infinite.fused import row_ids
+    >>> from ntkit.infinite.row_ids import row_ids
     >>> tiles = KernelTiles(describe_model(ntkit.nn.fc(3, depth=2, device="meta"), (3,)))
     >>> x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     >>> rows, ids = tiles.prepare(x), row_ids(x)[0]
@@ -141,6 +161,23 @@ class KernelTiles:
         self.token_program: TokenProgram | None = (
             match_tokens(arch) if self.spec is None and self.program is None else None)
         self.native = native
+
+    @classmethod
+    def of(cls, arch: Architecture) -> KernelTiles:
+        """The :class:`KernelTiles` of ``arch`` (default ``native``), made once and shared while ``arch`` lives.
+
+        The description cache (:mod:`ntkit.infinite.describe_cache`) returns the same :class:`Architecture` for
+        an unchanged model, so repeated evaluations of one model skip matching the fast paths again.
+        """
+        key = id(arch)
+        with _shared_lock:
+            hit = _shared.get(key)
+            if hit is not None and hit[0]() is arch:
+                return hit[1]
+        tiles = cls(arch)
+        with _shared_lock:
+            _shared[key] = (weakref.ref(arch, functools.partial(_forget, key)), tiles)
+        return tiles
 
     def _spatial(self, x: Tensor) -> bool:
         return self.program is not None and self.native is not False and conv_fast.usable(x)
@@ -203,10 +240,10 @@ class KernelTiles:
         rows1 = self.prepare(x1) if a1 is None else self.prepare(x1, a1)
         key1 = x1 if a1 is None else torch.cat([x1.flatten(1), a1.flatten(1)], 1)
         if x2 is None:
-            ids = fused.row_ids(key1)[0]
+            ids = row_ids(key1)[0]
             return PreparedPair(x1, None, rows1, rows1, ids, ids)
         key2 = x2 if a2 is None else torch.cat([x2.flatten(1), a2.flatten(1)], 1)
-        ids1, ids2 = fused.row_ids(key1, key2)
+        ids1, ids2 = row_ids(key1, key2)
         return PreparedPair(x1, x2, rows1, self.prepare(x2) if a2 is None else self.prepare(x2, a2), ids1, ids2)
 
     def tile(

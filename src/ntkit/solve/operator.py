@@ -24,7 +24,7 @@ from ntkit.activations import DualActivation
 from ntkit.compute import architecture
 from ntkit.compute.sizing import fit_tile_shape
 from ntkit.compute.tiling import DEFAULT_BUDGET
-from ntkit.infinite.fused import row_ids
+from ntkit.infinite.row_ids import row_ids
 from ntkit.infinite.tiles import KernelTiles, Rows
 from ntkit.infinite.walk import fc_model
 
