@@ -189,3 +189,23 @@ def test_cuda_inputs_and_other_dtypes_take_the_reference_path() -> None:
     assert tiles.path_for(torch.zeros(1, dtype=torch.float16)) == "reference"
     prog = tiles.token_program
     assert prog is not None and dataclasses.replace(prog).tokens == 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("length", [5, 8, 16, 19])
+def test_cross_pairs_run_the_self_pairs_arithmetic_bitwise(dtype: torch.dtype, length: int) -> None:
+    """A pair (x, x) computed as a cross pair -- by rows with the state in registers where a row is one vector
+    (L <= 16 in float32, <= 8 in float64), op by op otherwise -- equals the self pass bitwise."""
+    from ntkit.infinite.tokens_fast import _self_pass, token_pairs
+
+    model = _encoder(3, 8, 2)
+    arch = describe_model(model, (length, 3))
+    prog = match_tokens(arch)
+    assert prog is not None
+    x = arch.prepare(torch.randn(6, length, 3, dtype=dtype, generator=torch.Generator().manual_seed(length)))
+    self_n, self_t, store, begin = _self_pass(prog, x, True, 1)
+    idx = torch.arange(6)
+    for threads in (1, 2):
+        cross_n, cross_t = token_pairs(prog, begin, idx, idx, torch.zeros(6, dtype=torch.uint8), store, True, threads)
+        assert torch.equal(cross_n, self_n) and cross_t is not None and self_t is not None
+        assert torch.equal(cross_t, self_t)

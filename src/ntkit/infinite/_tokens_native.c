@@ -23,7 +23,10 @@
  * The per-input quantities (f, v1, G and G^T) are those of the input with itself: the self pair (x, x)
  * computes them from its own state and stores them (store), every other pair reads them, so self pairs run
  * first. Workspace layout: S holds row p of K then row p of T, each padded to Lp (a multiple of the vector
- * width) columns; Lr (a multiple of 4) rows. The padding stays finite and is never read back as a real entry.
+ * width) columns; Lr (a multiple of 4) rows. The padding stays finite and is never read back as a real entry
+ * (the row ops run on whole padded vectors). The self pair runs each run of row ops op by op (the x' side of
+ * its LN / ACT needs every row's diagonal first); other pairs, where a row is one vector, run it row by row
+ * with the state in registers (run_rows: the same operations per entry, bitwise the same results).
  * The attention is two GEMMs per pair on NNGP and NTK together: C1 = G [K | T + 2K] ((Lr x L) (L x 2 Lp)),
  * then C1 seen as 2 Lr rows of Lp times G'^T gives the rows of K' and T' interleaved, which is S's layout.
  * The GEMMs contract multiplies and adds (FMA); every other step is compiled with -ffp-contract=off, so the
@@ -224,6 +227,69 @@ static inline void row_op_##SFX(const int *ip, const double *d, T *S, int p, int
         if (!last) memcpy(k, saved[s] + off, sizeof(T) * (size_t)(ntk ? 2 * Lp : L));                     \
     }                                                                                                     \
 }                                                                                                         \
+/* A run of row-local ops on a pair that is not a self pair (its per-input quantities are stored), row by row and\
+   vector by vector with the state in registers: the same operations on every entry as row_op in the same order\
+   (bitwise the same results), without a load, a store and a dispatch per op and row. A self pair cannot run\
+   this way: its LN / ACT quantities of x' are the diagonals of all rows before the op. */                \
+static void run_rows_##SFX(const int *ops, const double *dps, int n, T *S, int L, int Lp, int ld, int ntk,\
+                           const T *sa, const T *sb, T *const *saved, T *const *acc) {                    \
+    const vec_##SFX z = {0};                                                                              \
+    for (int p = 0; p < L; p++) {                                                                         \
+        const int64_t off = (int64_t)p * ld;                                                              \
+        for (int q0 = 0; q0 < Lp; q0 += W_##SFX) {                                                        \
+            vec_##SFX k = ld_##SFX(S + off + q0), t = ntk ? ld_##SFX(S + off + Lp + q0) : z;              \
+            for (int r = 0; r < n; r++) {                                                                 \
+                const int *ip = ops + r * NI;                                                             \
+                const double *d = dps + r * ND;                                                           \
+                if (ip[0] == OP_DENSE) {                                                                  \
+                    const T w2 = (T)d[0], b2 = (T)d[1];                                                   \
+                    if (w2 != (T)1) k = k * w2;                                                           \
+                    if (b2 != (T)0) k = k + b2;                                                           \
+                    if (ntk) t = w2 != (T)1 ? t * w2 + k : t + k;                                         \
+                } else if (ip[0] == OP_LN) {                                                              \
+                    const T f = sa[ip[1] + p];                                                            \
+                    const vec_##SFX fb = ld_##SFX(sb + ip[1] + q0);                                       \
+                    k = k * f * fb;                                                                       \
+                    if (ntk) t = t * f * fb;                                                              \
+                } else if (ip[0] == OP_ACT) {                                                             \
+                    T kk[W_##SFX] __attribute__((aligned(64))), tt[W_##SFX] __attribute__((aligned(64))); \
+                    st_##SFX(kk, k);                                                                      \
+                    st_##SFX(tt, t);                                                                      \
+                    act_row_##SFX(kk, ntk ? tt : 0, sa[ip[1] + p], sb + ip[1] + q0, W_##SFX, d);          \
+                    k = ld_##SFX(kk);                                                                     \
+                    t = ld_##SFX(tt);                                                                     \
+                } else if (ip[0] == OP_FORK) {                                                            \
+                    st_##SFX(saved[ip[1]] + off + q0, k);                                                 \
+                    if (ntk) st_##SFX(saved[ip[1]] + off + Lp + q0, t);                                   \
+                } else { /* OP_JOIN, as row_op */                                                         \
+                    const int s = ip[1], last = ip[2], first = ip[3], base = ip[4];                       \
+                    const T w = (T)d[0];                                                                  \
+                    const T *src = first ? (base ? saved[s] : 0) : acc[s];                                \
+                    for (int h = 0; h < (ntk ? 2 : 1); h++) {                                             \
+                        const int64_t o2 = off + h * Lp + q0;                                             \
+                        const vec_##SFX v = h ? t : k;                                                    \
+                        vec_##SFX out;                                                                    \
+                        if (!src && w == (T)1) out = v;                                                   \
+                        else if (!src) out = v * w;                                                       \
+                        else if (w == (T)1) out = ld_##SFX(src + o2) + v;                                 \
+                        else out = ld_##SFX(src + o2) + v * w;                                            \
+                        if (last) {                                                                       \
+                            if (h) t = out; else k = out;                                                 \
+                        } else {                                                                          \
+                            st_##SFX(acc[s] + o2, out);                                                   \
+                        }                                                                                 \
+                    }                                                                                     \
+                    if (!last) {                                                                          \
+                        k = ld_##SFX(saved[s] + off + q0);                                                \
+                        if (ntk) t = ld_##SFX(saved[s] + off + Lp + q0);                                  \
+                    }                                                                                     \
+                }                                                                                         \
+            }                                                                                             \
+            st_##SFX(S + off + q0, k);                                                                    \
+            if (ntk) st_##SFX(S + off + Lp + q0, t);                                                      \
+        }                                                                                                 \
+    }                                                                                                     \
+}                                                                                                         \
 int ntk_tokens_pairs_##SFX(const T *ka, const T *kb, int rk, const T *ta, const T *tb, int rt, double div,\
                            int L, int64_t n,                                                              \
                            const int64_t *ia, const int64_t *ib,                                          \
@@ -293,13 +359,29 @@ int ntk_tokens_pairs_##SFX(const T *ka, const T *kb, int rk, const T *ta, const 
             }                                                                                             \
             if (ip[0] == OP_MEAN) {                                                                       \
                 double sn = 0.0, st = 0.0;                                                                \
-                for (int p = 0; p < L; p++) {                                                             \
-                    const T *k = S + (int64_t)p * ld;                                                     \
-                    _Pragma("omp simd reduction(+ : sn)")                                                 \
-                    for (int q = 0; q < L; q++) sn += (double)k[q];                                       \
-                    if (ntk) {                                                                            \
-                        _Pragma("omp simd reduction(+ : st)")                                             \
-                        for (int q = 0; q < L; q++) st += (double)k[Lp + q];                              \
+                if (Lp == W_##SFX) { /* one vector per row: column sums in double across the rows, then the W\
+                                        lanes in a fixed order (no horizontal reduction per row); padding is 0 */\
+                    double cn[W_##SFX], ct[W_##SFX];                                                      \
+                    for (int j = 0; j < W_##SFX; j++) cn[j] = ct[j] = 0.0;                                \
+                    for (int p = 0; p < L; p++) {                                                         \
+                        const T *k = S + (int64_t)p * ld;                                                 \
+                        _Pragma("omp simd")                                                               \
+                        for (int j = 0; j < W_##SFX; j++) cn[j] += j < L ? (double)k[j] : 0.0;            \
+                        if (ntk) {                                                                        \
+                            _Pragma("omp simd")                                                           \
+                            for (int j = 0; j < W_##SFX; j++) ct[j] += j < L ? (double)k[Lp + j] : 0.0;   \
+                        }                                                                                 \
+                    }                                                                                     \
+                    for (int j = 0; j < W_##SFX; j++) { sn += cn[j]; st += ct[j]; }                       \
+                } else {                                                                                  \
+                    for (int p = 0; p < L; p++) {                                                         \
+                        const T *k = S + (int64_t)p * ld;                                                 \
+                        _Pragma("omp simd reduction(+ : sn)")                                             \
+                        for (int q = 0; q < L; q++) sn += (double)k[q];                                   \
+                        if (ntk) {                                                                        \
+                            _Pragma("omp simd reduction(+ : st)")                                         \
+                            for (int q = 0; q < L; q++) st += (double)k[Lp + q];                          \
+                        }                                                                                 \
                     }                                                                                     \
                 }                                                                                         \
                 const double scale = d[0] / ((double)L * (double)L);                                      \
@@ -312,6 +394,11 @@ int ntk_tokens_pairs_##SFX(const T *ka, const T *kb, int rk, const T *ta, const 
                from the diagonal of its state before the op (LN factors, ACT variances) */                \
             int end = o;                                                                                  \
             while (end < n_ops && ops[end * NI] != OP_ATTN && ops[end * NI] != OP_MEAN) end++;            \
+            if (!self && Lp == W_##SFX) { /* one vector per row (measured: 1.2x at L = 16, 0.95x at L = 64) */\
+                run_rows_##SFX(ops + o * NI, dps + o * ND, end - o, S, L, Lp, ld, ntk, sa, sb, saved, acc); \
+                o = end;                                                                                  \
+                continue;                                                                                 \
+            }                                                                                             \
             for (int r = o; r < end; r++) {                                                               \
                 const int *rp = ops + r * NI;                                                             \
                 const double *rd = dps + r * ND;                                                          \
