@@ -138,7 +138,7 @@ def main() -> int:
         if k_nt is not None:
             agree = f"{float(((k_ours - k_nt).abs().amax(dim=(1, 2)) / k_nt.abs().amax(dim=(1, 2))).max()):.1e}"
         rows.append((length, ours, ours_cpu, nt, why, agree))
-        print(f"L={length}: ntkit {ours:.3f} s (cpu {ours_cpu:.3f} s); neural-tangents "
+        print(f"L={length}: ntkit {ours:.4f} s (cpu {ours_cpu:.4f} s); neural-tangents "
               + (f"{nt['best']:.3f} s (cpu {nt['cpu']:.3f} s, first call {nt['first']:.1f} s), x{nt['best'] / ours:.1f}"
                  f" (cpu x{nt['cpu'] / ours_cpu:.1f}), max rel diff {agree}" if nt else why), flush=True)
     if args.markdown:
@@ -150,7 +150,7 @@ def main() -> int:
         for length, ours, ours_cpu, nt, why, agree in rows:
             theirs = f"{nt['best']:.3f} ({nt['cpu']:.3f}; {nt['first']:.1f})" if nt else f"failed: {why}"
             speed = f"{nt['best'] / ours:.1f}x ({nt['cpu'] / ours_cpu:.1f}x)" if nt else "-"
-            print(f"| {length} | {ours:.3f} ({ours_cpu:.3f}) | {theirs} | {speed} | {agree or '-'} |")
+            print(f"| {length} | {ours:.4f} ({ours_cpu:.4f}) | {theirs} | {speed} | {agree or '-'} |")
     return 0
 
 
