@@ -209,3 +209,31 @@ def test_cross_pairs_run_the_self_pairs_arithmetic_bitwise(dtype: torch.dtype, l
         cross_n, cross_t = token_pairs(prog, begin, idx, idx, torch.zeros(6, dtype=torch.uint8), store, True, threads)
         assert torch.equal(cross_n, self_n) and cross_t is not None and self_t is not None
         assert torch.equal(cross_t, self_t)
+
+
+def test_tiles_count_each_inputs_stored_quantities() -> None:
+    """The token path keeps per input its attention matrices, layer-norm factors and start factors: the tile
+    sizing counts them (``input_bytes``), so long sequences get smaller tiles within the budget."""
+    from ntkit.compute.sizing import fit_tile_shape, pair_bytes, size_tiles
+    from ntkit.infinite.tokens_fast import _self_pass
+
+    arch = describe_model(_encoder(3, 8, 2), (64, 3))
+    tiles = KernelTiles(arch)
+    x = arch.prepare(torch.randn(5, 64, 3))
+    prog = tiles.token_program
+    assert prog is not None and tiles.path_for(x) == "tokens"
+    _, _, store, begin = _self_pass(prog, x, True, 1)
+    held = store[0].numel() + sum(t[0].numel() for t in begin[:4])
+    assert tiles.input_bytes(x) >= held * x.element_size()  # what one input really holds
+    per_input, per_pair = tiles.input_bytes(x), pair_bytes(tiles, x)
+    budget = 32 << 20
+
+    def cost(h: int, w: int) -> int:
+        return h * w * per_pair + (h + w) * per_input
+
+    edge, threads = size_tiles(tiles, x, 10_000, 10_000, budget=budget, threads=1)
+    left = budget - tiles.workspace_bytes(x)  # a thread's loop workspace comes off first
+    assert threads == 1 and cost(edge, edge) <= left < cost(edge + 1, edge + 1)  # the largest tile that fits
+    assert 2 * edge * per_input > left // 2  # the inputs, not the pairs, take most of it
+    rows, cols = fit_tile_shape(tiles, x, 4096, 4096, budget=budget)
+    assert rows < 4096 and cost(rows, cols) <= budget

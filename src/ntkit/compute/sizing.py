@@ -6,7 +6,9 @@ costs :data:`~ntkit.compute.tiling.WORK_ARRAYS` arrays of
 :meth:`KernelTiles.pair_entries <ntkit.infinite.tiles.KernelTiles.pair_entries>` entries (1 on the
 fast paths, up to pixels squared for a pooled convolutional network on the reference evaluator), and
 every thread of the native spatial path holds a fixed workspace
-(:meth:`KernelTiles.workspace_bytes <ntkit.infinite.tiles.KernelTiles.workspace_bytes>`).
+(:meth:`KernelTiles.workspace_bytes <ntkit.infinite.tiles.KernelTiles.workspace_bytes>`), and every input of a
+tile on the token path its stored per-input quantities
+(:meth:`KernelTiles.input_bytes <ntkit.infinite.tiles.KernelTiles.input_bytes>`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def size_tiles(
     sizing: dict[str, Any] = {
         "itemsize": x.element_size(), "tile": tile, "diag": diag, "features": math.prod(x.shape[1:]),
         "pair_entries": tiles.pair_entries(x), "align": GRAM_BLOCK if tiles.arch.pair_entries == 1 else 1,
+        "input_bytes": tiles.input_bytes(x),
     }
     workspace = tiles.workspace_bytes(x)  # per thread of a native path: one pair at a time
     if workspace * threads > budget // 2:
@@ -112,14 +115,15 @@ def fit_tile_shape(
     >>> fit_tile_shape(KernelTiles(describe_model(model, (1, 4, 4))), x, 1024, 2048, budget=2**24)
     (22, 46)
     """
-    per_pair = pair_bytes(tiles, x)
-    available = max(budget - threads * tiles.workspace_bytes(x), per_pair)
-    if rows * cols * per_pair <= available:
+    per_pair, per_input = pair_bytes(tiles, x), tiles.input_bytes(x)
+    available = max(budget - threads * tiles.workspace_bytes(x), per_pair + 2 * per_input)
+    if rows * cols * per_pair + (rows + cols) * per_input <= available:
         return rows, cols
-    pairs = available // per_pair
-    scale = math.sqrt(pairs / (rows * cols))
+    # the scale s of both sides with rows cols s^2 per_pair + (rows + cols) s per_input = available
+    a, b = rows * cols * per_pair, (rows + cols) * per_input
+    scale = (math.sqrt(b * b + 4 * a * available) - b) / (2 * a)
     new_rows = max(1, min(rows, math.floor(rows * scale)))
-    new_cols = max(1, min(cols, pairs // new_rows))
+    new_cols = max(1, min(cols, (available - new_rows * per_input) // (new_rows * per_pair + per_input)))
     return new_rows, new_cols
 
 

@@ -76,11 +76,12 @@ class TilePlan:
 
 
 def choose_tile(n1: int, n2: int, *, itemsize: int, budget: int, tile: int | None = None, diag: bool = False,
-                features: int = 1, pair_entries: int = 1, align: int = GRAM_BLOCK) -> int:
+                features: int = 1, pair_entries: int = 1, align: int = GRAM_BLOCK, input_bytes: int = 0) -> int:
     """The tile edge for an ``n1 x n2`` kernel whose working memory must fit ``budget`` bytes.
 
     A pair of inputs costs ``WORK_ARRAYS * pair_entries * itemsize`` bytes (``pair_entries``: the
-    covariance entries one pair carries, pixels squared for a pooled convolutional network). Tile
+    covariance entries one pair carries, pixels squared for a pooled convolutional network), and each
+    of the tile's ``h + w`` inputs ``input_bytes`` (per-input quantities of a fast path). Tile
     edges are multiples of ``align`` (:data:`GRAM_BLOCK` for the fused path, whose results are then
     bitwise independent of the tiling) unless the kernel is smaller.
 
@@ -90,7 +91,7 @@ def choose_tile(n1: int, n2: int, *, itemsize: int, budget: int, tile: int | Non
     """
     per_entry = WORK_ARRAYS * itemsize * pair_entries
     if diag:  # row chunks: per row the input row and a few vectors
-        per_row = (features + WORK_ARRAYS * pair_entries) * itemsize
+        per_row = (features + WORK_ARRAYS * pair_entries) * itemsize + input_bytes
         if tile is None:
             rows = budget // per_row
             if rows < 1:
@@ -100,18 +101,24 @@ def choose_tile(n1: int, n2: int, *, itemsize: int, budget: int, tile: int | Non
             return min(tile, max(align, n1))
         need = min(tile, n1) * per_row
     else:
-        smallest = min(n1, align) * min(n2, align) * per_entry
+        def cost(h: int, w: int) -> int:
+            return h * w * per_entry + (h + w) * input_bytes
+
+        smallest = cost(min(n1, align), min(n2, align))
         if budget < smallest:
             raise ValueError(
                 f"memory_budget: expected at least {smallest} bytes, the working memory of one tile row "
                 f"({min(n1, align)} x {min(n2, align)} pairs x {WORK_ARRAYS} arrays x {pair_entries} entries x "
-                f"{itemsize} bytes), got {budget}"
+                f"{itemsize} bytes" + (f", and {input_bytes} bytes per input" if input_bytes else "")
+                + f"), got {budget}"
             )
         if tile is None:
-            edge = math.isqrt(budget // per_entry) // align * align
+            # the largest e with e^2 per_entry + 2 e input_bytes <= budget
+            root = math.isqrt(input_bytes * input_bytes + per_entry * budget)
+            edge = (root - input_bytes) // per_entry // align * align
             edge = max(align, min(edge, MAX_TILE))
             return min(edge, max(n1, n2)) if max(n1, n2) < edge else edge
-        need = min(tile, n1) * min(tile, n2) * per_entry
+        need = cost(min(tile, n1), min(tile, n2))
     tile = check_int(tile, "tile", minimum=1)
     if tile % align and tile < max(n1, n2):
         raise ValueError(f"tile: expected a multiple of {align} (or >= the kernel size), got {describe(tile)}")

@@ -217,6 +217,14 @@ class KernelTiles:
         assert self.program is not None
         return conv_fast.workspace_entries(self.program) * x.element_size()
 
+    def input_bytes(self, x: Tensor) -> int:
+        """Memory a tile holds per distinct input like ``x`` beyond its pairs (the token path's per-input stored
+        attention matrices, layer-norm factors and start factors), else 0."""
+        if self.path_for(x) != "tokens":
+            return 0
+        assert self.token_program is not None
+        return tokens_fast.input_entries(self.token_program, x.element_size()) * x.element_size()
+
     def prepare(self, x: Tensor, adjacency: Tensor | None = None) -> Rows:
         """The rows of ``x`` (shape (N, *input_shape), already validated) ready for :meth:`tile`; ``adjacency``
         (N, V, V): their graphs (:class:`ntkit.Graphs`), required exactly by a model with an aggregation layer."""

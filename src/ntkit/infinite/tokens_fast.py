@@ -249,6 +249,16 @@ def workspace_entries(prog: TokenProgram, itemsize: int = 8) -> int:
     return (2 + 2 * prog.slots) * lr * 2 * lp
 
 
+def input_entries(prog: TokenProgram, itemsize: int = 8) -> int:
+    """Entries held per distinct input of a tile: its stored quantities (:meth:`TokenProgram.store_len`: ``2 Lr Lp``
+    per attention), the padded factors of :func:`start` and, while they are made, ``L^2`` per attention of the
+    factored prefix."""
+    lp, lr = prog.padded(itemsize)
+    rk, rt = factors.ranks(prog.prefix, (prog.channels, 0))
+    prefix_attention = sum(1 for op in iter_ops(prog.prefix) if type(op) is Attention)
+    return prog.store_len(itemsize) + (rk + rt) * (lr + lp) + prefix_attention * prog.tokens**2
+
+
 def usable(x: Tensor) -> bool:
     """Whether the native loop can serve inputs ``x`` (CPU, float32/float64) and is built."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
@@ -402,7 +412,7 @@ def evaluate_tokens_diagonal(prog: TokenProgram, a: Tensor, ids: Tensor, *, ntk:
 
 
 __all__ = ["Start", "TokenProgram", "TokenProgramBuilder", "evaluate_tokens", "evaluate_tokens_diagonal",
-           "match_tokens", "start", "token_pairs", "torch_serial", "usable", "workspace_entries"]
+           "input_entries", "match_tokens", "start", "token_pairs", "torch_serial", "usable", "workspace_entries"]
 
 
 def _check_models() -> list[tuple[nn.Module, tuple[int, ...]]]:
