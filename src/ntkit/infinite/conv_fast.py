@@ -22,8 +22,6 @@ channel means (no layer norm). CPU only (on a GPU the reference evaluator's batc
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +34,7 @@ from ntkit.activations.arccos import abrelu_constants
 from ntkit.infinite import native as _native
 from ntkit.infinite.fused import fused_kind
 from ntkit.infinite.ops import KernelOp
+from ntkit.infinite.pair_threads import run_chunks
 from ntkit.infinite.reference import distinct_rows, reference_kernel, run_ops, snap_duplicates
 from ntkit.infinite.state import Layout, Pairs
 from ntkit.infinite.walk import Architecture, describe_model, iter_ops
@@ -235,7 +234,6 @@ def usable(x: Tensor) -> bool:
     return _native.library("spatial") is not None
 
 
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def spatial_pairs(
@@ -270,14 +268,7 @@ def spatial_pairs(
         if code != 0:
             raise MemoryError(f"spatial kernel: could not allocate its workspace ({workspace_entries(prog)} entries)")
 
-    threads = max(1, torch.get_num_threads())
-    if threads == 1 or n < 2:
-        run(0, n)
-        return out_n, out_t
-    key = (os.getpid(), threads)  # a forked child must not use its parent's (thread-less) pool
-    pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(threads, thread_name_prefix="ntkit-spatial"))
-    step = max(1, -(-n // (4 * threads)))
-    list(pool.map(lambda p0: run(p0, min(p0 + step, n)), range(0, n, step)))
+    run_chunks(run, n, max(1, torch.get_num_threads()), name="spatial")
     return out_n, out_t
 
 

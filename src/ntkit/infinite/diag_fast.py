@@ -33,8 +33,6 @@ pair loop, so the diagonal and the duplicated rows get exactly the self values o
 from __future__ import annotations
 
 import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -44,6 +42,7 @@ from torch import nn
 from ntkit.activations import ABReLU
 from ntkit.infinite import native as _native
 from ntkit.infinite.conv_fast import OP_ACT, OP_CONV, OP_FLAT, SpatialProgram, match_spatial, spatial_pairs
+from ntkit.infinite.pair_threads import run_spans
 from ntkit.infinite.reference import distinct_rows, reference_kernel, run_ops, snap_duplicates
 from ntkit.infinite.state import Layout, Pairs
 from ntkit.infinite.walk import Architecture, describe_model
@@ -126,7 +125,6 @@ def _check_tile(prog: SpatialProgram, images: Tensor, variances: Tensor, rows: T
                              f"[{int(idx.min())}, {int(idx.max())}]")
 
 
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def diag_tile(
@@ -190,15 +188,13 @@ def diag_tile(
     if threads == 1 or na < 2:
         run(0, na)
         return out_n, out_t
-    key = (os.getpid(), threads)  # a forked child must not use its parent's (thread-less) pool
-    pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(threads, thread_name_prefix="ntkit-diag"))
     parts = 4 * threads
     if upper:  # spans of equal work: row i costs about na - i pairs
         bounds = [0] + [int(na - na * np.sqrt(1 - k / parts)) for k in range(1, parts)] + [na]
     else:
         bounds = [*range(0, na, max(1, -(-na // parts))), na]
     spans = sorted({(b0, b1) for b0, b1 in itertools.pairwise(bounds) if b1 > b0})
-    list(pool.map(lambda span: run(*span), spans))
+    run_spans(run, spans, threads, name="diag")
     return out_n, out_t
 
 

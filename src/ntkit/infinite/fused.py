@@ -35,8 +35,6 @@ the tiling: tiled, one-shot and distributed results are bitwise identical.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +44,7 @@ from ntkit._validation import check_float, check_int
 from ntkit.activations import ABReLU, Activation, Erf, Identity, get_activation
 from ntkit.activations.arccos import abrelu_closed_form, abrelu_constants
 from ntkit.infinite import native as _native
+from ntkit.infinite.pair_threads import run_spans
 from ntkit.infinite.row_ids import row_ids
 from ntkit.infinite.walk import Architecture
 
@@ -372,7 +371,6 @@ def _use_native(native: bool | None, *tensors: Tensor | None) -> bool:
 
 #: Entries of a tile above which the native kernel splits its rows over torch's intra-op threads.
 NATIVE_SPLIT = 1 << 18
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _native_tile(
@@ -399,11 +397,7 @@ def _native_tile(
         rows(0, t1)
         return
     step = max(1, min(64, t1 // (4 * threads)))  # interleaved row blocks balance a triangle too
-    key = (os.getpid(), threads)  # a forked child must not use its parent's (thread-less) pool
-    pool = _pools.get(key)
-    if pool is None:
-        pool = _pools.setdefault(key, ThreadPoolExecutor(threads, thread_name_prefix="ntkit-native"))
-    list(pool.map(lambda r0: rows(r0, min(r0 + step, t1)), range(0, t1, step)))
+    run_spans(rows, [(r0, min(r0 + step, t1)) for r0 in range(0, t1, step)], threads, name="fc")
 
 
 class FCProgramBuilder:

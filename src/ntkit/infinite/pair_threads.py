@@ -1,17 +1,18 @@
 """Threads for the native pair loops: ranges of pairs run on a pool while torch's own threads stay quiet.
 
-A native loop (``_tokens_native.c``) computes the pairs ``[p0, p1)`` of a tile in one C call that releases
-the GIL. :func:`run_chunks` splits ``[0, n)`` into chunks taken on demand by the calling thread and
-``threads - 1`` pool threads, so a pool thread that wakes late takes fewer chunks instead of holding up the
-call (on a shared 2-core machine a static split left up to a third of the wall time idle).
-:func:`torch_serial` keeps torch's OpenMP workers from spinning on the same cores meanwhile.
+A native loop (``_tokens_native.c``, ``_cntk_native.c``, ``_diag_native.c``, ``_fc_native.c``) computes the
+pairs ``[p0, p1)`` of a tile in one C call that releases the GIL. :func:`run_spans` hands such spans on demand
+to the calling thread and ``threads - 1`` pool threads (:func:`run_chunks`: equal chunks of ``[0, n)``), so a
+pool thread that wakes late takes fewer spans instead of holding up the call (on a shared 2-core machine a
+static split left up to a third of a small call's wall time idle). :func:`torch_serial` keeps torch's OpenMP
+workers from spinning on the same cores meanwhile.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -50,31 +51,37 @@ def torch_serial() -> Iterator[int]:
 
 
 def run_chunks(run: Callable[[int, int], None], n: int, threads: int, *, name: str, per_thread: int = 4) -> None:
-    """``run(p0, p1)`` over ``[0, n)`` in about ``per_thread * threads`` chunks, on ``threads`` threads.
+    """``run(p0, p1)`` over ``[0, n)`` in about ``per_thread * threads`` equal chunks (see :func:`run_spans`)."""
+    step = max(1, -(-n // (per_thread * max(1, threads))))
+    run_spans(run, [(p0, min(p0 + step, n)) for p0 in range(0, n, step)], threads, name=name)
+
+
+def run_spans(run: Callable[[int, int], None], spans: Sequence[tuple[int, int]], threads: int, *, name: str) -> None:
+    """``run(p0, p1)`` for each span, taken in order on demand by ``threads`` threads.
 
     The calling thread is one of them; the others come from a pool kept per ``(name, process, threads)`` (a
-    forked child must not use its parent's thread-less pool). The first exception of a chunk is raised once
+    forked child must not use its parent's thread-less pool). The first exception of a span is raised once
     every thread has stopped.
     """
-    if threads <= 1 or n < 2:
-        run(0, n)
+    if threads <= 1 or len(spans) < 2:
+        for p0, p1 in spans:
+            run(p0, p1)
         return
     key = (name, os.getpid(), threads)
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
             pool = _pools[key] = ThreadPoolExecutor(threads - 1, thread_name_prefix=f"ntkit-{name}")
-    step = max(1, -(-n // (per_thread * threads)))
-    chunks = iter(range(0, n, step))
+    todo = iter(spans)
     lock = threading.Lock()
 
     def take() -> None:
         while True:
             with lock:
-                p0 = next(chunks, None)
-            if p0 is None:
+                span = next(todo, None)
+            if span is None:
                 return
-            run(p0, min(p0 + step, n))
+            run(*span)
 
     helpers = [pool.submit(take) for _ in range(threads - 1)]
     try:
@@ -84,4 +91,4 @@ def run_chunks(run: Callable[[int, int], None], n: int, threads: int, *, name: s
             h.result()
 
 
-__all__ = ["run_chunks", "torch_serial"]
+__all__ = ["run_chunks", "run_spans", "torch_serial"]
