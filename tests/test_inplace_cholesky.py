@@ -49,3 +49,16 @@ def test_not_positive_definite_and_bad_arrays() -> None:
         cholesky_inplace(np.eye(3, dtype=np.int64))
     with pytest.raises(ValueError, match="C-contiguous False"):
         cholesky_inplace(np.asfortranarray(_spd(4, np.float64))[:, :].T.copy(order="F"))
+
+
+def test_images_ridge_predict_uses_it_and_matches_a_direct_solve() -> None:
+    from ntkit.experiments.images_eval import ridge_predict
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 40))
+    k, t = x @ x.T / 40, rng.standard_normal((300, 3))
+    want = k[:50] @ np.linalg.solve(k + 1e-1 * np.eye(300), t)
+    np.testing.assert_allclose(ridge_predict(k, t, k[:50], 1e-1), want, rtol=1e-10, atol=1e-12)
+    # slightly indefinite (a PSD kernel's rounding): Cholesky fails and the clipped eigendecomposition answers
+    indefinite = np.ones((4, 4)) - 1e-9 * np.eye(4)
+    assert np.isfinite(ridge_predict(indefinite, np.eye(4)[:, :2], indefinite, 1e-12)).all()
