@@ -295,3 +295,31 @@ def test_float32_kernels_have_their_own_folder_and_the_float64_accuracy(tmp_path
 
     assert chosen(f32) == chosen(f64)
     assert runs["float32"]["settings"]["kernel_dtype"] == "float32"
+
+
+def test_nngp_and_ntk_finals_of_one_kernel_share_a_pass_when_the_disk_holds_both(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both finals chose ``fc2``: one ``"both"`` pass stores NNGP and NTK together (the NTK recursion carries the
+    NNGP); on a disk too small for both they are computed one at a time. Same choices and accuracies either way."""
+    data = str(_write_dataset(tmp_path / "data"))
+    s = Settings(stages=("fc",), n_train=60, n_val=20, n_test=40, n_sweep=40, fc_depths=(2,), fc_b_stds=(0.0,),
+                 sizes=(30,), data_dir=data)
+    shared = run_fashion_benchmark(s, tmp_path / "shared", progress=False, plot=False)["stages"]["fc"]["finals"]
+    folder = tmp_path / "shared" / "kernels" / s.key / "final"
+    assert sorted(p.name for p in folder.glob("*.npy")) == ["fc2_both_pool.npy", "fc2_both_test.npy"]
+    assert np.load(folder / "fc2_both_pool.npy", mmap_mode="r").shape == (2, 80, 80)
+
+    class Full:
+        free = 1000  # bytes: the pair of blocks does not fit
+
+    monkeypatch.setattr(fashion.shutil, "disk_usage", lambda path: Full)
+    apart = run_fashion_benchmark(s, tmp_path / "apart", progress=False, plot=False)["stages"]["fc"]["finals"]
+    folder = tmp_path / "apart" / "kernels" / s.key / "final"
+    assert sorted(p.name for p in folder.glob("*.npy")) == ["fc2_nngp_pool.npy", "fc2_nngp_test.npy",
+                                                           "fc2_ntk_pool.npy", "fc2_ntk_test.npy"]
+    for a, b in zip(shared, apart, strict=True):
+        assert (a["which"], a["kernel"], a["reg"]) == (b["which"], b["kernel"], b["reg"])
+        assert [r["test_acc"] for r in a["curve"]] == [r["test_acc"] for r in b["curve"]]
+    # a resumed run keeps sharing once the shared files exist, whatever the disk says now
+    assert Runner(s, prepare(s), tmp_path / "shared", progress=False).shares_pass("fc2")
+    assert not Runner(s, prepare(s), tmp_path / "apart", progress=False).shares_pass("fc2")

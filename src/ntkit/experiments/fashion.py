@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -221,17 +222,22 @@ class Runner:
                 path.unlink(missing_ok=True)
         return rec
 
-    def final(self, spec: KernelSpec, which: str, reg: float) -> dict[str, Any]:
-        """Full-size blocks of ``spec``, the final solve of ``which`` at ``reg``, test accuracy and learning curve."""
+    def final(self, spec: KernelSpec, which: str, reg: float, *, stored: str | None = None) -> dict[str, Any]:
+        """Full-size blocks of ``spec``, the final solve of ``which`` at ``reg``, test accuracy and learning curve.
+
+        ``stored``: what the blocks hold, ``which`` (default) or ``"both"`` when the NNGP and NTK finals share
+        one kernel pass (:meth:`shares_pass`).
+        """
         d = self.data
         folder = self.kernels / "final"
+        stored = which if stored is None else stored
 
         def blocks() -> tuple[Any, Any, dict[str, Any]]:
             with Meter() as meter:
-                pool = exact_block(spec, d.x_pool, None, folder / f"{spec.token}_{which}_pool.npy", which=which,
+                pool = exact_block(spec, d.x_pool, None, folder / f"{spec.token}_{stored}_pool.npy", which=stored,
                                    progress=self.progress, dtype=self.s.dtype)
-                test = exact_block(spec, d.x_test, d.x_pool, folder / f"{spec.token}_{which}_test.npy", which=which,
-                                   progress=self.progress, dtype=self.s.dtype)
+                test = exact_block(spec, d.x_test, d.x_pool, folder / f"{spec.token}_{stored}_test.npy",
+                                   which=stored, progress=self.progress, dtype=self.s.dtype)
             cost = {**meter.record(), "compute_seconds": pool.seconds + test.seconds, "pairs": pool.pairs + test.pairs}
             return pool, test, cost
 
@@ -284,18 +290,34 @@ class Runner:
                 specs[spec.token] = spec
                 self.say(f"[{family}] sweep {spec.name} on {self.data.n_sweep} + {len(self.data.val)} images")
                 sweeps.append(self.sweep(spec))
+        choices = {which: choose(sweeps, which) for which in WHICH}
+        shared = len({token for token, _, _ in choices.values()}) == 1 and self.shares_pass(choices["nngp"][0])
         finals = []
         for which in WHICH:
-            acc, token, reg = -1.0, "", 0.0
-            for rec in sweeps:  # the first maximum: shallowest depth, then smallest b_std, then smallest ridge
-                for r, a in zip(rec["regs"], rec["val_acc"][which], strict=True):
-                    if a is not None and a > acc:
-                        acc, token, reg = a, rec["kernel"], r
+            token, reg, acc = choices[which]
             spec = specs[token]
             self.say(f"[{family}] {which}: chose {spec.name}, ridge {reg:g} (validation {100 * acc:.2f}%); "
-                     f"final fit on {len(self.data.y_pool)} images")
-            finals.append(self.final(spec, which, reg))
+                     f"final fit on {len(self.data.y_pool)} images" + (" (NNGP and NTK in one pass)" if shared else ""))
+            finals.append(self.final(spec, which, reg, stored="both" if shared else which))
         return {"sweeps": sweeps, "finals": finals}
+
+    def shares_pass(self, token: str) -> bool:
+        """Whether the NNGP and NTK finals of ``token`` take one kernel pass (``"both"`` blocks) over two.
+
+        One pass costs about what the NTK alone costs (its recursion carries the NNGP), so it saves the NNGP
+        pass; but it stores both kernels at once. Taken when both blocks fit the free disk with 5% to spare,
+        or when its files exist already (a resumed run); else one kernel at a time (a float64 full-size pair,
+        67 GB, rarely fits).
+        """
+        folder = self.kernels / "final"
+        if (folder / f"{token}_both_pool.npy").is_file():
+            return True
+        n_pool, n_test = len(self.data.y_pool), len(self.data.y_test)
+        need = 2 * self.s.dtype.itemsize * (n_pool * n_pool + n_test * n_pool)
+        existing = self.kernels if self.kernels.is_dir() else self.out
+        while not existing.is_dir():
+            existing = existing.parent
+        return bool(shutil.disk_usage(existing).free >= 1.05 * need)
 
     # ---------------------------------------------------------------------------- random features
 
@@ -335,6 +357,19 @@ class Runner:
 
         self.say(f"[features] {spec.name} on {len(d.y_pool)} + {len(d.y_test)} images")
         return self.cached(f"features-{spec.token}", compute)
+
+
+def choose(sweeps: list[dict[str, Any]], which: str) -> tuple[str, float, float]:
+    """``(kernel token, ridge, validation accuracy)`` of the best sweep cell of ``which``.
+
+    The first maximum in sweep order: the shallowest depth, then the smallest ``b_std``, then the smallest ridge.
+    """
+    acc, token, reg = -1.0, "", 0.0
+    for rec in sweeps:
+        for r, a in zip(rec["regs"], rec["val_acc"][which], strict=True):
+            if a is not None and a > acc:
+                acc, token, reg = a, rec["kernel"], r
+    return token, reg, acc
 
 
 def run_fashion_benchmark(s: Settings, out_dir: str | Path, *, progress: bool = True, plot: bool = True
@@ -456,5 +491,5 @@ def main(args: argparse.Namespace) -> int:
     return 0 if summary["complete"] else 130
 
 
-__all__ = ["CNN_B_STDS", "FC_B_STDS", "SIZES", "STAGES", "Data", "Runner", "Settings", "add_arguments", "main",
-           "prepare", "run_fashion_benchmark", "settings_from_args"]
+__all__ = ["CNN_B_STDS", "FC_B_STDS", "SIZES", "STAGES", "Data", "Runner", "Settings", "add_arguments", "choose",
+           "main", "prepare", "run_fashion_benchmark", "settings_from_args"]
