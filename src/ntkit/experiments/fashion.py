@@ -14,8 +14,9 @@ and recorded in ``OUT/records/<key>/<stage>.json`` so that a rerun skips finishe
   ``readout="flatten"``): first a sweep over the depths (``--fc-depths``, ``--cnn-depths``) on the
   first ``--n-sweep`` training images against the validation split -- blocks ``K(S, S)``, ``K(V, S)``,
   one Cholesky factorisation per ridge of the grid --, then, at the depth and ridge chosen for each
-  of NNGP and NTK, one kernel at a time, the full-size blocks ``K(pool, pool)`` and ``K(test, pool)``
-  (pool = train + validation) and the final solve (:func:`~ntkit.experiments.fashion_solve.solve_stored`:
+  of NNGP and NTK, the full-size blocks ``K(pool, pool)`` and ``K(test, pool)`` (pool = train + validation;
+  NNGP and NTK in one pass when both chose the same kernel and the free disk holds both, else one kernel
+  at a time: :meth:`Runner.shares_pass`) and the final solve (:func:`~ntkit.experiments.fashion_solve.solve_stored`:
   float64 Cholesky where it fits ``--memory-budget``, else a float32 factor with float64 iterative
   refinement; the unrefined float32 accuracy beside it). Kernel blocks live in ``OUT/kernels/<key>`` as ``.npy`` files,
   resumed tile by tile (:mod:`ntkit.experiments.fashion_kernels`). The accuracy at training sizes

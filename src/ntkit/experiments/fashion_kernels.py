@@ -4,8 +4,9 @@ Exact kernels (``fcD``, ``vD``, and any token of :func:`ntkit.experiments.images
 are computed by :func:`ntkit.compute_kernel` into ``.npy`` files, NNGP and NTK together (shape
 ``(2, N1, N2)``, float64) or one of them (``(N1, N2)``): an interrupted run resumes tile by tile from
 the file's ledger, and the blocks are returned as read-only memory maps, so a 60,000 x 60,000 block
-(29 GB per kernel) never has to fit in memory. The full-size blocks take one kernel at a time: NNGP
-and NTK of the pool and test images together would be 67 GB of disk. Two blocks per kernel and
+(29 GB per kernel in float64) never has to fit in memory. NNGP and NTK of the full-size pool and test
+images together take 67 GB of disk in float64 (34 GB in float32), so the pipeline stores them together only
+where the disk holds both (:meth:`ntkit.experiments.fashion.Runner.shares_pass`). Two blocks per kernel and
 scope: ``K(rows, rows)`` (symmetric: the upper tiles only) and ``K(cols, rows)``.
 
 Random features (``gapD-rfM``, ``vD-rfM``, ``fcD-rfM``) never form an N x N matrix: the features
