@@ -131,8 +131,13 @@ def format_report(summary: dict[str, Any]) -> str:
 
 def plot_curve(summary: dict[str, Any], path: Path) -> bool:
     """Test accuracy against training images of every final fit; False when matplotlib is absent."""
-    finals = _finals(summary)
-    if not finals or importlib.util.find_spec("matplotlib") is None:
+    return plot_curves([(f"{f['kernel']} {f['which'].upper()}", f["curve"]) for f in _finals(summary)], path)
+
+
+def plot_curves(curves: list[tuple[str, list[dict[str, Any]]]], path: Path) -> bool:
+    """``(label, curve)`` pairs (a final record's ``curve``: rows with ``n`` and ``test_acc``) on one log axis,
+    the published numbers as lines; False when there is nothing to plot or matplotlib is absent."""
+    if not curves or importlib.util.find_spec("matplotlib") is None:
         return False
     import matplotlib
 
@@ -140,12 +145,12 @@ def plot_curve(summary: dict[str, Any], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for f in finals:
-        ax.plot([r["n"] for r in f["curve"]], [100 * r["test_acc"] for r in f["curve"]], marker="o",
-                label=f"{f['kernel']} {f['which'].upper()}")
-    for _, model, acc in PUBLISHED:
+    for label, curve in curves:
+        ax.plot([r["n"] for r in curve], [100 * r["test_acc"] for r in curve], marker="o", label=label)
+    for _, model, acc in PUBLISHED:  # x in axes fractions, y in data: the label stays in view on any x axis
         ax.axhline(acc, lw=0.8, ls=":", color="grey")
-        ax.annotate(model, (ax.get_xlim()[0], acc), fontsize=6, color="grey", va="bottom")
+        ax.text(0.01, acc, f"{model} {acc:g}", transform=ax.get_yaxis_transform(), fontsize=6, color="grey",
+                va="bottom")
     ax.set_xscale("log")
     ax.set_xlabel("training images")
     ax.set_ylabel("test accuracy (%)")
@@ -167,4 +172,4 @@ def write_report(summary: dict[str, Any], out: Path, *, plot: bool = True) -> No
     write_text_atomic(out / "results.md", text)
 
 
-__all__ = ["PUBLISHED", "format_report", "plot_curve", "write_report"]
+__all__ = ["PUBLISHED", "format_report", "plot_curve", "plot_curves", "write_report"]
