@@ -323,3 +323,29 @@ def test_nngp_and_ntk_finals_of_one_kernel_share_a_pass_when_the_disk_holds_both
     # a resumed run keeps sharing once the shared files exist, whatever the disk says now
     assert Runner(s, prepare(s), tmp_path / "shared", progress=False).shares_pass("fc2")
     assert not Runner(s, prepare(s), tmp_path / "apart", progress=False).shares_pass("fc2")
+
+
+def test_learning_curves_of_several_runs_on_one_figure(tmp_path: Path) -> None:
+    """``benchmarks/fashion_curves.py``: every final record of each run folder, labelled with its kernel, NNGP /
+    NTK, preprocessing and dtype, drawn by ``plot_curves`` (matplotlib is a test dependency here)."""
+    import importlib.util
+
+    from ntkit.experiments.fashion_report import plot_curves
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_curves.py"
+    spec = importlib.util.spec_from_file_location("fashion_curves", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    curve = [{"n": 1000, "test_acc": 0.8}, {"n": 60000, "test_acc": 0.9}]
+    for key, name, which in (("fashion-50000+10000+10000-sweep10000-image-seed0", "final-fc3-nngp", "nngp"),
+                             ("fashion-50000+10000+10000-sweep10000-global-seed0-float32", "final-v4-ntk", "ntk")):
+        folder = tmp_path / "run" / "records" / key
+        folder.mkdir(parents=True)
+        (folder / f"{name}.json").write_text(json.dumps({"kernel": name.split("-")[1], "which": which,
+                                                         "curve": curve}))
+    curves = module.curves_of(tmp_path / "run")
+    assert [label for label, _ in curves] == ["v4 NTK (global, float32)", "fc3 NNGP (per image)"]
+    png = tmp_path / "curves.png"
+    assert plot_curves(curves, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plot_curves([], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
