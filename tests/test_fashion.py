@@ -172,6 +172,10 @@ def test_float32_factor_with_refinement_gives_the_float64_solution() -> None:
         solve_stored(k, t, 1e-3, precision="half")
     grid = ridge_sweep(k[:200, :200], t[:200], k[200:, :200], y[200:], regs=(1e-3, 1.0))
     assert len(grid) == 2 and all(0.0 <= a <= 1.0 for a in grid)
+    # a float32-stored kernel: the float64 solve is of that kernel exactly (residual at float64 rounding),
+    # not of a float32-rounded k / scale (which left ~1e-6 here)
+    _, i_stored32 = solve_stored(k.astype(np.float32), t, 1e-3, precision="float64")
+    assert i_stored32["residuals"][-1] < 1e-12
 
 
 def test_meter_records_time_memory_and_load() -> None:

@@ -94,11 +94,16 @@ def ridge_sweep(k_fit: np.ndarray, t_fit: np.ndarray, k_val: np.ndarray, y_val: 
 
 
 def _scaled_copy(k: np.ndarray, scale: float, reg: float, dtype: type[np.floating[Any]]) -> np.ndarray:
-    """``k / scale + reg I`` as a new C-ordered array of ``dtype``, read in row chunks."""
+    """``k / scale + reg I`` as a new C-ordered array of ``dtype``, read in row chunks.
+
+    The division is in float64 whatever ``k`` is stored in (a float32 block divided by a Python float stays
+    float32 under NumPy 2, which made the "float64" factor of a float32 kernel that of a float32-rounded
+    ``k / scale``, off by ~1e-5 relative residual from the system the residuals check).
+    """
     n = k.shape[0]
     a = np.empty((n, n), dtype=dtype)
     for r0 in range(0, n, _CHUNK):
-        a[r0:r0 + _CHUNK] = k[r0:r0 + _CHUNK] / scale
+        a[r0:r0 + _CHUNK] = np.asarray(k[r0:r0 + _CHUNK], dtype=np.float64) / scale
     a[np.diag_indices(n)] += reg
     return a
 
