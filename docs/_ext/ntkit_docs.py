@@ -311,6 +311,10 @@ def write_benchmarks() -> list[str]:
             shutil.copyfile(src.parent / "dynamics.png", out / "dynamics.png")
             text = text.replace("Figure: `dynamics.png`", "Figure below")
             text += "\n![The default ntkit dynamics run](dynamics.png)\n"
+        for figure in re.findall(r"!\[[^\]]*\]\(([\w.-]+\.png)\)", text):  # figures beside the page
+            if (src.parent / figure).exists():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src.parent / figure, out / figure)
         _write(out / f"{name}.md", text)
         names.append(name)
     uci = bench / "results" / "uci_arora2020.json"
