@@ -306,9 +306,7 @@ def write_benchmarks() -> list[str]:
         text = sanitize(src.read_text())
         if not text.lstrip().startswith("# "):
             text = f"# {name.replace('_', ' ')}\n\n" + text
-        if name == "dynamics" and (src.parent / "dynamics.png").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src.parent / "dynamics.png", out / "dynamics.png")
+        if name == "dynamics" and (src.parent / "dynamics.png").exists():  # copied below, with every shown figure
             text = text.replace("Figure: `dynamics.png`", "Figure below")
             text += "\n![The default ntkit dynamics run](dynamics.png)\n"
         for figure in re.findall(r"!\[[^\]]*\]\(([\w.-]+\.png)\)", text):  # figures beside the page

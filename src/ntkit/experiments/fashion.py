@@ -315,7 +315,7 @@ class Runner:
             return True
         n_pool, n_test = len(self.data.y_pool), len(self.data.y_test)
         need = 2 * self.s.dtype.itemsize * (n_pool * n_pool + n_test * n_pool)
-        existing = self.kernels if self.kernels.is_dir() else self.out
+        existing = self.kernels  # the nearest folder that exists (the kernels' folder once a run has begun)
         while not existing.is_dir():
             existing = existing.parent
         return bool(shutil.disk_usage(existing).free >= 1.05 * need)
