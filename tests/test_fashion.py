@@ -353,3 +353,40 @@ def test_learning_curves_of_several_runs_on_one_figure(tmp_path: Path) -> None:
     png = tmp_path / "curves.png"
     assert plot_curves(curves, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plot_curves([], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_stored_features_resume_where_an_interrupted_run_stopped(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from ntkit.experiments.fashion_kernels import FeatureFit
+    from ntkit.experiments.images_kernels import parse_kernels
+
+    spec = parse_kernels(["gap1-rf8"])[0]
+    x = torch.randn(10, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    reference = FeatureFit(spec, "ntk", (1, 6, 6), seed=3).phi(x)
+    store = tmp_path / "features" / "pool.npy"
+    computed: list[int] = []
+
+    def interrupted_after(limit: int) -> FeatureFit:
+        fit = FeatureFit(spec, "ntk", (1, 6, 6), seed=3)
+        batches = fit.fmap.batches
+
+        def counted(xs: torch.Tensor, _size: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+            for rows, phi in batches(xs, 3):
+                if len(computed) == limit:
+                    raise KeyboardInterrupt
+                computed.append(rows.stop - rows.start)
+                yield rows, phi
+
+        monkeypatch.setattr(fit.fmap, "batches", counted)
+        return fit
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_after(2).phi(x, store=store)
+    assert json.loads(store.with_suffix(".json").read_text())["rows"] == 6
+    resumed = interrupted_after(-1).phi(x, store=store)
+    assert computed == [3, 3, 3, 1]  # the resumed run computed rows 6..9 only
+    torch.testing.assert_close(resumed, reference, rtol=1e-6, atol=1e-7)
+    computed.clear()  # other inputs (or another seed): recomputed from the first row
+    again = interrupted_after(-1).phi(2 * x, store=store)
+    assert computed == [3, 3, 3, 1]
+    torch.testing.assert_close(again, FeatureFit(spec, "ntk", (1, 6, 6), seed=3).phi(2 * x), rtol=1e-6, atol=1e-7)

@@ -36,7 +36,8 @@ and recorded in ``OUT/records/<key>/<stage>.json`` so that a rerun skips finishe
   biases). The CNN grid is small by default: each value is a whole CNN sweep. A sweep's kernel blocks are
   deleted once its record is written (nothing reads them again; 3.2 GB per kernel at 10k + 10k).
 * ``features``: CNTK-GAP / Myrtle kernels through random features (``--features gap3-rf1024 ...``):
-  ridge regression in feature space (never an N x N matrix), ridge chosen on the validation split.
+  ridge regression in feature space (never an N x N matrix), ridge chosen on the validation split; the
+  features are stored batch by batch in ``OUT/kernels/<key>/features`` and resumed (N x m float32).
 
 Outputs: ``OUT/results.md`` (the table beside the published numbers, stage costs, learning curve),
 ``OUT/summary.json``, ``OUT/learning_curve.png`` (needs matplotlib, ``ntkit[plot]``).
@@ -333,8 +334,9 @@ class Runner:
             c, h, wd = (int(v) for v in d.x_pool.shape[1:])
             fit = FeatureFit(spec, "ntk", (c, h, wd), seed=self.s.seed)
             with Meter() as m_feat:
-                phi_pool = fit.phi(d.x_pool, progress=self.progress, desc=f"{spec.name} features (pool)")
-                phi_test = fit.phi(d.x_test, progress=self.progress, desc=f"{spec.name} features (test)")
+                phi_pool, phi_test = (fit.phi(x, progress=self.progress, desc=f"{spec.name} features ({part})",
+                                              store=self.kernels / "features" / f"{spec.token}_{part}.npy")
+                                      for part, x in (("pool", d.x_pool), ("test", d.x_test)))
             with Meter() as m_solve:
                 phi_s = phi_pool[: d.n_sweep]
                 scale = float((phi_s.double() ** 2).sum(1).mean())

@@ -18,6 +18,7 @@ identity), so cost is ``O(N m^2 + m^3)`` and memory ``O(m^2)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -118,6 +119,7 @@ class FeatureFit:
         probe = spec.inputs(torch.zeros((1, *image_shape), dtype=torch.float32))
         self.fmap = feature_map(model, tuple(probe.shape[1:]), n_features=spec.n_features, which=which,
                                 seed=seed, dtype=torch.float32)
+        self.seed = seed
         self.feature_seconds = 0.0
 
     @property
@@ -125,18 +127,48 @@ class FeatureFit:
         """Number of features."""
         return int(self.fmap.m)
 
-    def phi(self, x: torch.Tensor, *, progress: bool = False, desc: str = "features") -> torch.Tensor:
-        """Features ``(N, m)`` (float32) of images ``(N, C, H, W)``, in batches."""
+    def phi(self, x: torch.Tensor, *, progress: bool = False, desc: str = "features",
+            store: Path | None = None) -> torch.Tensor:
+        """Features ``(N, m)`` (float32) of images ``(N, C, H, W)``, in batches.
+
+        ``store``: a ``.npy`` file the features are written into batch by batch, with a ledger
+        ``store.with_suffix(".json")`` of the rows done (written after the rows), so that an interrupted
+        run resumes at the first missing batch. The ledger names the map (kernel, seed, ``m``) and a digest
+        of the inputs; a store of other inputs or another map is recomputed from its first row.
+        ``feature_seconds`` adds the compute time of every run that computed rows of it.
+        """
         xin = self.spec.inputs(x).to(torch.float32)
-        out = torch.empty(len(xin), self.m, dtype=torch.float32)
-        bar = Progress(len(xin), desc, enabled=progress)
+        n = len(xin)
+        done, spent = 0, 0.0
+        if store is None:
+            out: torch.Tensor | np.memmap = torch.empty(n, self.m, dtype=torch.float32)
+        else:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            ledger_path = store.with_suffix(".json")
+            identity = {"kernel": self.spec.token, "seed": self.seed, "m": self.m, "n": n,
+                        "inputs": hashlib.sha256(xin.contiguous().numpy().tobytes()).hexdigest()}
+            ledger = read_json(ledger_path)
+            if ledger is not None and ledger.get("identity") == identity and store.is_file():
+                done, spent = int(ledger["rows"]), float(ledger["seconds"])
+                out = np.load(store, mmap_mode="r+")
+            else:
+                out = np.lib.format.open_memmap(store, mode="w+", dtype=np.float32, shape=(n, self.m))
+        bar = Progress(n, desc, enabled=progress)
+        bar.update(done)
         start = time.perf_counter()
-        for rows, batch in self.fmap.batches(xin, self.fmap.batch_size()):
-            out[rows] = batch.cpu()
+        for rows, batch in self.fmap.batches(xin[done:], self.fmap.batch_size()):
+            at = slice(done + rows.start, done + rows.stop)
+            if isinstance(out, np.memmap):
+                out[at] = batch.cpu().numpy()
+                out.flush()
+                write_text_atomic(ledger_path, json.dumps({"identity": identity, "rows": at.stop,
+                                                           "seconds": spent + time.perf_counter() - start}))
+            else:
+                out[at] = batch.cpu()
             bar.update(batch.shape[0])
         bar.close()
-        self.feature_seconds += time.perf_counter() - start
-        return out
+        self.feature_seconds += spent + time.perf_counter() - start
+        return torch.from_numpy(np.array(out)) if isinstance(out, np.memmap) else out
 
     @staticmethod
     def normal_equations(phi: torch.Tensor, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
