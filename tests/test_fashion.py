@@ -390,3 +390,32 @@ def test_stored_features_resume_where_an_interrupted_run_stopped(tmp_path: Path,
     again = interrupted_after(-1).phi(2 * x, store=store)
     assert computed == [3, 3, 3, 1]
     torch.testing.assert_close(again, FeatureFit(spec, "ntk", (1, 6, 6), seed=3).phi(2 * x), rtol=1e-6, atol=1e-7)
+
+
+def test_final_ridge_chosen_at_full_size_on_the_validation_split(tmp_path: Path) -> None:
+    """``--final-ridge validation``: the sweep's ridge and its half-decade neighbours, each fitted on the whole
+    training split (blocks of the final kernel) and scored on the validation split; ``--finals nngp`` alone."""
+    data = _write_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["bench", "fashion", "--data-dir", str(data), "--out", str(out), "--n-train", "60", "--n-val", "30",
+            "--n-test", "40", "--n-sweep", "40", "--stages", "fc", "--fc-depths", "2", "--fc-b-stds", "0",
+            "--sizes", "30", "--finals", "nngp", "--final-ridge", "validation", "--quiet", "--no-plot"]
+    assert cli_main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (final,) = summary["stages"]["fc"]["finals"]
+    choice = final["ridge_choice"]
+    assert final["which"] == "nngp" and choice["n_train"] == 60
+    assert choice["regs"] == pytest.approx([final["sweep_reg"] * f for f in (10**-0.5, 1.0, 10**0.5)], rel=1e-2)
+    assert final["reg"] == choice["regs"][int(np.argmax(choice["val_acc"]))]
+    k = np.load(next((out / "kernels").rglob("final/fc2_nngp_pool.npy"))).astype(np.float64)
+    assert k.shape == (90, 90)
+    labels = fashion.prepare(Settings(n_train=60, n_val=30, n_test=40, n_sweep=40, data_dir=str(data))).y_pool
+    k_fit = k[:60, :60]
+    for reg, acc in zip(choice["regs"], choice["val_acc"], strict=True):  # float64 reference of every candidate
+        alpha = np.linalg.solve(k_fit + reg * np.mean(np.diag(k_fit)) * np.eye(60), centred_targets(labels[:60], 10))
+        assert acc == pytest.approx(float(np.mean((k[60:, :60] @ alpha).argmax(1) == labels[60:])), abs=1e-12)
+    text = (out / "results.md").read_text()
+    assert "## Ridge of the final fit, chosen at full size" in text and "ridge at full size (3 solves)" in text
+    assert cli_main([*args[:-4], "--quiet", "--no-plot"]) == 0  # the sweep's ridge: its own record, recomputed
+    rec = json.loads((out / "summary.json").read_text())["stages"]["fc"]["finals"][0]
+    assert rec["ridge_choice"] is None and rec["reg"] == rec["sweep_reg"] == final["sweep_reg"]

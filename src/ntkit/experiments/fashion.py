@@ -61,7 +61,7 @@ import torch
 from ntkit._io import write_text_atomic
 from ntkit._validation import check_int
 from ntkit.experiments.fashion_data import N_CLASSES, load_fashion, paper_split, standardise_global
-from ntkit.experiments.fashion_kernels import WHICH, FeatureFit, exact_block, read_json
+from ntkit.experiments.fashion_kernels import WHICH, exact_block, feature_fit, read_json
 from ntkit.experiments.fashion_meter import Meter
 from ntkit.experiments.fashion_report import write_report
 from ntkit.experiments.fashion_solve import (
@@ -108,6 +108,8 @@ class Settings:
     preprocess: str = "global"
     seed: int = 0
     data_dir: str | None = None
+    finals: tuple[str, ...] = WHICH
+    final_ridge: str = "sweep"
 
     @property
     def key(self) -> str:
@@ -246,13 +248,15 @@ class Runner:
         def compute() -> dict[str, Any]:
             pool, test, kernel_cost = blocks()
             k_pool, k_test = pool.kernels[which], test.kernels[which]
+            choice = None if self.s.final_ridge == "sweep" else self.full_size_ridge(spec, which, k_pool, reg)
+            chosen = reg if choice is None else choice["reg"]
             sizes = sorted({n for n in self.s.sizes if n < len(d.y_pool)} | {len(d.y_pool)})
             curve = []
             for n in sizes:
                 self.say(f"  {spec.name} {which}: solve on {n} images")
                 last = n == len(d.y_pool)
                 with Meter() as meter:
-                    acc, info = self.fit_predict(k_pool, k_test, n, reg, self.s.precision)
+                    acc, info = self.fit_predict(k_pool, k_test, n, chosen, self.s.precision)
                 row = {"n": n, "test_acc": acc, **info, "cost": meter.record()}
                 first = row.pop("first_acc", None)
                 compare = last or n >= PRECISION_FROM  # the precision effect (Lee et al. 2020) at the large sizes
@@ -260,15 +264,37 @@ class Runner:
                     row["float32_plain"] = {"test_acc": first, "residuals": row["residuals"][:1], "cost": None}
                 elif compare and row["precision"] == "float64":
                     with Meter() as meter:
-                        acc32, info32 = self.fit_predict(k_pool, k_test, n, reg, "float32-plain")
+                        acc32, info32 = self.fit_predict(k_pool, k_test, n, chosen, "float32-plain")
                     row["float32_plain"] = {"test_acc": acc32, **info32, "cost": meter.record()}
                 curve.append(row)
-            return {"kernel": spec.token, "b_std": spec.b_std, "which": which, "reg": reg, "n_pool": len(d.y_pool),
-                    "n_test": len(d.y_test), "test_acc": curve[-1]["test_acc"], "curve": curve,
-                    "kernel_cost": kernel_cost}
+            return {"kernel": spec.token, "b_std": spec.b_std, "which": which, "reg": chosen, "sweep_reg": reg,
+                    "ridge_choice": choice, "n_pool": len(d.y_pool), "n_test": len(d.y_test),
+                    "test_acc": curve[-1]["test_acc"], "curve": curve, "kernel_cost": kernel_cost}
 
+        full = {} if self.s.final_ridge == "sweep" else {"final_ridge": self.s.final_ridge}  # old records stay valid
         return self.cached(f"final-{spec.token}-{which}", compute, reg=reg, sizes=self.s.sizes,
-                           precision=self.s.precision, memory_budget=self.s.memory_budget)
+                           precision=self.s.precision, memory_budget=self.s.memory_budget, **full)
+
+    def full_size_ridge(self, spec: KernelSpec, which: str, k_pool: np.ndarray, reg: float) -> dict[str, Any]:
+        """The ridge of the final fit chosen at full size (``--final-ridge validation``): the sweep's ridge and
+        its half-decade neighbours, each fitted on the whole training split (the pool's first ``n_fit``
+        images: blocks of the stored final kernel) and scored on the validation split, the best one kept
+        (ties: the smallest). The papers' protocol (50k train / 10k validation); three training-size solves."""
+        d = self.data
+        regs = [float(f"{reg * f:.3g}") for f in (10**-0.5, 1.0, 10**0.5)]
+        val_acc = []
+        with Meter() as meter:
+            for r in regs:
+                self.say(f"  {spec.name} {which}: ridge {r:g} on {d.n_fit} training images, scored on validation")
+                targets = centred_targets(d.y_pool[: d.n_fit], N_CLASSES)
+                alpha, info = solve_stored(k_pool[: d.n_fit, : d.n_fit], targets, r, precision=self.s.precision,
+                                           memory_budget=self.s.memory_budget)
+                val_acc.append(accuracy(predict_stored(k_pool[d.n_fit:, : d.n_fit], alpha, info["scale"]),
+                                        d.y_pool[d.n_fit:]))
+        best = int(np.argmax(val_acc))
+        self.say(f"  {spec.name} {which}: validation " + ", ".join(f"{r:g}: {100 * a:.2f}%" for r, a in
+                                                                  zip(regs, val_acc, strict=True)))
+        return {"regs": regs, "val_acc": val_acc, "reg": regs[best], "n_train": d.n_fit, "cost": meter.record()}
 
     def fit_predict(self, k_pool: np.ndarray, k_test: np.ndarray, n: int, reg: float,
                     precision: str) -> tuple[float, dict[str, Any]]:
@@ -293,9 +319,10 @@ class Runner:
                 self.say(f"[{family}] sweep {spec.name} on {self.data.n_sweep} + {len(self.data.val)} images")
                 sweeps.append(self.sweep(spec))
         choices = {which: choose(sweeps, which) for which in WHICH}
-        shared = len({token for token, _, _ in choices.values()}) == 1 and self.shares_pass(choices["nngp"][0])
+        shared = (len(self.s.finals) == 2 and len({token for token, _, _ in choices.values()}) == 1
+                  and self.shares_pass(choices["nngp"][0]))
         finals = []
-        for which in WHICH:
+        for which in self.s.finals:
             token, reg, acc = choices[which]
             spec = specs[token]
             self.say(f"[{family}] {which}: chose {spec.name}, ridge {reg:g} (validation {100 * acc:.2f}%); "
@@ -329,37 +356,10 @@ class Runner:
         if spec.n_features is None:
             raise ValueError(f"--features: expected random-feature kernels such as gap3-rf1024, got {token!r}")
         d = self.data
-
-        def compute() -> dict[str, Any]:
-            c, h, wd = (int(v) for v in d.x_pool.shape[1:])
-            fit = FeatureFit(spec, "ntk", (c, h, wd), seed=self.s.seed)
-            with Meter() as m_feat:
-                phi_pool, phi_test = (fit.phi(x, progress=self.progress, desc=f"{spec.name} features ({part})",
-                                              store=self.kernels / "features" / f"{spec.token}_{part}.npy")
-                                      for part, x in (("pool", d.x_pool), ("test", d.x_test)))
-            with Meter() as m_solve:
-                phi_s = phi_pool[: d.n_sweep]
-                scale = float((phi_s.double() ** 2).sum(1).mean())
-                gram, rhs = fit.normal_equations(phi_s, centred_targets(d.y_pool[: d.n_sweep], N_CLASSES))
-                val_acc: list[float | None] = []
-                for reg in REG_GRID:
-                    try:
-                        w = fit.solve(gram, rhs, reg * scale)
-                        val_acc.append(accuracy((phi_pool[d.val].double() @ w).numpy(), d.y_pool[d.val]))
-                    except ValueError:  # a ridge too small for the Cholesky factorisation
-                        val_acc.append(None)
-                reg = REG_GRID[int(np.argmax([-1.0 if a is None else a for a in val_acc]))]
-                scale_pool = float((phi_pool.double() ** 2).sum(1).mean())
-                gram, rhs = fit.normal_equations(phi_pool, centred_targets(d.y_pool, N_CLASSES))
-                w = fit.solve(gram, rhs, reg * scale_pool)
-                test_acc = accuracy((phi_test.double() @ w).numpy(), d.y_test)
-            return {"kernel": token, "which": "ntk", "n_features": fit.m, "regs": list(REG_GRID), "val_acc": val_acc,
-                    "reg": reg, "n_pool": len(d.y_pool), "test_acc": test_acc,
-                    "feature_cost": {**m_feat.record(), "feature_seconds": fit.feature_seconds},
-                    "solve_cost": m_solve.record()}
-
         self.say(f"[features] {spec.name} on {len(d.y_pool)} + {len(d.y_test)} images")
-        return self.cached(f"features-{spec.token}", compute)
+        return self.cached(f"features-{spec.token}", lambda: feature_fit(
+            spec, (d.x_pool, d.y_pool), (d.x_test, d.y_test), d.n_sweep, d.val, self.kernels / "features",
+            seed=self.s.seed, progress=self.progress))
 
 
 def choose(sweeps: list[dict[str, Any]], which: str) -> tuple[str, float, float]:
@@ -440,7 +440,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     cnn_depths=cnn_depths, fc_b_stds=fc_b_stds, cnn_b_stds=cnn_b_stds, features=tuple(args.features),
                     sizes=tuple(check_int(v, "--sizes", minimum=10) for v in args.sizes), precision=args.precision,
                     memory_budget=args.memory_budget, preprocess=args.preprocess, seed=args.seed,
-                    data_dir=args.data_dir, kernel_dtype=args.kernel_dtype)
+                    data_dir=args.data_dir, kernel_dtype=args.kernel_dtype,
+                    finals=tuple(w for w in WHICH if w in args.finals), final_ridge=args.final_ridge)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -481,6 +482,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "its own folder of kernels and records)")
     parser.add_argument("--preprocess", default="global", choices=("global", "image"),
                         help="global: the pool's pixel mean / std (default); image: each image standardised")
+    parser.add_argument("--finals", nargs="+", default=list(d.finals), choices=WHICH,
+                        help="kernels fitted at full size after the sweep (default: nngp ntk)")
+    parser.add_argument("--final-ridge", default=d.final_ridge, choices=("sweep", "validation"),
+                        help="ridge of the final fit: the sweep's (default), or validation: the sweep's and its "
+                             "half-decade neighbours refitted on the whole training split and scored on the "
+                             "validation split (three more training-size solves)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the feature maps (default 0)")
     parser.add_argument("--no-plot", action="store_true", help="no learning_curve.png")
     parser.add_argument("--quiet", action="store_true", help="no progress output")

@@ -31,6 +31,10 @@ import torch
 from ntkit._io import write_text_atomic
 from ntkit._progress import Progress
 from ntkit.compute.api import compute_kernel
+from ntkit.experiments.fashion_data import N_CLASSES
+from ntkit.experiments.fashion_meter import Meter
+from ntkit.experiments.fashion_solve import accuracy
+from ntkit.experiments.images_eval import REG_GRID, centred_targets
 from ntkit.experiments.images_kernels import KernelSpec
 from ntkit.random_features.api import feature_map
 
@@ -194,6 +198,42 @@ class FeatureFit:
         return torch.cholesky_solve(rhs, chol)
 
 
+def feature_fit(spec: KernelSpec, pool: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray],
+                n_sweep: int, val: np.ndarray, store: Path, *, seed: int, progress: bool) -> dict[str, Any]:
+    """Random-feature ridge regression (NTK features of ``spec``) of the pool's images, scored on the test images.
+
+    The ridge (relative to the mean ``|phi|^2``) is chosen on the validation positions ``val`` of the pool,
+    fitting the first ``n_sweep`` pool images; the final fit takes the whole pool. The features of pool and
+    test are stored in ``store`` (``<token>_pool.npy``, ``<token>_test.npy``) and resumed (:meth:`FeatureFit.phi`).
+    """
+    (x_pool, y_pool), (x_test, y_test) = pool, test
+    fit = FeatureFit(spec, "ntk", (int(x_pool.shape[1]), int(x_pool.shape[2]), int(x_pool.shape[3])), seed=seed)
+    with Meter() as m_feat:
+        phi_pool, phi_test = (fit.phi(x, progress=progress, desc=f"{spec.name} features ({part})",
+                                      store=store / f"{spec.token}_{part}.npy")
+                              for part, x in (("pool", x_pool), ("test", x_test)))
+    with Meter() as m_solve:
+        phi_s = phi_pool[:n_sweep]
+        scale = float((phi_s.double() ** 2).sum(1).mean())
+        gram, rhs = fit.normal_equations(phi_s, centred_targets(y_pool[:n_sweep], N_CLASSES))
+        val_acc: list[float | None] = []
+        for reg in REG_GRID:
+            try:
+                w = fit.solve(gram, rhs, reg * scale)
+                val_acc.append(accuracy((phi_pool[val].double() @ w).numpy(), y_pool[val]))
+            except ValueError:  # a ridge too small for the Cholesky factorisation
+                val_acc.append(None)
+        reg = REG_GRID[int(np.argmax([-1.0 if a is None else a for a in val_acc]))]
+        scale_pool = float((phi_pool.double() ** 2).sum(1).mean())
+        gram, rhs = fit.normal_equations(phi_pool, centred_targets(y_pool, N_CLASSES))
+        w = fit.solve(gram, rhs, reg * scale_pool)
+        test_acc = accuracy((phi_test.double() @ w).numpy(), y_test)
+    return {"kernel": spec.token, "which": "ntk", "n_features": fit.m, "regs": list(REG_GRID), "val_acc": val_acc,
+            "reg": reg, "n_pool": len(y_pool), "test_acc": test_acc,
+            "feature_cost": {**m_feat.record(), "feature_seconds": fit.feature_seconds},
+            "solve_cost": m_solve.record()}
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON record, or None when absent or unreadable (a half-written file is recomputed)."""
     if not path.is_file():
@@ -204,4 +244,4 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-__all__ = ["WHICH", "Block", "FeatureFit", "exact_block", "read_json"]
+__all__ = ["WHICH", "Block", "FeatureFit", "exact_block", "feature_fit", "read_json"]

@@ -81,6 +81,18 @@ def format_report(summary: dict[str, Any]) -> str:
             lines.append(f"| {rec['kernel']} | {_b(rec)} | {_pct(best[0])} | {_pct(best[1])} | "
                          f"{rec['kernel_cost']['seconds']:.1f} | {rec['solve_cost']['seconds']:.1f} |")
     finals = _finals(s)
+    chosen = [f for f in finals if f.get("ridge_choice")]
+    if chosen:
+        lines += ["", "## Ridge of the final fit, chosen at full size (validation accuracy %)", "",
+                  f"Fitted on the training split ({chosen[0]['ridge_choice']['n_train']} images), scored on the "
+                  "validation split; the sweep's ridge and its half-decade neighbours.", "",
+                  "| kernel | which | sweep ridge | " + " | ".join(["ridge: validation"] * 3) + " | chosen |",
+                  "|---|---|---|---|---|---|---|"]
+        for f in chosen:
+            c = f["ridge_choice"]
+            lines.append(f"| {f['kernel']} | {f['which']} | {f['sweep_reg']:g} | "
+                         + " | ".join(f"{r:g}: {_pct(a)}" for r, a in zip(c["regs"], c["val_acc"], strict=True))
+                         + f" | {c['reg']:g} |")
     if finals:
         lines += ["", "## Accuracy against training size (%)", "",
                   "| kernel | which | " + " | ".join(str(r["n"]) for r in finals[0]["curve"]) + " |",
@@ -117,6 +129,9 @@ def format_report(summary: dict[str, Any]) -> str:
         for f in st["finals"]:
             kc = f["kernel_cost"]
             lines.append(f"| final {f['kernel']} {f['which']} | kernels ({kc['pairs']:.3g} pairs) | {_cost(kc)} |")
+            if f.get("ridge_choice"):
+                lines.append(f"| final {f['kernel']} {f['which']} | ridge at full size (3 solves) | "
+                             f"{_cost(f['ridge_choice']['cost'])} |")
             for r in f["curve"]:
                 lines.append(f"| final {f['kernel']} {f['which']} | solve N = {r['n']} ({r['precision']}) | "
                              f"{_cost(r['cost'])} |")

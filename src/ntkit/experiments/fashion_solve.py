@@ -34,10 +34,10 @@ import numpy as np
 import scipy.linalg
 
 from ntkit._validation import check_choice, parse_memory_budget
+from ntkit.experiments.images_eval import REG_GRID
 from ntkit.experiments.inplace_cholesky import cholesky_inplace
 
 #: Ridge grid, relative to the mean diagonal of the training kernel.
-REG_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 PRECISIONS = ("auto", "float64", "float32", "float32-plain")
 _CHUNK = 2048
 
