@@ -218,6 +218,15 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monk
         assert f["kernel_cost"]["pairs"] == 80 * 81 / 2 + 40 * 80
     feats = summary["stages"]["features"][0]
     assert (feats["kernel"], feats["n_features"]) == ("gap1-rf16", 16) and 0.0 <= feats["test_acc"] <= 1.0
+    assert [r["n"] for r in feats["curve"]] == [30, 80] and feats["curve"][-1]["test_acc"] == feats["test_acc"]
+    phi = np.load(next((out / "kernels").rglob("features/gap1-rf16_pool.npy"))).astype(np.float64)
+    phi_test = np.load(next((out / "kernels").rglob("features/gap1-rf16_test.npy"))).astype(np.float64)
+    data_ = fashion.prepare(Settings(n_train=60, n_val=20, n_test=40, n_sweep=40, data_dir=str(data)))
+    for row in feats["curve"]:  # float64 reference: ridge regression on the stored features of the first n
+        p = phi[: row["n"]]
+        w = np.linalg.solve(p.T @ p + feats["reg"] * np.mean((p**2).sum(1)) * np.eye(16),
+                            p.T @ centred_targets(data_.y_pool[: row["n"]], 10))
+        assert row["test_acc"] == pytest.approx(float(np.mean((phi_test @ w).argmax(1) == data_.y_test)), abs=1e-12)
     text = (out / "results.md").read_text()
     for needed in ("Novak et al. 2019", "SVC (RBF, C = 10)", "| 89.70 |", "## Cost of every stage", "fc1",
                    "| fc1-b0.5 | 0.5 |", "| kernel | b_std | ridge |"):

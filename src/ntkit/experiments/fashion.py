@@ -359,7 +359,7 @@ class Runner:
         self.say(f"[features] {spec.name} on {len(d.y_pool)} + {len(d.y_test)} images")
         return self.cached(f"features-{spec.token}", lambda: feature_fit(
             spec, (d.x_pool, d.y_pool), (d.x_test, d.y_test), d.n_sweep, d.val, self.kernels / "features",
-            seed=self.s.seed, progress=self.progress))
+            seed=self.s.seed, progress=self.progress, sizes=self.s.sizes), sizes=self.s.sizes)
 
 
 def choose(sweeps: list[dict[str, Any]], which: str) -> tuple[str, float, float]:

@@ -199,12 +199,15 @@ class FeatureFit:
 
 
 def feature_fit(spec: KernelSpec, pool: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray],
-                n_sweep: int, val: np.ndarray, store: Path, *, seed: int, progress: bool) -> dict[str, Any]:
+                n_sweep: int, val: np.ndarray, store: Path, *, seed: int, progress: bool,
+                sizes: tuple[int, ...] = ()) -> dict[str, Any]:
     """Random-feature ridge regression (NTK features of ``spec``) of the pool's images, scored on the test images.
 
     The ridge (relative to the mean ``|phi|^2``) is chosen on the validation positions ``val`` of the pool,
-    fitting the first ``n_sweep`` pool images; the final fit takes the whole pool. The features of pool and
-    test are stored in ``store`` (``<token>_pool.npy``, ``<token>_test.npy``) and resumed (:meth:`FeatureFit.phi`).
+    fitting the first ``n_sweep`` pool images; the final fit takes the whole pool, and the learning curve the
+    pool's first ``n`` images for each of ``sizes`` below the pool's size (the exact finals' prefixes), at the
+    same ridge. The features of pool and test are stored in ``store`` (``<token>_pool.npy``,
+    ``<token>_test.npy``) and resumed (:meth:`FeatureFit.phi`).
     """
     (x_pool, y_pool), (x_test, y_test) = pool, test
     fit = FeatureFit(spec, "ntk", (int(x_pool.shape[1]), int(x_pool.shape[2]), int(x_pool.shape[3])), seed=seed)
@@ -224,12 +227,14 @@ def feature_fit(spec: KernelSpec, pool: tuple[torch.Tensor, np.ndarray], test: t
             except ValueError:  # a ridge too small for the Cholesky factorisation
                 val_acc.append(None)
         reg = REG_GRID[int(np.argmax([-1.0 if a is None else a for a in val_acc]))]
-        scale_pool = float((phi_pool.double() ** 2).sum(1).mean())
-        gram, rhs = fit.normal_equations(phi_pool, centred_targets(y_pool, N_CLASSES))
-        w = fit.solve(gram, rhs, reg * scale_pool)
-        test_acc = accuracy((phi_test.double() @ w).numpy(), y_test)
+        curve = []
+        for n in sorted({n for n in sizes if n < len(y_pool)} | {len(y_pool)}):
+            scale_n = float((phi_pool[:n].double() ** 2).sum(1).mean())
+            gram, rhs = fit.normal_equations(phi_pool[:n], centred_targets(y_pool[:n], N_CLASSES))
+            w = fit.solve(gram, rhs, reg * scale_n)
+            curve.append({"n": n, "test_acc": accuracy((phi_test.double() @ w).numpy(), y_test)})
     return {"kernel": spec.token, "which": "ntk", "n_features": fit.m, "regs": list(REG_GRID), "val_acc": val_acc,
-            "reg": reg, "n_pool": len(y_pool), "test_acc": test_acc,
+            "reg": reg, "n_pool": len(y_pool), "test_acc": curve[-1]["test_acc"], "curve": curve,
             "feature_cost": {**m_feat.record(), "feature_seconds": fit.feature_seconds},
             "solve_cost": m_solve.record()}
 

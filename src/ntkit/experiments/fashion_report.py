@@ -51,6 +51,13 @@ def _finals(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [f for fam in ("fc", "cnn") for f in summary["stages"].get(fam, {}).get("finals", [])]
 
 
+def _curves(summary: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``(label, curve)`` of every final fit and random-feature fit (records before the features' curve: none)."""
+    return [(f"{f['kernel']} {f['which'].upper()}", f["curve"]) for f in _finals(summary)] + \
+        [(f"{r['kernel']} NTK ({r['n_features']} features)", r["curve"])
+         for r in summary["stages"].get("features", []) if r.get("curve")]
+
+
 def format_report(summary: dict[str, Any]) -> str:
     """The markdown page (module notes)."""
     s = summary
@@ -93,13 +100,15 @@ def format_report(summary: dict[str, Any]) -> str:
             lines.append(f"| {f['kernel']} | {f['which']} | {f['sweep_reg']:g} | "
                          + " | ".join(f"{r:g}: {_pct(a)}" for r, a in zip(c["regs"], c["val_acc"], strict=True))
                          + f" | {c['reg']:g} |")
-    if finals:
+    curves = _curves(s)
+    if curves:
+        sizes = sorted({r["n"] for _, curve in curves for r in curve})
         lines += ["", "## Accuracy against training size (%)", "",
-                  "| kernel | which | " + " | ".join(str(r["n"]) for r in finals[0]["curve"]) + " |",
-                  "|---|---|" + "---|" * len(finals[0]["curve"])]
-        for f in finals:
-            lines.append(f"| {f['kernel']} | {f['which']} | " + " | ".join(_pct(r["test_acc"]) for r in f["curve"])
-                         + " |")
+                  "| kernel | " + " | ".join(str(n) for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for label, curve in curves:
+            at = {r["n"]: r["test_acc"] for r in curve}
+            lines.append(f"| {label} | " + " | ".join(_pct(at.get(n)) for n in sizes) + " |")
+    if finals:
         lines += ["", "## Precision of the final solve", "",
                   "| kernel | which | N | solve | accuracy | relative residuals | float32 unrefined accuracy |",
                   "|---|---|---|---|---|---|---|"]
@@ -145,8 +154,9 @@ def format_report(summary: dict[str, Any]) -> str:
 
 
 def plot_curve(summary: dict[str, Any], path: Path) -> bool:
-    """Test accuracy against training images of every final fit; False when matplotlib is absent."""
-    return plot_curves([(f"{f['kernel']} {f['which'].upper()}", f["curve"]) for f in _finals(summary)], path)
+    """Test accuracy against training images of every final and random-feature fit; False when matplotlib is
+    absent."""
+    return plot_curves(_curves(summary), path)
 
 
 def plot_curves(curves: list[tuple[str, list[dict[str, Any]]]], path: Path) -> bool:
@@ -182,7 +192,7 @@ def write_report(summary: dict[str, Any], out: Path, *, plot: bool = True) -> No
     text = format_report(summary)
     if plot and plot_curve(summary, out / "learning_curve.png"):
         text += "\n![accuracy against training size](learning_curve.png)\n"
-    elif plot and _finals(summary):
+    elif plot and _curves(summary):
         text += "\n(no plot: matplotlib is missing; pip install 'ntkit[plot]')\n"
     write_text_atomic(out / "results.md", text)
 
