@@ -68,6 +68,7 @@ from ntkit.experiments.fashion_solve import (
     PRECISIONS,
     REG_GRID,
     accuracy,
+    choose,
     predict_stored,
     ridge_sweep,
     solve_stored,
@@ -336,11 +337,13 @@ class Runner:
         One pass costs about what the NTK alone costs (its recursion carries the NNGP), so it saves the NNGP
         pass; but it stores both kernels at once. Taken when both blocks fit the free disk with 5% to spare,
         or when its files exist already (a resumed run); else one kernel at a time (a float64 full-size pair,
-        67 GB, rarely fits).
+        67 GB, rarely fits). A run that began one kernel at a time goes on so (its tiles are kept).
         """
         folder = self.kernels / "final"
         if (folder / f"{token}_both_pool.npy").is_file():
             return True
+        if any((folder / f"{token}_{which}_pool.npy").is_file() for which in WHICH):
+            return False
         n_pool, n_test = len(self.data.y_pool), len(self.data.y_test)
         need = 2 * self.s.dtype.itemsize * (n_pool * n_pool + n_test * n_pool)
         existing = self.kernels  # the nearest folder that exists (the kernels' folder once a run has begun)
@@ -360,19 +363,6 @@ class Runner:
         return self.cached(f"features-{spec.token}", lambda: feature_fit(
             spec, (d.x_pool, d.y_pool), (d.x_test, d.y_test), d.n_sweep, d.val, self.kernels / "features",
             seed=self.s.seed, progress=self.progress, sizes=self.s.sizes), sizes=self.s.sizes)
-
-
-def choose(sweeps: list[dict[str, Any]], which: str) -> tuple[str, float, float]:
-    """``(kernel token, ridge, validation accuracy)`` of the best sweep cell of ``which``.
-
-    The first maximum in sweep order: the shallowest depth, then the smallest ``b_std``, then the smallest ridge.
-    """
-    acc, token, reg = -1.0, "", 0.0
-    for rec in sweeps:
-        for r, a in zip(rec["regs"], rec["val_acc"][which], strict=True):
-            if a is not None and a > acc:
-                acc, token, reg = a, rec["kernel"], r
-    return token, reg, acc
 
 
 def run_fashion_benchmark(s: Settings, out_dir: str | Path, *, progress: bool = True, plot: bool = True
@@ -501,5 +491,5 @@ def main(args: argparse.Namespace) -> int:
     return 0 if summary["complete"] else 130
 
 
-__all__ = ["CNN_B_STDS", "FC_B_STDS", "SIZES", "STAGES", "Data", "Runner", "Settings", "add_arguments", "choose",
+__all__ = ["CNN_B_STDS", "FC_B_STDS", "SIZES", "STAGES", "Data", "Runner", "Settings", "add_arguments",
            "main", "prepare", "run_fashion_benchmark", "settings_from_args"]

@@ -201,4 +201,18 @@ def predict_stored(k_eval: np.ndarray, alpha: np.ndarray, scale: float) -> np.nd
     return out
 
 
-__all__ = ["PRECISIONS", "REG_GRID", "accuracy", "diag_scale", "predict_stored", "ridge_sweep", "solve_stored"]
+def choose(sweeps: list[dict[str, Any]], which: str) -> tuple[str, float, float]:
+    """``(kernel token, ridge, validation accuracy)`` of the best sweep cell of ``which``.
+
+    The first maximum in sweep order: the shallowest depth, then the smallest ``b_std``, then the smallest ridge.
+    """
+    acc, token, reg = -1.0, "", 0.0
+    for rec in sweeps:
+        for r, a in zip(rec["regs"], rec["val_acc"][which], strict=True):
+            if a is not None and a > acc:
+                acc, token, reg = a, rec["kernel"], r
+    return token, reg, acc
+
+
+__all__ = ["PRECISIONS", "REG_GRID", "accuracy", "choose", "diag_scale", "predict_stored", "ridge_sweep",
+           "solve_stored"]
