@@ -359,8 +359,14 @@ def test_learning_curves_of_several_runs_on_one_figure(tmp_path: Path) -> None:
         folder.mkdir(parents=True)
         (folder / f"{name}.json").write_text(json.dumps({"kernel": name.split("-")[1], "which": which,
                                                          "curve": curve}))
+    folder = tmp_path / "run" / "records" / "fashion-50000+10000+10000-sweep10000-global-seed0-float32"
+    (folder / "features-gap3-rf512.json").write_text(json.dumps({"kernel": "gap3-rf512", "which": "ntk",
+                                                                 "n_features": 512, "curve": curve}))
+    (folder / "features-gap3-rf256.json").write_text(json.dumps({"kernel": "gap3-rf256", "which": "ntk",
+                                                                 "n_features": 256}))  # before curves: skipped
     curves = module.curves_of(tmp_path / "run")
-    assert [label for label, _ in curves] == ["v4 NTK (global, float32)", "fc3 NNGP (per image)"]
+    assert [label for label, _ in curves] == ["gap3-rf512 NTK, 512 random features (global)",
+                                              "v4 NTK (global, float32)", "fc3 NNGP (per image)"]
     png = tmp_path / "curves.png"
     assert plot_curves(curves, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plot_curves([], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
