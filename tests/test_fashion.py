@@ -65,6 +65,11 @@ def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
 
 
+def _bench_args(data: Path, out: Path, *options: str) -> list[str]:
+    """``ntkit bench fashion`` on the idx files in ``data`` into ``out``, quiet and without a figure."""
+    return ["bench", "fashion", "--data-dir", str(data), "--out", str(out), "--quiet", "--no-plot", *options]
+
+
 def _write_dataset(folder: Path, n_train: int = 600, n_test: int = 100) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for (img, lab), n, seed in zip(FILES.values(), (n_train, n_test), (0, 1), strict=True):
@@ -105,7 +110,7 @@ def test_missing_files_say_how_to_install(tmp_path: Path) -> None:
     (tmp_path / "data" / FILES["test"][1]).unlink()
     with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz"):
         load_fashion(tmp_path / "data")
-    assert cli_main(["bench", "fashion", "--data-dir", str(tmp_path), "--quiet", "--out", str(tmp_path / "o")]) == 2
+    assert cli_main(_bench_args(tmp_path, tmp_path / "o")) == 2
 
 
 def test_loader_checks_shapes_and_labels(tmp_path: Path) -> None:
@@ -194,9 +199,9 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(fashion, "PRECISION_FROM", 30)  # the float32 comparison from 30 images (20,000 at full size)
     data = _write_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    args = ["bench", "fashion", "--data-dir", str(data), "--out", str(out), "--n-train", "60", "--n-val", "20",
-            "--n-test", "40", "--n-sweep", "40", "--fc-depths", "1", "2", "--fc-b-stds", "0.5", "0",
-            "--cnn-depths", "1", "--features", "gap1-rf16", "--sizes", "30", "--quiet", "--no-plot"]
+    args = _bench_args(data, out, "--n-train", "60", "--n-val", "20", "--n-test", "40", "--n-sweep", "40",
+                       "--fc-depths", "1", "2", "--fc-b-stds", "0.5", "0", "--cnn-depths", "1",
+                       "--features", "gap1-rf16", "--sizes", "30")
     assert cli_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and (summary["n_pool"], summary["n_sweep"], summary["n_test"]) == (80, 40, 40)
@@ -267,7 +272,7 @@ def test_one_bias_value_is_the_sweep_without_biases(tmp_path: Path) -> None:
 
 def test_bad_options_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _write_dataset(tmp_path / "data")
-    base = ["bench", "fashion", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--quiet"]
+    base = _bench_args(data, tmp_path / "o")
     assert cli_main([*base, "--stages", "fc", "svm"]) == 2
     assert "--stages: expected names among ['fc', 'cnn', 'features'], got 'svm'" in capsys.readouterr().err
     assert cli_main([*base, "--features", "gap3"]) == 2
@@ -414,9 +419,10 @@ def test_final_ridge_chosen_at_full_size_on_the_validation_split(tmp_path: Path)
     training split (blocks of the final kernel) and scored on the validation split; ``--finals nngp`` alone."""
     data = _write_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    args = ["bench", "fashion", "--data-dir", str(data), "--out", str(out), "--n-train", "60", "--n-val", "30",
-            "--n-test", "40", "--n-sweep", "40", "--stages", "fc", "--fc-depths", "2", "--fc-b-stds", "0",
-            "--sizes", "30", "--finals", "nngp", "--final-ridge", "validation", "--quiet", "--no-plot"]
+    common = _bench_args(data, out, "--n-train", "60", "--n-val", "30", "--n-test", "40", "--n-sweep", "40",
+                         "--stages", "fc", "--fc-depths", "2", "--fc-b-stds", "0", "--sizes", "30",
+                         "--finals", "nngp")
+    args = [*common, "--final-ridge", "validation"]
     assert cli_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     (final,) = summary["stages"]["fc"]["finals"]
@@ -433,6 +439,6 @@ def test_final_ridge_chosen_at_full_size_on_the_validation_split(tmp_path: Path)
         assert acc == pytest.approx(float(np.mean((k[60:, :60] @ alpha).argmax(1) == labels[60:])), abs=1e-12)
     text = (out / "results.md").read_text()
     assert "## Ridge of the final fit, chosen at full size" in text and "ridge at full size (3 solves)" in text
-    assert cli_main([*args[:-4], "--quiet", "--no-plot"]) == 0  # the sweep's ridge: its own record, recomputed
+    assert cli_main(common) == 0  # the sweep's ridge: its own record, recomputed
     rec = json.loads((out / "summary.json").read_text())["stages"]["fc"]["finals"][0]
     assert rec["ridge_choice"] is None and rec["reg"] == rec["sweep_reg"] == final["sweep_reg"]

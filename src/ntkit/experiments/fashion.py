@@ -284,10 +284,10 @@ class Runner:
         d = self.data
         regs = [float(f"{reg * f:.3g}") for f in (10**-0.5, 1.0, 10**0.5)]
         val_acc = []
+        targets = centred_targets(d.y_pool[: d.n_fit], N_CLASSES)
         with Meter() as meter:
             for r in regs:
                 self.say(f"  {spec.name} {which}: ridge {r:g} on {d.n_fit} training images, scored on validation")
-                targets = centred_targets(d.y_pool[: d.n_fit], N_CLASSES)
                 alpha, info = solve_stored(k_pool[: d.n_fit, : d.n_fit], targets, r, precision=self.s.precision,
                                            memory_budget=self.s.memory_budget)
                 val_acc.append(accuracy(predict_stored(k_pool[d.n_fit:, : d.n_fit], alpha, info["scale"]),

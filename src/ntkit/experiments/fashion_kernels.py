@@ -219,11 +219,12 @@ def feature_fit(spec: KernelSpec, pool: tuple[torch.Tensor, np.ndarray], test: t
         phi_s = phi_pool[:n_sweep]
         scale = float((phi_s.double() ** 2).sum(1).mean())
         gram, rhs = fit.normal_equations(phi_s, centred_targets(y_pool[:n_sweep], N_CLASSES))
+        phi_val = phi_pool[val].double()
         val_acc: list[float | None] = []
         for reg in REG_GRID:
             try:
                 w = fit.solve(gram, rhs, reg * scale)
-                val_acc.append(accuracy((phi_pool[val].double() @ w).numpy(), y_pool[val]))
+                val_acc.append(accuracy((phi_val @ w).numpy(), y_pool[val]))
             except ValueError:  # a ridge too small for the Cholesky factorisation
                 val_acc.append(None)
         reg = REG_GRID[int(np.argmax([-1.0 if a is None else a for a in val_acc]))]

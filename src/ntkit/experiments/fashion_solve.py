@@ -37,7 +37,6 @@ from ntkit._validation import check_choice, parse_memory_budget
 from ntkit.experiments.images_eval import REG_GRID
 from ntkit.experiments.inplace_cholesky import cholesky_inplace
 
-#: Ridge grid, relative to the mean diagonal of the training kernel.
 PRECISIONS = ("auto", "float64", "float32", "float32-plain")
 _CHUNK = 2048
 
