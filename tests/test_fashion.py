@@ -234,7 +234,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monk
         assert row["test_acc"] == pytest.approx(float(np.mean((phi_test @ w).argmax(1) == data_.y_test)), abs=1e-12)
     text = (out / "results.md").read_text()
     for needed in ("Novak et al. 2019", "SVC (RBF, C = 10)", "| 89.70 |", "## Cost of every stage", "fc1",
-                   "| fc1-b0.5 | 0.5 |", "| kernel | b_std | ridge |"):
+                   "| fc1-b0.5 | 2 | 0.5 |", "| kernel | w_var | b_std | ridge |"):
         assert needed in text, needed
     assert str(tmp_path) in text  # the data folder; nothing else machine-specific
     records = sorted((out / "records").rglob("*.json"))
@@ -268,6 +268,50 @@ def test_one_bias_value_is_the_sweep_without_biases(tmp_path: Path) -> None:
     k0 = compute_kernel(KernelSpec("fc", 0, b_std=0.5).model((28, 28)), x, which="nngp")
     torch.testing.assert_close(k0.nngp, 2.0 * x @ x.T / 784 + 0.25, rtol=1e-12, atol=1e-12)
     assert KernelSpec("fc", 3, b_std=0.1).token == "fc3-b0.1" and KernelSpec("fc", 3, b_std=0.0).token == "fc3"
+
+
+def _relu_kernels(x: torch.Tensor, depth: int, w_var: float, b_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """NNGP and NTK of ``depth`` hidden ReLU layers, ``sigma_w^2 = w_var`` and ``b_std`` in every layer, by the
+    arc-cosine closed forms (Cho & Saul 2009), written out here independently of the library."""
+    k = w_var * x @ x.T / x.shape[1] + b_std**2
+    theta = k
+    for _ in range(depth):
+        norm = torch.sqrt(torch.outer(k.diagonal(), k.diagonal()))
+        t = torch.arccos((k / norm).clamp(-1.0, 1.0))
+        k = w_var / (2 * math.pi) * norm * (torch.sin(t) + (math.pi - t) * torch.cos(t)) + b_std**2
+        theta = k + w_var / (2 * math.pi) * (math.pi - t) * theta
+    return k, theta
+
+
+def test_weight_variance_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--fc-w-vars``: every depth at every (``w_var``, ``b_std``), in the tie order; the kernels are the
+    closed forms at ``sigma_w^2 = w_var``; without biases the weight variance only scales the kernels, which
+    the relative ridge absorbs (the same validation accuracies); ``w_var = 2`` keeps the old records' names."""
+    data_dir = _write_dataset(tmp_path / "data")
+    s = Settings(stages=("fc",), n_train=60, n_val=20, n_test=40, n_sweep=40, fc_depths=(1,), fc_b_stds=(0.3, 0.0),
+                 fc_w_vars=(2.0, 1.0), sizes=(), finals=("nngp",), data_dir=str(data_dir))
+    summary = run_fashion_benchmark(s, tmp_path / "out", progress=False, plot=False)
+    sweeps = {rec["name"]: rec for rec in summary["stages"]["fc"]["sweeps"]}
+    assert list(sweeps) == ["sweep-fc1-w1.0", "sweep-fc1-w1.0-b0.3", "sweep-fc1", "sweep-fc1-b0.3"]
+    assert [(r["w_var"], r["b_std"]) for r in sweeps.values()] == [(1.0, 0.0), (1.0, 0.3), (2.0, 0.0), (2.0, 0.3)]
+    assert sweeps["sweep-fc1-w1.0"]["val_acc"] == sweeps["sweep-fc1"]["val_acc"]
+    (final,) = summary["stages"]["fc"]["finals"]
+    assert final["w_var"] in (1.0, 2.0) and final["name"].startswith("final-fc1")
+    x = prepare(s).x_pool[:6].flatten(1)
+    for w_var, b_std, depth in ((1.5, 0.3, 2), (2.0, 0.0, 1), (2.5, 1.0, 3)):
+        spec = KernelSpec("fc", depth, b_std=b_std, w_var=w_var)
+        got = compute_kernel(spec.model((28, 28)), x, which="both")
+        nngp, ntk = _relu_kernels(x, depth, w_var, b_std)
+        torch.testing.assert_close(got.nngp, nngp, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got.ntk, ntk, rtol=1e-10, atol=1e-12)
+    spec = KernelSpec("fc", 3, b_std=0.1, w_var=1.5)
+    assert spec.token == "fc3-w1.5-b0.1" and spec.name == "FC-3 w_var 1.5 b_std 0.1"
+    assert spec.with_features(64).exact == spec and KernelSpec("gap", 2, w_var=2.0).token == "gap2"
+    base = _bench_args(data_dir, tmp_path / "o")
+    assert cli_main([*base, "--fc-w-vars", "2", "0"]) == 2
+    assert "--fc-w-vars: expected finite numbers > 0 (weight variances), got 0.0" in capsys.readouterr().err
+    assert cli_main([*base, "--cnn-w-vars", "inf"]) == 2
+    assert "--cnn-w-vars: expected finite numbers > 0 (weight variances), got inf" in capsys.readouterr().err
 
 
 def test_bad_options_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -216,10 +216,17 @@ def _factors(m: torch.Tensor) -> bool:
 
 
 def _singular(n: int = 6) -> torch.Tensor:
+    """A kernel matrix with duplicated rows (rank <= 4), shifted by ``-1e-12`` of its mean diagonal.
+
+    Exactly singular, whether its Cholesky factorisation fails is up to rounding, which differs between
+    BLAS builds and CPUs (it factored on one machine); the shift, ~1000x the float64 rounding of the
+    pivots, makes it fail everywhere in float64 and vanishes in float32.
+    """
     x = torch.from_numpy(np.random.default_rng(10).standard_normal((n, 3)))
     x[1] = x[0]
     x[4] = x[2]
-    return x @ x.T + 2.0  # rank <= 4, duplicated rows
+    k = x @ x.T + 2.0
+    return k - 1e-12 * float(torch.diagonal(k).mean()) * torch.eye(n, dtype=k.dtype)
 
 
 def test_robust_cholesky_positive_definite() -> None:

@@ -13,7 +13,7 @@ import importlib
 TARGETS: dict[str, tuple[str, str]] = {
     "uci": ("ntkit.experiments.uci", "NTK + SVM on the 90 UCI data sets of Arora et al. (2020)"),
     "images": ("ntkit.experiments.images", "CNTK / NTK regression, SVC, few-shot on digits + MNIST (Arora et al.)"),
-    "fashion": ("ntkit.experiments.fashion", "exact FC / CNN-GP and random-feature kernels on all of Fashion-MNIST "
+    "fashion": ("ntkit.experiments.fashion_cli", "exact FC / CNN-GP and random-feature kernels on all of Fashion-MNIST "
                 "(Novak et al. 2019)"),
 }
 

@@ -21,20 +21,23 @@ and recorded in ``OUT/records/<key>/<stage>.json`` so that a rerun skips finishe
   refinement; the unrefined float32 accuracy beside it). Kernel blocks live in ``OUT/kernels/<key>`` as ``.npy`` files,
   resumed tile by tile (:mod:`ntkit.experiments.fashion_kernels`). The accuracy at training sizes
   ``--sizes`` (prefixes of the pool, class-balanced) comes from sub-blocks of the same kernel.
-* variances: the sweep runs every depth at every bias standard deviation of ``--fc-b-stds`` /
-  ``--cnn-b-stds`` (``b_std``, the same in every layer; ``w_std = sqrt(2)`` in every layer), and the
-  final fit takes the best (depth, ``b_std``, ridge) on the validation split for each of NNGP and NTK
-  (ties: the shallowest depth, then the smallest ``b_std``, then the smallest ridge). Why ``b_std``
-  alone: the ReLU recursions ``K^{l+1} = w^2 E[relu(u) relu(v)] + b^2`` and
+* variances: the sweep runs every depth at every weight variance of ``--fc-w-vars`` / ``--cnn-w-vars``
+  (``w_var = sigma_w^2``, the same in every layer; 2 by default) and every bias standard deviation of
+  ``--fc-b-stds`` / ``--cnn-b-stds`` (``b_std``, the same in every layer), and the final fit takes the best
+  (depth, ``w_var``, ``b_std``, ridge) on the validation split for each of NNGP and NTK (ties: the
+  shallowest depth, then the smallest ``w_var``, then the smallest ``b_std``, then the smallest ridge) --
+  Lee et al. (2018) and Novak et al. (2019) search the same ``(sigma_w^2, sigma_b^2)`` plane. What each
+  direction does: the ReLU recursions ``K^{l+1} = w^2 E[relu(u) relu(v)] + b^2`` and
   ``Theta^{l+1} = K^{l+1} + w^2 E[relu'(u) relu'(v)] Theta^l`` (``(u, v) ~ N(0, K^l)``) are positively
   homogeneous, so multiplying the first layer's ``w_std`` and every layer's ``b_std`` by ``c`` multiplies
   NNGP and NTK by ``c^2``, which the ridge (relative to the mean diagonal) absorbs: predictions depend
-  on ``b_std / w_std`` of the first layer, not on the two apart. The hidden layers' ``w_std`` is another
-  direction (``w^2 = 2 a`` acts as ``w^2 = 2`` with biases ``b^2 / a^l`` decaying over depth ``l``, up to
-  scale); it stays at ``sqrt(2)``, the ReLU value that keeps ``diag K`` fixed without biases. A grid of one
-  value, ``0``, is the sweep over depth and ridge alone (the kernels, records and results of a run without
-  biases). The CNN grid is small by default: each value is a whole CNN sweep. A sweep's kernel blocks are
-  deleted once its record is written (nothing reads them again; 3.2 GB per kernel at 10k + 10k).
+  on ``b_std / w_std`` of the first layer, not on the two apart. The weight variance of the layers
+  above is another direction: ``w^2 = 2 a`` acts as ``w^2 = 2`` with biases ``b^2 / a^l`` decaying
+  (``a > 1``) or growing (``a < 1``) over depth ``l``, up to scale; ``w^2 = 2`` is the ReLU value that keeps
+  ``diag K`` fixed without biases. A bias grid of one value, ``0``, and the default weight grid, ``2``,
+  give the sweep over depth and ridge alone (the kernels, records and results of a run without biases).
+  The CNN grids are small by default: each value is a whole CNN sweep. A sweep's kernel blocks are deleted once
+  its record is written (nothing reads them again; 3.2 GB per kernel at 10k + 10k).
 * ``features``: CNTK-GAP / Myrtle kernels through random features (``--features gap3-rf1024 ...``):
   ridge regression in feature space (never an N x N matrix), ridge chosen on the validation split; the
   features are stored batch by batch in ``OUT/kernels/<key>/features`` and resumed (N x m float32).
@@ -45,9 +48,7 @@ Outputs: ``OUT/results.md`` (the table beside the published numbers, stage costs
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import shutil
 import sys
 from collections.abc import Callable
@@ -59,13 +60,11 @@ import numpy as np
 import torch
 
 from ntkit._io import write_text_atomic
-from ntkit._validation import check_int
 from ntkit.experiments.fashion_data import N_CLASSES, load_fashion, paper_split, standardise_global
 from ntkit.experiments.fashion_kernels import WHICH, exact_block, feature_fit, read_json
 from ntkit.experiments.fashion_meter import Meter
 from ntkit.experiments.fashion_report import write_report
 from ntkit.experiments.fashion_solve import (
-    PRECISIONS,
     REG_GRID,
     accuracy,
     choose,
@@ -83,14 +82,16 @@ STAGES = ("fc", "cnn", "features")
 #: float64 (or refined) one; the full size always does.
 PRECISION_FROM = 20_000
 SIZES = (1000, 5000, 10000, 20000, 50000, 60000)
-#: Bias standard deviations of the sweeps (``w_std = sqrt(2)``; module notes).
+#: Bias standard deviations of the sweeps (module notes).
 FC_B_STDS = (0.0, 0.1, 0.3, 1.0)
 CNN_B_STDS = (0.0,)
+#: Weight variance of the sweeps by default (``sigma_w^2 = 2``, ``w_std = sqrt(2)``: module notes).
+W_VARS = (2.0,)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``ntkit bench fashion`` runs with (see :func:`add_arguments`)."""
+    """Everything ``ntkit bench fashion`` runs with (see :func:`ntkit.experiments.fashion_cli.add_arguments`)."""
 
     stages: tuple[str, ...] = STAGES
     n_train: int = 50_000
@@ -101,6 +102,8 @@ class Settings:
     cnn_depths: tuple[int, ...] = (1, 2, 3, 4)
     fc_b_stds: tuple[float, ...] = FC_B_STDS
     cnn_b_stds: tuple[float, ...] = CNN_B_STDS
+    fc_w_vars: tuple[float, ...] = W_VARS
+    cnn_w_vars: tuple[float, ...] = W_VARS
     features: tuple[str, ...] = ("gap3-rf256",)  # m = 1024 would take ~12 h on 2 cores at 28x28
     sizes: tuple[int, ...] = SIZES
     precision: str = "auto"
@@ -214,7 +217,8 @@ class Runner:
             with Meter() as m_solve:
                 for which in WHICH:
                     grids[which] = ridge_sweep(fit.kernels[which], t_fit, val.kernels[which], d.y_pool[d.val])
-            return {"kernel": spec.token, "depth": spec.depth, "b_std": spec.b_std, "regs": list(REG_GRID),
+            return {"kernel": spec.token, "depth": spec.depth, "b_std": spec.b_std, "w_var": spec.w_var,
+                    "regs": list(REG_GRID),
                     "val_acc": grids,
                     "kernel_cost": {**m_kernel.record(), "compute_seconds": fit.seconds + val.seconds,
                                     "pairs": fit.pairs + val.pairs},
@@ -268,8 +272,8 @@ class Runner:
                         acc32, info32 = self.fit_predict(k_pool, k_test, n, chosen, "float32-plain")
                     row["float32_plain"] = {"test_acc": acc32, **info32, "cost": meter.record()}
                 curve.append(row)
-            return {"kernel": spec.token, "b_std": spec.b_std, "which": which, "reg": chosen, "sweep_reg": reg,
-                    "ridge_choice": choice, "n_pool": len(d.y_pool), "n_test": len(d.y_test),
+            return {"kernel": spec.token, "b_std": spec.b_std, "w_var": spec.w_var, "which": which, "reg": chosen,
+                    "sweep_reg": reg, "ridge_choice": choice, "n_pool": len(d.y_pool), "n_test": len(d.y_test),
                     "test_acc": curve[-1]["test_acc"], "curve": curve, "kernel_cost": kernel_cost}
 
         full = {} if self.s.final_ridge == "sweep" else {"final_ridge": self.s.final_ridge}  # old records stay valid
@@ -309,16 +313,17 @@ class Runner:
         info["first_acc"] = accuracy(predict_stored(k_eval, info.pop("alpha_first"), info["scale"]), self.data.y_test)
         return accuracy(predict_stored(k_eval, alpha, info["scale"]), self.data.y_test), info
 
-    def exact_family(self, family: str, depths: tuple[int, ...], b_stds: tuple[float, ...] = (0.0,)
-                     ) -> dict[str, Any]:
-        """Sweep the depths x ``b_stds``, then the final fit at the choice of each of NNGP and NTK."""
+    def exact_family(self, family: str, depths: tuple[int, ...], b_stds: tuple[float, ...] = (0.0,),
+                     w_vars: tuple[float, ...] = W_VARS) -> dict[str, Any]:
+        """Sweep the depths x ``w_vars`` x ``b_stds``, then the final fit at the choice of each of NNGP and NTK."""
         sweeps, specs = [], {}
         for depth in depths:
-            for b_std in sorted(set(b_stds)):  # ascending: the tie order
-                spec = KernelSpec(family, depth, b_std=float(b_std))
-                specs[spec.token] = spec
-                self.say(f"[{family}] sweep {spec.name} on {self.data.n_sweep} + {len(self.data.val)} images")
-                sweeps.append(self.sweep(spec))
+            for w_var in sorted(set(w_vars)):  # ascending: the tie order
+                for b_std in sorted(set(b_stds)):
+                    spec = KernelSpec(family, depth, b_std=float(b_std), w_var=float(w_var))
+                    specs[spec.token] = spec
+                    self.say(f"[{family}] sweep {spec.name} on {self.data.n_sweep} + {len(self.data.val)} images")
+                    sweeps.append(self.sweep(spec))
         choices = {which: choose(sweeps, which) for which in WHICH}
         shared = (len(self.s.finals) == 2 and len({token for token, _, _ in choices.values()}) == 1
                   and self.shares_pass(choices["nngp"][0]))
@@ -381,9 +386,9 @@ def run_fashion_benchmark(s: Settings, out_dir: str | Path, *, progress: bool = 
                                "complete": False}
     try:
         if "fc" in s.stages:
-            summary["stages"]["fc"] = runner.exact_family("fc", s.fc_depths, s.fc_b_stds)
+            summary["stages"]["fc"] = runner.exact_family("fc", s.fc_depths, s.fc_b_stds, s.fc_w_vars)
         if "cnn" in s.stages:
-            summary["stages"]["cnn"] = runner.exact_family("v", s.cnn_depths, s.cnn_b_stds)
+            summary["stages"]["cnn"] = runner.exact_family("v", s.cnn_depths, s.cnn_b_stds, s.cnn_w_vars)
         if "features" in s.stages:
             summary["stages"]["features"] = [runner.feature_stage(t) for t in s.features]
         summary["complete"] = True
@@ -394,102 +399,5 @@ def run_fashion_benchmark(s: Settings, out_dir: str | Path, *, progress: bool = 
     return summary
 
 
-# ------------------------------------------------------------------------------------------- the CLI
-
-
-def _b_grid(values: Any, option: str) -> tuple[float, ...]:
-    """A bias grid: finite numbers >= 0, at least one; sorted, duplicates dropped (the sweep's tie order)."""
-    grid = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{option}: expected finite numbers >= 0 (bias standard deviations), got {v!r}")
-        grid.append(float(v))
-    if not grid:
-        raise ValueError(f"{option}: expected at least one bias standard deviation, got none")
-    return tuple(sorted(set(grid)))
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Validate the options into :class:`Settings`."""
-    stages = tuple(dict.fromkeys(args.stages))
-    for st in stages:
-        if st not in STAGES:
-            raise ValueError(f"--stages: expected names among {list(STAGES)}, got {st!r}")
-    for token in args.features:
-        if parse_kernels([token])[0].n_features is None:
-            raise ValueError(f"--features: expected random-feature kernels such as gap3-rf1024, got {token!r}")
-    fc_depths = tuple(check_int(v, "--fc-depths", minimum=0) for v in args.fc_depths)
-    cnn_depths = tuple(check_int(v, "--cnn-depths", minimum=1) for v in args.cnn_depths)
-    if not fc_depths or not cnn_depths:
-        raise ValueError("--fc-depths / --cnn-depths: expected at least one depth, got none")
-    fc_b_stds, cnn_b_stds = _b_grid(args.fc_b_stds, "--fc-b-stds"), _b_grid(args.cnn_b_stds, "--cnn-b-stds")
-    return Settings(stages=stages, n_train=check_int(args.n_train, "--n-train", minimum=10),
-                    n_val=check_int(args.n_val, "--n-val", minimum=10),
-                    n_test=check_int(args.n_test, "--n-test", minimum=1),
-                    n_sweep=check_int(args.n_sweep, "--n-sweep", minimum=10), fc_depths=fc_depths,
-                    cnn_depths=cnn_depths, fc_b_stds=fc_b_stds, cnn_b_stds=cnn_b_stds, features=tuple(args.features),
-                    sizes=tuple(check_int(v, "--sizes", minimum=10) for v in args.sizes), precision=args.precision,
-                    memory_budget=args.memory_budget, preprocess=args.preprocess, seed=args.seed,
-                    data_dir=args.data_dir, kernel_dtype=args.kernel_dtype,
-                    finals=tuple(w for w in WHICH if w in args.finals), final_ridge=args.final_ridge)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``ntkit bench fashion``."""
-    d = Settings()
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the four idx .gz files (default: Debian's dataset-fashion-mnist package, "
-                             "/usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--out", default="ntkit-output/fashion", help="output folder (default ntkit-output/fashion)")
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), metavar="STAGE",
-                        help=f"stages to run, among {' '.join(STAGES)} (default all)")
-    parser.add_argument("--n-train", type=int, default=d.n_train,
-                        help=f"training split images (default {d.n_train}; the final fit adds the validation split)")
-    parser.add_argument("--n-val", type=int, default=d.n_val, help=f"validation split images (default {d.n_val})")
-    parser.add_argument("--n-test", type=int, default=d.n_test, help=f"test images (default {d.n_test})")
-    parser.add_argument("--n-sweep", type=int, default=d.n_sweep,
-                        help=f"training images of the depth / ridge sweep (default {d.n_sweep})")
-    parser.add_argument("--fc-depths", type=int, nargs="+", default=list(d.fc_depths), help="FC depths to sweep")
-    parser.add_argument("--cnn-depths", type=int, nargs="+", default=list(d.cnn_depths),
-                        help="CNN-GP / CNTK-V depths to sweep")
-    parser.add_argument("--fc-b-stds", type=float, nargs="+", default=list(d.fc_b_stds), metavar="B",
-                        help="bias standard deviations swept with the FC depths (w_std = sqrt(2); default "
-                             f"{' '.join(map(str, d.fc_b_stds))}; 0 alone: no biases)")
-    parser.add_argument("--cnn-b-stds", type=float, nargs="+", default=list(d.cnn_b_stds), metavar="B",
-                        help="bias standard deviations swept with the CNN depths (each multiplies the CNN sweep; "
-                             f"default {' '.join(map(str, d.cnn_b_stds))})")
-    parser.add_argument("--features", nargs="+", default=list(d.features), metavar="K",
-                        help="random-feature kernels of the features stage, e.g. gap3-rf1024 (default gap3-rf256)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
-                        help="training sizes of the learning curve (prefixes of the pool; default 1k .. 60k)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="final solve: float64 Cholesky, float32 factor + float64 refinement, or auto (float64 "
-                             "where 8 N^2 bytes fit --memory-budget)")
-    parser.add_argument("--memory-budget", default=d.memory_budget, help="memory for the dense factor (default 16G)")
-    parser.add_argument("--kernel-dtype", default=d.kernel_dtype, choices=("float64", "float32"),
-                        help="dtype the exact kernels are computed and stored in (default float64; float32 halves "
-                             "disk and is 2-3x faster for the CNN-GP, the solves still in float64 or refined; "
-                             "its own folder of kernels and records)")
-    parser.add_argument("--preprocess", default="global", choices=("global", "image"),
-                        help="global: the pool's pixel mean / std (default); image: each image standardised")
-    parser.add_argument("--finals", nargs="+", default=list(d.finals), choices=WHICH,
-                        help="kernels fitted at full size after the sweep (default: nngp ntk)")
-    parser.add_argument("--final-ridge", default=d.final_ridge, choices=("sweep", "validation"),
-                        help="ridge of the final fit: the sweep's (default), or validation: the sweep's and its "
-                             "half-decade neighbours refitted on the whole training split and scored on the "
-                             "validation split (three more training-size solves)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the feature maps (default 0)")
-    parser.add_argument("--no-plot", action="store_true", help="no learning_curve.png")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``ntkit bench fashion``."""
-    settings = settings_from_args(args)
-    summary = run_fashion_benchmark(settings, args.out, progress=not args.quiet, plot=not args.no_plot)
-    print((Path(args.out) / "results.md").read_text())
-    return 0 if summary["complete"] else 130
-
-
-__all__ = ["CNN_B_STDS", "FC_B_STDS", "SIZES", "STAGES", "Data", "Runner", "Settings", "add_arguments",
-           "main", "prepare", "run_fashion_benchmark", "settings_from_args"]
+__all__ = ["CNN_B_STDS", "FC_B_STDS", "SIZES", "STAGES", "W_VARS", "Data", "Runner", "Settings", "prepare",
+           "run_fashion_benchmark"]

@@ -47,6 +47,11 @@ def _b(rec: dict[str, Any]) -> str:
     return f"{rec.get('b_std', 0.0):g}"
 
 
+def _w(rec: dict[str, Any]) -> str:
+    """The weight variance of a record (records written before the weight sweep have none: 2)."""
+    return f"{rec.get('w_var', 2.0):g}"
+
+
 def _finals(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [f for fam in ("fc", "cnn") for f in summary["stages"].get(fam, {}).get("finals", [])]
 
@@ -63,29 +68,31 @@ def format_report(summary: dict[str, Any]) -> str:
     s = summary
     lines = ["# ntkit bench fashion", "",
              f"Fashion-MNIST from `{s['source']}`: final fit on {s['n_pool']} images (training split {s['n_fit']} + "
-             f"validation {s['n_val']}), depth / b_std / ridge sweep on {s['n_sweep']} training images against the "
-             f"validation split, test on {s['n_test']}. Preprocessing: {s['settings']['preprocess']}; exact kernels in "
-             f"{s['settings'].get('kernel_dtype', 'float64')}; targets: one-hot minus 0.1."
+             f"validation {s['n_val']}), depth / w_var / b_std / ridge sweep on {s['n_sweep']} training images against "
+             f"the validation split, test on {s['n_test']}. Preprocessing: {s['settings']['preprocess']}; "
+             f"exact kernels in {s['settings'].get('kernel_dtype', 'float64')}; targets: one-hot minus 0.1."
              + ("" if s["complete"] else " **Incomplete run** (interrupted)."), "",
-             "## Test accuracy (%)", "", "| model | kernel | b_std | ridge | training images | test accuracy |",
-             "|---|---|---|---|---|---|"]
+             "## Test accuracy (%)", "",
+             "| model | kernel | w_var | b_std | ridge | training images | test accuracy |",
+             "|---|---|---|---|---|---|---|"]
     for f in _finals(s):
-        lines.append(f"| ntkit {f['which'].upper()} | {f['kernel']} | {_b(f)} | {f['reg']:g} | {f['n_pool']} | "
-                     f"{_pct(f['test_acc'])} |")
+        lines.append(f"| ntkit {f['which'].upper()} | {f['kernel']} | {_w(f)} | {_b(f)} | {f['reg']:g} | "
+                     f"{f['n_pool']} | {_pct(f['test_acc'])} |")
     for r in s["stages"].get("features", []):
-        lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | 0 | {r['reg']:g} | "
+        lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | 2 | 0 | {r['reg']:g} | "
                      f"{r['n_pool']} | {_pct(r['test_acc'])} |")
     for source, model, acc in PUBLISHED:
-        lines.append(f"| {source}: {model} | - | - | - | 60000 | {acc:.2f} |")
+        lines.append(f"| {source}: {model} | - | - | - | - | 60000 | {acc:.2f} |")
     for fam, name in _FAMILY.items():
         st = s["stages"].get(fam)
         if not st:
             continue
         lines += ["", f"## {name}: validation sweep (best validation accuracy %, over the ridge grid)", "",
-                  "| kernel | b_std | NNGP | NTK | kernel s | sweep solves s |", "|---|---|---|---|---|---|"]
+                  "| kernel | w_var | b_std | NNGP | NTK | kernel s | sweep solves s |",
+                  "|---|---|---|---|---|---|---|"]
         for rec in st["sweeps"]:
             best = [max((a for a in rec["val_acc"][w] if a is not None), default=None) for w in ("nngp", "ntk")]
-            lines.append(f"| {rec['kernel']} | {_b(rec)} | {_pct(best[0])} | {_pct(best[1])} | "
+            lines.append(f"| {rec['kernel']} | {_w(rec)} | {_b(rec)} | {_pct(best[0])} | {_pct(best[1])} | "
                          f"{rec['kernel_cost']['seconds']:.1f} | {rec['solve_cost']['seconds']:.1f} |")
     finals = _finals(s)
     chosen = [f for f in finals if f.get("ridge_choice")]

@@ -43,35 +43,41 @@ _TOKEN = re.compile(r"(fc|v|gap|myrtle)(\d+)(?:-rf(\d+))?")
 class KernelSpec:
     """One architecture of the benchmark: ``family`` (``fc``, ``v``, ``gap``, ``myrtle``) and ``depth``;
     ``n_features`` set: its random-feature estimate with that many features (``m``); ``b_std``: the bias
-    standard deviation of every layer (0: no bias, the default)."""
+    standard deviation of every layer (0: no bias, the default); ``w_var``: the weight variance
+    ``sigma_w^2`` of every layer (2, the ReLU value that keeps ``diag K`` fixed without biases, by default)."""
 
     family: str
     depth: int
     n_features: int | None = None
     b_std: float = 0.0
+    w_var: float = 2.0
 
     @property
     def token(self) -> str:
         """Command-line name, e.g. ``gap3`` or ``gap3-rf1024``; ``fc3-b0.1`` with a bias (a record and file name
-        of ``ntkit bench fashion``, not read by :func:`parse_kernels`)."""
+        of ``ntkit bench fashion``, not read by :func:`parse_kernels`); ``fc3-w1.5-b0.1`` with a weight variance
+        other than 2."""
+        weight = f"-w{float(self.w_var)!r}" if self.w_var != 2.0 else ""
         bias = f"-b{float(self.b_std)!r}" if self.b_std else ""
-        return f"{self.family}{self.depth}{bias}" + ("" if self.n_features is None else f"-rf{self.n_features}")
+        return (f"{self.family}{self.depth}{weight}{bias}"
+                + ("" if self.n_features is None else f"-rf{self.n_features}"))
 
     @property
     def name(self) -> str:
-        """Display name, e.g. ``CNTK-GAP-3``, ``CNTK-GAP-3 rf1024`` or ``FC-3 b_std 0.1``."""
+        """Display name, e.g. ``CNTK-GAP-3``, ``CNTK-GAP-3 rf1024``, ``FC-3 b_std 0.1`` or ``FC-3 w_var 1.5``."""
+        weight = f" w_var {float(self.w_var)!r}" if self.w_var != 2.0 else ""
         bias = f" b_std {float(self.b_std)!r}" if self.b_std else ""
-        return (f"{FAMILIES[self.family]}-{self.depth}{bias}"
+        return (f"{FAMILIES[self.family]}-{self.depth}{weight}{bias}"
                 + ("" if self.n_features is None else f" rf{self.n_features}"))
 
     @property
     def exact(self) -> KernelSpec:
         """The exact kernel this spec estimates (itself when exact)."""
-        return KernelSpec(self.family, self.depth, b_std=self.b_std)
+        return KernelSpec(self.family, self.depth, b_std=self.b_std, w_var=self.w_var)
 
     def with_features(self, n_features: int) -> KernelSpec:
         """The random-feature estimate of this architecture with ``n_features`` features."""
-        return KernelSpec(self.family, self.depth, n_features, self.b_std)
+        return KernelSpec(self.family, self.depth, n_features, self.b_std, self.w_var)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """The model's inputs from images ``(N, 1, H, W)``: flattened (FC), padded to a multiple of 8 (Myrtle)."""
@@ -82,16 +88,17 @@ class KernelSpec:
         return x
 
     def model(self, image_shape: tuple[int, int], in_channels: int = 1) -> nn.Module:
-        """The architecture on the meta device (ReLU, ``w_std = sqrt(2)``, ``b_std`` in every layer)."""
+        """The architecture on the meta device (ReLU, ``w_std = sqrt(w_var)`` and ``b_std`` in every layer)."""
+        w_std = math.sqrt(self.w_var)
         if self.family == "fc":
-            return fc(in_channels * image_shape[0] * image_shape[1], depth=self.depth, w_std=math.sqrt(2.0),
+            return fc(in_channels * image_shape[0] * image_shape[1], depth=self.depth, w_std=w_std,
                       b_std=self.b_std, device="meta")
         if self.family == "v":
-            return cntk(in_channels, self.depth, readout="flatten", image_shape=image_shape, b_std=self.b_std,
-                        device="meta")
+            return cntk(in_channels, self.depth, readout="flatten", image_shape=image_shape, w_std=w_std,
+                        b_std=self.b_std, device="meta")
         if self.family == "gap":
-            return cntk(in_channels, self.depth, readout="gap", b_std=self.b_std, device="meta")
-        return myrtle(self.depth, in_channels, b_std=self.b_std, device="meta")
+            return cntk(in_channels, self.depth, readout="gap", w_std=w_std, b_std=self.b_std, device="meta")
+        return myrtle(self.depth, in_channels, w_std=w_std, b_std=self.b_std, device="meta")
 
 
 def parse_kernels(tokens: Sequence[str], features: Sequence[int] = ()) -> list[KernelSpec]:
