@@ -458,16 +458,30 @@ def test_stored_features_resume_where_an_interrupted_run_stopped(tmp_path: Path,
     torch.testing.assert_close(again, FeatureFit(spec, "ntk", (1, 6, 6), seed=3).phi(2 * x), rtol=1e-6, atol=1e-7)
 
 
-def test_final_ridge_chosen_at_full_size_on_the_validation_split(tmp_path: Path) -> None:
+def test_final_ridge_chosen_at_full_size_on_the_validation_split(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """``--final-ridge validation``: the sweep's ridge and its half-decade neighbours, each fitted on the whole
-    training split (blocks of the final kernel) and scored on the validation split; ``--finals nngp`` alone."""
+    training split (blocks of the final kernel) and scored on the validation split; ``--finals nngp`` alone.
+    The learning curve's point at the training split's size takes the chosen candidate's solve (not solved
+    twice)."""
     data = _write_dataset(tmp_path / "data")
     out = tmp_path / "out"
     common = _bench_args(data, out, "--n-train", "60", "--n-val", "30", "--n-test", "40", "--n-sweep", "40",
-                         "--stages", "fc", "--fc-depths", "2", "--fc-b-stds", "0", "--sizes", "30",
+                         "--stages", "fc", "--fc-depths", "2", "--fc-b-stds", "0", "--sizes", "30", "60",
                          "--finals", "nngp")
     args = [*common, "--final-ridge", "validation"]
+    sizes_solved: list[int] = []
+    solve = fashion.solve_stored
+
+    def counted(k: np.ndarray, *a: object, **kw: object) -> object:
+        sizes_solved.append(k.shape[0])
+        return solve(k, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fashion, "solve_stored", counted)
     assert cli_main(args) == 0
+    # the candidates at 60, then the curve at 30 and 90 (and the float32 comparison at 90), not 60 again
+    assert sorted(sizes_solved) == [30, 60, 60, 60, 90, 90]
+    monkeypatch.undo()
     summary = json.loads((out / "summary.json").read_text())
     (final,) = summary["stages"]["fc"]["finals"]
     choice = final["ridge_choice"]
@@ -481,8 +495,17 @@ def test_final_ridge_chosen_at_full_size_on_the_validation_split(tmp_path: Path)
     for reg, acc in zip(choice["regs"], choice["val_acc"], strict=True):  # float64 reference of every candidate
         alpha = np.linalg.solve(k_fit + reg * np.mean(np.diag(k_fit)) * np.eye(60), centred_targets(labels[:60], 10))
         assert acc == pytest.approx(float(np.mean((k[60:, :60] @ alpha).argmax(1) == labels[60:])), abs=1e-12)
+    test_labels = fashion.prepare(Settings(n_train=60, n_val=30, n_test=40, n_sweep=40, data_dir=str(data))).y_test
+    k_test = np.load(next((out / "kernels").rglob("final/fc2_nngp_test.npy"))).astype(np.float64)
+    row = next(r for r in final["curve"] if r["n"] == 60)
+    alpha = np.linalg.solve(k_fit + final["reg"] * np.mean(np.diag(k_fit)) * np.eye(60),
+                            centred_targets(labels[:60], 10))
+    assert row["solved_in"] == "ridge_choice"
+    assert row["test_acc"] == pytest.approx(float(np.mean((k_test[:, :60] @ alpha).argmax(1) == test_labels)),
+                                            abs=1e-12)
     text = (out / "results.md").read_text()
     assert "## Ridge of the final fit, chosen at full size" in text and "ridge at full size (3 solves)" in text
+    assert "solve N = 60 (float64, its solve in the ridge choice's)" in text
     assert cli_main(common) == 0  # the sweep's ridge: its own record, recomputed
     rec = json.loads((out / "summary.json").read_text())["stages"]["fc"]["finals"][0]
     assert rec["ridge_choice"] is None and rec["reg"] == rec["sweep_reg"] == final["sweep_reg"]

@@ -253,16 +253,20 @@ class Runner:
         def compute() -> dict[str, Any]:
             pool, test, kernel_cost = blocks()
             k_pool, k_test = pool.kernels[which], test.kernels[which]
-            choice = None if self.s.final_ridge == "sweep" else self.full_size_ridge(spec, which, k_pool, reg)
+            choice, solved = (None, {}) if self.s.final_ridge == "sweep" else \
+                self.full_size_ridge(spec, which, k_pool, reg)
             chosen = reg if choice is None else choice["reg"]
             sizes = sorted({n for n in self.s.sizes if n < len(d.y_pool)} | {len(d.y_pool)})
             curve = []
             for n in sizes:
                 self.say(f"  {spec.name} {which}: solve on {n} images")
                 last = n == len(d.y_pool)
+                shared = solved.get(chosen) if n == d.n_fit else None  # solved for the ridge choice already
                 with Meter() as meter:
-                    acc, info = self.fit_predict(k_pool, k_test, n, chosen, self.s.precision)
+                    acc, info = self.fit_predict(k_pool, k_test, n, chosen, self.s.precision, solved=shared)
                 row = {"n": n, "test_acc": acc, **info, "cost": meter.record()}
+                if shared is not None:
+                    row["solved_in"] = "ridge_choice"  # its solve's cost is in the ridge choice's record
                 first = row.pop("first_acc", None)
                 compare = last or n >= PRECISION_FROM  # the precision effect (Lee et al. 2020) at the large sizes
                 if compare and row["precision"] == "float32":  # the unrefined float32 answer came with it
@@ -280,35 +284,45 @@ class Runner:
         return self.cached(f"final-{spec.token}-{which}", compute, reg=reg, sizes=self.s.sizes,
                            precision=self.s.precision, memory_budget=self.s.memory_budget, **full)
 
-    def full_size_ridge(self, spec: KernelSpec, which: str, k_pool: np.ndarray, reg: float) -> dict[str, Any]:
+    def full_size_ridge(self, spec: KernelSpec, which: str, k_pool: np.ndarray, reg: float
+                        ) -> tuple[dict[str, Any], dict[float, tuple[np.ndarray, dict[str, Any]]]]:
         """The ridge of the final fit chosen at full size (``--final-ridge validation``): the sweep's ridge and
         its half-decade neighbours, each fitted on the whole training split (the pool's first ``n_fit``
         images: blocks of the stored final kernel) and scored on the validation split, the best one kept
-        (ties: the smallest). The papers' protocol (50k train / 10k validation); three training-size solves."""
+        (ties: the smallest). The papers' protocol (50k train / 10k validation); three training-size solves.
+
+        Returns the record and every candidate's solve ``{ridge: (alpha, info)}`` (the learning curve's point at
+        the training split's size reuses the chosen one)."""
         d = self.data
         regs = [float(f"{reg * f:.3g}") for f in (10**-0.5, 1.0, 10**0.5)]
-        val_acc = []
+        val_acc, solved = [], {}
         targets = centred_targets(d.y_pool[: d.n_fit], N_CLASSES)
         with Meter() as meter:
             for r in regs:
                 self.say(f"  {spec.name} {which}: ridge {r:g} on {d.n_fit} training images, scored on validation")
                 alpha, info = solve_stored(k_pool[: d.n_fit, : d.n_fit], targets, r, precision=self.s.precision,
-                                           memory_budget=self.s.memory_budget)
+                                           memory_budget=self.s.memory_budget, keep_first=True)
+                solved[r] = (alpha, info)
                 val_acc.append(accuracy(predict_stored(k_pool[d.n_fit:, : d.n_fit], alpha, info["scale"]),
                                         d.y_pool[d.n_fit:]))
         best = int(np.argmax(val_acc))
         self.say(f"  {spec.name} {which}: validation " + ", ".join(f"{r:g}: {100 * a:.2f}%" for r, a in
                                                                   zip(regs, val_acc, strict=True)))
-        return {"regs": regs, "val_acc": val_acc, "reg": regs[best], "n_train": d.n_fit, "cost": meter.record()}
+        record = {"regs": regs, "val_acc": val_acc, "reg": regs[best], "n_train": d.n_fit, "cost": meter.record()}
+        return record, solved
 
-    def fit_predict(self, k_pool: np.ndarray, k_test: np.ndarray, n: int, reg: float,
-                    precision: str) -> tuple[float, dict[str, Any]]:
+    def fit_predict(self, k_pool: np.ndarray, k_test: np.ndarray, n: int, reg: float, precision: str, *,
+                    solved: tuple[np.ndarray, dict[str, Any]] | None = None) -> tuple[float, dict[str, Any]]:
         """Test accuracy of the fit on the pool's first ``n`` images (``info["first_acc"]``: before refinement).
 
-        ``k_pool[:n, :n]`` stays a view of the stored block: the solve reads it in row chunks.
+        ``k_pool[:n, :n]`` stays a view of the stored block: the solve reads it in row chunks. ``solved``: that
+        solve done already (``solve_stored(..., keep_first=True)``'s answer), only the prediction left.
         """
-        alpha, info = solve_stored(k_pool[:n, :n], centred_targets(self.data.y_pool[:n], N_CLASSES), reg,
-                                   precision=precision, memory_budget=self.s.memory_budget, keep_first=True)
+        if solved is None:
+            alpha, info = solve_stored(k_pool[:n, :n], centred_targets(self.data.y_pool[:n], N_CLASSES), reg,
+                                       precision=precision, memory_budget=self.s.memory_budget, keep_first=True)
+        else:
+            alpha, info = solved[0], dict(solved[1])
         k_eval = k_test[:, :n]
         info["first_acc"] = accuracy(predict_stored(k_eval, info.pop("alpha_first"), info["scale"]), self.data.y_test)
         return accuracy(predict_stored(k_eval, alpha, info["scale"]), self.data.y_test), info

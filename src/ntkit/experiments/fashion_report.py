@@ -149,7 +149,8 @@ def format_report(summary: dict[str, Any]) -> str:
                 lines.append(f"| final {f['kernel']} {f['which']} | ridge at full size (3 solves) | "
                              f"{_cost(f['ridge_choice']['cost'])} |")
             for r in f["curve"]:
-                lines.append(f"| final {f['kernel']} {f['which']} | solve N = {r['n']} ({r['precision']}) | "
+                shared = ", its solve in the ridge choice's" if r.get("solved_in") else ""
+                lines.append(f"| final {f['kernel']} {f['which']} | solve N = {r['n']} ({r['precision']}{shared}) | "
                              f"{_cost(r['cost'])} |")
                 if r.get("float32_plain") and r["float32_plain"]["cost"]:
                     lines.append(f"| final {f['kernel']} {f['which']} | solve N = {r['n']} (float32 unrefined) | "
