@@ -74,7 +74,7 @@ from ntkit.experiments.fashion_solve import (
 )
 from ntkit.experiments.images_data import standardise
 from ntkit.experiments.images_eval import centred_targets
-from ntkit.experiments.images_kernels import KernelSpec, parse_kernels
+from ntkit.experiments.images_kernels import RELU_W_VAR, KernelSpec, parse_kernels
 
 RESULT_VERSION = 1
 STAGES = ("fc", "cnn", "features")
@@ -86,7 +86,7 @@ SIZES = (1000, 5000, 10000, 20000, 50000, 60000)
 FC_B_STDS = (0.0, 0.1, 0.3, 1.0)
 CNN_B_STDS = (0.0,)
 #: Weight variance of the sweeps by default (``sigma_w^2 = 2``, ``w_std = sqrt(2)``: module notes).
-W_VARS = (2.0,)
+W_VARS = (RELU_W_VAR,)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkit._io import write_text_atomic
+from ntkit.experiments.images_kernels import RELU_W_VAR
 
 #: Published test accuracies (%) on Fashion-MNIST, all with the full training set:
 #: (source, model, accuracy). Xiao et al. (2017)'s benchmark of scikit-learn classifiers (best of
@@ -48,8 +49,9 @@ def _b(rec: dict[str, Any]) -> str:
 
 
 def _w(rec: dict[str, Any]) -> str:
-    """The weight variance of a record (records written before the weight sweep have none: 2)."""
-    return f"{rec.get('w_var', 2.0):g}"
+    """The weight variance of a record (records written before the weight sweep, and the random-feature records,
+    have none: the default)."""
+    return f"{rec.get('w_var', RELU_W_VAR):g}"
 
 
 def _finals(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -79,8 +81,8 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(f"| ntkit {f['which'].upper()} | {f['kernel']} | {_w(f)} | {_b(f)} | {f['reg']:g} | "
                      f"{f['n_pool']} | {_pct(f['test_acc'])} |")
     for r in s["stages"].get("features", []):
-        lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | 2 | 0 | {r['reg']:g} | "
-                     f"{r['n_pool']} | {_pct(r['test_acc'])} |")
+        lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | {_w(r)} | {_b(r)} | "
+                     f"{r['reg']:g} | {r['n_pool']} | {_pct(r['test_acc'])} |")
     for source, model, acc in PUBLISHED:
         lines.append(f"| {source}: {model} | - | - | - | - | 60000 | {acc:.2f} |")
     for fam, name in _FAMILY.items():

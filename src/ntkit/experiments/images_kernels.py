@@ -36,6 +36,9 @@ FAMILIES = {"fc": "FC", "v": "CNTK-V", "gap": "CNTK-GAP", "myrtle": "Myrtle"}
 #: Families with a random-feature map (Myrtle's 2x2 average pooling has one too, but its exact kernel is
 #: the point of the Myrtle rows).
 FEATURE_FAMILIES = ("fc", "v", "gap")
+#: The weight variance ``sigma_w^2`` of every layer by default: the ReLU value that keeps ``diag K`` fixed
+#: without biases (He et al. 2015); names and tokens mention ``w_var`` only when it differs.
+RELU_W_VAR = 2.0
 _TOKEN = re.compile(r"(fc|v|gap|myrtle)(\d+)(?:-rf(\d+))?")
 
 
@@ -50,14 +53,14 @@ class KernelSpec:
     depth: int
     n_features: int | None = None
     b_std: float = 0.0
-    w_var: float = 2.0
+    w_var: float = RELU_W_VAR
 
     @property
     def token(self) -> str:
         """Command-line name, e.g. ``gap3`` or ``gap3-rf1024``; ``fc3-b0.1`` with a bias (a record and file name
         of ``ntkit bench fashion``, not read by :func:`parse_kernels`); ``fc3-w1.5-b0.1`` with a weight variance
         other than 2."""
-        weight = f"-w{float(self.w_var)!r}" if self.w_var != 2.0 else ""
+        weight = f"-w{float(self.w_var)!r}" if self.w_var != RELU_W_VAR else ""
         bias = f"-b{float(self.b_std)!r}" if self.b_std else ""
         return (f"{self.family}{self.depth}{weight}{bias}"
                 + ("" if self.n_features is None else f"-rf{self.n_features}"))
@@ -65,7 +68,7 @@ class KernelSpec:
     @property
     def name(self) -> str:
         """Display name, e.g. ``CNTK-GAP-3``, ``CNTK-GAP-3 rf1024``, ``FC-3 b_std 0.1`` or ``FC-3 w_var 1.5``."""
-        weight = f" w_var {float(self.w_var)!r}" if self.w_var != 2.0 else ""
+        weight = f" w_var {float(self.w_var)!r}" if self.w_var != RELU_W_VAR else ""
         bias = f" b_std {float(self.b_std)!r}" if self.b_std else ""
         return (f"{FAMILIES[self.family]}-{self.depth}{weight}{bias}"
                 + ("" if self.n_features is None else f" rf{self.n_features}"))
