@@ -36,6 +36,7 @@ from ntkit.experiments.fashion_solve import predict_stored, ridge_sweep, solve_s
 from ntkit.experiments.images_eval import centred_targets
 from ntkit.experiments.images_kernels import KernelSpec
 from ntkit.nn.builders import fc
+from tests.fashion_files import bench_args, write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small kernels: one thread each
 
@@ -51,32 +52,6 @@ def _one_blas_thread() -> Iterator[None]:
         return
     with threadpool_limits(1, user_api="blas"):
         yield
-
-
-def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` 28x28 uint8 images whose class (0..9) sets the position of a bright square, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 10
-    rng.shuffle(y)
-    x = rng.integers(0, 60, size=(n, 28, 28))
-    for i, c in enumerate(y):
-        r, col = 2 + 8 * (c // 4), 2 + 6 * (c % 4)
-        x[i, r:r + 6, col:col + 6] += 150
-    return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
-
-
-def _bench_args(data: Path, out: Path, *options: str) -> list[str]:
-    """``ntkit bench fashion`` on the idx files in ``data`` into ``out``, quiet and without a figure."""
-    return ["bench", "fashion", "--data-dir", str(data), "--out", str(out), "--quiet", "--no-plot", *options]
-
-
-def _write_dataset(folder: Path, n_train: int = 600, n_test: int = 100) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for (img, lab), n, seed in zip(FILES.values(), (n_train, n_test), (0, 1), strict=True):
-        x, y = _synthetic(n, seed)
-        write_idx(folder / img, x)
-        write_idx(folder / lab, y)
-    return folder
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -106,15 +81,15 @@ def test_idx_round_trip_and_malformed_files(tmp_path: Path) -> None:
 def test_missing_files_say_how_to_install(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist.*--data-dir"):
         find_fashion(tmp_path)
-    _write_dataset(tmp_path / "data")
+    write_dataset(tmp_path / "data")
     (tmp_path / "data" / FILES["test"][1]).unlink()
     with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz"):
         load_fashion(tmp_path / "data")
-    assert cli_main(_bench_args(tmp_path, tmp_path / "o")) == 2
+    assert cli_main(bench_args(tmp_path, tmp_path / "o")) == 2
 
 
 def test_loader_checks_shapes_and_labels(tmp_path: Path) -> None:
-    folder = _write_dataset(tmp_path)
+    folder = write_dataset(tmp_path)
     data = load_fashion(folder)
     assert data.x_train.shape == (600, 28, 28) and data.x_test.shape == (100, 28, 28)
     assert data.y_train.dtype == np.int64 and set(np.unique(data.y_test)) == set(range(10))
@@ -197,9 +172,9 @@ def test_meter_records_time_memory_and_load() -> None:
 
 def test_pipeline_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fashion, "PRECISION_FROM", 30)  # the float32 comparison from 30 images (20,000 at full size)
-    data = _write_dataset(tmp_path / "data")
+    data = write_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    args = _bench_args(data, out, "--n-train", "60", "--n-val", "20", "--n-test", "40", "--n-sweep", "40",
+    args = bench_args(data, out, "--n-train", "60", "--n-val", "20", "--n-test", "40", "--n-sweep", "40",
                        "--fc-depths", "1", "2", "--fc-b-stds", "0.5", "0", "--cnn-depths", "1",
                        "--features", "gap1-rf16", "--sizes", "30")
     assert cli_main(args) == 0
@@ -234,7 +209,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monk
         assert row["test_acc"] == pytest.approx(float(np.mean((phi_test @ w).argmax(1) == data_.y_test)), abs=1e-12)
     text = (out / "results.md").read_text()
     for needed in ("Novak et al. 2019", "SVC (RBF, C = 10)", "| 89.70 |", "## Cost of every stage", "fc1",
-                   "| fc1-b0.5 | 2 | 0.5 |", "| kernel | w_var | b_std | ridge |"):
+                   "| fc1-b0.5 | relu | 2 | 0.5 |", "| kernel | activation | w_var | b_std | ridge |"):
         assert needed in text, needed
     assert str(tmp_path) in text  # the data folder; nothing else machine-specific
     records = sorted((out / "records").rglob("*.json"))
@@ -249,7 +224,7 @@ def test_one_bias_value_is_the_sweep_without_biases(tmp_path: Path) -> None:
     """``--fc-b-stds 0``: the records and kernels of the depth / ridge sweep alone (a run before the bias
     sweep resumes from its records), bit for bit; a bias adds ``b_std^2`` to every layer's NNGP."""
     s = Settings(stages=("fc",), n_train=60, n_val=20, n_test=40, n_sweep=40, fc_depths=(2,), fc_b_stds=(0.0,),
-                 sizes=(), data_dir=str(_write_dataset(tmp_path / "data")))
+                 sizes=(), data_dir=str(write_dataset(tmp_path / "data")))
     summary = run_fashion_benchmark(s, tmp_path / "out", progress=False, plot=False)
     (rec,) = summary["stages"]["fc"]["sweeps"]
     assert rec["name"] == "sweep-fc2" and rec["protocol"] == {"version": 1, "key": s.key}
@@ -270,53 +245,9 @@ def test_one_bias_value_is_the_sweep_without_biases(tmp_path: Path) -> None:
     assert KernelSpec("fc", 3, b_std=0.1).token == "fc3-b0.1" and KernelSpec("fc", 3, b_std=0.0).token == "fc3"
 
 
-def _relu_kernels(x: torch.Tensor, depth: int, w_var: float, b_std: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """NNGP and NTK of ``depth`` hidden ReLU layers, ``sigma_w^2 = w_var`` and ``b_std`` in every layer, by the
-    arc-cosine closed forms (Cho & Saul 2009), written out here independently of the library."""
-    k = w_var * x @ x.T / x.shape[1] + b_std**2
-    theta = k
-    for _ in range(depth):
-        norm = torch.sqrt(torch.outer(k.diagonal(), k.diagonal()))
-        t = torch.arccos((k / norm).clamp(-1.0, 1.0))
-        k = w_var / (2 * math.pi) * norm * (torch.sin(t) + (math.pi - t) * torch.cos(t)) + b_std**2
-        theta = k + w_var / (2 * math.pi) * (math.pi - t) * theta
-    return k, theta
-
-
-def test_weight_variance_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``--fc-w-vars``: every depth at every (``w_var``, ``b_std``), in the tie order; the kernels are the
-    closed forms at ``sigma_w^2 = w_var``; without biases the weight variance only scales the kernels, which
-    the relative ridge absorbs (the same validation accuracies); ``w_var = 2`` keeps the old records' names."""
-    data_dir = _write_dataset(tmp_path / "data")
-    s = Settings(stages=("fc",), n_train=60, n_val=20, n_test=40, n_sweep=40, fc_depths=(1,), fc_b_stds=(0.3, 0.0),
-                 fc_w_vars=(2.0, 1.0), sizes=(), finals=("nngp",), data_dir=str(data_dir))
-    summary = run_fashion_benchmark(s, tmp_path / "out", progress=False, plot=False)
-    sweeps = {rec["name"]: rec for rec in summary["stages"]["fc"]["sweeps"]}
-    assert list(sweeps) == ["sweep-fc1-w1.0", "sweep-fc1-w1.0-b0.3", "sweep-fc1", "sweep-fc1-b0.3"]
-    assert [(r["w_var"], r["b_std"]) for r in sweeps.values()] == [(1.0, 0.0), (1.0, 0.3), (2.0, 0.0), (2.0, 0.3)]
-    assert sweeps["sweep-fc1-w1.0"]["val_acc"] == sweeps["sweep-fc1"]["val_acc"]
-    (final,) = summary["stages"]["fc"]["finals"]
-    assert final["w_var"] in (1.0, 2.0) and final["name"].startswith("final-fc1")
-    x = prepare(s).x_pool[:6].flatten(1)
-    for w_var, b_std, depth in ((1.5, 0.3, 2), (2.0, 0.0, 1), (2.5, 1.0, 3)):
-        spec = KernelSpec("fc", depth, b_std=b_std, w_var=w_var)
-        got = compute_kernel(spec.model((28, 28)), x, which="both")
-        nngp, ntk = _relu_kernels(x, depth, w_var, b_std)
-        torch.testing.assert_close(got.nngp, nngp, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(got.ntk, ntk, rtol=1e-10, atol=1e-12)
-    spec = KernelSpec("fc", 3, b_std=0.1, w_var=1.5)
-    assert spec.token == "fc3-w1.5-b0.1" and spec.name == "FC-3 w_var 1.5 b_std 0.1"
-    assert spec.with_features(64).exact == spec and KernelSpec("gap", 2, w_var=2.0).token == "gap2"
-    base = _bench_args(data_dir, tmp_path / "o")
-    assert cli_main([*base, "--fc-w-vars", "2", "0"]) == 2
-    assert "--fc-w-vars: expected finite numbers > 0 (weight variances), got 0.0" in capsys.readouterr().err
-    assert cli_main([*base, "--cnn-w-vars", "inf"]) == 2
-    assert "--cnn-w-vars: expected finite numbers > 0 (weight variances), got inf" in capsys.readouterr().err
-
-
 def test_bad_options_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = _write_dataset(tmp_path / "data")
-    base = _bench_args(data, tmp_path / "o")
+    data = write_dataset(tmp_path / "data")
+    base = bench_args(data, tmp_path / "o")
     assert cli_main([*base, "--stages", "fc", "svm"]) == 2
     assert "--stages: expected names among ['fc', 'cnn', 'features'], got 'svm'" in capsys.readouterr().err
     assert cli_main([*base, "--features", "gap3"]) == 2
@@ -342,7 +273,7 @@ def test_real_fashion_mnist_slice(tmp_path: Path) -> None:
 def test_float32_kernels_have_their_own_folder_and_the_float64_accuracy(tmp_path: Path) -> None:
     """``--kernel-dtype float32``: kernels computed and stored in float32 (half the disk) in a folder of
     their own; on this easy slice the choices and test accuracies equal the float64 run's."""
-    data = str(_write_dataset(tmp_path / "data"))
+    data = str(write_dataset(tmp_path / "data"))
     runs = {}
     for dtype in ("float64", "float32"):
         s = Settings(stages=("fc",), n_train=60, n_val=20, n_test=40, n_sweep=40, fc_depths=(1, 2), fc_b_stds=(0.0,),
@@ -363,7 +294,7 @@ def test_nngp_and_ntk_finals_of_one_kernel_share_a_pass_when_the_disk_holds_both
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both finals chose ``fc2``: one ``"both"`` pass stores NNGP and NTK together (the NTK recursion carries the
     NNGP); on a disk too small for both they are computed one at a time. Same choices and accuracies either way."""
-    data = str(_write_dataset(tmp_path / "data"))
+    data = str(write_dataset(tmp_path / "data"))
     s = Settings(stages=("fc",), n_train=60, n_val=20, n_test=40, n_sweep=40, fc_depths=(2,), fc_b_stds=(0.0,),
                  sizes=(30,), data_dir=data)
     shared = run_fashion_benchmark(s, tmp_path / "shared", progress=False, plot=False)["stages"]["fc"]["finals"]
@@ -464,9 +395,9 @@ def test_final_ridge_chosen_at_full_size_on_the_validation_split(tmp_path: Path,
     training split (blocks of the final kernel) and scored on the validation split; ``--finals nngp`` alone.
     The learning curve's point at the training split's size takes the chosen candidate's solve (not solved
     twice)."""
-    data = _write_dataset(tmp_path / "data")
+    data = write_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    common = _bench_args(data, out, "--n-train", "60", "--n-val", "30", "--n-test", "40", "--n-sweep", "40",
+    common = bench_args(data, out, "--n-train", "60", "--n-val", "30", "--n-test", "40", "--n-sweep", "40",
                          "--stages", "fc", "--fc-depths", "2", "--fc-b-stds", "0", "--sizes", "30", "60",
                          "--finals", "nngp")
     args = [*common, "--final-ridge", "validation"]

@@ -21,11 +21,13 @@ and recorded in ``OUT/records/<key>/<stage>.json`` so that a rerun skips finishe
   refinement; the unrefined float32 accuracy beside it). Kernel blocks live in ``OUT/kernels/<key>`` as ``.npy`` files,
   resumed tile by tile (:mod:`ntkit.experiments.fashion_kernels`). The accuracy at training sizes
   ``--sizes`` (prefixes of the pool, class-balanced) comes from sub-blocks of the same kernel.
-* variances: the sweep runs every depth at every weight variance of ``--fc-w-vars`` / ``--cnn-w-vars``
-  (``w_var = sigma_w^2``, the same in every layer; 2 by default) and every bias standard deviation of
-  ``--fc-b-stds`` / ``--cnn-b-stds`` (``b_std``, the same in every layer), and the final fit takes the best
-  (depth, ``w_var``, ``b_std``, ridge) on the validation split for each of NNGP and NTK (ties: the
-  shallowest depth, then the smallest ``w_var``, then the smallest ``b_std``, then the smallest ridge) --
+* activations and variances: the sweep runs every depth with every activation of ``--fc-activations`` /
+  ``--cnn-activations`` (ReLU by default; erf is the papers' other one), every weight variance of ``--fc-w-vars`` /
+  ``--cnn-w-vars`` (``w_var = sigma_w^2``, the same in every layer; 2 by default) and every bias standard deviation
+  of ``--fc-b-stds`` / ``--cnn-b-stds`` (``b_std``, the same in every layer), and the final fit takes the best
+  (depth, activation, ``w_var``, ``b_std``, ridge) on the validation split for each of NNGP and NTK (ties: the
+  shallowest depth, then the activation listed first, then the smallest ``w_var``, then the smallest ``b_std``,
+  then the smallest ridge) --
   Lee et al. (2018) and Novak et al. (2019) search the same ``(sigma_w^2, sigma_b^2)`` plane. What each
   direction does: the ReLU recursions ``K^{l+1} = w^2 E[relu(u) relu(v)] + b^2`` and
   ``Theta^{l+1} = K^{l+1} + w^2 E[relu'(u) relu'(v)] Theta^l`` (``(u, v) ~ N(0, K^l)``) are positively
@@ -34,7 +36,9 @@ and recorded in ``OUT/records/<key>/<stage>.json`` so that a rerun skips finishe
   on ``b_std / w_std`` of the first layer, not on the two apart. The weight variance of the layers
   above is another direction: ``w^2 = 2 a`` acts as ``w^2 = 2`` with biases ``b^2 / a^l`` decaying
   (``a > 1``) or growing (``a < 1``) over depth ``l``, up to scale; ``w^2 = 2`` is the ReLU value that keeps
-  ``diag K`` fixed without biases. A bias grid of one value, ``0``, and the default weight grid, ``2``,
+  ``diag K`` fixed without biases. erf is bounded, not homogeneous: ``w_var`` and ``b_std`` each matter, and
+  ``E[erf(u) erf(v)] = (2 / pi) arcsin(2 k_uv / sqrt((1 + 2 k_uu)(1 + 2 k_vv)))`` (Williams 1997) saturates
+  as the variances grow. A bias grid of one value, ``0``, and the default weight grid, ``2``,
   give the sweep over depth and ridge alone (the kernels, records and results of a run without biases).
   The CNN grids are small by default: each value is a whole CNN sweep. A sweep's kernel blocks are deleted once
   its record is written (nothing reads them again; 3.2 GB per kernel at 10k + 10k).
@@ -87,6 +91,8 @@ FC_B_STDS = (0.0, 0.1, 0.3, 1.0)
 CNN_B_STDS = (0.0,)
 #: Weight variance of the sweeps by default (``sigma_w^2 = 2``, ``w_std = sqrt(2)``: module notes).
 W_VARS = (RELU_W_VAR,)
+#: Activations of the sweeps by default (ReLU alone; ``--fc-activations relu erf`` adds erf).
+ACTIVATIONS = ("relu",)
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,8 @@ class Settings:
     cnn_b_stds: tuple[float, ...] = CNN_B_STDS
     fc_w_vars: tuple[float, ...] = W_VARS
     cnn_w_vars: tuple[float, ...] = W_VARS
+    fc_activations: tuple[str, ...] = ACTIVATIONS
+    cnn_activations: tuple[str, ...] = ACTIVATIONS
     features: tuple[str, ...] = ("gap3-rf256",)  # m = 1024 would take ~12 h on 2 cores at 28x28
     sizes: tuple[int, ...] = SIZES
     precision: str = "auto"
@@ -217,8 +225,8 @@ class Runner:
             with Meter() as m_solve:
                 for which in WHICH:
                     grids[which] = ridge_sweep(fit.kernels[which], t_fit, val.kernels[which], d.y_pool[d.val])
-            return {"kernel": spec.token, "depth": spec.depth, "b_std": spec.b_std, "w_var": spec.w_var,
-                    "regs": list(REG_GRID),
+            return {"kernel": spec.token, "depth": spec.depth, "activation": spec.activation, "b_std": spec.b_std,
+                    "w_var": spec.w_var, "regs": list(REG_GRID),
                     "val_acc": grids,
                     "kernel_cost": {**m_kernel.record(), "compute_seconds": fit.seconds + val.seconds,
                                     "pairs": fit.pairs + val.pairs},
@@ -276,7 +284,8 @@ class Runner:
                         acc32, info32 = self.fit_predict(k_pool, k_test, n, chosen, "float32-plain")
                     row["float32_plain"] = {"test_acc": acc32, **info32, "cost": meter.record()}
                 curve.append(row)
-            return {"kernel": spec.token, "b_std": spec.b_std, "w_var": spec.w_var, "which": which, "reg": chosen,
+            return {"kernel": spec.token, "activation": spec.activation, "b_std": spec.b_std, "w_var": spec.w_var,
+                    "which": which, "reg": chosen,
                     "sweep_reg": reg, "ridge_choice": choice, "n_pool": len(d.y_pool), "n_test": len(d.y_test),
                     "test_acc": curve[-1]["test_acc"], "curve": curve, "kernel_cost": kernel_cost}
 
@@ -328,16 +337,19 @@ class Runner:
         return accuracy(predict_stored(k_eval, alpha, info["scale"]), self.data.y_test), info
 
     def exact_family(self, family: str, depths: tuple[int, ...], b_stds: tuple[float, ...] = (0.0,),
-                     w_vars: tuple[float, ...] = W_VARS) -> dict[str, Any]:
-        """Sweep the depths x ``w_vars`` x ``b_stds``, then the final fit at the choice of each of NNGP and NTK."""
+                     w_vars: tuple[float, ...] = W_VARS, activations: tuple[str, ...] = ACTIVATIONS
+                     ) -> dict[str, Any]:
+        """Sweep the depths x ``activations`` x ``w_vars`` x ``b_stds``, then the final fit at the choice of each
+        of NNGP and NTK."""
         sweeps, specs = [], {}
+        grid = [(act, w_var, b_std) for act in dict.fromkeys(activations)  # as given: the tie order
+                for w_var in sorted(set(w_vars)) for b_std in sorted(set(b_stds))]  # ascending
         for depth in depths:
-            for w_var in sorted(set(w_vars)):  # ascending: the tie order
-                for b_std in sorted(set(b_stds)):
-                    spec = KernelSpec(family, depth, b_std=float(b_std), w_var=float(w_var))
-                    specs[spec.token] = spec
-                    self.say(f"[{family}] sweep {spec.name} on {self.data.n_sweep} + {len(self.data.val)} images")
-                    sweeps.append(self.sweep(spec))
+            for act, w_var, b_std in grid:
+                spec = KernelSpec(family, depth, b_std=float(b_std), w_var=float(w_var), activation=act)
+                specs[spec.token] = spec
+                self.say(f"[{family}] sweep {spec.name} on {self.data.n_sweep} + {len(self.data.val)} images")
+                sweeps.append(self.sweep(spec))
         choices = {which: choose(sweeps, which) for which in WHICH}
         shared = (len(self.s.finals) == 2 and len({token for token, _, _ in choices.values()}) == 1
                   and self.shares_pass(choices["nngp"][0]))
@@ -400,9 +412,11 @@ def run_fashion_benchmark(s: Settings, out_dir: str | Path, *, progress: bool = 
                                "complete": False}
     try:
         if "fc" in s.stages:
-            summary["stages"]["fc"] = runner.exact_family("fc", s.fc_depths, s.fc_b_stds, s.fc_w_vars)
+            summary["stages"]["fc"] = runner.exact_family("fc", s.fc_depths, s.fc_b_stds, s.fc_w_vars,
+                                                           s.fc_activations)
         if "cnn" in s.stages:
-            summary["stages"]["cnn"] = runner.exact_family("v", s.cnn_depths, s.cnn_b_stds, s.cnn_w_vars)
+            summary["stages"]["cnn"] = runner.exact_family("v", s.cnn_depths, s.cnn_b_stds, s.cnn_w_vars,
+                                                            s.cnn_activations)
         if "features" in s.stages:
             summary["stages"]["features"] = [runner.feature_stage(t) for t in s.features]
         summary["complete"] = True
@@ -413,5 +427,5 @@ def run_fashion_benchmark(s: Settings, out_dir: str | Path, *, progress: bool = 
     return summary
 
 
-__all__ = ["CNN_B_STDS", "FC_B_STDS", "SIZES", "STAGES", "W_VARS", "Data", "Runner", "Settings", "prepare",
-           "run_fashion_benchmark"]
+__all__ = ["ACTIVATIONS", "CNN_B_STDS", "FC_B_STDS", "SIZES", "STAGES", "W_VARS", "Data", "Runner", "Settings",
+           "prepare", "run_fashion_benchmark"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkit._validation import check_int
+from ntkit.activations import available_activations
 from ntkit.experiments.fashion import SIZES, STAGES, Settings, run_fashion_benchmark
 from ntkit.experiments.fashion_kernels import WHICH
 from ntkit.experiments.fashion_solve import PRECISIONS
@@ -30,6 +31,18 @@ def _grid(values: Any, option: str, *, what: str = "bias standard deviations", p
     return tuple(sorted(set(grid)))
 
 
+def _activations(names: Any, option: str) -> tuple[str, ...]:
+    """Activation names of :func:`ntkit.activations.available_activations`, at least one; duplicates dropped,
+    the order kept (the sweep's tie order)."""
+    known = available_activations()
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{option}: expected activation names among {sorted(known)}, got {name!r}")
+    if not names:
+        raise ValueError(f"{option}: expected at least one activation, got none")
+    return tuple(dict.fromkeys(names))
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Validate the options into :class:`Settings`."""
     stages = tuple(dict.fromkeys(args.stages))
@@ -46,12 +59,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     fc_b_stds, cnn_b_stds = _grid(args.fc_b_stds, "--fc-b-stds"), _grid(args.cnn_b_stds, "--cnn-b-stds")
     fc_w_vars = _grid(args.fc_w_vars, "--fc-w-vars", what="weight variances", positive=True)
     cnn_w_vars = _grid(args.cnn_w_vars, "--cnn-w-vars", what="weight variances", positive=True)
+    fc_acts, cnn_acts = _activations(args.fc_activations, "--fc-activations"), _activations(args.cnn_activations,
+                                                                                             "--cnn-activations")
     return Settings(stages=stages, n_train=check_int(args.n_train, "--n-train", minimum=10),
                     n_val=check_int(args.n_val, "--n-val", minimum=10),
                     n_test=check_int(args.n_test, "--n-test", minimum=1),
                     n_sweep=check_int(args.n_sweep, "--n-sweep", minimum=10), fc_depths=fc_depths,
                     cnn_depths=cnn_depths, fc_b_stds=fc_b_stds, cnn_b_stds=cnn_b_stds, fc_w_vars=fc_w_vars,
-                    cnn_w_vars=cnn_w_vars, features=tuple(args.features),
+                    cnn_w_vars=cnn_w_vars, fc_activations=fc_acts, cnn_activations=cnn_acts,
+                    features=tuple(args.features),
                     sizes=tuple(check_int(v, "--sizes", minimum=10) for v in args.sizes), precision=args.precision,
                     memory_budget=args.memory_budget, preprocess=args.preprocess, seed=args.seed,
                     data_dir=args.data_dir, kernel_dtype=args.kernel_dtype,
@@ -88,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cnn-w-vars", type=float, nargs="+", default=list(d.cnn_w_vars), metavar="W",
                         help="weight variances sigma_w^2 swept with the CNN depths and biases (each multiplies the "
                              f"CNN sweep; default {' '.join(map(str, d.cnn_w_vars))})")
+    parser.add_argument("--fc-activations", nargs="+", default=list(d.fc_activations), metavar="ACT",
+                        help="activations swept with the FC depths and variances, e.g. relu erf; ties go to the one "
+                             f"listed first (default {' '.join(d.fc_activations)})")
+    parser.add_argument("--cnn-activations", nargs="+", default=list(d.cnn_activations), metavar="ACT",
+                        help="activations swept with the CNN depths and variances (each multiplies the CNN sweep; "
+                             f"default {' '.join(d.cnn_activations)})")
     parser.add_argument("--features", nargs="+", default=list(d.features), metavar="K",
                         help="random-feature kernels of the features stage, e.g. gap3-rf1024 (default gap3-rf256)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),

@@ -1,9 +1,9 @@
 """The results page of ``ntkit bench fashion``: markdown tables beside the published numbers, and a plot.
 
 ``results.md`` holds: the test accuracy of every final fit beside the published ones
-(:data:`PUBLISHED`), the validation sweeps (best validation accuracy per depth and ``b_std``), the accuracy
-against training size, the float32 vs float64 effect at the full pool, and the time and peak
-memory of every stage. ``learning_curve.png`` (matplotlib, ``ntkit[plot]``; skipped with a note
+(:data:`PUBLISHED`), the validation sweeps (best validation accuracy per depth, activation, ``w_var`` and
+``b_std``), the accuracy against training size, the float32 vs float64 effect at the full pool, and the time
+and peak memory of every stage. ``learning_curve.png`` (matplotlib, ``ntkit[plot]``; skipped with a note
 without it) plots test accuracy against training images on a log axis.
 """
 
@@ -54,6 +54,12 @@ def _w(rec: dict[str, Any]) -> str:
     return f"{rec.get('w_var', RELU_W_VAR):g}"
 
 
+def _act(rec: dict[str, Any]) -> str:
+    """The activation of a record (records written before the activation sweep, and the random-feature records,
+    have none: ReLU)."""
+    return str(rec.get("activation", "relu"))
+
+
 def _finals(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [f for fam in ("fc", "cnn") for f in summary["stages"].get(fam, {}).get("finals", [])]
 
@@ -70,32 +76,34 @@ def format_report(summary: dict[str, Any]) -> str:
     s = summary
     lines = ["# ntkit bench fashion", "",
              f"Fashion-MNIST from `{s['source']}`: final fit on {s['n_pool']} images (training split {s['n_fit']} + "
-             f"validation {s['n_val']}), depth / w_var / b_std / ridge sweep on {s['n_sweep']} training images against "
+             f"validation {s['n_val']}), depth / activation / w_var / b_std / ridge sweep on {s['n_sweep']} training "
+             "images against "
              f"the validation split, test on {s['n_test']}. Preprocessing: {s['settings']['preprocess']}; "
              f"exact kernels in {s['settings'].get('kernel_dtype', 'float64')}; targets: one-hot minus 0.1."
              + ("" if s["complete"] else " **Incomplete run** (interrupted)."), "",
              "## Test accuracy (%)", "",
-             "| model | kernel | w_var | b_std | ridge | training images | test accuracy |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | kernel | activation | w_var | b_std | ridge | training images | test accuracy |",
+             "|---|---|---|---|---|---|---|---|"]
     for f in _finals(s):
-        lines.append(f"| ntkit {f['which'].upper()} | {f['kernel']} | {_w(f)} | {_b(f)} | {f['reg']:g} | "
+        lines.append(f"| ntkit {f['which'].upper()} | {f['kernel']} | {_act(f)} | {_w(f)} | {_b(f)} | {f['reg']:g} | "
                      f"{f['n_pool']} | {_pct(f['test_acc'])} |")
     for r in s["stages"].get("features", []):
-        lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | {_w(r)} | {_b(r)} | "
-                     f"{r['reg']:g} | {r['n_pool']} | {_pct(r['test_acc'])} |")
+        lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | {_act(r)} | {_w(r)} | "
+                     f"{_b(r)} | {r['reg']:g} | {r['n_pool']} | {_pct(r['test_acc'])} |")
     for source, model, acc in PUBLISHED:
-        lines.append(f"| {source}: {model} | - | - | - | - | 60000 | {acc:.2f} |")
+        lines.append(f"| {source}: {model} | - | - | - | - | - | 60000 | {acc:.2f} |")
     for fam, name in _FAMILY.items():
         st = s["stages"].get(fam)
         if not st:
             continue
         lines += ["", f"## {name}: validation sweep (best validation accuracy %, over the ridge grid)", "",
-                  "| kernel | w_var | b_std | NNGP | NTK | kernel s | sweep solves s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| kernel | activation | w_var | b_std | NNGP | NTK | kernel s | sweep solves s |",
+                  "|---|---|---|---|---|---|---|---|"]
         for rec in st["sweeps"]:
             best = [max((a for a in rec["val_acc"][w] if a is not None), default=None) for w in ("nngp", "ntk")]
-            lines.append(f"| {rec['kernel']} | {_w(rec)} | {_b(rec)} | {_pct(best[0])} | {_pct(best[1])} | "
-                         f"{rec['kernel_cost']['seconds']:.1f} | {rec['solve_cost']['seconds']:.1f} |")
+            cost = f"{rec['kernel_cost']['seconds']:.1f} | {rec['solve_cost']['seconds']:.1f}"
+            lines.append(f"| {rec['kernel']} | {_act(rec)} | {_w(rec)} | {_b(rec)} | {_pct(best[0])} | "
+                         f"{_pct(best[1])} | {cost} |")
     finals = _finals(s)
     chosen = [f for f in finals if f.get("ridge_choice")]
     if chosen:

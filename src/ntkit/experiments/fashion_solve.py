@@ -203,8 +203,8 @@ def predict_stored(k_eval: np.ndarray, alpha: np.ndarray, scale: float) -> np.nd
 def choose(sweeps: list[dict[str, Any]], which: str) -> tuple[str, float, float]:
     """``(kernel token, ridge, validation accuracy)`` of the best sweep cell of ``which``.
 
-    The first maximum in sweep order: the shallowest depth, then the smallest ``w_var``, then the smallest
-    ``b_std``, then the smallest ridge.
+    The first maximum in sweep order: the shallowest depth, then the activation listed first, then the smallest
+    ``w_var``, then the smallest ``b_std``, then the smallest ridge.
     """
     acc, token, reg = -1.0, "", 0.0
     for rec in sweeps:

@@ -47,40 +47,46 @@ class KernelSpec:
     """One architecture of the benchmark: ``family`` (``fc``, ``v``, ``gap``, ``myrtle``) and ``depth``;
     ``n_features`` set: its random-feature estimate with that many features (``m``); ``b_std``: the bias
     standard deviation of every layer (0: no bias, the default); ``w_var``: the weight variance
-    ``sigma_w^2`` of every layer (2, the ReLU value that keeps ``diag K`` fixed without biases, by default)."""
+    ``sigma_w^2`` of every layer (2, the ReLU value that keeps ``diag K`` fixed without biases, by default);
+    ``activation``: the nonlinearity of every layer, a name of :func:`ntkit.activations.available_activations`
+    (``relu`` by default; Myrtle is ReLU only)."""
 
     family: str
     depth: int
     n_features: int | None = None
     b_std: float = 0.0
     w_var: float = RELU_W_VAR
+    activation: str = "relu"
 
     @property
     def token(self) -> str:
         """Command-line name, e.g. ``gap3`` or ``gap3-rf1024``; ``fc3-b0.1`` with a bias (a record and file name
         of ``ntkit bench fashion``, not read by :func:`parse_kernels`); ``fc3-w1.5-b0.1`` with a weight variance
-        other than 2."""
+        other than 2; ``fc3-erf-w1.5`` with an activation other than ReLU."""
+        act = "" if self.activation == "relu" else f"-{self.activation}"
         weight = f"-w{float(self.w_var)!r}" if self.w_var != RELU_W_VAR else ""
         bias = f"-b{float(self.b_std)!r}" if self.b_std else ""
-        return (f"{self.family}{self.depth}{weight}{bias}"
+        return (f"{self.family}{self.depth}{act}{weight}{bias}"
                 + ("" if self.n_features is None else f"-rf{self.n_features}"))
 
     @property
     def name(self) -> str:
-        """Display name, e.g. ``CNTK-GAP-3``, ``CNTK-GAP-3 rf1024``, ``FC-3 b_std 0.1`` or ``FC-3 w_var 1.5``."""
+        """Display name, e.g. ``CNTK-GAP-3``, ``CNTK-GAP-3 rf1024``, ``FC-3 b_std 0.1``, ``FC-3 w_var 1.5`` or
+        ``FC-3 erf``."""
+        act = "" if self.activation == "relu" else f" {self.activation}"
         weight = f" w_var {float(self.w_var)!r}" if self.w_var != RELU_W_VAR else ""
         bias = f" b_std {float(self.b_std)!r}" if self.b_std else ""
-        return (f"{FAMILIES[self.family]}-{self.depth}{weight}{bias}"
+        return (f"{FAMILIES[self.family]}-{self.depth}{act}{weight}{bias}"
                 + ("" if self.n_features is None else f" rf{self.n_features}"))
 
     @property
     def exact(self) -> KernelSpec:
         """The exact kernel this spec estimates (itself when exact)."""
-        return KernelSpec(self.family, self.depth, b_std=self.b_std, w_var=self.w_var)
+        return KernelSpec(self.family, self.depth, b_std=self.b_std, w_var=self.w_var, activation=self.activation)
 
     def with_features(self, n_features: int) -> KernelSpec:
         """The random-feature estimate of this architecture with ``n_features`` features."""
-        return KernelSpec(self.family, self.depth, n_features, self.b_std, self.w_var)
+        return KernelSpec(self.family, self.depth, n_features, self.b_std, self.w_var, self.activation)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """The model's inputs from images ``(N, 1, H, W)``: flattened (FC), padded to a multiple of 8 (Myrtle)."""
@@ -91,16 +97,26 @@ class KernelSpec:
         return x
 
     def model(self, image_shape: tuple[int, int], in_channels: int = 1) -> nn.Module:
-        """The architecture on the meta device (ReLU, ``w_std = sqrt(w_var)`` and ``b_std`` in every layer)."""
-        w_std = math.sqrt(self.w_var)
+        """The architecture on the meta device (``activation``, ``w_std = sqrt(w_var)`` and ``b_std`` in every
+        layer).
+
+        Raises
+        ------
+        ValueError
+            Myrtle with an activation other than ReLU.
+        """
+        w_std, act = math.sqrt(self.w_var), self.activation
         if self.family == "fc":
-            return fc(in_channels * image_shape[0] * image_shape[1], depth=self.depth, w_std=w_std,
+            return fc(in_channels * image_shape[0] * image_shape[1], depth=self.depth, activation=act, w_std=w_std,
                       b_std=self.b_std, device="meta")
         if self.family == "v":
-            return cntk(in_channels, self.depth, readout="flatten", image_shape=image_shape, w_std=w_std,
-                        b_std=self.b_std, device="meta")
+            return cntk(in_channels, self.depth, readout="flatten", image_shape=image_shape, activation=act,
+                        w_std=w_std, b_std=self.b_std, device="meta")
         if self.family == "gap":
-            return cntk(in_channels, self.depth, readout="gap", w_std=w_std, b_std=self.b_std, device="meta")
+            return cntk(in_channels, self.depth, readout="gap", activation=act, w_std=w_std, b_std=self.b_std,
+                        device="meta")
+        if act != "relu":
+            raise ValueError(f"KernelSpec: Myrtle is ReLU only, got activation {act!r}")
         return myrtle(self.depth, in_channels, w_std=w_std, b_std=self.b_std, device="meta")
 
 
