@@ -175,8 +175,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monk
     data = write_dataset(tmp_path / "data")
     out = tmp_path / "out"
     args = bench_args(data, out, "--n-train", "60", "--n-val", "20", "--n-test", "40", "--n-sweep", "40",
-                       "--fc-depths", "1", "2", "--fc-b-stds", "0.5", "0", "--cnn-depths", "1",
-                       "--features", "gap1-rf16", "--sizes", "30")
+                      "--fc-depths", "1", "2", "--fc-b-stds", "0.5", "0", "--cnn-depths", "1",
+                      "--features", "gap1-rf16", "--sizes", "30")
     assert cli_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and (summary["n_pool"], summary["n_sweep"], summary["n_test"]) == (80, 40, 40)
@@ -398,8 +398,8 @@ def test_final_ridge_chosen_at_full_size_on_the_validation_split(tmp_path: Path,
     data = write_dataset(tmp_path / "data")
     out = tmp_path / "out"
     common = bench_args(data, out, "--n-train", "60", "--n-val", "30", "--n-test", "40", "--n-sweep", "40",
-                         "--stages", "fc", "--fc-depths", "2", "--fc-b-stds", "0", "--sizes", "30", "60",
-                         "--finals", "nngp")
+                        "--stages", "fc", "--fc-depths", "2", "--fc-b-stds", "0", "--sizes", "30", "60",
+                        "--finals", "nngp")
     args = [*common, "--final-ridge", "validation"]
     sizes_solved: list[int] = []
     solve = fashion.solve_stored

@@ -106,7 +106,8 @@ def test_activation_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     first = next(r for r in sweeps if best in r["val_acc"]["ntk"])  # the first maximum in sweep order
     assert final["kernel"] == first["kernel"] and final["activation"] == first["activation"]
     assert "| fc1-erf-w1.0 | erf | 1 | 0 |" in (out / "results.md").read_text()
-    x = prepare(s).x_pool[:6].flatten(1)
+    data = prepare(s)
+    x = data.x_pool[:6].flatten(1)
     x[5] = x[4]  # a duplicated row: the arcsin at the diagonal's value
     for w_var, b_std, depth in ((1.0, 0.0, 1), (1.5, 0.3, 2), (4.0, 1.0, 3)):
         spec = KernelSpec("fc", depth, b_std=b_std, w_var=w_var, activation="erf")
@@ -121,7 +122,7 @@ def test_activation_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     spec = KernelSpec("fc", 3, b_std=0.1, w_var=1.5, activation="erf")
     assert spec.token == "fc3-erf-w1.5-b0.1" and spec.name == "FC-3 erf w_var 1.5 b_std 0.1"
     assert spec.with_features(64).exact == spec and KernelSpec("fc", 3, activation="relu").token == "fc3"
-    images = prepare(s).x_pool[:4]
+    images = data.x_pool[:4]
     conv = compute_kernel(KernelSpec("v", 1, w_var=1.5, activation="erf").model((28, 28)), images, which="nngp")
     torch.testing.assert_close(conv.nngp, _erf_conv_nngp(images, 1.5), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="Myrtle is ReLU only, got activation 'erf'"):

@@ -78,7 +78,7 @@ from ntkit.experiments.fashion_solve import (
 )
 from ntkit.experiments.images_data import standardise
 from ntkit.experiments.images_eval import centred_targets
-from ntkit.experiments.images_kernels import RELU_W_VAR, KernelSpec, parse_kernels
+from ntkit.experiments.images_kernels import DEFAULT_ACTIVATION, RELU_W_VAR, KernelSpec, parse_kernels
 
 RESULT_VERSION = 1
 STAGES = ("fc", "cnn", "features")
@@ -92,7 +92,7 @@ CNN_B_STDS = (0.0,)
 #: Weight variance of the sweeps by default (``sigma_w^2 = 2``, ``w_std = sqrt(2)``: module notes).
 W_VARS = (RELU_W_VAR,)
 #: Activations of the sweeps by default (ReLU alone; ``--fc-activations relu erf`` adds erf).
-ACTIVATIONS = ("relu",)
+ACTIVATIONS = (DEFAULT_ACTIVATION,)
 
 
 @dataclass(frozen=True)

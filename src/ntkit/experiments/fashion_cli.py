@@ -59,8 +59,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     fc_b_stds, cnn_b_stds = _grid(args.fc_b_stds, "--fc-b-stds"), _grid(args.cnn_b_stds, "--cnn-b-stds")
     fc_w_vars = _grid(args.fc_w_vars, "--fc-w-vars", what="weight variances", positive=True)
     cnn_w_vars = _grid(args.cnn_w_vars, "--cnn-w-vars", what="weight variances", positive=True)
-    fc_acts, cnn_acts = _activations(args.fc_activations, "--fc-activations"), _activations(args.cnn_activations,
-                                                                                             "--cnn-activations")
+    fc_acts = _activations(args.fc_activations, "--fc-activations")
+    cnn_acts = _activations(args.cnn_activations, "--cnn-activations")
     return Settings(stages=stages, n_train=check_int(args.n_train, "--n-train", minimum=10),
                     n_val=check_int(args.n_val, "--n-val", minimum=10),
                     n_test=check_int(args.n_test, "--n-test", minimum=1),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkit._io import write_text_atomic
-from ntkit.experiments.images_kernels import RELU_W_VAR
+from ntkit.experiments.images_kernels import DEFAULT_ACTIVATION, RELU_W_VAR
 
 #: Published test accuracies (%) on Fashion-MNIST, all with the full training set:
 #: (source, model, accuracy). Xiao et al. (2017)'s benchmark of scikit-learn classifiers (best of
@@ -56,8 +56,8 @@ def _w(rec: dict[str, Any]) -> str:
 
 def _act(rec: dict[str, Any]) -> str:
     """The activation of a record (records written before the activation sweep, and the random-feature records,
-    have none: ReLU)."""
-    return str(rec.get("activation", "relu"))
+    have none: the default, ReLU)."""
+    return str(rec.get("activation", DEFAULT_ACTIVATION))
 
 
 def _finals(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -39,6 +39,8 @@ FEATURE_FAMILIES = ("fc", "v", "gap")
 #: The weight variance ``sigma_w^2`` of every layer by default: the ReLU value that keeps ``diag K`` fixed
 #: without biases (He et al. 2015); names and tokens mention ``w_var`` only when it differs.
 RELU_W_VAR = 2.0
+#: The activation of every layer by default; names and tokens mention the activation only when it differs.
+DEFAULT_ACTIVATION = "relu"
 _TOKEN = re.compile(r"(fc|v|gap|myrtle)(\d+)(?:-rf(\d+))?")
 
 
@@ -56,14 +58,14 @@ class KernelSpec:
     n_features: int | None = None
     b_std: float = 0.0
     w_var: float = RELU_W_VAR
-    activation: str = "relu"
+    activation: str = DEFAULT_ACTIVATION
 
     @property
     def token(self) -> str:
         """Command-line name, e.g. ``gap3`` or ``gap3-rf1024``; ``fc3-b0.1`` with a bias (a record and file name
         of ``ntkit bench fashion``, not read by :func:`parse_kernels`); ``fc3-w1.5-b0.1`` with a weight variance
         other than 2; ``fc3-erf-w1.5`` with an activation other than ReLU."""
-        act = "" if self.activation == "relu" else f"-{self.activation}"
+        act = "" if self.activation == DEFAULT_ACTIVATION else f"-{self.activation}"
         weight = f"-w{float(self.w_var)!r}" if self.w_var != RELU_W_VAR else ""
         bias = f"-b{float(self.b_std)!r}" if self.b_std else ""
         return (f"{self.family}{self.depth}{act}{weight}{bias}"
@@ -73,7 +75,7 @@ class KernelSpec:
     def name(self) -> str:
         """Display name, e.g. ``CNTK-GAP-3``, ``CNTK-GAP-3 rf1024``, ``FC-3 b_std 0.1``, ``FC-3 w_var 1.5`` or
         ``FC-3 erf``."""
-        act = "" if self.activation == "relu" else f" {self.activation}"
+        act = "" if self.activation == DEFAULT_ACTIVATION else f" {self.activation}"
         weight = f" w_var {float(self.w_var)!r}" if self.w_var != RELU_W_VAR else ""
         bias = f" b_std {float(self.b_std)!r}" if self.b_std else ""
         return (f"{FAMILIES[self.family]}-{self.depth}{act}{weight}{bias}"
@@ -115,7 +117,7 @@ class KernelSpec:
         if self.family == "gap":
             return cntk(in_channels, self.depth, readout="gap", activation=act, w_std=w_std, b_std=self.b_std,
                         device="meta")
-        if act != "relu":
+        if act != DEFAULT_ACTIVATION:
             raise ValueError(f"KernelSpec: Myrtle is ReLU only, got activation {act!r}")
         return myrtle(self.depth, in_channels, w_std=w_std, b_std=self.b_std, device="meta")
 
