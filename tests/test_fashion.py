@@ -32,6 +32,7 @@ from ntkit.experiments.fashion_data import (
     write_idx,
 )
 from ntkit.experiments.fashion_meter import Meter
+from ntkit.experiments.fashion_report import standard_error
 from ntkit.experiments.fashion_solve import predict_stored, ridge_sweep, solve_stored
 from ntkit.experiments.images_eval import centred_targets
 from ntkit.experiments.images_kernels import KernelSpec
@@ -170,6 +171,16 @@ def test_meter_records_time_memory_and_load() -> None:
 # ------------------------------------------------------------------------------------------ the pipeline
 
 
+def test_standard_error_of_a_test_accuracy() -> None:
+    """The binomial standard error of the results page: sqrt(p (1 - p) / n), 0 at p = 0 or 1, named errors."""
+    assert standard_error(0.9, 10000) == pytest.approx(0.003, rel=1e-12)
+    assert standard_error(0.9123, 10000) == pytest.approx(math.sqrt(0.9123 * 0.0877) / 100, rel=1e-12)
+    assert standard_error(0.5, 1) == 0.5 and standard_error(0.0, 7) == 0.0 and standard_error(1.0, 7) == 0.0
+    for acc, n in ((1.5, 10), (-0.1, 10), (0.5, 0), (float("nan"), 10)):
+        with pytest.raises(ValueError, match="standard_error: expected an accuracy in"):
+            standard_error(acc, n)
+
+
 def test_pipeline_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fashion, "PRECISION_FROM", 30)  # the float32 comparison from 30 images (20,000 at full size)
     data = write_dataset(tmp_path / "data")
@@ -208,8 +219,12 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monk
                             p.T @ centred_targets(data_.y_pool[: row["n"]], 10))
         assert row["test_acc"] == pytest.approx(float(np.mean((phi_test @ w).argmax(1) == data_.y_test)), abs=1e-12)
     text = (out / "results.md").read_text()
-    for needed in ("Novak et al. 2019", "SVC (RBF, C = 10)", "| 89.70 |", "## Cost of every stage", "fc1",
-                   "| fc1-b0.5 | relu | 2 | 0.5 |", "| kernel | activation | w_var | b_std | ridge |"):
+    first = fc["finals"][0]
+    se = 100 * math.sqrt(first["test_acc"] * (1 - first["test_acc"]) / 40)  # 40 test images
+    for needed in ("Novak et al. 2019", "SVC (RBF, C = 10)", "| 60000 | 89.70 | 0.30 |", "## Cost of every stage",
+                   "fc1", "| fc1-b0.5 | relu | 2 | 0.5 |", "| kernel | activation | w_var | b_std | ridge |",
+                   "CNN-GP without pooling | - | - | - | - | - | 50000 | 92.60 | 0.26 |",
+                   f"| {first['n_pool']} | {100 * first['test_acc']:.2f} | {se:.2f} |"):
         assert needed in text, needed
     assert str(tmp_path) in text  # the data folder; nothing else machine-specific
     records = sorted((out / "records").rglob("*.json"))
