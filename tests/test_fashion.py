@@ -142,6 +142,7 @@ def test_float32_factor_with_refinement_gives_the_float64_solution() -> None:
     plain, ip = solve_stored(k, t, 1e-3, precision="float32-plain")
     np.testing.assert_array_equal(i32["alpha_first"], plain)  # the unrefined answer comes with the refined one
     assert i64["precision"] == "float64" and i32["precision"] == "float32" and ip["residuals"] == []
+    assert i32["cg_steps"] == 0  # well conditioned: refinement alone
     assert i32["residuals"][0] > i32["residuals"][-1] and i32["residuals"][-1] < 1e-9
     err = np.abs(a32 - a64).max() / np.abs(a64).max()
     assert err < 1e-8 < np.abs(plain - a64).max() / np.abs(a64).max()
@@ -157,6 +158,27 @@ def test_float32_factor_with_refinement_gives_the_float64_solution() -> None:
     # not of a float32-rounded k / scale (which left ~1e-6 here)
     _, i_stored32 = solve_stored(k.astype(np.float32), t, 1e-3, precision="float64")
     assert i_stored32["residuals"][-1] < 1e-12
+
+
+def test_refinement_that_crawls_hands_over_to_preconditioned_cg() -> None:
+    """kappa u_32 near 1 (condition 3e7): classical refinement on the float32 factor gains only ~2.5x a step and
+    stops far from the answer; CG preconditioned by the same factor reaches the float64 solution."""
+    rng = np.random.default_rng(0)
+    n = 400
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    k = (q * np.geomspace(1.0, 3e-8, n)) @ q.T
+    k = (k + k.T) / 2
+    t = rng.standard_normal((n, 10))
+    a64, _ = solve_stored(k, t, 0.0, precision="float64")
+    a32, i32 = solve_stored(k, t, 0.0, precision="float32")
+    crawl, ic = solve_stored(k, t, 0.0, precision="float32", max_cg=0)  # no CG: refinement stops where it crawls
+    scale = np.abs(a64).max()
+    assert i32["cg_steps"] > 0 and i32["residuals"][-1] < 1e-8 and np.abs(a32 - a64).max() / scale < 1e-8
+    assert ic["cg_steps"] == 0 and ic["residuals"][-1] > 1e-5 and np.abs(crawl - a64).max() / scale > 1e-6
+    assert i32["residuals"][1] > 0.1 * i32["residuals"][0]  # the first refinement step already crawled
+    # the true residual of the answer closes the history: recompute it
+    true = np.linalg.norm(t - (k / i32["scale"]) @ a32) / np.linalg.norm(t)
+    assert i32["residuals"][-1] == pytest.approx(true, rel=1e-3)
 
 
 def test_meter_records_time_memory_and_load() -> None:

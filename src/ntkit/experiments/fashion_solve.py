@@ -15,8 +15,13 @@ so the ridge grid means the same for every architecture and depth (as in
     refinement (Wilkinson 1963; Carson & Higham 2018) with float64 residuals
     ``r = Y - (K / s + reg I) alpha`` streamed from the stored float64 kernel in row blocks,
     ``alpha += L^-T L^-1 r``, until ``||r|| / ||Y|| <= tol`` -- the float64 answer at float32 cost
-    where the system is not too ill-conditioned for float32 (``kappa u_32 < 1``); the residual
-    history is returned so that the precision effect is visible;
+    where the system is not too ill-conditioned for float32 (``kappa u_32 < 1``). Where refinement
+    stalls (a step that does not halve the residual: ``kappa u_32`` near 1, e.g. the tiny ridges deep
+    NNGPs choose), the iteration goes on as conjugate gradients in float64 preconditioned by the same
+    float32 factor (the Krylov form of refinement, Carson & Higham 2018, with CG for a symmetric
+    positive definite system): each step one streamed product with the stored kernel and one pair of
+    float32 triangular solves, converging where refinement crawls. The residual history is returned
+    so that the precision effect is visible;
   - ``"float32-plain"``: the float32 factor without refinement (the precision effect Lee et al. 2020
     describe, for comparison);
   - ``"auto"``: float64 when ``8 N^2`` bytes fit ``memory_budget``, else float32.
@@ -27,7 +32,7 @@ Predictions ``K(test, pool) alpha / s`` stream the stored block in row chunks.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +44,9 @@ from ntkit.experiments.inplace_cholesky import cholesky_inplace
 
 PRECISIONS = ("auto", "float64", "float32", "float32-plain")
 _CHUNK = 2048
+#: A refinement step that leaves more than this fraction of the residual hands over to preconditioned CG
+#: (a well-conditioned system loses a factor ~100 per step; one at 0.4 would need 20 steps to 1e-10).
+_CRAWL = 0.1
 
 
 def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
@@ -107,18 +115,79 @@ def _scaled_copy(k: np.ndarray, scale: float, reg: float, dtype: type[np.floatin
     return a
 
 
-def _residual(k: np.ndarray, scale: float, reg: float, alpha: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """``Y - (k / scale + reg I) alpha`` in float64, streaming ``k`` by rows."""
-    r = np.empty_like(targets)
+def _system_times(k: np.ndarray, scale: float, reg: float, v: np.ndarray) -> np.ndarray:
+    """``(k / scale + reg I) v`` in float64, streaming ``k`` by rows."""
+    out = np.empty_like(v, dtype=np.float64)
     for r0 in range(0, k.shape[0], _CHUNK):
         rows = slice(r0, r0 + _CHUNK)
-        r[rows] = targets[rows] - (np.asarray(k[rows], dtype=np.float64) @ alpha) / scale - reg * alpha[rows]
-    return r
+        out[rows] = (np.asarray(k[rows], dtype=np.float64) @ v) / scale + reg * v[rows]
+    return out
+
+
+def _residual(k: np.ndarray, scale: float, reg: float, alpha: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``Y - (k / scale + reg I) alpha`` in float64, streaming ``k`` by rows."""
+    return targets - _system_times(k, scale, reg, alpha)
+
+
+def _preconditioned_cg(k: np.ndarray, scale: float, reg: float, alpha: np.ndarray, r: np.ndarray,
+                       targets: np.ndarray, precondition: Callable[[np.ndarray], np.ndarray], tol: float,
+                       max_steps: int) -> tuple[np.ndarray, list[float], int]:
+    """Conjugate gradients on ``(k / scale + reg I) alpha = Y`` (``Y = targets``, shape (N, k)) from ``alpha``
+    (``r``: its residual), one recurrence per target column, preconditioned by ``precondition`` (the float32
+    factor's solve).
+
+    The preconditioner is applied in float32, so it is symmetric only to float32 rounding; the flexible
+    (Polak-Ribiere) ``beta = z_new . (r_new - r) / (z . r)`` keeps the recurrence robust to that. Stops when
+    the recursive relative residual ``||r|| / ||Y||`` reaches ``tol`` or after ``max_steps``; returns
+    ``(alpha, residuals, steps)``, the residuals the recursive ones (the caller checks the true one: the
+    recursion drifts from it by rounding, most after a large start).
+    """
+    norm = float(np.linalg.norm(targets))
+    z = precondition(r)
+    p = z.copy()
+    rz = np.sum(r * z, axis=0)
+    residuals: list[float] = []
+    steps = 0
+    for steps in range(1, max_steps + 1):  # noqa: B007 -- the count is returned
+        q = _system_times(k, scale, reg, p)
+        pq = np.sum(p * q, axis=0)
+        a = np.divide(rz, pq, out=np.zeros_like(rz), where=pq > 0)
+        alpha = alpha + a * p
+        r_new = r - a * q
+        residuals.append(float(np.linalg.norm(r_new)) / norm)
+        if residuals[-1] <= tol:
+            break
+        z_new = precondition(r_new)
+        b = np.divide(np.sum(z_new * (r_new - r), axis=0), rz, out=np.zeros_like(rz), where=rz > 0)
+        p = z_new + np.maximum(b, 0.0) * p
+        r, rz = r_new, np.sum(r_new * z_new, axis=0)
+    return alpha, residuals, steps
+
+
+def _krylov_finish(k: np.ndarray, scale: float, reg: float, alpha: np.ndarray, r: np.ndarray,
+                   targets: np.ndarray, precondition: Callable[[np.ndarray], np.ndarray], tol: float,
+                   max_steps: int, residuals: list[float]) -> tuple[np.ndarray, int]:
+    """Preconditioned CG from ``alpha`` (residual ``r``) until the *true* relative residual reaches ``tol``:
+    a run whose recursive residual reached ``tol`` restarts from the true one (at most twice, and only
+    while that still halves). Appends each step's recursive residual and each run's true one to
+    ``residuals``; returns ``(alpha, CG steps)``."""
+    norm = float(np.linalg.norm(targets))
+    steps, previous = 0, float(np.linalg.norm(r)) / norm
+    for _ in range(3):
+        alpha, more, run = _preconditioned_cg(k, scale, reg, alpha, r, targets, precondition, tol, max_steps - steps)
+        steps += run
+        r = _residual(k, scale, reg, alpha, targets)
+        true = float(np.linalg.norm(r)) / norm
+        residuals += [*more, true]
+        if true <= tol or steps >= max_steps or true > 0.5 * previous:
+            break
+        previous = true
+    return alpha, steps
 
 
 def solve_stored(k: np.ndarray, targets: np.ndarray, reg: float, *, precision: str = "auto",
                  memory_budget: int | str = "16G", tol: float = 1e-10, max_refine: int = 10,
-                 keep_first: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+                 max_cg: int = 50, keep_first: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """``alpha`` of shape (N, k) with ``(k / s + reg I) alpha = targets`` (module notes).
 
     Parameters
@@ -133,6 +202,8 @@ def solve_stored(k: np.ndarray, targets: np.ndarray, reg: float, *, precision: s
         Decides ``"auto"`` (the float64 factor needs ``8 N^2`` bytes).
     tol, max_refine : float, int
         Relative residual at which refinement stops, and the most refinement steps.
+    max_cg : int
+        The most preconditioned CG steps once refinement stalls (module notes).
     keep_first : bool
         Also return the solution before refinement (``info["alpha_first"]``: for float32, the
         unrefined float32 answer, at no extra cost).
@@ -143,7 +214,8 @@ def solve_stored(k: np.ndarray, targets: np.ndarray, reg: float, *, precision: s
         Coefficients of the scaled kernel: predictions are ``K(x, pool) alpha / s``.
     info : dict
         ``precision`` (resolved), ``scale``, ``factor_seconds``, ``refine_seconds``, ``residuals``
-        (relative residual after the first solve and each refinement step).
+        (relative residual after the first solve and each refinement step; after a stall, each CG step's
+        and last the true residual of the answer), ``cg_steps`` (0 where refinement sufficed).
 
     Raises
     ------
@@ -176,17 +248,20 @@ def solve_stored(k: np.ndarray, targets: np.ndarray, reg: float, *, precision: s
     alpha = apply(targets)
     first = alpha.copy() if keep_first else None
     residuals: list[float] = []
+    cg_steps = 0
     if precision != "float32-plain":
         for step in range(max_refine + 1):
             r = _residual(k, scale, reg, alpha, targets)
             residuals.append(float(np.linalg.norm(r)) / norm)
             if residuals[-1] <= tol or precision == "float64" or step == max_refine:
                 break
-            if len(residuals) > 1 and residuals[-1] > 0.5 * residuals[-2]:
-                break  # refinement stalls: the float32 factor is too inaccurate for this system
+            if len(residuals) > 1 and residuals[-1] > _CRAWL * residuals[-2]:
+                # refinement crawls or diverges (the float32 factor is too inaccurate for this system)
+                alpha, cg_steps = _krylov_finish(k, scale, reg, alpha, r, targets, apply, tol, max_cg, residuals)
+                break
             alpha += apply(r)
     info = {"precision": precision, "scale": scale, "factor_seconds": factor_seconds,
-            "refine_seconds": time.perf_counter() - start, "residuals": residuals}
+            "refine_seconds": time.perf_counter() - start, "residuals": residuals, "cg_steps": cg_steps}
     if first is not None:
         info["alpha_first"] = first
     return alpha, info
