@@ -32,7 +32,7 @@ from ntkit.experiments.fashion_data import (
     write_idx,
 )
 from ntkit.experiments.fashion_meter import Meter
-from ntkit.experiments.fashion_report import standard_error
+from ntkit.experiments.fashion_report import format_report, standard_error
 from ntkit.experiments.fashion_solve import predict_stored, ridge_sweep, solve_stored
 from ntkit.experiments.images_eval import centred_targets
 from ntkit.experiments.images_kernels import KernelSpec
@@ -249,6 +249,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monk
                    f"| {first['n_pool']} | {100 * first['test_acc']:.2f} | {se:.2f} |"):
         assert needed in text, needed
     assert str(tmp_path) in text  # the data folder; nothing else machine-specific
+    first["curve"][-1]["cg_steps"] = 7  # a solve finished by preconditioned CG says so in the precision table
+    assert f"| {first['n_pool']} | {first['curve'][-1]['precision']} + 7 CG steps |" in format_report(summary)
     records = sorted((out / "records").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in records]
     assert cli_main(args) == 0  # resumed: every stage read back, nothing rewritten

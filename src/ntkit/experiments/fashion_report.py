@@ -156,7 +156,8 @@ def format_report(summary: dict[str, Any]) -> str:
                 if r is not f["curve"][-1] and not p:
                     continue  # the sizes compared (and the full size)
                 res = ", ".join(f"{v:.1e}" for v in r["residuals"])
-                lines.append(f"| {f['kernel']} | {f['which']} | {r['n']} | {r['precision']} | {_pct(r['test_acc'])} "
+                solve = r["precision"] + (f" + {r['cg_steps']} CG steps" if r.get("cg_steps") else "")
+                lines.append(f"| {f['kernel']} | {f['which']} | {r['n']} | {solve} | {_pct(r['test_acc'])} "
                              f"| {res} | {_pct(p['test_acc']) if p else '-'} |")
     lines += ["", "## Cost of every stage", "",
               "Wall seconds, CPU seconds (user + system, all threads), peak anonymous memory (GB: arrays and "
