@@ -16,8 +16,8 @@ so the ridge grid means the same for every architecture and depth (as in
     ``r = Y - (K / s + reg I) alpha`` streamed from the stored float64 kernel in row blocks,
     ``alpha += L^-T L^-1 r``, until ``||r|| / ||Y|| <= tol`` -- the float64 answer at float32 cost
     where the system is not too ill-conditioned for float32 (``kappa u_32 < 1``). Where refinement
-    stalls (a step that does not halve the residual: ``kappa u_32`` near 1, e.g. the tiny ridges deep
-    NNGPs choose), the iteration goes on as conjugate gradients in float64 preconditioned by the same
+    crawls (a step that leaves more than a tenth of the residual: ``kappa u_32`` near 1, e.g. the tiny
+    ridges deep NNGPs choose), the iteration goes on as conjugate gradients in float64 preconditioned by the same
     float32 factor (the Krylov form of refinement, Carson & Higham 2018, with CG for a symmetric
     positive definite system): each step one streamed product with the stored kernel and one pair of
     float32 triangular solves, converging where refinement crawls. The residual history is returned
@@ -203,7 +203,7 @@ def solve_stored(k: np.ndarray, targets: np.ndarray, reg: float, *, precision: s
     tol, max_refine : float, int
         Relative residual at which refinement stops, and the most refinement steps.
     max_cg : int
-        The most preconditioned CG steps once refinement stalls (module notes).
+        The most preconditioned CG steps once refinement crawls (module notes).
     keep_first : bool
         Also return the solution before refinement (``info["alpha_first"]``: for float32, the
         unrefined float32 answer, at no extra cost).
@@ -214,8 +214,9 @@ def solve_stored(k: np.ndarray, targets: np.ndarray, reg: float, *, precision: s
         Coefficients of the scaled kernel: predictions are ``K(x, pool) alpha / s``.
     info : dict
         ``precision`` (resolved), ``scale``, ``factor_seconds``, ``refine_seconds``, ``residuals``
-        (relative residual after the first solve and each refinement step; after a stall, each CG step's
-        and last the true residual of the answer), ``cg_steps`` (0 where refinement sufficed).
+        (relative residual after the first solve and each refinement step; where refinement crawled, then
+        each CG step's recursive residual and each CG run's true one, the last that of the answer),
+        ``cg_steps`` (0 where refinement sufficed).
 
     Raises
     ------
