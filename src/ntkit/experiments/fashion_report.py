@@ -30,6 +30,8 @@ PUBLISHED: tuple[tuple[str, str, int, float], ...] = (
     ("Novak et al. 2019, Table 1", "FCN-GP (NNGP of the best FC)", 50000, 91.78),
     ("Novak et al. 2019, Table 1", "CNN-GP without pooling", 50000, 92.60),
 )
+#: Test images of every published row (the data set's test file).
+PUBLISHED_TEST_IMAGES = 10000
 _FAMILY = {"fc": "FC", "cnn": "CNN-GP / CNTK-V (no pooling)"}
 
 
@@ -100,7 +102,7 @@ def format_report(summary: dict[str, Any]) -> str:
              + ("" if s["complete"] else " **Incomplete run** (interrupted)."), "",
              "## Test accuracy (%)", "",
              f"s.e.: the binomial standard error `sqrt(p (1 - p) / n)`, n the test images ({s['n_test']} here, "
-             "10000 for the published rows).", "",
+             f"{PUBLISHED_TEST_IMAGES} for the published rows).", "",
              "| model | kernel | activation | w_var | b_std | ridge | training images | test accuracy | s.e. |",
              "|---|---|---|---|---|---|---|---|---|"]
     n_test = s["n_test"]
@@ -110,9 +112,9 @@ def format_report(summary: dict[str, Any]) -> str:
     for r in s["stages"].get("features", []):
         lines.append(f"| ntkit NTK, {r['n_features']} random features | {r['kernel']} | {_act(r)} | {_w(r)} | "
                      f"{_b(r)} | {r['reg']:g} | {r['n_pool']} | {_pct(r['test_acc'])} | {_se(r['test_acc'], n_test)} |")
-    for source, model, n_train, acc in PUBLISHED:  # all on the 10,000 test images
+    for source, model, n_train, acc in PUBLISHED:
         lines.append(f"| {source}: {model} | - | - | - | - | - | {n_train} | {acc:.2f} | "
-                     f"{_se(acc / 100, 10000)} |")
+                     f"{_se(acc / 100, PUBLISHED_TEST_IMAGES)} |")
     for fam, name in _FAMILY.items():
         st = s["stages"].get(fam)
         if not st:
